@@ -1,0 +1,149 @@
+//! Preflight: before any input is read, find out what answers at the backend URL (Ollama or an
+//! OpenAI-compatible server) and which models it holds, so a typo in a URL or a model name costs
+//! one clear message instead of a batch of identical error lines.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::http::HttpBackend;
+use crate::error::Error;
+
+/// What kind of server answers at the backend URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerKind {
+    Ollama { version: String },
+    OpenAiCompatible,
+}
+
+/// The models a server holds, for checking names before sending.
+#[derive(Debug, Clone)]
+pub struct ModelCatalog {
+    kind: ServerKind,
+    names: HashSet<String>,
+}
+
+impl ModelCatalog {
+    /// Whether the server has `model`. For Ollama a name without a tag means `:latest`.
+    pub fn has(&self, model: &str) -> bool {
+        if self.names.contains(model) {
+            return true;
+        }
+        matches!(self.kind, ServerKind::Ollama { .. })
+            && !model.contains(':')
+            && self.names.contains(&format!("{model}:latest"))
+    }
+
+    /// The error for a missing model, listing what the server does have.
+    pub fn missing(&self, url: &str, model: &str) -> Error {
+        let mut names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        let available = if names.is_empty() {
+            "no models at all".to_owned()
+        } else {
+            names.join(", ")
+        };
+        Error::ModelMissing {
+            url: url.to_owned(),
+            model: model.to_owned(),
+            available,
+        }
+    }
+
+    pub fn kind(&self) -> &ServerKind {
+        &self.kind
+    }
+}
+
+/// Identifies the server and fetches its model list.
+pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, Error> {
+    let kind = detect(backend).await?;
+    let (path, list_key, name_key) = match kind {
+        ServerKind::Ollama { .. } => ("/api/tags", "models", "name"),
+        ServerKind::OpenAiCompatible => ("/v1/models", "data", "id"),
+    };
+    let unreachable = |cause: String| Error::BackendUnreachable {
+        url: backend.base_url().to_owned(),
+        cause,
+    };
+    let (status, body) = backend.get(path).await.map_err(unreachable)?;
+    if status != 200 {
+        return Err(unreachable(format!("GET {path} answered HTTP {status}")));
+    }
+    let listing: Value = serde_json::from_slice(&body)
+        .map_err(|error| unreachable(format!("GET {path} did not answer JSON ({error})")))?;
+    let names = listing[list_key]
+        .as_array()
+        .map(|models| {
+            models
+                .iter()
+                .filter_map(|model| model[name_key].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ModelCatalog { kind, names })
+}
+
+async fn detect(backend: &HttpBackend) -> Result<ServerKind, Error> {
+    let url = backend.base_url().to_owned();
+    let (ollama_status, body) =
+        backend
+            .get("/api/version")
+            .await
+            .map_err(|cause| Error::BackendUnreachable {
+                url: url.clone(),
+                cause,
+            })?;
+    if ollama_status == 200 {
+        if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) {
+            if let Some(Value::String(version)) = fields.get("version") {
+                return Ok(ServerKind::Ollama {
+                    version: version.clone(),
+                });
+            }
+        }
+    }
+    let (openai_status, _) =
+        backend
+            .get("/v1/models")
+            .await
+            .map_err(|cause| Error::BackendUnreachable {
+                url: url.clone(),
+                cause,
+            })?;
+    match openai_status {
+        200 => Ok(ServerKind::OpenAiCompatible),
+        401 | 403 => Err(Error::BackendUnrecognised {
+            url,
+            detail: format!(
+                "GET /v1/models answered HTTP {openai_status}: the API key is missing or refused (see --api-key-env)"
+            ),
+        }),
+        _ => Err(Error::BackendUnrecognised {
+            url,
+            detail: format!(
+                "GET /api/version answered HTTP {ollama_status} and GET /v1/models HTTP {openai_status} (use --no-preflight to send anyway)"
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ollama_names_without_a_tag_mean_latest() {
+        let catalog = ModelCatalog {
+            kind: ServerKind::Ollama {
+                version: "0".into(),
+            },
+            names: HashSet::from(["llama3.2:latest".to_owned(), "qwen3:8b".to_owned()]),
+        };
+        assert!(catalog.has("llama3.2"));
+        assert!(catalog.has("llama3.2:latest"));
+        assert!(!catalog.has("qwen3"));
+        let message = catalog.missing("http://h:1", "qwen3").to_string();
+        assert!(message.contains("llama3.2:latest, qwen3:8b"), "{message}");
+    }
+}

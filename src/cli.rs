@@ -1,0 +1,267 @@
+//! Command-line definitions (clap) and their value parsers. Turning these into a run's
+//! configuration is `settings`' job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every request succeeded
+  1    the run finished, but some requests failed or some input lines were invalid
+  2    usage, configuration or I/O error (bad flag, backend unreachable, unknown model, unreadable input)
+  130  interrupted (SIGINT/SIGTERM); results finished before the stop are written
+
+Examples:
+  cat requests.jsonl | batchflow --workers 8 > results.jsonl
+  batchflow requests.jsonl --model llama3.2 --ordered > results.jsonl
+  batchflow demo                  # a sample batch against a built-in mock server";
+
+/// Run large batches of independent LLM requests against Ollama or any OpenAI-compatible
+/// server, keeping every parallel slot of the server busy.
+///
+/// Reads OpenAI Batch API request lines ({"custom_id", "method": "POST", "url", "body"}) from
+/// INPUT or standard input and writes one OpenAI Batch output line per input line to standard
+/// output, in completion order (or input order with --ordered). Logs go to standard error.
+#[derive(Debug, Parser)]
+#[command(name = "batchflow", version, after_help = EXIT_CODES, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve an Ollama-compatible mock API on 127.0.0.1 (for tests, benchmarks and dry runs
+    /// without a GPU). Prints its URL on standard output, then serves until interrupted.
+    MockServer(MockArgs),
+    /// Run a built-in sample batch against a built-in mock server: no Ollama needed.
+    Demo(DemoArgs),
+}
+
+/// Flags of a batch run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Input file of OpenAI Batch request lines; `-` or nothing reads standard input.
+    #[arg(value_name = "INPUT")]
+    pub input: Option<PathBuf>,
+
+    /// Requests in flight at once. Match the server's parallel slots (OLLAMA_NUM_PARALLEL),
+    /// summed over its loaded models.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub workers: u32,
+
+    /// Sets `model` in every request body, replacing any model the line names.
+    #[arg(short, long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Server base URL: `host`, `host:port` or `http://host:port[/prefix]`.
+    /// Default: $OLLAMA_HOST, else 127.0.0.1:11434. Each line's `url` path is appended.
+    #[arg(short, long, value_name = "URL")]
+    pub backend: Option<String>,
+
+    /// Name of an environment variable holding an API key, sent as a bearer token.
+    /// The key itself is never printed or logged.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+
+    /// Limit for one attempt of one request, from connecting to the last byte of the answer
+    /// (seconds, or a duration such as `90s`, `10m`). LLM calls on CPU can take minutes.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Limit for opening a connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Attempts after the first, for connection errors, timeouts, 429, 500, 502, 503, 504 and
+    /// malformed answers. Other 4xx answers are never retried.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub retries: u32,
+
+    /// First backoff's upper bound; it doubles per failure (full jitter). A server's
+    /// Retry-After takes precedence.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_base: Duration,
+
+    /// Longest backoff between two attempts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_max: Duration,
+
+    /// Write results in input order (through a bounded reorder buffer) instead of completion
+    /// order.
+    #[arg(long)]
+    pub ordered: bool,
+
+    /// Skip the checks that the backend answers and has the model before reading input.
+    #[arg(long)]
+    pub no_preflight: bool,
+
+    /// After SIGINT/SIGTERM, how long in-flight requests may take to finish. A second
+    /// interrupt aborts at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace: Duration,
+
+    /// Longer input lines are refused (with an error line) without being held in memory.
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    pub max_line_bytes: usize,
+
+    /// Larger response bodies are refused and recorded as `invalid_response`.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub max_response_bytes: usize,
+
+    /// Send the batch to a built-in mock server instead of a real one (a dry run without a
+    /// GPU). The mock has models llama3.2 and nomic-embed-text.
+    #[arg(long, conflicts_with = "backend")]
+    pub mock: bool,
+}
+
+/// Logging flags, shared by every command.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LogArgs {
+    /// Only warnings and errors on standard error.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More detail on standard error.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// Knobs of the mock server.
+#[derive(Debug, Clone, Args)]
+pub struct MockArgs {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Requests served at once, like OLLAMA_NUM_PARALLEL.
+    #[arg(long, env = "OLLAMA_NUM_PARALLEL", default_value_t = 4)]
+    pub slots: usize,
+
+    /// Requests that may wait for a slot before new ones get 503, like OLLAMA_MAX_QUEUE.
+    #[arg(long, env = "OLLAMA_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
+
+    /// Time each request spends in its slot.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub latency: Duration,
+
+    /// Random spread of the latency: 0.5 means uniform within ±50%.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub spread: f64,
+
+    /// Seed for fault injection.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Fraction of requests answered HTTP 500.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_500: f64,
+
+    /// Fraction of requests answered HTTP 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_429: f64,
+
+    /// Fraction of requests whose connection is cut mid-answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_reset: f64,
+
+    /// Fraction of requests that hang (see --hang).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_hang: f64,
+
+    /// Fraction of requests answered 200 with truncated JSON.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_truncated: f64,
+
+    /// Retry-After sent with each 429.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_after: Duration,
+
+    /// How long a hanging request hangs.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub hang: Duration,
+
+    /// Models the mock has (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "llama3.2:latest,nomic-embed-text:latest"
+    )]
+    pub models: Vec<String>,
+}
+
+/// Flags of the demo.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Requests in flight at once.
+    #[arg(short, long, default_value_t = 4)]
+    pub workers: u32,
+
+    /// Write results in input order.
+    #[arg(long)]
+    pub ordered: bool,
+}
+
+/// A duration as plain seconds (`90`, `0.5`) or with units (`90s`, `10m`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"));
+    }
+    humantime::parse_duration(text.trim()).map_err(|error| format!("{text:?}: {error}"))
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a fraction between 0 and 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn fractions_are_bounded() {
+        assert_eq!(parse_fraction("0.2"), Ok(0.2));
+        assert!(parse_fraction("1.5").is_err());
+    }
+
+    #[test]
+    fn subcommands_and_a_bare_input_both_parse() {
+        let cli =
+            Cli::try_parse_from(["batchflow", "in.jsonl", "-w", "3", "--ordered"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.workers, 3);
+        let cli =
+            Cli::try_parse_from(["batchflow", "mock-server", "--slots", "2"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::MockServer(MockArgs { slots: 2, .. }))
+        ));
+    }
+}

@@ -1,0 +1,135 @@
+//! One run, wired end to end: preflight, then the source thread, the stage and the sink thread
+//! connected by bounded channels. The CLI and the tests both drive runs through [`run`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::backend::http::{HttpBackend, HttpBackendConfig};
+use crate::backend::preflight::{self, ServerKind};
+use crate::error::{Error, ExitStatus};
+use crate::shutdown::Shutdown;
+use crate::sink::{self, Sink, Tally};
+use crate::source::{self, Input, SourceOptions};
+use crate::stage::{self, StageConfig};
+
+/// Items and outcomes buffered between threads. Enough to smooth bursts; small enough that
+/// memory does not depend on the input's length.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Everything a run needs, already resolved from defaults, files and flags.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: Input,
+    pub source: SourceOptions,
+    pub backend: HttpBackendConfig,
+    /// Check the server and its models before reading input.
+    pub preflight: bool,
+    pub stage: StageConfig,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    /// What reached the sinks.
+    pub tally: Tally,
+    pub interrupted: bool,
+    /// The output's reader went away (`| head`).
+    pub output_closed: bool,
+    /// What ended the run early, with everything already written kept.
+    pub fatal: Option<Error>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn exit_status(&self) -> ExitStatus {
+        if self.fatal.is_some() {
+            ExitStatus::Error
+        } else if self.interrupted {
+            ExitStatus::Interrupted
+        } else if self.tally.failed + self.tally.invalid > 0 {
+            ExitStatus::SomeFailed
+        } else {
+            ExitStatus::Success
+        }
+    }
+}
+
+/// Runs a batch to its end (or until `shutdown` stops it). Errors before the first request
+/// (configuration, preflight, unopenable input) are returned as `Err`; errors after it are in
+/// [`RunReport::fatal`], because by then results exist and are kept.
+pub async fn run(
+    config: RunConfig,
+    sinks: Vec<Box<dyn Sink>>,
+    shutdown: Shutdown,
+) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    let backend = Arc::new(HttpBackend::new(config.backend.clone())?);
+    let base_url = backend.base_url().to_owned();
+    let catalog = if config.preflight {
+        let catalog = preflight::check(&backend).await?;
+        match catalog.kind() {
+            ServerKind::Ollama { version } => {
+                tracing::info!("Backend {base_url} is Ollama {version}.")
+            }
+            ServerKind::OpenAiCompatible => {
+                tracing::info!("Backend {base_url} is an OpenAI-compatible server.")
+            }
+        }
+        if let Some(model) = &config.source.model_override {
+            if !catalog.has(model) {
+                return Err(catalog.missing(&base_url, model));
+            }
+        }
+        Some(Arc::new(catalog))
+    } else {
+        None
+    };
+
+    let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
+    let source = source::spawn(config.input, config.source, item_sender)?;
+    let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
+    let sink = sink::spawn(sinks, outcomes)?;
+
+    let stage_report = stage::run(
+        backend,
+        base_url,
+        catalog,
+        config.stage,
+        shutdown.clone(),
+        items,
+        outcome_sender,
+    )
+    .await;
+
+    let sink_report = tokio::task::spawn_blocking(move || sink.join())
+        .await
+        .map_err(|error| Error::Internal(format!("the output thread failed: {error}")))?
+        .map_err(|_| Error::Internal("the output thread panicked".into()))?;
+
+    let mut fatal = stage_report.fatal;
+    if let Some(error) = sink_report.error {
+        fatal.get_or_insert(Error::WriteOutput(error));
+    }
+    // A source still blocked reading (say, an interactive stdin) after an early stop is left
+    // alone; it holds nothing that needs closing.
+    if stage_report.input_exhausted || source.is_finished() {
+        match tokio::task::spawn_blocking(move || source.join()).await {
+            Ok(Ok(Err(error))) => {
+                fatal.get_or_insert(error);
+            }
+            Ok(Ok(Ok(_))) => {}
+            Ok(Err(_)) | Err(_) => {
+                fatal.get_or_insert(Error::Internal("the input thread panicked".into()));
+            }
+        }
+    }
+    Ok(RunReport {
+        tally: sink_report.tally,
+        interrupted: shutdown.was_interrupted(),
+        output_closed: sink_report.closed || stage_report.sink_closed,
+        fatal,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,86 @@
+//! The engine's error type and the process exit codes it maps to.
+//!
+//! Per-request failures are not errors here: they become [`crate::record::Outcome`]s and the batch
+//! goes on. [`Error`] is for what stops a whole run (bad configuration, an unreachable backend,
+//! unreadable input, unwritable output).
+
+use std::io;
+use std::path::PathBuf;
+
+/// What stops a run. Every message names the file, URL, flag or model involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open input {path}: {source}")]
+    OpenInput { path: PathBuf, source: io::Error },
+
+    #[error("reading input {name} failed after line {line}: {source}")]
+    ReadInput {
+        name: String,
+        line: u64,
+        source: io::Error,
+    },
+
+    #[error("invalid backend URL {value:?}: {reason}")]
+    BackendUrl { value: String, reason: String },
+
+    #[error("cannot reach the backend at {url}: {cause}")]
+    BackendUnreachable { url: String, cause: String },
+
+    #[error(
+        "the server at {url} answered neither as Ollama nor as an OpenAI-compatible API: {detail}"
+    )]
+    BackendUnrecognised { url: String, detail: String },
+
+    #[error("the backend at {url} has no model {model:?}; it has: {available}")]
+    ModelMissing {
+        url: String,
+        model: String,
+        available: String,
+    },
+
+    #[error("the backend at {url} says model {model:?} does not exist: {message}")]
+    ModelRejected {
+        url: String,
+        model: String,
+        message: String,
+    },
+
+    #[error("environment variable {name} (named by --api-key-env) is not set or not valid text")]
+    ApiKeyMissing { name: String },
+
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+
+    #[error("writing output failed: {0}")]
+    WriteOutput(io::Error),
+
+    #[error("the mock server cannot listen on {addr}: {source}")]
+    MockBind { addr: String, source: io::Error },
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Process exit codes, as documented in `--help` and the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Every request succeeded.
+    Success,
+    /// The run finished but some requests failed or some lines were invalid.
+    SomeFailed,
+    /// Usage, configuration or I/O error.
+    Error,
+    /// Stopped by SIGINT/SIGTERM.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::SomeFailed => 1,
+            ExitStatus::Error => 2,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! batchflow runs large batches of independent LLM requests against Ollama or any
+//! OpenAI-compatible server, as fast as the server's parallel slots allow.
+//!
+//! ```text
+//!   source thread            async runtime                 sink thread
+//!  ┌──────────────┐  items  ┌─────────────────────┐ outcomes ┌──────────────┐
+//!  │ JSONL lines  │ ──────▶ │ stage: N in flight, │ ───────▶ │ JSONL stdout │
+//!  │ parse, check │ bounded │ retry with backoff  │ bounded  │ (flush when  │
+//!  └──────────────┘ channel └──────────┬──────────┘ channel  │  idle)       │
+//!                                      │ HTTP                └──────────────┘
+//!                                      ▼
+//!                           backend: Ollama / OpenAI API
+//! ```
+//!
+//! Module map:
+//! - [`source`]: input lines to requests (`source::jsonl`), on their own thread.
+//! - [`stage`]: the concurrent stage and its retry policy (`stage::retry`).
+//! - [`backend`]: the `Backend` seam, the HTTP backend, failure classification, preflight.
+//! - [`sink`]: output writers on their own thread (`sink::jsonl`).
+//! - [`record`]: what flows between them: requests, invalid lines, outcomes.
+//! - [`engine`]: wires one run together and reports how it ended.
+//! - [`shutdown`]: signals to stop/abort, passed into the engine.
+//! - [`cli`], [`settings`]: flags, and their resolution into a run's configuration.
+//! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
+//! - [`error`]: the error type and exit codes.
+
+pub mod backend;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod mock;
+pub mod record;
+pub mod settings;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod stage;
+
+/// The sample batch that `batchflow demo` runs.
+pub const DEMO_BATCH: &str = include_str!("../examples/quickstart.jsonl");

@@ -1,0 +1,158 @@
+//! The `batchflow` binary: parse flags, set up logging and the runtime, dispatch to the engine
+//! or the mock server, and map the outcome to an exit code. Everything else is in the library.
+
+use std::fs::File;
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use batchflow::cli::{Cli, Command, DemoArgs, LogArgs, MockArgs, RunArgs};
+use batchflow::engine::{self, RunReport};
+use batchflow::error::ExitStatus;
+use batchflow::mock::{MockConfig, MockServer};
+use batchflow::settings;
+use batchflow::shutdown::Shutdown;
+use batchflow::sink::jsonl::JsonlSink;
+use batchflow::source::Input;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("batchflow: cannot start the async runtime: {error}");
+            return ExitCode::from(ExitStatus::Error.code());
+        }
+    };
+    let status = match runtime.block_on(dispatch(cli)) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("batchflow: {error:#}");
+            ExitStatus::Error
+        }
+    };
+    // Threads still blocked on input (an interactive stdin) must not hold the exit.
+    runtime.shutdown_background();
+    ExitCode::from(status.code())
+}
+
+fn init_logging(log: LogArgs) {
+    let level = if log.quiet {
+        tracing::Level::WARN
+    } else if log.verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(false)
+        .with_max_level(level)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        None => run_batch(cli.run, None).await,
+        Some(Command::MockServer(args)) => serve_mock(args).await,
+        Some(Command::Demo(args)) => demo(args).await,
+    }
+}
+
+async fn run_batch(
+    args: RunArgs,
+    embedded_input: Option<&'static str>,
+) -> anyhow::Result<ExitStatus> {
+    let mock = if args.mock {
+        let config = MockConfig {
+            slots: args.workers as usize,
+            latency_spread: 0.5,
+            ..MockConfig::default()
+        };
+        let mock = MockServer::start(config).await?;
+        tracing::info!("Built-in mock server listening on {}.", mock.url());
+        Some(mock)
+    } else {
+        None
+    };
+    let mut config = settings::run_config(&args, mock.as_ref().map(MockServer::url), |name| {
+        std::env::var(name).ok()
+    })?;
+    if let Some(text) = embedded_input {
+        config.input = Input::Embedded(text);
+    }
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals(args.grace);
+    let stdout = stdout_file().context("cannot use standard output")?;
+    let report = engine::run(config, vec![Box::new(JsonlSink::new(stdout))], shutdown).await?;
+    log_summary(&report);
+    if let Some(fatal) = &report.fatal {
+        eprintln!("batchflow: {fatal}");
+    }
+    Ok(report.exit_status())
+}
+
+fn log_summary(report: &RunReport) {
+    let tally = report.tally;
+    let seconds = report.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        tally.total() as f64 / seconds
+    } else {
+        0.0
+    };
+    tracing::info!(
+        "Finished in {seconds:.1}s: {} succeeded, {} failed, {} invalid lines ({rate:.0} lines/s).",
+        tally.succeeded,
+        tally.failed,
+        tally.invalid
+    );
+    if report.interrupted {
+        tracing::warn!(
+            "Stopped early: {} results were written; requests without a result line were not finished.",
+            tally.total()
+        );
+    }
+}
+
+async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {
+    let mock = MockServer::start(settings::mock_config(&args)).await?;
+    println!("{}", mock.url());
+    tracing::info!(
+        "Mock Ollama server listening on {}; stop it with Ctrl-C.",
+        mock.url()
+    );
+    tokio::select! {
+        _ = mock.serve_forever() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
+    let workers = args.workers.to_string();
+    let mut argv = vec!["batchflow", "--mock", "--workers", &workers];
+    if args.ordered {
+        argv.push("--ordered");
+    }
+    let cli = Cli::try_parse_from(argv).context("demo settings")?;
+    run_batch(cli.run, Some(batchflow::DEMO_BATCH)).await
+}
+
+/// Standard output as a plain file: `io::Stdout` flushes at every newline, which would cost a
+/// system call per result line; the JSONL sink does its own buffering.
+#[cfg(unix)]
+fn stdout_file() -> io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+}
+
+#[cfg(not(unix))]
+fn stdout_file() -> io::Result<io::Stdout> {
+    Ok(io::stdout())
+}

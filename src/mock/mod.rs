@@ -1,0 +1,489 @@
+//! An Ollama-compatible mock server for tests, benchmarks, the quick start, and dry runs of a
+//! batch without a GPU.
+//!
+//! It behaves like a real server under load: `slots` requests are served at once (like
+//! `OLLAMA_NUM_PARALLEL`), later ones wait in a FIFO queue, and once `max_queue` are waiting
+//! new ones get Ollama's 503 "server busy". Latency, spread and faults are knobs; faults are
+//! drawn from a seeded RNG or scripted per request (see [`faults`]).
+
+pub mod faults;
+pub mod replies;
+
+use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use faults::{Fault, FaultPlan, FaultRates, parse_directive};
+use replies::Endpoint;
+
+/// Ollama's message when its queue is full (two spaces, as in the original).
+pub const SERVER_BUSY_MESSAGE: &str =
+    "server busy, please try again.  maximum pending requests exceeded";
+
+/// The mock's knobs.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Requests served at once (`OLLAMA_NUM_PARALLEL`).
+    pub slots: usize,
+    /// Requests allowed to wait for a slot before 503 (`OLLAMA_MAX_QUEUE`).
+    pub max_queue: usize,
+    /// Time a request spends in its slot.
+    pub latency: Duration,
+    /// Random spread around `latency`: 0.5 means uniform in ±50%.
+    pub latency_spread: f64,
+    pub faults: FaultRates,
+    pub seed: u64,
+    /// Sent with every 429.
+    pub retry_after: Duration,
+    /// How long a hung request hangs.
+    pub hang: Duration,
+    /// Models the server has, as `name:tag`.
+    pub models: Vec<String>,
+    pub embedding_dimensions: usize,
+    /// Keep a log of every arrival (for tests of retry timing); grows with the requests.
+    pub record_arrivals: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> MockConfig {
+        MockConfig {
+            port: 0,
+            slots: 4,
+            max_queue: 512,
+            latency: Duration::from_millis(20),
+            latency_spread: 0.0,
+            faults: FaultRates::default(),
+            seed: 0,
+            retry_after: Duration::from_secs(1),
+            hang: Duration::from_secs(3600),
+            models: vec!["llama3.2:latest".into(), "nomic-embed-text:latest".into()],
+            embedding_dimensions: 8,
+            record_arrivals: false,
+        }
+    }
+}
+
+/// Counters, readable while the mock runs (in-process, or as JSON at `GET /mock/stats`).
+#[derive(Debug, Default)]
+pub struct MockStats {
+    pub requests: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub busy: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub resets: AtomicU64,
+    pub hangs: AtomicU64,
+    pub truncated: AtomicU64,
+    /// 4xx answers (bad request, unknown model, scripted statuses).
+    pub client_errors: AtomicU64,
+    pub in_slots: AtomicU64,
+    pub max_in_slots: AtomicU64,
+    pub waiting: AtomicU64,
+}
+
+/// A copy of [`MockStats`] at one moment.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub succeeded: u64,
+    pub busy: u64,
+    pub server_errors: u64,
+    pub rate_limited: u64,
+    pub resets: u64,
+    pub hangs: u64,
+    pub truncated: u64,
+    pub client_errors: u64,
+    pub max_in_slots: u64,
+}
+
+impl MockStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
+        StatsSnapshot {
+            requests: read(&self.requests),
+            succeeded: read(&self.succeeded),
+            busy: read(&self.busy),
+            server_errors: read(&self.server_errors),
+            rate_limited: read(&self.rate_limited),
+            resets: read(&self.resets),
+            hangs: read(&self.hangs),
+            truncated: read(&self.truncated),
+            client_errors: read(&self.client_errors),
+            max_in_slots: read(&self.max_in_slots),
+        }
+    }
+}
+
+/// One request as the mock saw it, when `record_arrivals` is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Hash of the request body: equal for retries of one request.
+    pub body_key: u64,
+    pub at: Instant,
+    pub status: u16,
+}
+
+struct MockState {
+    config: MockConfig,
+    slots: Semaphore,
+    plan: FaultPlan,
+    stats: Arc<MockStats>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    loaded: Mutex<BTreeSet<String>>,
+}
+
+/// A running mock. Dropping it stops the server.
+pub struct MockServer {
+    address: SocketAddr,
+    stats: Arc<MockStats>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds 127.0.0.1 and starts serving on the current tokio runtime.
+    pub async fn start(config: MockConfig) -> Result<MockServer, Error> {
+        let bind_address = SocketAddr::from(([127, 0, 0, 1], config.port));
+        let listener = tokio::net::TcpListener::bind(bind_address)
+            .await
+            .map_err(|source| Error::MockBind {
+                addr: bind_address.to_string(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| Error::MockBind {
+            addr: bind_address.to_string(),
+            source,
+        })?;
+        let stats = Arc::new(MockStats::default());
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(MockState {
+            slots: Semaphore::new(config.slots.max(1)),
+            plan: FaultPlan::new(config.faults, config.seed),
+            stats: Arc::clone(&stats),
+            arrivals: Arc::clone(&arrivals),
+            loaded: Mutex::new(BTreeSet::new()),
+            config,
+        });
+        let listener = listener.tap_io(|stream| {
+            // Small answers must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+        });
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router(state)).await {
+                tracing::error!("Mock server stopped: {error}.");
+            }
+        });
+        Ok(MockServer {
+            address,
+            stats,
+            arrivals,
+            task,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Every arrival so far (empty unless `record_arrivals`).
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves until the process ends; for the `mock-server` command.
+    pub async fn serve_forever(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { "Ollama is running" }))
+        .route("/api/version", get(|| async { axum::Json(json!({"version": "0.12.0-mock"})) }))
+        .route("/api/tags", get(tags))
+        .route("/api/ps", get(running_models))
+        .route("/v1/models", get(openai_models))
+        .route("/mock/stats", get(|State(state): State<Arc<MockState>>| async move {
+            axum::Json(state.stats.snapshot())
+        }))
+        .route("/api/chat", post(|state, body| infer(state, Endpoint::OllamaChat, body)))
+        .route("/api/generate", post(|state, body| infer(state, Endpoint::OllamaGenerate, body)))
+        .route("/api/embed", post(|state, body| infer(state, Endpoint::OllamaEmbed, body)))
+        .route("/v1/chat/completions", post(|state, body| infer(state, Endpoint::OpenAiChat, body)))
+        .route("/v1/embeddings", post(|state, body| infer(state, Endpoint::OpenAiEmbeddings, body)))
+        .with_state(state)
+}
+
+async fn tags(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
+    let models: Vec<Value> = state
+        .config
+        .models
+        .iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "model": name,
+                "modified_at": "2026-01-01T00:00:00Z",
+                "size": 2_019_393_189u64,
+                "digest": format!("{:064x}", key_of(name.as_bytes())),
+                "details": {"format": "gguf", "family": "mock", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+            })
+        })
+        .collect();
+    axum::Json(json!({ "models": models }))
+}
+
+async fn running_models(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
+    let loaded = state
+        .loaded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let models: Vec<Value> = loaded
+        .iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "model": name,
+                "size": 3_500_000_000u64,
+                "size_vram": 3_500_000_000u64,
+                "expires_at": "2099-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    axum::Json(json!({ "models": models }))
+}
+
+async fn openai_models(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
+    let data: Vec<Value> = state
+        .config
+        .models
+        .iter()
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "library"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+fn key_of(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl MockState {
+    fn has_model(&self, model: &str) -> bool {
+        let tagged = if model.contains(':') {
+            model.to_owned()
+        } else {
+            format!("{model}:latest")
+        };
+        self.config
+            .models
+            .iter()
+            .any(|name| *name == tagged || name == model)
+    }
+
+    fn latency(&self) -> Duration {
+        let spread = self.config.latency_spread.clamp(0.0, 1.0);
+        if spread == 0.0 {
+            return self.config.latency;
+        }
+        let factor = 1.0 + spread * (2.0 * fastrand::f64() - 1.0);
+        self.config.latency.mul_f64(factor)
+    }
+
+    fn record(&self, body_key: u64, at: Instant, status: u16) {
+        if self.config.record_arrivals {
+            self.arrivals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arrival {
+                    body_key,
+                    at,
+                    status,
+                });
+        }
+    }
+}
+
+async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: Bytes) -> Response {
+    let arrived = Instant::now();
+    let stats = &state.stats;
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let body_key = key_of(&body);
+    let respond = |status: StatusCode, message: &str| {
+        state.record(body_key, arrived, status.as_u16());
+        json_response(status, &replies::error(Some(endpoint), message))
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(request @ Value::Object(_)) => request,
+        _ => {
+            stats.client_errors.fetch_add(1, Ordering::SeqCst);
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "invalid character in request body: not a JSON object",
+            );
+        }
+    };
+    let Some(model) = request["model"].as_str().map(str::to_owned) else {
+        stats.client_errors.fetch_add(1, Ordering::SeqCst);
+        return respond(StatusCode::BAD_REQUEST, "model is required");
+    };
+    if !state.has_model(&model) {
+        stats.client_errors.fetch_add(1, Ordering::SeqCst);
+        return respond(
+            StatusCode::NOT_FOUND,
+            &format!("model \"{model}\" not found, try pulling it first"),
+        );
+    }
+    let directive = parse_directive(&replies::prompt_text(endpoint, &request));
+    let fault = state.plan.choose(body_key, directive);
+    if fault == Some(Fault::Status(429)) {
+        stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+        state.record(body_key, arrived, 429);
+        let retry_after = state.config.retry_after.as_secs_f64().ceil().to_string();
+        let body = replies::error(Some(endpoint), "rate limit exceeded, retry later");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (header::RETRY_AFTER, retry_after),
+            ],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    if stats.waiting.load(Ordering::SeqCst) >= state.config.max_queue as u64 {
+        stats.busy.fetch_add(1, Ordering::SeqCst);
+        return respond(StatusCode::SERVICE_UNAVAILABLE, SERVER_BUSY_MESSAGE);
+    }
+    stats.waiting.fetch_add(1, Ordering::SeqCst);
+    let permit = state.slots.acquire().await;
+    stats.waiting.fetch_sub(1, Ordering::SeqCst);
+    let Ok(_permit) = permit else {
+        return respond(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    };
+    let in_slots = stats.in_slots.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.max_in_slots.fetch_max(in_slots, Ordering::SeqCst);
+    let _slot = SlotGuard(stats);
+    state
+        .loaded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(model.clone());
+
+    let started = Instant::now();
+    if fault == Some(Fault::Hang) {
+        stats.hangs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(state.config.hang).await;
+    } else {
+        tokio::time::sleep(state.latency()).await;
+    }
+    match fault {
+        Some(Fault::Status(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status.is_server_error() {
+                stats.server_errors.fetch_add(1, Ordering::SeqCst);
+            } else {
+                stats.client_errors.fetch_add(1, Ordering::SeqCst);
+            }
+            respond(status, &format!("mock fault: HTTP {}", status.as_u16()))
+        }
+        Some(Fault::Reset) => {
+            stats.resets.fetch_add(1, Ordering::SeqCst);
+            state.record(body_key, arrived, 0);
+            let broken = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock connection reset",
+                ))
+            });
+            Response::new(Body::from_stream(broken))
+        }
+        Some(Fault::Truncated) => {
+            stats.truncated.fetch_add(1, Ordering::SeqCst);
+            state.record(body_key, arrived, 200);
+            let reply = replies::success(
+                endpoint,
+                &model,
+                &request,
+                started.elapsed(),
+                state.config.embedding_dimensions,
+            )
+            .to_string();
+            let cut = reply.len() / 2;
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                reply.as_bytes()[..cut].to_vec(),
+            )
+                .into_response()
+        }
+        Some(Fault::Hang) | None => {
+            stats.succeeded.fetch_add(1, Ordering::SeqCst);
+            state.record(body_key, arrived, 200);
+            let reply = replies::success(
+                endpoint,
+                &model,
+                &request,
+                started.elapsed(),
+                state.config.embedding_dimensions,
+            );
+            json_response(StatusCode::OK, &reply)
+        }
+    }
+}
+
+/// Frees the slot count however the handler ends (a client that disconnects drops it early).
+struct SlotGuard<'a>(&'a MockStats);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_slots.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,138 @@
+//! The one place that knows precedence: built-in defaults, then the environment
+//! (`OLLAMA_HOST`, the API key variable), then the command line. Produces the engine's
+//! [`RunConfig`] and the mock's [`MockConfig`].
+
+use crate::backend::http::HttpBackendConfig;
+use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
+use crate::cli::{MockArgs, RunArgs};
+use crate::engine::RunConfig;
+use crate::error::Error;
+use crate::mock::MockConfig;
+use crate::mock::faults::FaultRates;
+use crate::source::{Input, SourceOptions};
+use crate::stage::StageConfig;
+use crate::stage::retry::RetryPolicy;
+
+/// Resolves a run's configuration. `backend_override` (the built-in mock's URL) beats
+/// `--backend`, which beats `OLLAMA_HOST`, which beats the default. `env` reads environment
+/// variables (a parameter so tests need not touch the process environment).
+pub fn run_config(
+    args: &RunArgs,
+    backend_override: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<RunConfig, Error> {
+    let address = backend_override
+        .or_else(|| args.backend.clone())
+        .or_else(|| env("OLLAMA_HOST").filter(|host| !host.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned());
+    let api_key = match &args.api_key_env {
+        Some(name) => Some(
+            env(name)
+                .filter(|key| !key.is_empty())
+                .ok_or_else(|| Error::ApiKeyMissing { name: name.clone() })?,
+        ),
+        None => None,
+    };
+    let workers = args.workers as usize;
+    Ok(RunConfig {
+        input: Input::from_arg(args.input.clone()),
+        source: SourceOptions {
+            model_override: args.model.clone(),
+            max_line_bytes: args.max_line_bytes,
+        },
+        backend: HttpBackendConfig {
+            base_url: parse_base_url(&address)?,
+            api_key,
+            timeout: args.timeout,
+            connect_timeout: args.connect_timeout,
+            max_response_bytes: args.max_response_bytes,
+            pool_size: workers,
+        },
+        preflight: !args.no_preflight,
+        stage: StageConfig {
+            workers,
+            ordered: args.ordered,
+            retry: RetryPolicy {
+                max_retries: args.retries,
+                base_delay: args.retry_base,
+                max_delay: args.retry_max,
+                ..RetryPolicy::default()
+            },
+        },
+    })
+}
+
+pub fn mock_config(args: &MockArgs) -> MockConfig {
+    MockConfig {
+        port: args.port,
+        slots: args.slots.max(1),
+        max_queue: args.max_queue,
+        latency: args.latency,
+        latency_spread: args.spread,
+        faults: FaultRates {
+            server_error: args.fail_500,
+            rate_limited: args.fail_429,
+            reset: args.fail_reset,
+            hang: args.fail_hang,
+            truncated: args.fail_truncated,
+        },
+        seed: args.seed,
+        retry_after: args.retry_after,
+        hang: args.hang,
+        models: args.models.clone(),
+        ..MockConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["batchflow"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).expect("flags parse").run
+    }
+
+    #[test]
+    fn backend_precedence_is_flag_then_ollama_host_then_default() {
+        let env = |name: &str| (name == "OLLAMA_HOST").then(|| "gpu-box:9999".to_owned());
+        let no_env = |_: &str| None;
+        let url = |config: RunConfig| config.backend.base_url;
+        assert_eq!(
+            url(run_config(&args(&[]), None, no_env).expect("ok")),
+            "http://127.0.0.1:11434"
+        );
+        assert_eq!(
+            url(run_config(&args(&[]), None, env).expect("ok")),
+            "http://gpu-box:9999"
+        );
+        assert_eq!(
+            url(run_config(&args(&["--backend", "other"]), None, env).expect("ok")),
+            "http://other:11434"
+        );
+        assert_eq!(
+            url(run_config(
+                &args(&["--backend", "other"]),
+                Some("http://127.0.0.1:5".into()),
+                env
+            )
+            .expect("ok")),
+            "http://127.0.0.1:5"
+        );
+    }
+
+    #[test]
+    fn a_missing_api_key_variable_is_named() {
+        let error =
+            run_config(&args(&["--api-key-env", "MY_KEY"]), None, |_| None).expect_err("missing");
+        assert!(error.to_string().contains("MY_KEY"), "{error}");
+        let config = run_config(&args(&["--api-key-env", "MY_KEY"]), None, |_| {
+            Some("s3cret".into())
+        })
+        .expect("ok");
+        assert_eq!(config.backend.api_key.as_deref(), Some("s3cret"));
+    }
+}

@@ -1,0 +1,441 @@
+//! OpenAI Batch API input lines: a bounded line reader and the parser that turns each line into a
+//! [`SourceItem`].
+//!
+//! The reader never holds more than `--max-line-bytes` of one line, so a 100 MB line costs no
+//! more memory than a short one. The parser checks every field and names the line in its
+//! message; it also owns duplicate `custom_id` detection and the body rewrites batchflow needs
+//! (`--model`, `"stream": false`).
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, BufRead};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::record::{ErrorCode, InvalidLine, Request, SourceItem};
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Longest accepted `custom_id`, in bytes. Ids are stored in results and compared on resume;
+/// anything longer is almost certainly a mistake (a whole prompt pasted in the id).
+pub const MAX_CUSTOM_ID_BYTES: usize = 1024;
+
+/// One line as read, without its terminator (`\n` or `\r\n`) or a leading UTF-8 BOM.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawLine<'a> {
+    Line {
+        number: u64,
+        bytes: &'a [u8],
+    },
+    /// The line exceeded the limit; its bytes were skipped, not kept.
+    TooLong {
+        number: u64,
+        bytes_seen: u64,
+    },
+}
+
+/// Splits a byte stream into lines while holding at most `max_line_bytes` of any one line.
+pub struct LineReader<R> {
+    inner: R,
+    max_line_bytes: usize,
+    line_number: u64,
+    line: Vec<u8>,
+}
+
+impl<R: BufRead> LineReader<R> {
+    pub fn new(inner: R, max_line_bytes: usize) -> Self {
+        LineReader {
+            inner,
+            max_line_bytes,
+            line_number: 0,
+            line: Vec::new(),
+        }
+    }
+
+    /// Number of the last line returned (1-based).
+    pub fn line_number(&self) -> u64 {
+        self.line_number
+    }
+
+    /// The next line, or `None` at the end of input. A last line without `\n` still counts.
+    pub fn next_line(&mut self) -> io::Result<Option<RawLine<'_>>> {
+        self.line.clear();
+        let mut bytes_seen: u64 = 0;
+        let mut too_long = false;
+        let mut read_anything = false;
+        loop {
+            let available = match self.inner.fill_buf() {
+                Ok(available) => available,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            if available.is_empty() {
+                if !read_anything {
+                    return Ok(None);
+                }
+                break;
+            }
+            read_anything = true;
+            let (chunk, consumed, complete) = match memchr::memchr(b'\n', available) {
+                Some(end) => (&available[..end], end + 1, true),
+                None => (available, available.len(), false),
+            };
+            bytes_seen += chunk.len() as u64;
+            if !too_long {
+                if self.line.len() + chunk.len() > self.max_line_bytes {
+                    too_long = true;
+                    self.line = Vec::new();
+                } else {
+                    self.line.extend_from_slice(chunk);
+                }
+            }
+            self.inner.consume(consumed);
+            if complete {
+                break;
+            }
+        }
+        self.line_number += 1;
+        let number = self.line_number;
+        if too_long {
+            return Ok(Some(RawLine::TooLong { number, bytes_seen }));
+        }
+        let mut bytes = self.line.as_slice();
+        if let Some(stripped) = bytes.strip_suffix(b"\r") {
+            bytes = stripped;
+        }
+        if number == 1 {
+            if let Some(stripped) = bytes.strip_prefix(UTF8_BOM) {
+                bytes = stripped;
+            }
+        }
+        Ok(Some(RawLine::Line { number, bytes }))
+    }
+}
+
+/// Turns raw lines into requests. Stateful: it remembers every valid `custom_id` (as a 64-bit
+/// hash, 8 bytes each) to flag duplicates.
+pub struct LineParser {
+    model_override: Option<String>,
+    seen_ids: HashSet<u64>,
+}
+
+impl LineParser {
+    pub fn new(model_override: Option<String>) -> Self {
+        LineParser {
+            model_override,
+            seen_ids: HashSet::new(),
+        }
+    }
+
+    /// Parses one line. Blank lines give `None`: they produce no output.
+    pub fn parse(&mut self, raw: RawLine<'_>) -> Option<SourceItem> {
+        let (number, bytes) = match raw {
+            RawLine::TooLong { number, bytes_seen } => {
+                return Some(SourceItem::Invalid(InvalidLine {
+                    line: number,
+                    custom_id: None,
+                    code: ErrorCode::LineTooLong,
+                    message: format!(
+                        "line {number}: {bytes_seen} bytes is longer than --max-line-bytes"
+                    ),
+                }));
+            }
+            RawLine::Line { number, bytes } => (number, bytes),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        Some(match self.parse_request(number, bytes) {
+            Ok(request) => SourceItem::Request(request),
+            Err(invalid) => SourceItem::Invalid(invalid),
+        })
+    }
+
+    fn parse_request(&mut self, line: u64, bytes: &[u8]) -> Result<Request, InvalidLine> {
+        let invalid = |custom_id: Option<&str>, code: ErrorCode, what: String| InvalidLine {
+            line,
+            custom_id: custom_id.map(str::to_owned),
+            code,
+            message: format!("line {line}: {what}"),
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(|error| {
+            invalid(
+                None,
+                ErrorCode::InvalidJson,
+                format!("not valid JSON ({error})"),
+            )
+        })?;
+        let Value::Object(mut fields) = value else {
+            return Err(invalid(
+                None,
+                ErrorCode::InvalidRequest,
+                format!(
+                    "expected a JSON object with custom_id, method, url and body, found {}",
+                    json_kind(&value)
+                ),
+            ));
+        };
+        let custom_id = match fields.remove("custom_id") {
+            None => {
+                return Err(invalid(
+                    None,
+                    ErrorCode::InvalidRequest,
+                    "missing custom_id".into(),
+                ));
+            }
+            Some(Value::String(id)) if id.is_empty() => {
+                return Err(invalid(
+                    None,
+                    ErrorCode::InvalidRequest,
+                    "custom_id is empty".into(),
+                ));
+            }
+            Some(Value::String(id)) if id.len() > MAX_CUSTOM_ID_BYTES => {
+                return Err(invalid(
+                    None,
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "custom_id is {} bytes, longer than the limit of {MAX_CUSTOM_ID_BYTES}",
+                        id.len()
+                    ),
+                ));
+            }
+            Some(Value::String(id)) => id,
+            Some(other) => {
+                return Err(invalid(
+                    None,
+                    ErrorCode::InvalidRequest,
+                    format!("custom_id must be a string, found {}", json_kind(&other)),
+                ));
+            }
+        };
+        let id = Some(custom_id.as_str());
+        match fields.get("method") {
+            Some(Value::String(method)) if method.eq_ignore_ascii_case("POST") => {}
+            Some(other) => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("method must be \"POST\", found {other}"),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "missing method (must be \"POST\")".into(),
+                ));
+            }
+        }
+        let url = match fields.remove("url") {
+            Some(Value::String(url)) if url.starts_with('/') && !url.starts_with("//") => url,
+            Some(other) => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "url must be a path on the backend such as \"/v1/chat/completions\", found {other}"
+                    ),
+                ));
+            }
+            None => return Err(invalid(id, ErrorCode::InvalidRequest, "missing url".into())),
+        };
+        let mut body = match fields.remove("body") {
+            Some(Value::Object(body)) => body,
+            Some(other) => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("body must be a JSON object, found {}", json_kind(&other)),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "missing body".into(),
+                ));
+            }
+        };
+        if let Some(model) = &self.model_override {
+            body.insert("model".into(), Value::String(model.clone()));
+        }
+        let model = match body.get("model") {
+            Some(Value::String(model)) if !model.is_empty() => Some(model.clone()),
+            Some(other) => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("body.model must be a non-empty string, found {other}"),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "body.model is missing (set it in the line or pass --model)".into(),
+                ));
+            }
+        };
+        disable_streaming(&url, &mut body);
+        if !self.seen_ids.insert(id_hash(&custom_id)) {
+            return Err(invalid(
+                id,
+                ErrorCode::DuplicateCustomId,
+                format!("custom_id {custom_id:?} is already used by an earlier line"),
+            ));
+        }
+        let body = serde_json::to_vec(&Value::Object(body))
+            .map_err(|error| invalid(id, ErrorCode::InvalidRequest, format!("body: {error}")))?;
+        Ok(Request {
+            line,
+            custom_id,
+            url,
+            model,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// A batch client wants one whole answer per request. Ollama's native API streams unless told
+/// not to; OpenAI-style endpoints stream only when asked.
+fn disable_streaming(url: &str, body: &mut Map<String, Value>) {
+    if url.starts_with("/api/") || body.get("stream") == Some(&Value::Bool(true)) {
+        body.insert("stream".into(), Value::Bool(false));
+    }
+}
+
+/// Stable 64-bit hash of a custom_id. SipHash with fixed keys: the same on every run, so it can
+/// also key resume state. Two distinct ids collide with odds of about n²/2⁶⁵ (3·10⁻⁸ at a
+/// million ids).
+pub fn id_hash(custom_id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    custom_id.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut reader = LineReader::new(input, max);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().expect("reading a slice cannot fail") {
+            out.push(match line {
+                RawLine::Line { number, bytes } => {
+                    format!("{number}:{}", String::from_utf8_lossy(bytes))
+                }
+                RawLine::TooLong { number, bytes_seen } => {
+                    format!("{number}:too long {bytes_seen}")
+                }
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn reader_strips_crlf_bom_and_keeps_an_unterminated_last_line() {
+        assert_eq!(
+            lines(b"\xEF\xBB\xBFa\r\nb\n\nc", 100),
+            vec!["1:a", "2:b", "3:", "4:c"]
+        );
+    }
+
+    #[test]
+    fn reader_skips_an_overlong_line_and_goes_on() {
+        let input = [b"short\n".as_slice(), &[b'x'; 50], b"\nafter\n"].concat();
+        let mut reader = LineReader::new(io::BufReader::with_capacity(8, input.as_slice()), 10);
+        let mut got = Vec::new();
+        while let Some(line) = reader.next_line().expect("slice") {
+            got.push(format!("{line:?}"));
+        }
+        assert_eq!(got.len(), 3);
+        assert!(
+            got[1].contains("TooLong { number: 2, bytes_seen: 50 }"),
+            "{got:?}"
+        );
+        assert!(got[2].contains("number: 3"), "{got:?}");
+    }
+
+    fn parse(parser: &mut LineParser, text: &str) -> Option<SourceItem> {
+        parser.parse(RawLine::Line {
+            number: 7,
+            bytes: text.as_bytes(),
+        })
+    }
+
+    fn invalid_message(item: Option<SourceItem>) -> (ErrorCode, String) {
+        match item {
+            Some(SourceItem::Invalid(invalid)) => (invalid.code, invalid.message),
+            other => panic!("expected an invalid line, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parser_names_the_line_and_the_field() {
+        let mut parser = LineParser::new(None);
+        let cases = [
+            ("not json", "not valid JSON"),
+            ("[1]", "found an array"),
+            (
+                r#"{"method":"POST","url":"/api/chat","body":{}}"#,
+                "missing custom_id",
+            ),
+            (
+                r#"{"custom_id":5}"#,
+                "custom_id must be a string, found a number",
+            ),
+            (
+                r#"{"custom_id":"a","method":"GET","url":"/x","body":{}}"#,
+                "method must be",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"http://evil/x","body":{}}"#,
+                "url must be a path",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/x","body":"hi"}"#,
+                "body must be a JSON object",
+            ),
+            (
+                r#"{"custom_id":"a","method":"POST","url":"/x","body":{}}"#,
+                "body.model is missing",
+            ),
+        ];
+        for (line, expected) in cases {
+            let (_, message) = invalid_message(parse(&mut parser, line));
+            assert!(message.starts_with("line 7: "), "{message}");
+            assert!(message.contains(expected), "{line} gave {message}");
+        }
+    }
+
+    #[test]
+    fn parser_flags_duplicates_and_rewrites_the_body() {
+        let mut parser = LineParser::new(Some("m:1".into()));
+        let line = r#"{"custom_id":"a","method":"POST","url":"/api/chat","body":{"model":"x","stream":true}}"#;
+        let Some(SourceItem::Request(request)) = parse(&mut parser, line) else {
+            panic!("first line is valid");
+        };
+        let body: Value = serde_json::from_slice(&request.body).expect("body is JSON");
+        assert_eq!(body["model"], "m:1");
+        assert_eq!(body["stream"], false);
+        assert_eq!(request.model.as_deref(), Some("m:1"));
+        let (code, message) = invalid_message(parse(&mut parser, line));
+        assert_eq!(code, ErrorCode::DuplicateCustomId);
+        assert!(message.contains("\"a\""), "{message}");
+        assert!(parse(&mut parser, "  \t").is_none());
+    }
+}

@@ -1,0 +1,288 @@
+//! The concurrent stage: turns each [`SourceItem`] into exactly one [`Outcome`], keeping up to
+//! `workers` HTTP requests in flight.
+//!
+//! Concurrency design: items are mapped to futures and driven by `buffer_unordered` (or
+//! `buffered` for `--ordered`) over a window somewhat wider than `workers`; a semaphore of
+//! `workers` permits is held only while an HTTP attempt is in flight. So a request sleeping in
+//! backoff does not occupy a server slot, the server always sees up to `workers` requests, and
+//! the reorder buffer of `--ordered` is bounded by the window.
+//!
+//! Each request is isolated: any failure, a panic included, becomes that request's outcome and
+//! the batch goes on.
+
+pub mod retry;
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::backend::preflight::ModelCatalog;
+use crate::backend::{AttemptFailure, Backend, FailureKind};
+use crate::error::Error;
+use crate::record::{ErrorCode, Outcome, OutcomeError, Request, SourceItem};
+use crate::shutdown::Shutdown;
+use retry::RetryPolicy;
+
+/// How the stage runs.
+#[derive(Debug, Clone, Copy)]
+pub struct StageConfig {
+    /// HTTP requests in flight at once.
+    pub workers: usize,
+    /// Write outcomes in input order instead of completion order.
+    pub ordered: bool,
+    pub retry: RetryPolicy,
+}
+
+impl StageConfig {
+    /// Requests admitted at once. In ordered mode this bounds the reorder buffer: one slow
+    /// request can hold back at most this many finished ones.
+    fn window(&self) -> usize {
+        if self.ordered {
+            self.workers * 16 + 64
+        } else {
+            self.workers * 2
+        }
+    }
+}
+
+/// How the stage ended.
+#[derive(Debug, Default)]
+pub struct StageReport {
+    /// Every input item was turned into an outcome and handed on.
+    pub input_exhausted: bool,
+    /// In-flight requests were dropped (second interrupt or grace period over).
+    pub aborted: bool,
+    /// The sink stopped accepting outcomes (for instance a closed stdout pipe).
+    pub sink_closed: bool,
+    /// What stopped the run early, such as a model the server does not have.
+    pub fatal: Option<Error>,
+}
+
+/// State shared by every request of a run.
+struct StageContext<B> {
+    backend: Arc<B>,
+    base_url: String,
+    catalog: Option<Arc<ModelCatalog>>,
+    workers: Semaphore,
+    retry: RetryPolicy,
+    shutdown: Shutdown,
+    run_failed: AtomicBool,
+}
+
+/// Runs the stage until the input ends, the sink closes, or shutdown aborts it.
+pub async fn run<B: Backend>(
+    backend: Arc<B>,
+    base_url: String,
+    catalog: Option<Arc<ModelCatalog>>,
+    config: StageConfig,
+    shutdown: Shutdown,
+    items: mpsc::Receiver<SourceItem>,
+    outcomes: mpsc::Sender<Outcome>,
+) -> StageReport {
+    let context = Arc::new(StageContext {
+        backend,
+        base_url,
+        catalog,
+        workers: Semaphore::new(config.workers),
+        retry: config.retry,
+        shutdown: shutdown.clone(),
+        run_failed: AtomicBool::new(false),
+    });
+    let requests = ReceiverStream::new(items)
+        .take_until(shutdown.stopping())
+        .map(move |item| {
+            let context = Arc::clone(&context);
+            async move { context.process(item).await }
+        });
+    let mut results: BoxStream<'static, (Outcome, Option<Error>)> = if config.ordered {
+        requests.buffered(config.window()).boxed()
+    } else {
+        requests.buffer_unordered(config.window()).boxed()
+    };
+    let mut aborting = pin!(shutdown.aborting());
+    let mut report = StageReport::default();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut aborting => {
+                report.aborted = true;
+                break;
+            }
+            next = results.next() => next,
+        };
+        let Some((outcome, fatal)) = next else {
+            report.input_exhausted = !shutdown.is_stopping();
+            break;
+        };
+        if let Some(error) = fatal {
+            report.fatal.get_or_insert(error);
+        }
+        let sent = tokio::select! {
+            biased;
+            _ = &mut aborting => {
+                report.aborted = true;
+                break;
+            }
+            sent = outcomes.send(outcome) => sent,
+        };
+        if sent.is_err() {
+            report.sink_closed = true;
+            shutdown.abort();
+            break;
+        }
+    }
+    report
+}
+
+impl<B: Backend> StageContext<B> {
+    /// One item to one outcome, with a panic contained to this request. The second value is an
+    /// error that should end the whole run.
+    async fn process(&self, item: SourceItem) -> (Outcome, Option<Error>) {
+        let request = match item {
+            SourceItem::Invalid(invalid) => return (Outcome::from_invalid(invalid), None),
+            SourceItem::Request(request) => request,
+        };
+        let (line, custom_id, model) = (
+            request.line,
+            request.custom_id.clone(),
+            request.model.clone(),
+        );
+        let started = Instant::now();
+        match AssertUnwindSafe(self.execute(request)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                let outcome = Outcome {
+                    line,
+                    custom_id: Some(custom_id),
+                    model,
+                    reply: None,
+                    error: Some(OutcomeError {
+                        code: ErrorCode::InternalError,
+                        message: format!(
+                            "line {line}: batchflow failed while handling this request ({}); please report it",
+                            panic_message(panic.as_ref())
+                        ),
+                    }),
+                    attempts: 0,
+                    latency: started.elapsed(),
+                    finished_at: SystemTime::now(),
+                };
+                (outcome, None)
+            }
+        }
+    }
+
+    async fn execute(&self, request: Request) -> (Outcome, Option<Error>) {
+        let started = Instant::now();
+        if let (Some(catalog), Some(model)) = (&self.catalog, &request.model) {
+            if !catalog.has(model) {
+                let error = catalog.missing(&self.base_url, model);
+                let message = error.to_string();
+                return (
+                    failed(request, started, 0, ErrorCode::ModelNotFound, message, None),
+                    self.fail_run(error),
+                );
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = {
+                let _permit = self
+                    .workers
+                    .acquire()
+                    .await
+                    .expect("the worker semaphore is never closed");
+                self.backend.send(&request).await
+            };
+            let failure = match result {
+                Ok(reply) => {
+                    let outcome = Outcome {
+                        line: request.line,
+                        custom_id: Some(request.custom_id),
+                        model: request.model,
+                        reply: Some(reply),
+                        error: None,
+                        attempts,
+                        latency: started.elapsed(),
+                        finished_at: SystemTime::now(),
+                    };
+                    return (outcome, None);
+                }
+                Err(failure) => failure,
+            };
+            if failure.kind == FailureKind::ModelNotFound {
+                let error = Error::ModelRejected {
+                    url: self.base_url.clone(),
+                    model: request.model.clone().unwrap_or_default(),
+                    message: failure.message.clone(),
+                };
+                let fatal = self.fail_run(error);
+                return (finish_failed(request, started, attempts, failure), fatal);
+            }
+            if !failure.kind.is_retryable() || attempts > self.retry.max_retries {
+                return (finish_failed(request, started, attempts, failure), None);
+            }
+            tokio::time::sleep(self.retry.delay(attempts, failure.retry_after)).await;
+        }
+    }
+
+    /// Records the first run-ending error and stops reading input. Only the first caller gets
+    /// the error back, so it is reported once.
+    fn fail_run(&self, error: Error) -> Option<Error> {
+        if self.run_failed.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        self.shutdown.stop();
+        Some(error)
+    }
+}
+
+fn finish_failed(
+    request: Request,
+    started: Instant,
+    attempts: u32,
+    failure: AttemptFailure,
+) -> Outcome {
+    let code = failure.kind.code();
+    let message = format!("{} (after {attempts} attempts)", failure.message);
+    failed(request, started, attempts, code, message, failure.reply)
+}
+
+fn failed(
+    request: Request,
+    started: Instant,
+    attempts: u32,
+    code: ErrorCode,
+    message: String,
+    reply: Option<crate::record::HttpReply>,
+) -> Outcome {
+    Outcome {
+        line: request.line,
+        custom_id: Some(request.custom_id),
+        model: request.model,
+        reply,
+        error: Some(OutcomeError { code, message }),
+        attempts,
+        latency: started.elapsed(),
+        finished_at: SystemTime::now(),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
