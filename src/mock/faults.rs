@@ -5,6 +5,8 @@
 //! - `[mock:status=CODE]`: every attempt of this request answers HTTP CODE.
 //! - `[mock:fail=N:WHAT]`: the first N attempts of this exact body fail with WHAT (an HTTP
 //!   status, `reset`, `hang` or `truncated`), later ones succeed.
+//! - `[mock:delay=MS]`: this request spends MS milliseconds in its slot instead of the
+//!   configured latency (to make one request slow on purpose).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,12 +55,19 @@ impl Fault {
 pub enum Directive {
     Always(u16),
     FirstAttempts(u32, Fault),
+    Delay(std::time::Duration),
 }
 
 pub fn parse_directive(prompt: &str) -> Option<Directive> {
     let start = prompt.find("[mock:")?;
     let rest = &prompt[start + "[mock:".len()..];
     let body = &rest[..rest.find(']')?];
+    if let Some(millis) = body.strip_prefix("delay=") {
+        return millis
+            .parse()
+            .ok()
+            .map(|ms| Directive::Delay(std::time::Duration::from_millis(ms)));
+    }
     if let Some(code) = body.strip_prefix("status=") {
         return code.parse().ok().map(Directive::Always);
     }
@@ -96,7 +105,7 @@ impl FaultPlan {
                 *seen += 1;
                 return (*seen <= count).then_some(fault);
             }
-            None => {}
+            Some(Directive::Delay(_)) | None => {}
         }
         let draw = self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64();
         let FaultRates {
@@ -140,6 +149,10 @@ mod tests {
         assert_eq!(
             parse_directive("[mock:fail=1:reset]"),
             Some(Directive::FirstAttempts(1, Fault::Reset))
+        );
+        assert_eq!(
+            parse_directive("[mock:delay=250]"),
+            Some(Directive::Delay(std::time::Duration::from_millis(250)))
         );
         assert_eq!(parse_directive("[mock:fail=x:429]"), None);
         assert_eq!(parse_directive("no directive"), None);

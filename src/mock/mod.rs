@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use faults::{Fault, FaultPlan, FaultRates, parse_directive};
+use faults::{Directive, Fault, FaultPlan, FaultRates, parse_directive};
 use replies::Endpoint;
 
 /// Ollama's message when its queue is full (two spaces, as in the original).
@@ -328,7 +328,10 @@ impl MockState {
             .any(|name| *name == tagged || name == model)
     }
 
-    fn latency(&self) -> Duration {
+    fn latency(&self, directive: Option<Directive>) -> Duration {
+        if let Some(Directive::Delay(delay)) = directive {
+            return delay;
+        }
         let spread = self.config.latency_spread.clamp(0.0, 1.0);
         if spread == 0.0 {
             return self.config.latency;
@@ -422,7 +425,7 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         stats.hangs.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(state.config.hang).await;
     } else {
-        tokio::time::sleep(state.latency()).await;
+        tokio::time::sleep(state.latency(directive)).await;
     }
     match fault {
         Some(Fault::Status(status)) => {

@@ -1,0 +1,162 @@
+//! Shared test harness: an in-process mock Ollama server on 127.0.0.1:0, request-line
+//! builders, and a runner for the real `batchflow` binary.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use batchflow::mock::{MockConfig, MockServer};
+use serde_json::{Value, json};
+
+/// A mock server with the runtime that drives it; both live as long as this value.
+pub struct Mock {
+    pub server: MockServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Mock {
+    pub fn start(config: MockConfig) -> Mock {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the mock");
+        let server = runtime
+            .block_on(MockServer::start(config))
+            .expect("the mock binds 127.0.0.1:0");
+        Mock {
+            server,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+/// The binary, with no inherited `OLLAMA_HOST` to point it elsewhere.
+pub fn batchflow() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batchflow"));
+    command.env_remove("OLLAMA_HOST");
+    command
+}
+
+/// A chat request line whose prompt is `prompt`.
+pub fn chat_line(custom_id: &str, prompt: &str) -> String {
+    json!({
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/api/chat",
+        "body": {"model": "llama3.2", "messages": [{"role": "user", "content": prompt}]},
+    })
+    .to_string()
+}
+
+/// `count` chat lines with ids `req-0…` and prompts `question N`.
+pub fn chat_lines(count: usize) -> String {
+    (0..count)
+        .map(|index| chat_line(&format!("req-{index}"), &format!("question {index}")) + "\n")
+        .collect()
+}
+
+/// A finished run of the binary.
+pub struct Run {
+    pub status: ExitStatus,
+    pub lines: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Output lines by custom_id (ids must be unique).
+    pub fn by_id(&self) -> HashMap<String, Value> {
+        let mut map = HashMap::new();
+        for line in &self.lines {
+            let id = line["custom_id"].as_str().expect("custom_id").to_owned();
+            assert!(
+                map.insert(id.clone(), line.clone()).is_none(),
+                "duplicate output for {id}"
+            );
+        }
+        map
+    }
+
+    pub fn ok_lines(&self) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|line| line["error"].is_null())
+            .collect()
+    }
+
+    pub fn error_lines(&self) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|line| !line["error"].is_null())
+            .collect()
+    }
+}
+
+/// Writes `input` to a file in `dir` and runs the binary on it with `args`.
+pub fn run_file(dir: &Path, input: &str, args: &[&str]) -> Run {
+    let path = write_input(dir, input);
+    let mut command = batchflow();
+    command.arg(&path).args(args);
+    finish(command.stdin(Stdio::null()))
+}
+
+/// Runs the binary with `input` on standard input.
+pub fn run_stdin(input: &str, args: &[&str]) -> Run {
+    let mut child = batchflow()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || {
+        // The binary may exit before reading everything (that is what some tests check).
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let output = child.wait_with_output().expect("the binary runs");
+    writer.join().expect("the writer thread");
+    parse_output(output)
+}
+
+pub fn write_input(dir: &Path, input: &str) -> PathBuf {
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input).expect("write input");
+    path
+}
+
+fn finish(command: &mut Command) -> Run {
+    let output = command.output().expect("the binary runs");
+    parse_output(output)
+}
+
+pub fn parse_output(output: std::process::Output) -> Run {
+    let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("invalid output line {line:?}: {error}"))
+        })
+        .collect();
+    Run {
+        status: output.status,
+        lines,
+        stdout,
+        stderr,
+    }
+}
