@@ -16,6 +16,9 @@ Exit codes:
 Examples:
   cat requests.jsonl | batchflow --workers 8 > results.jsonl
   batchflow requests.jsonl --model llama3.2 --ordered > results.jsonl
+  batchflow requests.jsonl --output results.parquet      # crash-safe Parquet results
+  batchflow requests.jsonl --output results.parquet --resume   # continue after a crash
+  batchflow status results.parquet
   batchflow demo                  # a sample batch against a built-in mock server";
 
 /// Run large batches of independent LLM requests against Ollama or any OpenAI-compatible
@@ -44,6 +47,17 @@ pub enum Command {
     MockServer(MockArgs),
     /// Run a built-in sample batch against a built-in mock server: no Ollama needed.
     Demo(DemoArgs),
+    /// Show what a Parquet results file holds (rows done, ok, failed) and whether it is
+    /// complete or resumable, without running anything.
+    Status(StatusArgs),
+}
+
+/// Flags of `status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// A results file written with --output.
+    #[arg(value_name = "RESULTS.parquet")]
+    pub path: PathBuf,
 }
 
 /// Flags of a batch run.
@@ -116,6 +130,41 @@ pub struct RunArgs {
     /// Larger response bodies are refused and recorded as `invalid_response`.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub max_response_bytes: usize,
+
+    /// Write results to this Parquet file, checkpointed as it goes so that a crash loses at
+    /// most the rows since the last checkpoint. Standard output then gets no JSONL unless
+    /// --jsonl is given.
+    #[arg(short, long, value_name = "RESULTS.parquet")]
+    pub output: Option<PathBuf>,
+
+    /// Continue an existing --output file: keep its rows and send only the requests it lacks.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+
+    /// With --resume, also send again the requests whose rows are errors (their old rows are
+    /// dropped).
+    #[arg(long, requires = "resume")]
+    pub retry_errors: bool,
+
+    /// Replace an existing --output file.
+    #[arg(long, requires = "output", conflicts_with = "resume")]
+    pub overwrite: bool,
+
+    /// Checkpoint the results file after this many new rows...
+    #[arg(long, default_value_t = 1000, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_rows: u64,
+
+    /// ...or after this long, whichever comes first.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub checkpoint_secs: Duration,
+
+    /// Leave the raw response body out of the results file.
+    #[arg(long, requires = "output")]
+    pub no_raw: bool,
+
+    /// With --output, also write JSONL results to standard output.
+    #[arg(long, requires = "output")]
+    pub jsonl: bool,
 
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
     /// GPU). The mock has models llama3.2 and nomic-embed-text.

@@ -1,6 +1,8 @@
 //! One run, wired end to end: preflight, then the source thread, the stage and the sink thread
 //! connected by bounded channels. The CLI and the tests both drive runs through [`run`].
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +12,10 @@ use crate::backend::http::{HttpBackend, HttpBackendConfig};
 use crate::backend::preflight::{self, ServerKind};
 use crate::error::{Error, ExitStatus};
 use crate::shutdown::Shutdown;
+use crate::sink::jsonl::JsonlSink;
+use crate::sink::parquet::{self as parquet_sink, ParquetOutput};
 use crate::sink::{self, Sink, Tally};
-use crate::source::{self, Input, SourceOptions};
+use crate::source::{self, Input, SourceOptions, SourceSummary};
 use crate::stage::{self, StageConfig};
 
 /// Items and outcomes buffered between threads. Enough to smooth bursts; small enough that
@@ -27,6 +31,8 @@ pub struct RunConfig {
     /// Check the server and its models before reading input.
     pub preflight: bool,
     pub stage: StageConfig,
+    /// The Parquet results file, if any.
+    pub output: Option<ParquetOutput>,
 }
 
 /// How a run ended.
@@ -40,6 +46,17 @@ pub struct RunReport {
     /// What ended the run early, with everything already written kept.
     pub fatal: Option<Error>,
     pub elapsed: Duration,
+    /// The Parquet results file written, if any.
+    pub output: Option<PathBuf>,
+    /// Rows an earlier run left in the results file.
+    pub kept_rows: u64,
+    /// Error rows dropped by `--retry-errors`.
+    pub dropped_errors: u64,
+    /// Input lines skipped because the results file already had them.
+    pub skipped_lines: u64,
+    /// Kept rows whose custom_id (or line) is not in this input: a sign of resuming with a
+    /// different input. Only known when the whole input was read.
+    pub unknown_kept: Option<u64>,
 }
 
 impl RunReport {
@@ -59,12 +76,17 @@ impl RunReport {
 /// Runs a batch to its end (or until `shutdown` stops it). Errors before the first request
 /// (configuration, preflight, unopenable input) are returned as `Err`; errors after it are in
 /// [`RunReport::fatal`], because by then results exist and are kept.
+/// `stdout` receives JSONL output lines when given.
 pub async fn run(
     config: RunConfig,
-    sinks: Vec<Box<dyn Sink>>,
+    stdout: Option<Box<dyn Write + Send>>,
     shutdown: Shutdown,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
+    if let Some(output) = &config.output {
+        parquet_sink::check_path(output)?;
+    }
+    let input = source::open(config.input)?;
     let backend = Arc::new(HttpBackend::new(config.backend.clone())?);
     let base_url = backend.base_url().to_owned();
     let catalog = if config.preflight {
@@ -87,10 +109,26 @@ pub async fn run(
         None
     };
 
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut source_options = config.source.clone();
+    let (mut kept_rows, mut dropped_errors, mut done_count) = (0, 0, 0);
+    if let Some(output) = &config.output {
+        let prepared = parquet_sink::prepare(output, shutdown.clone())?;
+        kept_rows = prepared.kept_rows;
+        dropped_errors = prepared.dropped_errors;
+        done_count = prepared.done.len() as u64;
+        if !prepared.done.is_empty() {
+            source_options.done = Some(Arc::new(prepared.done));
+        }
+        sinks.push(Box::new(prepared.sink));
+    }
+    if let Some(stdout) = stdout {
+        sinks.push(Box::new(JsonlSink::new(stdout)));
+    }
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
-    let source = source::spawn(config.input, config.source, item_sender)?;
+    let source = source::spawn(input, source_options, item_sender)?;
     let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
-    let sink = sink::spawn(sinks, outcomes)?;
+    let sink = sink::spawn(sinks, outcomes, tokio::runtime::Handle::current())?;
 
     let stage_report = stage::run(
         backend,
@@ -110,16 +148,17 @@ pub async fn run(
 
     let mut fatal = stage_report.fatal;
     if let Some(error) = sink_report.error {
-        fatal.get_or_insert(Error::WriteOutput(error));
+        fatal.get_or_insert(Error::Output(error));
     }
     // A source still blocked reading (say, an interactive stdin) after an early stop is left
     // alone; it holds nothing that needs closing.
+    let mut source_summary: Option<SourceSummary> = None;
     if stage_report.input_exhausted || source.is_finished() {
         match tokio::task::spawn_blocking(move || source.join()).await {
             Ok(Ok(Err(error))) => {
                 fatal.get_or_insert(error);
             }
-            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Ok(summary))) => source_summary = Some(summary),
             Ok(Err(_)) | Err(_) => {
                 fatal.get_or_insert(Error::Internal("the input thread panicked".into()));
             }
@@ -131,5 +170,12 @@ pub async fn run(
         output_closed: sink_report.closed || stage_report.sink_closed,
         fatal,
         elapsed: started.elapsed(),
+        output: config.output.map(|output| output.path),
+        kept_rows,
+        dropped_errors,
+        skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),
+        unknown_kept: source_summary
+            .filter(|_| stage_report.input_exhausted)
+            .map(|summary| done_count.saturating_sub(summary.skipped_done)),
     })
 }

@@ -51,8 +51,16 @@ pub enum Error {
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
 
-    #[error("writing output failed: {0}")]
-    WriteOutput(io::Error),
+    #[error("writing results failed: {0}")]
+    Output(#[from] crate::sink::SinkError),
+
+    #[error(transparent)]
+    Results(#[from] crate::sink::checkpoint::ResultsError),
+
+    #[error(
+        "--output writes Parquet: name the file *.parquet (for JSONL, redirect standard output), not {path}"
+    )]
+    OutputNotParquet { path: PathBuf },
 
     #[error("the mock server cannot listen on {addr}: {source}")]
     MockBind { addr: String, source: io::Error },

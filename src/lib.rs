@@ -5,9 +5,9 @@
 //!   source thread            async runtime                 sink thread
 //!  ┌──────────────┐  items  ┌─────────────────────┐ outcomes ┌──────────────┐
 //!  │ JSONL lines  │ ──────▶ │ stage: N in flight, │ ───────▶ │ JSONL stdout │
-//!  │ parse, check │ bounded │ retry with backoff  │ bounded  │ (flush when  │
-//!  └──────────────┘ channel └──────────┬──────────┘ channel  │  idle)       │
-//!                                      │ HTTP                └──────────────┘
+//!  │ parse, check │ bounded │ retry with backoff  │ bounded  │ Parquet with │
+//!  │ skip done    │ channel └──────────┬──────────┘ channel  │ checkpoints  │
+//!  └──────────────┘                    │ HTTP                └──────────────┘
 //!                                      ▼
 //!                           backend: Ollama / OpenAI API
 //! ```
@@ -16,7 +16,9 @@
 //! - [`source`]: input lines to requests (`source::jsonl`), on their own thread.
 //! - [`stage`]: the concurrent stage and its retry policy (`stage::retry`).
 //! - [`backend`]: the `Backend` seam, the HTTP backend, failure classification, preflight.
-//! - [`sink`]: output writers on their own thread (`sink::jsonl`).
+//! - [`sink`]: output writers on their own thread: `sink::jsonl`, and `sink::parquet` with
+//!   its crash-safe file format in `sink::checkpoint` and its columns in `sink::results`.
+//! - [`status`]: the `status` command, reading a results file without changing it.
 //! - [`record`]: what flows between them: requests, invalid lines, outcomes.
 //! - [`engine`]: wires one run together and reports how it ended.
 //! - [`shutdown`]: signals to stop/abort, passed into the engine.
@@ -35,6 +37,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod status;
 
 /// The sample batch that `batchflow demo` runs.
 pub const DEMO_BATCH: &str = include_str!("../examples/quickstart.jsonl");

@@ -6,13 +6,12 @@ use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use batchflow::cli::{Cli, Command, DemoArgs, LogArgs, MockArgs, RunArgs};
+use batchflow::cli::{Cli, Command, DemoArgs, LogArgs, MockArgs, RunArgs, StatusArgs};
 use batchflow::engine::{self, RunReport};
 use batchflow::error::ExitStatus;
 use batchflow::mock::{MockConfig, MockServer};
 use batchflow::settings;
 use batchflow::shutdown::Shutdown;
-use batchflow::sink::jsonl::JsonlSink;
 use batchflow::source::Input;
 use clap::Parser;
 
@@ -62,6 +61,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         None => run_batch(cli.run, None).await,
         Some(Command::MockServer(args)) => serve_mock(args).await,
         Some(Command::Demo(args)) => demo(args).await,
+        Some(Command::Status(args)) => status(args),
     }
 }
 
@@ -89,8 +89,14 @@ async fn run_batch(
     }
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals(args.grace);
-    let stdout = stdout_file().context("cannot use standard output")?;
-    let report = engine::run(config, vec![Box::new(JsonlSink::new(stdout))], shutdown).await?;
+    let stdout: Option<Box<dyn io::Write + Send>> = if config.output.is_none() || args.jsonl {
+        Some(Box::new(
+            stdout_file().context("cannot use standard output")?,
+        ))
+    } else {
+        None
+    };
+    let report = engine::run(config, stdout, shutdown).await?;
     log_summary(&report);
     if let Some(fatal) = &report.fatal {
         eprintln!("batchflow: {fatal}");
@@ -112,12 +118,35 @@ fn log_summary(report: &RunReport) {
         tally.failed,
         tally.invalid
     );
-    if report.interrupted {
-        tracing::warn!(
-            "Stopped early: {} results were written; requests without a result line were not finished.",
-            tally.total()
+    if report.kept_rows > 0 || report.skipped_lines > 0 {
+        tracing::info!(
+            "Resumed: {} rows kept from earlier runs, {} input lines skipped as done.",
+            report.kept_rows,
+            report.skipped_lines
         );
     }
+    if let Some(unknown) = report.unknown_kept.filter(|unknown| *unknown > 0) {
+        tracing::warn!(
+            "{unknown} rows of the results file are for custom_ids (or lines) not in this input: was it resumed with a different input?"
+        );
+    }
+    match (&report.output, report.interrupted || report.fatal.is_some()) {
+        (Some(path), true) => tracing::warn!(
+            "Stopped early; {} is closed and readable. To continue, run the same command with --resume.",
+            path.display()
+        ),
+        (None, true) if report.interrupted => tracing::warn!(
+            "Stopped early: {} results were written; requests without a result line were not finished.",
+            tally.total()
+        ),
+        _ => {}
+    }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let status = batchflow::status::read(&args.path)?;
+    print!("{}", status.render(&args.path));
+    Ok(ExitStatus::Success)
 }
 
 async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {

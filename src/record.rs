@@ -4,6 +4,7 @@
 //! Sources produce [`SourceItem`]s, the stage turns each into exactly one [`Outcome`], and sinks
 //! serialise outcomes. Nothing here does I/O.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -160,5 +161,24 @@ impl Outcome {
             latency: Duration::ZERO,
             finished_at: SystemTime::now(),
         }
+    }
+}
+
+/// What an earlier run already finished, so a resumed run skips those input lines.
+#[derive(Debug, Default)]
+pub struct DoneSet {
+    /// `source::jsonl::id_hash` of every custom_id with a result.
+    pub ids: HashSet<u64>,
+    /// Line numbers of invalid input lines with a result (they may have no custom_id).
+    pub invalid_lines: HashSet<u64>,
+}
+
+impl DoneSet {
+    pub fn len(&self) -> usize {
+        self.ids.len() + self.invalid_lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -9,6 +9,7 @@ use crate::engine::RunConfig;
 use crate::error::Error;
 use crate::mock::MockConfig;
 use crate::mock::faults::FaultRates;
+use crate::sink::parquet::{OutputMode, ParquetOutput};
 use crate::source::{Input, SourceOptions};
 use crate::stage::StageConfig;
 use crate::stage::retry::RetryPolicy;
@@ -39,6 +40,7 @@ pub fn run_config(
         source: SourceOptions {
             model_override: args.model.clone(),
             max_line_bytes: args.max_line_bytes,
+            done: None,
         },
         backend: HttpBackendConfig {
             base_url: parse_base_url(&address)?,
@@ -59,6 +61,21 @@ pub fn run_config(
                 ..RetryPolicy::default()
             },
         },
+        output: args.output.as_ref().map(|path| ParquetOutput {
+            path: path.clone(),
+            mode: if args.resume {
+                OutputMode::Resume {
+                    retry_errors: args.retry_errors,
+                }
+            } else if args.overwrite {
+                OutputMode::Overwrite
+            } else {
+                OutputMode::New
+            },
+            keep_raw: !args.no_raw,
+            checkpoint_rows: usize::try_from(args.checkpoint_rows).unwrap_or(usize::MAX),
+            checkpoint_interval: args.checkpoint_secs,
+        }),
     })
 }
 

@@ -3,14 +3,20 @@
 //! instead of piling up in memory, and never blocks the async runtime.
 //!
 //! The writer thread flushes whenever the channel runs dry, so each finished line reaches the
-//! reader promptly without a write system call per line under load.
+//! reader promptly without a write system call per line under load. While idle it still wakes
+//! for a sink's deadline (a time-based checkpoint).
 
+pub mod checkpoint;
 pub mod jsonl;
+pub mod parquet;
+pub mod results;
 
 use std::io;
 use std::thread;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::Error;
 use crate::record::Outcome;
@@ -23,6 +29,8 @@ pub enum SinkError {
     Closed,
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Results(#[from] checkpoint::ResultsError),
 }
 
 impl SinkError {
@@ -39,8 +47,16 @@ impl SinkError {
 /// A destination for outcomes.
 pub trait Sink: Send {
     fn write(&mut self, outcome: &Outcome) -> Result<(), SinkError>;
-    /// Make everything written so far visible to readers.
+    /// No outcome is waiting: make everything written so far visible to readers, if that is
+    /// cheap.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// When this sink wants [`Sink::on_deadline`] called even if no outcome arrives.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    fn on_deadline(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// The run is over: flush and close.
     fn finish(&mut self) -> Result<(), SinkError>;
 }
@@ -75,40 +91,26 @@ pub struct SinkReport {
     pub tally: Tally,
     /// The output's reader went away before the end.
     pub closed: bool,
-    pub error: Option<io::Error>,
+    pub error: Option<SinkError>,
 }
 
 /// Starts the writer thread. It ends when every sender of `outcomes` is dropped, or at the
-/// first write error (then dropping the receiver tells the stage to stop).
+/// first write error (then dropping the receiver tells the stage to stop). `runtime` serves
+/// the timed waits for sink deadlines.
 pub fn spawn(
     mut sinks: Vec<Box<dyn Sink>>,
     mut outcomes: mpsc::Receiver<Outcome>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<thread::JoinHandle<SinkReport>, Error> {
     thread::Builder::new()
         .name("batchflow-sink".into())
         .spawn(move || {
             let mut tally = Tally::default();
-            let result = (|| {
-                while let Some(outcome) = outcomes.blocking_recv() {
-                    for sink in sinks.iter_mut() {
-                        sink.write(&outcome)?;
-                    }
-                    tally.count(&outcome);
-                    if outcomes.is_empty() {
-                        for sink in sinks.iter_mut() {
-                            sink.flush()?;
-                        }
-                    }
-                }
-                for sink in sinks.iter_mut() {
-                    sink.finish()?;
-                }
-                Ok(())
-            })();
+            let result = write_all(&mut sinks, &mut outcomes, &runtime, &mut tally);
             let (closed, error) = match result {
                 Ok(()) => (false, None),
                 Err(SinkError::Closed) => (true, None),
-                Err(SinkError::Io(error)) => (false, Some(error)),
+                Err(error) => (false, Some(error)),
             };
             SinkReport {
                 tally,
@@ -117,4 +119,56 @@ pub fn spawn(
             }
         })
         .map_err(|error| Error::Internal(format!("cannot start the output thread: {error}")))
+}
+
+fn write_all(
+    sinks: &mut [Box<dyn Sink>],
+    outcomes: &mut mpsc::Receiver<Outcome>,
+    runtime: &tokio::runtime::Handle,
+    tally: &mut Tally,
+) -> Result<(), SinkError> {
+    loop {
+        let outcome = match outcomes.try_recv() {
+            Ok(outcome) => outcome,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                for sink in sinks.iter_mut() {
+                    sink.flush()?;
+                }
+                let deadline = sinks.iter().filter_map(|sink| sink.deadline()).min();
+                let next = match deadline {
+                    None => outcomes.blocking_recv(),
+                    Some(deadline) => {
+                        let wait = async {
+                            tokio::time::timeout_at(deadline.into(), outcomes.recv()).await
+                        };
+                        match runtime.block_on(wait) {
+                            Ok(next) => next,
+                            Err(_) => {
+                                let now = Instant::now();
+                                for sink in sinks.iter_mut() {
+                                    if sink.deadline().is_some_and(|due| due <= now) {
+                                        sink.on_deadline()?;
+                                    }
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match next {
+                    Some(outcome) => outcome,
+                    None => break,
+                }
+            }
+        };
+        for sink in sinks.iter_mut() {
+            sink.write(&outcome)?;
+        }
+        tally.count(&outcome);
+    }
+    for sink in sinks.iter_mut() {
+        sink.finish()?;
+    }
+    Ok(())
 }

@@ -8,12 +8,13 @@ pub mod jsonl;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::record::SourceItem;
+use crate::record::{DoneSet, SourceItem};
 use jsonl::{LineParser, LineReader};
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -52,6 +53,8 @@ pub struct SourceOptions {
     pub model_override: Option<String>,
     /// Longer lines are refused (their bytes are skipped, never held).
     pub max_line_bytes: usize,
+    /// Lines an earlier run finished (on resume): skipped without output.
+    pub done: Option<Arc<DoneSet>>,
 }
 
 /// What the source saw, once it has ended.
@@ -59,16 +62,18 @@ pub struct SourceOptions {
 pub struct SourceSummary {
     /// Non-blank lines read.
     pub lines: u64,
+    /// Lines skipped because an earlier run finished them.
+    pub skipped_done: u64,
 }
 
-/// Opens the input (so that a missing file fails before anything starts) and reads it on a new
-/// thread. The thread stops early, without error, when the receiver is dropped.
-pub fn spawn(
+/// An input that has been opened but not read.
+pub struct OpenedInput {
     input: Input,
-    options: SourceOptions,
-    items: mpsc::Sender<SourceItem>,
-) -> Result<thread::JoinHandle<Result<SourceSummary, Error>>, Error> {
-    let name = input.name();
+    file: Option<File>,
+}
+
+/// Opens the input, so that a missing file fails before anything else is started or created.
+pub fn open(input: Input) -> Result<OpenedInput, Error> {
     let file = match &input {
         Input::File(path) => Some(File::open(path).map_err(|source| Error::OpenInput {
             path: path.clone(),
@@ -76,6 +81,18 @@ pub fn spawn(
         })?),
         Input::Stdin | Input::Embedded(_) => None,
     };
+    Ok(OpenedInput { input, file })
+}
+
+/// Reads the input on a new thread. The thread stops early, without error, when the receiver
+/// is dropped.
+pub fn spawn(
+    opened: OpenedInput,
+    options: SourceOptions,
+    items: mpsc::Sender<SourceItem>,
+) -> Result<thread::JoinHandle<Result<SourceSummary, Error>>, Error> {
+    let OpenedInput { input, file } = opened;
+    let name = input.name();
     let handle = thread::Builder::new()
         .name("batchflow-source".into())
         .spawn(move || {
@@ -97,7 +114,7 @@ fn read_lines(
     items: &mpsc::Sender<SourceItem>,
 ) -> Result<SourceSummary, Error> {
     let mut lines = LineReader::new(reader, options.max_line_bytes);
-    let mut parser = LineParser::new(options.model_override);
+    let mut parser = LineParser::new(options.model_override.clone());
     let mut summary = SourceSummary::default();
     loop {
         let raw = match lines.next_line() {
@@ -115,11 +132,26 @@ fn read_lines(
             continue;
         };
         summary.lines += 1;
+        if options
+            .done
+            .as_deref()
+            .is_some_and(|done| is_done(done, &item))
+        {
+            summary.skipped_done += 1;
+            continue;
+        }
         if let SourceItem::Invalid(invalid) = &item {
             tracing::warn!("Skipping invalid input: {}.", invalid.message);
         }
         if items.blocking_send(item).is_err() {
             return Ok(summary);
         }
+    }
+}
+
+fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
+    match item {
+        SourceItem::Request(request) => done.ids.contains(&jsonl::id_hash(&request.custom_id)),
+        SourceItem::Invalid(invalid) => done.invalid_lines.contains(&invalid.line),
     }
 }

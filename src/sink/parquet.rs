@@ -1,0 +1,217 @@
+//! The Parquet results sink: buffers rows, cuts a row group and checkpoints it every
+//! `--checkpoint-rows` rows or `--checkpoint-secs` seconds, whichever comes first, and prepares
+//! the file at start (new, overwritten, or resumed with its done set).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::checkpoint::{self, FileState, ResultsError, ResultsWriter};
+use super::results::{self, RAW_RESPONSE, RowBuilder};
+use super::{Sink, SinkError};
+use crate::error::Error;
+use crate::record::{DoneSet, Outcome};
+use crate::shutdown::Shutdown;
+
+/// What to do with an existing file at the output path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Refuse to touch an existing file.
+    New,
+    /// Replace an existing file.
+    Overwrite,
+    /// Continue an existing file; with `retry_errors`, drop its error rows and redo them.
+    Resume { retry_errors: bool },
+}
+
+/// The Parquet output of a run.
+#[derive(Debug, Clone)]
+pub struct ParquetOutput {
+    pub path: PathBuf,
+    pub mode: OutputMode,
+    /// Keep each response body as JSON text in `raw_response`.
+    pub keep_raw: bool,
+    pub checkpoint_rows: usize,
+    pub checkpoint_interval: Duration,
+}
+
+/// The sink, ready to write, and what the file already held.
+pub struct PreparedOutput {
+    pub sink: ParquetSink,
+    /// Lines to skip; empty for a new file.
+    pub done: DoneSet,
+    /// Rows kept from an earlier run.
+    pub kept_rows: u64,
+    /// Error rows dropped by `--retry-errors`.
+    pub dropped_errors: u64,
+}
+
+/// Checks, before anything else happens, that the output can be used as asked: a `.parquet`
+/// name, and no existing file unless resuming or overwriting. Creates nothing.
+pub fn check_path(output: &ParquetOutput) -> Result<(), Error> {
+    let path = &output.path;
+    if path
+        .extension()
+        .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
+    {
+        return Err(Error::OutputNotParquet { path: path.clone() });
+    }
+    if output.mode == OutputMode::New && path.symlink_metadata().is_ok() {
+        return Err(ResultsError::Exists { path: path.clone() }.into());
+    }
+    Ok(())
+}
+
+/// Opens the output according to its mode. Nothing is modified unless the mode allows it and
+/// the existing file (if any) checks out.
+pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOutput, ResultsError> {
+    let path = &output.path;
+    let schema = results::schema(output.keep_raw);
+    let exists = path.symlink_metadata().is_ok();
+    let (writer, done, dropped_errors) = match output.mode {
+        OutputMode::New if exists => return Err(ResultsError::Exists { path: path.clone() }),
+        OutputMode::New | OutputMode::Resume { .. } if !exists => {
+            if matches!(output.mode, OutputMode::Resume { .. }) {
+                tracing::info!(
+                    "Nothing to resume at {}: starting a new results file.",
+                    path.display()
+                );
+            }
+            (
+                ResultsWriter::create(path, schema, false)?,
+                DoneSet::default(),
+                0,
+            )
+        }
+        OutputMode::New | OutputMode::Overwrite => (
+            ResultsWriter::create(path, schema, true)?,
+            DoneSet::default(),
+            0,
+        ),
+        OutputMode::Resume { retry_errors } => {
+            let mut existing = checkpoint::inspect(path)?;
+            let how = if existing.from_marker {
+                "from the last checkpoint of a run that did not finish"
+            } else {
+                "from a closed file"
+            };
+            tracing::info!(
+                "Resuming {} {how}: {} rows kept.",
+                path.display(),
+                existing.rows()
+            );
+            let mut dropped = 0;
+            if retry_errors {
+                ResultsWriter::resume(path, &existing)?.close(FileState::Interrupted)?;
+                existing = checkpoint::inspect(path)?;
+                dropped = checkpoint::drop_error_rows(path, &existing)?;
+                existing = checkpoint::inspect(path)?;
+                tracing::info!("Dropped {dropped} error rows to send those requests again.");
+            }
+            let writer = ResultsWriter::resume(path, &existing)?;
+            let file_has_raw = writer.schema().field_with_name(RAW_RESPONSE).is_ok();
+            if file_has_raw != output.keep_raw {
+                tracing::warn!(
+                    "{} was written {} the raw_response column; keeping it that way.",
+                    path.display(),
+                    if file_has_raw { "with" } else { "without" }
+                );
+            }
+            let done = checkpoint::read_done(path, &existing)?;
+            (writer, done, dropped)
+        }
+    };
+    let kept_rows = writer.durable_rows();
+    let rows = RowBuilder::new(writer.schema());
+    Ok(PreparedOutput {
+        sink: ParquetSink {
+            writer: Some(writer),
+            rows,
+            checkpoint_rows: output.checkpoint_rows.max(1),
+            checkpoint_interval: output.checkpoint_interval,
+            last_checkpoint: Instant::now(),
+            shutdown,
+        },
+        done,
+        kept_rows,
+        dropped_errors,
+    })
+}
+
+/// Writes outcomes as rows of the results file.
+pub struct ParquetSink {
+    /// `None` once closed.
+    writer: Option<ResultsWriter>,
+    rows: RowBuilder,
+    checkpoint_rows: usize,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    /// Tells, at the end, whether the run stopped early (the footer records it).
+    shutdown: Shutdown,
+}
+
+impl ParquetSink {
+    fn writer(&mut self) -> Result<&mut ResultsWriter, SinkError> {
+        self.writer.as_mut().ok_or_else(|| {
+            SinkError::Io(std::io::Error::other("the results file is already closed"))
+        })
+    }
+
+    fn write_buffered_rows(&mut self) -> Result<(), SinkError> {
+        if self.rows.rows() == 0 {
+            return Ok(());
+        }
+        let batch = self
+            .rows
+            .finish()
+            .map_err(|error| SinkError::Io(std::io::Error::other(error)))?;
+        self.writer()?.write_row_group(&batch)?;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.write_buffered_rows()?;
+        self.writer()?.checkpoint()?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+impl Sink for ParquetSink {
+    fn write(&mut self, outcome: &Outcome) -> Result<(), SinkError> {
+        self.rows.push(outcome);
+        if self.rows.rows() >= self.checkpoint_rows
+            || self.last_checkpoint.elapsed() >= self.checkpoint_interval
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        (self.rows.rows() > 0).then(|| self.last_checkpoint + self.checkpoint_interval)
+    }
+
+    fn on_deadline(&mut self) -> Result<(), SinkError> {
+        if self.rows.rows() > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.write_buffered_rows()?;
+        let state = if self.shutdown.is_stopping() {
+            FileState::Interrupted
+        } else {
+            FileState::Complete
+        };
+        if let Some(writer) = self.writer.take() {
+            writer.close(state)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! The `status` command: what a Parquet results file holds and whether it can be resumed,
+//! read without running or modifying anything.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::sink::checkpoint::{self, FileState, ResultsError};
+
+/// A results file's state, as counted from the file itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsStatus {
+    pub rows: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub row_groups: usize,
+    pub state: Option<FileState>,
+    /// The last run was killed: the file is valid up to its last checkpoint only once resumed.
+    pub from_checkpoint: bool,
+}
+
+pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
+    let existing = checkpoint::inspect(path)?;
+    let counts = checkpoint::count_statuses(path, &existing)?;
+    Ok(ResultsStatus {
+        rows: existing.rows(),
+        ok: counts.ok,
+        errors: counts.error,
+        row_groups: existing.metadata.num_row_groups(),
+        state: existing.state(),
+        from_checkpoint: existing.from_marker,
+    })
+}
+
+impl ResultsStatus {
+    /// The human-readable report printed by `batchflow status`.
+    pub fn render(&self, path: &Path) -> String {
+        let state = match (self.from_checkpoint, self.state) {
+            (true, _) => {
+                "stopped without closing (killed, crashed, or still running); the rows below are safe at the last checkpoint"
+            }
+            (false, Some(FileState::Complete)) => "complete: the run reached the end of its input",
+            (false, Some(FileState::Interrupted)) => {
+                "interrupted: closed cleanly before the end of its input"
+            }
+            (false, Some(FileState::InProgress)) => "checkpointed by a run that did not close it",
+            (false, None) => "written by another tool or an older batchflow",
+        };
+        let next = match (self.from_checkpoint, self.state) {
+            (false, Some(FileState::Complete)) => {
+                "nothing to resume (--resume with a larger input sends only the missing requests)"
+            }
+            _ => "run the same command with --resume to continue where it stopped",
+        };
+        let mut report = String::new();
+        let _ = writeln!(report, "{}", path.display());
+        let _ = writeln!(report, "  state:      {state}");
+        let _ = writeln!(
+            report,
+            "  rows:       {} (ok {}, error {})",
+            self.rows, self.ok, self.errors
+        );
+        let _ = writeln!(report, "  row groups: {}", self.row_groups);
+        let _ = writeln!(report, "  next:       {next}");
+        if self.errors > 0 {
+            let _ = writeln!(
+                report,
+                "  errors:     --resume --retry-errors sends the {} failed requests again",
+                self.errors
+            );
+        }
+        report
+    }
+}
