@@ -462,3 +462,48 @@ fn a_closed_stdout_pipe_ends_the_run_quietly() {
     );
     assert!(mock.server.stats().requests < 5000, "stopped sending");
 }
+
+#[test]
+fn a_second_sigint_aborts_in_flight_requests_at_once() {
+    let mock = Mock::start(MockConfig {
+        slots: 2,
+        latency: Duration::from_secs(600),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = support::write_input(dir.path(), &chat_lines(10));
+    let mut child = batchflow()
+        .arg(&path)
+        .args(["--backend", &mock.url(), "--workers", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    while mock.server.stats().requests < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let interrupt = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    interrupt(child.id());
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("Interrupted:") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "no interrupt message"
+        );
+    }
+    interrupt(child.id());
+    let output = child.wait_with_output().expect("exits");
+    assert_eq!(output.status.code(), Some(130));
+    assert!(output.stdout.is_empty(), "nothing had finished");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    assert!(rest.contains("aborting"), "{rest}");
+}

@@ -28,8 +28,14 @@ fn string_column(path: &Path, name: &str) -> Vec<Option<String>> {
     let mut values = Vec::new();
     for batch in reader {
         let batch = batch.expect("batch");
-        let column = batch.column_by_name(name).expect("column").as_string::<i32>().clone();
-        values.extend((0..column.len()).map(|row| column.is_valid(row).then(|| column.value(row).to_owned())));
+        let column = batch
+            .column_by_name(name)
+            .expect("column")
+            .as_string::<i32>()
+            .clone();
+        values.extend(
+            (0..column.len()).map(|row| column.is_valid(row).then(|| column.value(row).to_owned())),
+        );
     }
     values
 }
@@ -78,7 +84,12 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
     let mut rng = fastrand::Rng::with_seed(20261126);
     let mut durable = 0;
     for kill in 0..24 {
-        let mut child = start(&input, &output, &mock, &["--resume", "--checkpoint-rows", "7", "--quiet"]);
+        let mut child = start(
+            &input,
+            &output,
+            &mock,
+            &["--resume", "--checkpoint-rows", "7", "--quiet"],
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
         child.kill().expect("SIGKILL");
         let output_status = child.wait_with_output().expect("reaped");
@@ -90,19 +101,40 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
         if !output.exists() {
             continue;
         }
-        let existing = checkpoint::inspect(&output).unwrap_or_else(|error| panic!("kill {kill} left {error}"));
-        assert!(existing.rows() >= durable, "kill {kill}: durable rows went from {durable} to {}", existing.rows());
+        let existing =
+            checkpoint::inspect(&output).unwrap_or_else(|error| panic!("kill {kill} left {error}"));
+        assert!(
+            existing.rows() >= durable,
+            "kill {kill}: durable rows went from {durable} to {}",
+            existing.rows()
+        );
         durable = existing.rows();
     }
-    assert!(durable > 0 && durable < count as u64, "the kills landed mid-run ({durable} rows)");
-    let finish = start(&input, &output, &mock, &["--resume"]).wait_with_output().expect("finishes");
-    assert_eq!(finish.status.code(), Some(0), "{}", String::from_utf8_lossy(&finish.stderr));
+    assert!(
+        durable > 0 && durable < count as u64,
+        "the kills landed mid-run ({durable} rows)"
+    );
+    let finish = start(&input, &output, &mock, &["--resume"])
+        .wait_with_output()
+        .expect("finishes");
+    assert_eq!(
+        finish.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&finish.stderr)
+    );
     let statuses = statuses(&output);
     assert_eq!(statuses.len(), count);
     for index in 0..count {
-        assert_eq!(statuses.get(&format!("req-{index}")).map(String::as_str), Some("ok"));
+        assert_eq!(
+            statuses.get(&format!("req-{index}")).map(String::as_str),
+            Some("ok")
+        );
     }
-    assert!(!marker_path(&output).exists(), "a clean close removes the marker");
+    assert!(
+        !marker_path(&output).exists(),
+        "a clean close removes the marker"
+    );
 }
 
 #[test]
@@ -118,16 +150,25 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
     let output = dir.path().join("results.parquet");
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..6 {
-        let mut child = start(&input, &output, &mock, &["--resume", "--checkpoint-rows", "50", "--quiet"]);
+        let mut child = start(
+            &input,
+            &output,
+            &mock,
+            &["--resume", "--checkpoint-rows", "50", "--quiet"],
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(150..350)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         let existing = checkpoint::inspect(&output).expect("resumable after a kill");
-        let file = std::fs::OpenOptions::new().append(true).open(&output).expect("open");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&output)
+            .expect("open");
         let length = file.metadata().expect("len").len();
         if round % 2 == 0 {
             // A power cut: the tail past the checkpoint is lost at a random byte.
-            file.set_len(rng.u64(existing.data_end..=length)).expect("truncate");
+            file.set_len(rng.u64(existing.data_end..=length))
+                .expect("truncate");
         } else {
             // Or it holds garbage.
             use std::io::Write;
@@ -148,14 +189,26 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
         .set_len(existing.data_end / 2)
         .expect("cut");
     let before = sha(&damaged);
-    let refused = start(&input, &damaged, &mock, &["--resume"]).wait_with_output().expect("exits");
+    let refused = start(&input, &damaged, &mock, &["--resume"])
+        .wait_with_output()
+        .expect("exits");
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("cannot be resumed") && stderr.contains("damaged.parquet"), "{stderr}");
+    assert!(
+        stderr.contains("cannot be resumed") && stderr.contains("damaged.parquet"),
+        "{stderr}"
+    );
     assert_eq!(sha(&damaged), before, "a damaged file is never overwritten");
 
-    let finish = start(&input, &output, &mock, &["--resume"]).wait_with_output().expect("finishes");
-    assert_eq!(finish.status.code(), Some(0), "{}", String::from_utf8_lossy(&finish.stderr));
+    let finish = start(&input, &output, &mock, &["--resume"])
+        .wait_with_output()
+        .expect("finishes");
+    assert_eq!(
+        finish.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&finish.stderr)
+    );
     assert_eq!(statuses(&output).len(), count);
 }
 
@@ -167,27 +220,51 @@ fn retry_errors_resends_failed_requests_and_keeps_only_their_new_rows() {
         ..MockConfig::default()
     });
     let dir = tempfile::tempdir().expect("dir");
-    let mut lines: Vec<String> = (0..40).map(|index| chat_line(&format!("ok-{index}"), "fine")).collect();
+    let mut lines: Vec<String> = (0..40)
+        .map(|index| chat_line(&format!("ok-{index}"), "fine"))
+        .collect();
     for index in 0..5 {
         // Fails all 4 attempts of the first run, succeeds on the fifth.
-        lines.push(chat_line(&format!("flaky-{index}"), &format!("[mock:fail=4:500] flaky {index}")));
+        lines.push(chat_line(
+            &format!("flaky-{index}"),
+            &format!("[mock:fail=4:500] flaky {index}"),
+        ));
     }
     let input = write_input(dir.path(), &(lines.join("\n") + "\n"));
     let output = dir.path().join("results.parquet");
     let args = ["--retries", "3", "--retry-base", "1ms"];
-    let first = start(&input, &output, &mock, &args).wait_with_output().expect("runs");
-    assert_eq!(first.status.code(), Some(1), "{}", String::from_utf8_lossy(&first.stderr));
+    let first = start(&input, &output, &mock, &args)
+        .wait_with_output()
+        .expect("runs");
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let before = statuses(&output);
-    assert_eq!(before.values().filter(|status| *status == "error").count(), 5);
+    assert_eq!(
+        before.values().filter(|status| *status == "error").count(),
+        5
+    );
 
-    let plain_resume = start(&input, &output, &mock, &["--resume"]).wait_with_output().expect("runs");
+    let plain_resume = start(&input, &output, &mock, &["--resume"])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(plain_resume.status.code(), Some(0));
     assert_eq!(statuses(&output), before, "--resume alone keeps error rows");
 
     let mut retry_args = args.to_vec();
     retry_args.extend(["--resume", "--retry-errors"]);
-    let retried = start(&input, &output, &mock, &retry_args).wait_with_output().expect("runs");
-    assert_eq!(retried.status.code(), Some(0), "{}", String::from_utf8_lossy(&retried.stderr));
+    let retried = start(&input, &output, &mock, &retry_args)
+        .wait_with_output()
+        .expect("runs");
+    assert_eq!(
+        retried.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
     let after = statuses(&output);
     assert_eq!(after.len(), 45, "one row per custom_id");
     assert!(after.values().all(|status| status == "ok"), "{after:?}");
@@ -219,18 +296,34 @@ fn sigint_closes_a_readable_file_with_every_finished_row() {
         .status()
         .expect("kill");
     assert!(kill.success());
-    let rest: Vec<String> = std::io::BufRead::lines(stdout).map(|line| line.expect("line")).collect();
+    let rest: Vec<String> = std::io::BufRead::lines(stdout)
+        .map(|line| line.expect("line"))
+        .collect();
     let finished = child.wait_with_output().expect("exits");
     assert_eq!(finished.status.code(), Some(130));
     let stderr = String::from_utf8_lossy(&finished.stderr);
     assert!(stderr.contains("--resume"), "tells how to resume: {stderr}");
     let rows = statuses(&output);
-    assert_eq!(rows.len(), rest.len() + 1, "every finished row is in the file");
+    assert_eq!(
+        rows.len(),
+        rest.len() + 1,
+        "every finished row is in the file"
+    );
     assert!(rows.len() < 400);
-    assert!(!marker_path(&output).exists(), "closed, not just checkpointed");
-    let status = batchflow().arg("status").arg(&output).output().expect("status");
+    assert!(
+        !marker_path(&output).exists(),
+        "closed, not just checkpointed"
+    );
+    let status = batchflow()
+        .arg("status")
+        .arg(&output)
+        .output()
+        .expect("status");
     let report = String::from_utf8_lossy(&status.stdout);
-    assert!(report.contains("interrupted") && report.contains(&format!("rows:       {}", rows.len())), "{report}");
+    assert!(
+        report.contains("interrupted") && report.contains(&format!("rows:       {}", rows.len())),
+        "{report}"
+    );
 }
 
 #[test]
@@ -239,16 +332,25 @@ fn an_existing_output_is_never_touched_without_resume_or_overwrite() {
     let dir = tempfile::tempdir().expect("dir");
     let input = write_input(dir.path(), &chat_lines(20));
     let output = dir.path().join("results.parquet");
-    let first = start(&input, &output, &mock, &[]).wait_with_output().expect("runs");
+    let first = start(&input, &output, &mock, &[])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(first.status.code(), Some(0));
     let before = sha(&output);
-    let again = start(&input, &output, &mock, &[]).wait_with_output().expect("runs");
+    let again = start(&input, &output, &mock, &[])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(again.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("--resume") && stderr.contains("--overwrite"), "{stderr}");
+    assert!(
+        stderr.contains("--resume") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
     assert_eq!(sha(&output), before, "unchanged");
     let requests_before = mock.server.stats().requests;
-    let overwritten = start(&input, &output, &mock, &["--overwrite"]).wait_with_output().expect("runs");
+    let overwritten = start(&input, &output, &mock, &["--overwrite"])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(overwritten.status.code(), Some(0));
     assert_eq!(mock.server.stats().requests, requests_before + 20);
     assert_eq!(statuses(&output).len(), 20);
@@ -260,12 +362,25 @@ fn resuming_with_a_different_input_is_reported() {
     let dir = tempfile::tempdir().expect("dir");
     let output = dir.path().join("results.parquet");
     let first_input = write_input(dir.path(), &chat_lines(10));
-    let first = start(&first_input, &output, &mock, &[]).wait_with_output().expect("runs");
+    let first = start(&first_input, &output, &mock, &[])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(first.status.code(), Some(0));
     let other = dir.path().join("other.jsonl");
-    std::fs::write(&other, (0..5).map(|i| chat_line(&format!("new-{i}"), "x") + "\n").collect::<String>()).expect("write");
-    let resumed = start(&other, &output, &mock, &["--resume"]).wait_with_output().expect("runs");
+    std::fs::write(
+        &other,
+        (0..5)
+            .map(|i| chat_line(&format!("new-{i}"), "x") + "\n")
+            .collect::<String>(),
+    )
+    .expect("write");
+    let resumed = start(&other, &output, &mock, &["--resume"])
+        .wait_with_output()
+        .expect("runs");
     assert_eq!(resumed.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(stderr.contains("10 rows of the results file are for custom_ids"), "{stderr}");
+    assert!(
+        stderr.contains("10 rows of the results file are for custom_ids"),
+        "{stderr}"
+    );
 }

@@ -286,3 +286,78 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         "panic".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::record::{HttpReply, ReplyBody};
+
+    /// Answers every request, except that it panics on one: a stand-in for a bug.
+    struct PanicsOnBoom;
+
+    impl Backend for PanicsOnBoom {
+        async fn send(&self, request: &Request) -> Result<HttpReply, AttemptFailure> {
+            assert!(request.custom_id != "boom", "simulated bug");
+            Ok(HttpReply {
+                status: 200,
+                request_id: "req".into(),
+                body: ReplyBody::Json(RawValue::from_string("{}".into()).expect("JSON")),
+            })
+        }
+    }
+
+    fn request(custom_id: &str, line: u64) -> SourceItem {
+        SourceItem::Request(Request {
+            line,
+            custom_id: custom_id.into(),
+            url: "/api/chat".into(),
+            model: None,
+            body: Bytes::from_static(b"{}"),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_that_requests_error_and_the_batch_goes_on() {
+        let (item_sender, items) = mpsc::channel(8);
+        let (outcome_sender, mut outcomes) = mpsc::channel(8);
+        for (line, id) in ["a", "boom", "c"].into_iter().enumerate() {
+            item_sender
+                .send(request(id, line as u64 + 1))
+                .await
+                .expect("send");
+        }
+        drop(item_sender);
+        let config = StageConfig {
+            workers: 2,
+            ordered: true,
+            retry: RetryPolicy::default(),
+        };
+        let report = run(
+            Arc::new(PanicsOnBoom),
+            "http://test".into(),
+            None,
+            config,
+            Shutdown::new(),
+            items,
+            outcome_sender,
+        )
+        .await;
+        assert!(report.input_exhausted && report.fatal.is_none());
+        let mut results = Vec::new();
+        while let Some(outcome) = outcomes.recv().await {
+            results.push(outcome);
+        }
+        let ids: Vec<_> = results
+            .iter()
+            .map(|o| o.custom_id.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(ids, ["a", "boom", "c"]);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        let error = results[1].error.as_ref().expect("boom failed");
+        assert_eq!(error.code, ErrorCode::InternalError);
+        assert!(error.message.contains("simulated bug"), "{}", error.message);
+    }
+}
