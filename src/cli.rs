@@ -63,7 +63,9 @@ pub struct StatusArgs {
 /// Flags of a batch run.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Input file of OpenAI Batch request lines; `-` or nothing reads standard input.
+    /// Input file: OpenAI Batch request lines (JSONL), or a Parquet file with columns
+    /// custom_id, method, url, body (JSON text or a struct). `-` or nothing reads JSONL from
+    /// standard input.
     #[arg(value_name = "INPUT")]
     pub input: Option<PathBuf>,
 

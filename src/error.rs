@@ -10,14 +10,14 @@ use std::path::PathBuf;
 /// What stops a run. Every message names the file, URL, flag or model involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open input {path}: {source}")]
-    OpenInput { path: PathBuf, source: io::Error },
+    #[error("cannot open input {path}: {cause}")]
+    OpenInput { path: PathBuf, cause: io::Error },
 
-    #[error("reading input {name} failed after line {line}: {source}")]
+    #[error("reading input {name} failed after line or row {line}: {cause}")]
     ReadInput {
         name: String,
         line: u64,
-        source: io::Error,
+        cause: io::Error,
     },
 
     #[error("invalid backend URL {value:?}: {reason}")]
@@ -62,11 +62,30 @@ pub enum Error {
     )]
     OutputNotParquet { path: PathBuf },
 
-    #[error("the mock server cannot listen on {addr}: {source}")]
-    MockBind { addr: String, source: io::Error },
+    #[error("the mock server cannot listen on {addr}: {cause}")]
+    MockBind { addr: String, cause: io::Error },
 
     #[error("{0}")]
     Internal(String),
+
+    #[error("cannot read input {path} as Parquet: {reason}")]
+    ParquetInput { path: PathBuf, reason: String },
+
+    #[error(
+        "input {path} lacks the column(s) {missing} that every request needs; its columns are: {found}"
+    )]
+    ParquetColumns {
+        path: PathBuf,
+        missing: String,
+        found: String,
+    },
+
+    #[error("input {path}: column {column} cannot be read as JSON: {reason}")]
+    ParquetColumnType {
+        path: PathBuf,
+        column: String,
+        reason: String,
+    },
 }
 
 /// Process exit codes, as documented in `--help` and the README.

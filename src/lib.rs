@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Module map:
-//! - [`source`]: input lines to requests (`source::jsonl`), on their own thread.
+//! - [`source`]: input to requests, on their own thread: JSONL lines (`source::jsonl`) or
+//!   Parquet rows (`source::parquet`), both checked by the same parser.
 //! - [`stage`]: the concurrent stage and its retry policy (`stage::retry`).
 //! - [`backend`]: the `Backend` seam, the HTTP backend, failure classification, preflight.
 //! - [`sink`]: output writers on their own thread: `sink::jsonl`, and `sink::parquet` with

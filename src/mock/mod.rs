@@ -164,13 +164,13 @@ impl MockServer {
         let bind_address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = tokio::net::TcpListener::bind(bind_address)
             .await
-            .map_err(|source| Error::MockBind {
+            .map_err(|cause| Error::MockBind {
                 addr: bind_address.to_string(),
-                source,
+                cause,
             })?;
-        let address = listener.local_addr().map_err(|source| Error::MockBind {
+        let address = listener.local_addr().map_err(|cause| Error::MockBind {
             addr: bind_address.to_string(),
-            source,
+            cause,
         })?;
         let stats = Arc::new(MockStats::default());
         let arrivals = Arc::new(Mutex::new(Vec::new()));

@@ -92,11 +92,11 @@ impl FileState {
 /// What can go wrong with a results file. Messages name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 
-    #[error("{path}: {source}")]
-    Parquet { path: PathBuf, source: ParquetError },
+    #[error("{path}: {cause}")]
+    Parquet { path: PathBuf, cause: ParquetError },
 
     #[error("{path} cannot be resumed: {reason}. It was left untouched")]
     Damaged { path: PathBuf, reason: String },
@@ -113,16 +113,16 @@ pub fn marker_path(path: &Path) -> PathBuf {
 }
 
 fn io_error(path: &Path) -> impl Fn(io::Error) -> ResultsError + '_ {
-    move |source| ResultsError::Io {
+    move |cause| ResultsError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 
 fn parquet_error(path: &Path) -> impl Fn(ParquetError) -> ResultsError + '_ {
-    move |source| ResultsError::Parquet {
+    move |cause| ResultsError::Parquet {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

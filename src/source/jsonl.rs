@@ -4,9 +4,11 @@
 //! The reader never holds more than `--max-line-bytes` of one line, so a 100 MB line costs no
 //! more memory than a short one. The parser checks every field and names the line in its
 //! message; it also owns duplicate `custom_id` detection and the body rewrites batchflow needs
-//! (`--model`, `"stream": false`).
+//! (`--model`, `"stream": false`). Its checks start from a parsed JSON value
+//! ([`LineParser::parse_value`]), so `source::parquet` hands its rows to the same parser.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufRead};
 
@@ -113,10 +115,41 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
-/// Turns raw lines into requests. Stateful: it remembers every valid `custom_id` (as a 64-bit
-/// hash, 8 bytes each) to flag duplicates.
+/// Where an item sits in its input (1-based), so that every message names it the way the input
+/// counts: JSONL by line, Parquet by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Line(u64),
+    Row(u64),
+}
+
+impl Position {
+    /// The number recorded in [`InvalidLine::line`] and [`Request::line`].
+    pub fn number(self) -> u64 {
+        match self {
+            Position::Line(number) | Position::Row(number) => number,
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Position::Line(_) => "line",
+            Position::Row(_) => "row",
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.unit(), self.number())
+    }
+}
+
+/// Turns raw lines (or rows already made into JSON values) into requests. Stateful: it
+/// remembers every valid `custom_id` (as a 64-bit hash, 8 bytes each) to flag duplicates.
 pub struct LineParser {
     model_override: Option<String>,
+    text_bodies: bool,
     seen_ids: HashSet<u64>,
 }
 
@@ -124,8 +157,17 @@ impl LineParser {
     pub fn new(model_override: Option<String>) -> Self {
         LineParser {
             model_override,
+            text_bodies: false,
             seen_ids: HashSet::new(),
         }
+    }
+
+    /// Also accepts a `body` given as a string of JSON text, parsed into the object it must
+    /// hold. Columnar inputs store bodies that way because their rows vary too much for one
+    /// struct type; a JSONL line has no such reason, so there a string body stays an error.
+    pub fn with_text_bodies(mut self) -> Self {
+        self.text_bodies = true;
+        self
     }
 
     /// Parses one line. Blank lines give `None`: they produce no output.
@@ -146,26 +188,34 @@ impl LineParser {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        Some(match self.parse_request(number, bytes) {
-            Ok(request) => SourceItem::Request(request),
-            Err(invalid) => SourceItem::Invalid(invalid),
+        Some(match serde_json::from_slice(bytes) {
+            Ok(value) => self.parse_value(Position::Line(number), value),
+            Err(error) => SourceItem::Invalid(InvalidLine {
+                line: number,
+                custom_id: None,
+                code: ErrorCode::InvalidJson,
+                message: format!("line {number}: not valid JSON ({error})"),
+            }),
         })
     }
 
-    fn parse_request(&mut self, line: u64, bytes: &[u8]) -> Result<Request, InvalidLine> {
+    /// Checks one request already parsed as JSON, whatever input it came from, so that every
+    /// source gives the same verdicts and messages.
+    pub fn parse_value(&mut self, position: Position, value: Value) -> SourceItem {
+        match self.parse_request(position, value) {
+            Ok(request) => SourceItem::Request(request),
+            Err(invalid) => SourceItem::Invalid(invalid),
+        }
+    }
+
+    fn parse_request(&mut self, position: Position, value: Value) -> Result<Request, InvalidLine> {
+        let unit = position.unit();
         let invalid = |custom_id: Option<&str>, code: ErrorCode, what: String| InvalidLine {
-            line,
+            line: position.number(),
             custom_id: custom_id.map(str::to_owned),
             code,
-            message: format!("line {line}: {what}"),
+            message: format!("{position}: {what}"),
         };
-        let value: Value = serde_json::from_slice(bytes).map_err(|error| {
-            invalid(
-                None,
-                ErrorCode::InvalidJson,
-                format!("not valid JSON ({error})"),
-            )
-        })?;
         let Value::Object(mut fields) = value else {
             return Err(invalid(
                 None,
@@ -241,7 +291,19 @@ impl LineParser {
             }
             None => return Err(invalid(id, ErrorCode::InvalidRequest, "missing url".into())),
         };
-        let mut body = match fields.remove("body") {
+        let body = match fields.remove("body") {
+            Some(Value::String(text)) if self.text_bodies => serde_json::from_str::<Value>(&text)
+                .map(Some)
+                .map_err(|error| {
+                    invalid(
+                        id,
+                        ErrorCode::InvalidJson,
+                        format!("body is text but not valid JSON ({error})"),
+                    )
+                })?,
+            other => other,
+        };
+        let mut body = match body {
             Some(Value::Object(body)) => body,
             Some(other) => {
                 return Err(invalid(
@@ -274,7 +336,7 @@ impl LineParser {
                 return Err(invalid(
                     id,
                     ErrorCode::InvalidRequest,
-                    "body.model is missing (set it in the line or pass --model)".into(),
+                    format!("body.model is missing (set it in the {unit} or pass --model)"),
                 ));
             }
         };
@@ -283,13 +345,13 @@ impl LineParser {
             return Err(invalid(
                 id,
                 ErrorCode::DuplicateCustomId,
-                format!("custom_id {custom_id:?} is already used by an earlier line"),
+                format!("custom_id {custom_id:?} is already used by an earlier {unit}"),
             ));
         }
         let body = serde_json::to_vec(&Value::Object(body))
             .map_err(|error| invalid(id, ErrorCode::InvalidRequest, format!("body: {error}")))?;
         Ok(Request {
-            line,
+            line: position.number(),
             custom_id,
             url,
             model,
@@ -437,5 +499,49 @@ mod tests {
         assert_eq!(code, ErrorCode::DuplicateCustomId);
         assert!(message.contains("\"a\""), "{message}");
         assert!(parse(&mut parser, "  \t").is_none());
+    }
+
+    #[test]
+    fn values_from_rows_are_named_by_row_and_may_carry_a_text_body() {
+        let request = |body: &str| {
+            serde_json::json!({
+                "custom_id": "a",
+                "method": "POST",
+                "url": "/api/generate",
+                "body": body,
+            })
+        };
+        let text_body = request(r#"{"model":"m","prompt":"p"}"#);
+
+        let mut lines = LineParser::new(None);
+        let (_, message) = invalid_message(Some(
+            lines.parse_value(Position::Line(3), text_body.clone()),
+        ));
+        assert_eq!(
+            message,
+            "line 3: body must be a JSON object, found a string"
+        );
+
+        let mut rows = LineParser::new(None).with_text_bodies();
+        let SourceItem::Request(parsed) = rows.parse_value(Position::Row(4), text_body.clone())
+        else {
+            panic!("a text body is parsed for rows");
+        };
+        assert_eq!(parsed.line, 4);
+        let body: Value = serde_json::from_slice(&parsed.body).expect("body is JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "m", "prompt": "p", "stream": false})
+        );
+        let (code, message) = invalid_message(Some(rows.parse_value(Position::Row(5), text_body)));
+        assert_eq!(code, ErrorCode::DuplicateCustomId);
+        assert!(
+            message.ends_with("is already used by an earlier row"),
+            "{message}"
+        );
+        let (code, message) =
+            invalid_message(Some(rows.parse_value(Position::Row(6), request("[1]"))));
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert_eq!(message, "row 6: body must be a JSON object, found an array");
     }
 }

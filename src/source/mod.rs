@@ -2,8 +2,12 @@
 //! that should not sit on the async runtime) and hands [`SourceItem`]s to the stage through a
 //! bounded channel, so memory stays flat however long the input is and the first result can be
 //! written long before the input ends.
+//!
+//! Each format turns its input into items (`jsonl` line by line, `parquet` row by row, both
+//! through [`jsonl::LineParser`]); counting, the resume filter and sending are shared here.
 
 pub mod jsonl;
+pub mod parquet;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -16,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::error::Error;
 use crate::record::{DoneSet, SourceItem};
 use jsonl::{LineParser, LineReader};
+use parquet::ParquetRows;
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -60,7 +65,7 @@ pub struct SourceOptions {
 /// What the source saw, once it has ended.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SourceSummary {
-    /// Non-blank lines read.
+    /// Non-blank lines (or Parquet rows) read.
     pub lines: u64,
     /// Lines skipped because an earlier run finished them.
     pub skipped_done: u64,
@@ -68,20 +73,41 @@ pub struct SourceSummary {
 
 /// An input that has been opened but not read.
 pub struct OpenedInput {
-    input: Input,
-    file: Option<File>,
+    name: String,
+    reader: Reader,
 }
 
-/// Opens the input, so that a missing file fails before anything else is started or created.
+/// How an opened input is read; a Parquet input has already had its footer and columns checked.
+enum Reader {
+    Stdin,
+    Embedded(&'static str),
+    Jsonl(File),
+    Parquet(ParquetRows),
+}
+
+/// Opens the input, so that a missing file, a damaged Parquet footer or a missing column fails
+/// before anything else is started or created. A file is Parquet when its name ends in
+/// `.parquet` or it starts with Parquet's magic bytes; anything else, and standard input, is
+/// JSONL.
 pub fn open(input: Input) -> Result<OpenedInput, Error> {
-    let file = match &input {
-        Input::File(path) => Some(File::open(path).map_err(|source| Error::OpenInput {
-            path: path.clone(),
-            source,
-        })?),
-        Input::Stdin | Input::Embedded(_) => None,
+    let name = input.name();
+    let reader = match input {
+        Input::Stdin => Reader::Stdin,
+        Input::Embedded(text) => Reader::Embedded(text),
+        Input::File(path) => {
+            let open_error = |cause| Error::OpenInput {
+                path: path.clone(),
+                cause,
+            };
+            let mut file = File::open(&path).map_err(open_error)?;
+            if parquet::is_parquet(&path, &mut file).map_err(open_error)? {
+                Reader::Parquet(ParquetRows::open(&path, file)?)
+            } else {
+                Reader::Jsonl(file)
+            }
+        }
     };
-    Ok(OpenedInput { input, file })
+    Ok(OpenedInput { name, reader })
 }
 
 /// Reads the input on a new thread. The thread stops early, without error, when the receiver
@@ -91,17 +117,17 @@ pub fn spawn(
     options: SourceOptions,
     items: mpsc::Sender<SourceItem>,
 ) -> Result<thread::JoinHandle<Result<SourceSummary, Error>>, Error> {
-    let OpenedInput { input, file } = opened;
-    let name = input.name();
+    let OpenedInput { name, reader } = opened;
     let handle = thread::Builder::new()
         .name("batchflow-source".into())
         .spawn(move || {
-            let reader: Box<dyn BufRead> = match (input, file) {
-                (Input::Embedded(text), _) => Box::new(text.as_bytes()),
-                (_, Some(file)) => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)),
-                (_, None) => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin())),
+            let lines: Box<dyn BufRead> = match reader {
+                Reader::Parquet(rows) => return read_rows(rows, options, &items),
+                Reader::Embedded(text) => Box::new(text.as_bytes()),
+                Reader::Jsonl(file) => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)),
+                Reader::Stdin => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin())),
             };
-            read_lines(reader, &name, options, &items)
+            read_lines(lines, &name, options, &items)
         })
         .map_err(|error| Error::Internal(format!("cannot start the input thread: {error}")))?;
     Ok(handle)
@@ -115,22 +141,45 @@ fn read_lines(
 ) -> Result<SourceSummary, Error> {
     let mut lines = LineReader::new(reader, options.max_line_bytes);
     let mut parser = LineParser::new(options.model_override.clone());
-    let mut summary = SourceSummary::default();
-    loop {
-        let raw = match lines.next_line() {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Ok(summary),
-            Err(source) => {
-                return Err(Error::ReadInput {
-                    name: name.to_owned(),
-                    line: lines.line_number(),
-                    source,
-                });
+    forward(&options, items, || {
+        loop {
+            let raw = match lines.next_line() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return Ok(None),
+                Err(cause) => {
+                    return Err(Error::ReadInput {
+                        name: name.to_owned(),
+                        line: lines.line_number(),
+                        cause,
+                    });
+                }
+            };
+            if let Some(item) = parser.parse(raw) {
+                return Ok(Some(item));
             }
-        };
-        let Some(item) = parser.parse(raw) else {
-            continue;
-        };
+        }
+    })
+}
+
+fn read_rows(
+    mut rows: ParquetRows,
+    options: SourceOptions,
+    items: &mpsc::Sender<SourceItem>,
+) -> Result<SourceSummary, Error> {
+    let mut parser = LineParser::new(options.model_override.clone()).with_text_bodies();
+    forward(&options, items, || rows.next_item(&mut parser))
+}
+
+/// What every source does with its items, whatever the format: count them, skip those an
+/// earlier run finished, log the invalid ones and send the rest, until `next` runs out or the
+/// receiver is gone.
+fn forward(
+    options: &SourceOptions,
+    items: &mpsc::Sender<SourceItem>,
+    mut next: impl FnMut() -> Result<Option<SourceItem>, Error>,
+) -> Result<SourceSummary, Error> {
+    let mut summary = SourceSummary::default();
+    while let Some(item) = next()? {
         summary.lines += 1;
         if options
             .done
@@ -144,9 +193,10 @@ fn read_lines(
             tracing::warn!("Skipping invalid input: {}.", invalid.message);
         }
         if items.blocking_send(item).is_err() {
-            return Ok(summary);
+            break;
         }
     }
+    Ok(summary)
 }
 
 fn is_done(done: &DoneSet, item: &SourceItem) -> bool {

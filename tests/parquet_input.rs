@@ -1,0 +1,316 @@
+//! End-to-end tests of Parquet input: the real binary reads requests from a Parquet file and
+//! sends them to the in-process mock server.
+
+mod support;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray};
+use arrow_schema::{DataType, Field};
+use batchflow::mock::MockConfig;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use support::{Mock, Run, batchflow, parse_output};
+
+fn fast_mock() -> Mock {
+    Mock::start(MockConfig {
+        slots: 16,
+        latency: Duration::ZERO,
+        ..MockConfig::default()
+    })
+}
+
+fn run(args: &[&str]) -> Run {
+    let output = batchflow()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    parse_output(output)
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.into_iter().collect::<StringArray>())
+}
+
+/// Writes `batches` (all with the first one's schema) as one Parquet file.
+fn write_parquet(path: &Path, batches: impl IntoIterator<Item = RecordBatch>) {
+    let mut batches = batches.into_iter().peekable();
+    let schema = batches.peek().expect("at least one batch").schema();
+    let file = File::create(path).expect("create the input");
+    let mut writer = ArrowWriter::try_new(file, schema, None).expect("a Parquet writer");
+    for batch in batches {
+        writer.write(&batch).expect("write a batch");
+    }
+    writer.close().expect("close the input");
+}
+
+fn request_id(index: usize) -> String {
+    format!("req-{index}")
+}
+
+/// Generate requests for `ids`, `body` as JSON text; `None` leaves a row's custom_id null.
+fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
+    let bodies: Vec<String> = (0..ids.len())
+        .map(|index| {
+            serde_json::json!({"model": "llama3.2", "prompt": format!("question {index}")})
+                .to_string()
+        })
+        .collect();
+    RecordBatch::try_from_iter([
+        ("custom_id", strings(ids.iter().map(Option::as_deref))),
+        ("method", strings(ids.iter().map(|_| Some("POST")))),
+        ("url", strings(ids.iter().map(|_| Some("/api/generate")))),
+        (
+            "body",
+            strings(bodies.iter().map(|body| Some(body.as_str()))),
+        ),
+    ])
+    .expect("columns of equal length")
+}
+
+/// Rows of a results file: custom_id, request_line and error_code.
+fn read_results(path: &Path) -> Vec<(Option<String>, i64, Option<String>)> {
+    let file = File::open(path).expect("the results file exists");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("the results file is Parquet")
+        .build()
+        .expect("a reader");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("a readable batch");
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("the results have a {name} column"))
+                .clone()
+        };
+        let (ids, lines, codes) = (
+            column("custom_id"),
+            column("request_line"),
+            column("error_code"),
+        );
+        let (ids, lines, codes) = (
+            ids.as_string::<i32>(),
+            lines.as_primitive::<Int64Type>(),
+            codes.as_string::<i32>(),
+        );
+        for index in 0..batch.num_rows() {
+            let text = |array: &StringArray| {
+                (!array.is_null(index)).then(|| array.value(index).to_owned())
+            };
+            rows.push((text(ids), lines.value(index), text(codes)));
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_hundred_thousand_rows_give_a_hundred_thousand_results_with_the_same_ids() {
+    const ROWS: usize = 100_000;
+    const ROWS_PER_BATCH: usize = 10_000;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.parquet");
+    write_parquet(
+        &input,
+        (0..ROWS).step_by(ROWS_PER_BATCH).map(|first| {
+            let ids: Vec<Option<String>> = (first..first + ROWS_PER_BATCH)
+                .map(|index| Some(request_id(index)))
+                .collect();
+            text_body_batch(&ids)
+        }),
+    );
+    let output = dir.path().join("results.parquet");
+    let mock = fast_mock();
+    let run = run(&[
+        input.to_str().expect("a UTF-8 temp path"),
+        "--backend",
+        &mock.url(),
+        "--workers",
+        "16",
+        "--output",
+        output.to_str().expect("a UTF-8 temp path"),
+    ]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let results = read_results(&output);
+    assert_eq!(results.len(), ROWS);
+    let ids: HashSet<String> = results
+        .iter()
+        .map(|(id, _, _)| id.clone().expect("every row has its custom_id"))
+        .collect();
+    assert_eq!(ids, (0..ROWS).map(request_id).collect::<HashSet<_>>());
+    assert!(results.iter().all(|(_, _, code)| code.is_none()));
+    assert_eq!(mock.server.stats().succeeded, ROWS as u64);
+}
+
+#[test]
+fn a_struct_body_is_sent_as_a_json_object() {
+    const ROWS: usize = 50;
+    let message_fields = vec![
+        Field::new("role", DataType::Utf8, true),
+        Field::new("content", DataType::Utf8, true),
+    ];
+    let mut messages = ListBuilder::new(StructBuilder::from_fields(message_fields, ROWS));
+    for index in 0..ROWS {
+        let message = messages.values();
+        message
+            .field_builder::<StringBuilder>(0)
+            .expect("field 0 is role, a string")
+            .append_value("user");
+        message
+            .field_builder::<StringBuilder>(1)
+            .expect("field 1 is content, a string")
+            .append_value(format!("question {index}"));
+        message.append(true);
+        messages.append(true);
+    }
+    let messages: ArrayRef = Arc::new(messages.finish());
+    let body = StructArray::from(vec![
+        (
+            Arc::new(Field::new("model", DataType::Utf8, true)),
+            strings((0..ROWS).map(|_| Some("llama3.2"))),
+        ),
+        (
+            Arc::new(Field::new("messages", messages.data_type().clone(), true)),
+            messages,
+        ),
+    ]);
+    let ids: Vec<String> = (0..ROWS).map(request_id).collect();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("chat.parquet");
+    write_parquet(
+        &input,
+        [RecordBatch::try_from_iter([
+            ("custom_id", strings(ids.iter().map(|id| Some(id.as_str())))),
+            ("method", strings((0..ROWS).map(|_| Some("POST")))),
+            ("url", strings((0..ROWS).map(|_| Some("/api/chat")))),
+            ("body", Arc::new(body) as ArrayRef),
+        ])
+        .expect("columns of equal length")],
+    );
+    let mock = fast_mock();
+    let run = run(&[
+        input.to_str().expect("a UTF-8 temp path"),
+        "--backend",
+        &mock.url(),
+    ]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let by_id = run.by_id();
+    assert_eq!(by_id.len(), ROWS);
+    for (index, id) in ids.iter().enumerate() {
+        assert_eq!(
+            by_id[id]["response"]["body"]["message"]["content"],
+            format!("Mock reply from llama3.2: question {index}"),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn resuming_sends_only_the_rows_without_results_and_keeps_invalid_rows_once() {
+    let ids = |count: usize| -> Vec<Option<String>> {
+        (0..count)
+            .map(|index| (index != 2).then(|| request_id(index)))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.parquet");
+    let output = dir.path().join("results.parquet");
+    let mock = fast_mock();
+    let url = mock.url();
+    let run_with = |extra: &[&str]| {
+        let mut args = vec![
+            input.to_str().expect("a UTF-8 temp path"),
+            "--backend",
+            &url,
+            "--output",
+            output.to_str().expect("a UTF-8 temp path"),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+
+    write_parquet(&input, [text_body_batch(&ids(300))]);
+    let first = run_with(&[]);
+    assert_eq!(first.code(), Some(1), "row 3 is invalid: {}", first.stderr);
+    write_parquet(&input, [text_body_batch(&ids(400))]);
+    let resumed = run_with(&["--resume"]);
+    // The exit code reports this run's requests; row 3 was reported by the first.
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    assert!(
+        resumed.stderr.contains("300 input lines skipped as done"),
+        "{}",
+        resumed.stderr
+    );
+
+    assert_eq!(mock.server.stats().succeeded, 399);
+    let results = read_results(&output);
+    assert_eq!(results.len(), 400);
+    let invalid: Vec<_> = results.iter().filter(|(id, _, _)| id.is_none()).collect();
+    assert_eq!(
+        invalid,
+        [&(None, 3, Some("invalid_request".to_owned()))],
+        "{results:?}"
+    );
+    let ids: HashSet<&str> = results
+        .iter()
+        .filter_map(|(id, _, _)| id.as_deref())
+        .collect();
+    assert_eq!(ids.len(), 399);
+}
+
+fn assert_fails_naming(run: &Run, path: &Path, words: &[&str]) {
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    let path = path.display().to_string();
+    for word in std::iter::once(path.as_str()).chain(words.iter().copied()) {
+        assert!(run.stderr.contains(word), "no {word:?} in {}", run.stderr);
+    }
+}
+
+#[test]
+fn a_file_that_is_not_parquet_or_lacks_a_column_fails_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output: PathBuf = dir.path().join("results.parquet");
+    let mock = fast_mock();
+    let run_on = |input: &Path| {
+        run(&[
+            input.to_str().expect("a UTF-8 temp path"),
+            "--backend",
+            &mock.url(),
+            "--output",
+            output.to_str().expect("a UTF-8 temp path"),
+        ])
+    };
+
+    let not_parquet = dir.path().join("requests.parquet");
+    std::fs::write(&not_parquet, "{\"custom_id\":\"a\"}\n").expect("write the input");
+    assert_fails_naming(&run_on(&not_parquet), &not_parquet, &["Parquet"]);
+
+    let no_url = dir.path().join("no-url.parquet");
+    write_parquet(
+        &no_url,
+        [RecordBatch::try_from_iter([
+            ("custom_id", strings([Some("a")])),
+            ("method", strings([Some("POST")])),
+            ("body", strings([Some("{}")])),
+        ])
+        .expect("columns of equal length")],
+    );
+    assert_fails_naming(
+        &run_on(&no_url),
+        &no_url,
+        &["lacks the column(s) url", "custom_id, method, body"],
+    );
+
+    assert!(!output.exists(), "no results file is created");
+    assert_eq!(mock.server.stats().succeeded, 0);
+}
