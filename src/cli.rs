@@ -168,6 +168,15 @@ pub struct RunArgs {
     #[arg(long, requires = "output")]
     pub jsonl: bool,
 
+    /// Keep the run's figures (counts, rates, ETA, tokens, latency, GPU) in this JSON file,
+    /// rewritten atomically every 2 seconds and at the end.
+    #[arg(long, value_name = "FILE.json")]
+    pub stats: Option<PathBuf>,
+
+    /// When standard error is not a terminal, log a progress line this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub progress_interval: Duration,
+
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
     /// GPU). The mock has models llama3.2 and nomic-embed-text.
     #[arg(long, conflicts_with = "backend")]

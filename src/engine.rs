@@ -11,12 +11,14 @@ use tokio::sync::mpsc;
 use crate::backend::http::{HttpBackend, HttpBackendConfig};
 use crate::backend::preflight::{self, ServerKind};
 use crate::error::{Error, ExitStatus};
+use crate::progress::{Probes, Progress, ProgressConfig};
 use crate::shutdown::Shutdown;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::parquet::{self as parquet_sink, ParquetOutput};
-use crate::sink::{self, Sink, Tally};
-use crate::source::{self, Input, SourceOptions, SourceSummary};
+use crate::sink::{self, Sink};
+use crate::source::{self, Input, InputSize, SourceOptions, SourceSummary};
 use crate::stage::{self, StageConfig};
+use crate::stats::{RunStats, StatsSnapshot};
 
 /// Items and outcomes buffered between threads. Enough to smooth bursts; small enough that
 /// memory does not depend on the input's length.
@@ -33,13 +35,15 @@ pub struct RunConfig {
     pub stage: StageConfig,
     /// The Parquet results file, if any.
     pub output: Option<ParquetOutput>,
+    pub progress: ProgressConfig,
 }
 
 /// How a run ended.
 #[derive(Debug)]
 pub struct RunReport {
-    /// What reached the sinks.
-    pub tally: Tally,
+    /// Figures of what reached the sinks, as of the end.
+    pub stats: StatsSnapshot,
+    pub backend_url: String,
     pub interrupted: bool,
     /// The output's reader went away (`| head`).
     pub output_closed: bool,
@@ -65,7 +69,7 @@ impl RunReport {
             ExitStatus::Error
         } else if self.interrupted {
             ExitStatus::Interrupted
-        } else if self.tally.failed + self.tally.invalid > 0 {
+        } else if self.stats.failed + self.stats.invalid > 0 {
             ExitStatus::SomeFailed
         } else {
             ExitStatus::Success
@@ -125,17 +129,37 @@ pub async fn run(
     if let Some(stdout) = stdout {
         sinks.push(Box::new(JsonlSink::new(stdout)));
     }
+    let stats = Arc::new(RunStats::new(started));
+    count_expected(&input, done_count, &stats);
+    let ollama = catalog
+        .as_deref()
+        .filter(|catalog| matches!(catalog.kind(), ServerKind::Ollama { .. }))
+        .map(|_| Arc::clone(&backend));
+    let progress = Progress::start(
+        Arc::clone(&stats),
+        config.progress.clone(),
+        Probes { ollama },
+    );
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender)?;
     let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
-    let sink = sink::spawn(sinks, outcomes, tokio::runtime::Handle::current())?;
+    let sink = sink::spawn(
+        sinks,
+        outcomes,
+        tokio::runtime::Handle::current(),
+        Arc::clone(&stats),
+    )?;
 
-    let stage_report = stage::run(
+    let target = stage::Target {
         backend,
-        base_url,
+        base_url: base_url.clone(),
         catalog,
+    };
+    let stage_report = stage::run(
+        target,
         config.stage,
         shutdown.clone(),
+        Arc::clone(&stats),
         items,
         outcome_sender,
     )
@@ -164,8 +188,13 @@ pub async fn run(
             }
         }
     }
+    let final_stats = match progress.finish().await {
+        Some(snapshot) => snapshot,
+        None => stats.snapshot(Instant::now()),
+    };
     Ok(RunReport {
-        tally: sink_report.tally,
+        stats: final_stats,
+        backend_url: base_url,
         interrupted: shutdown.was_interrupted(),
         output_closed: sink_report.closed || stage_report.sink_closed,
         fatal,
@@ -178,4 +207,26 @@ pub async fn run(
             .filter(|_| stage_report.input_exhausted)
             .map(|summary| done_count.saturating_sub(summary.skipped_done)),
     })
+}
+
+/// Sets the run's expected result count: known at once for Parquet and embedded input, counted
+/// on a side thread for a JSONL file (a fast byte scan), unknown for stdin. Lines already done
+/// on resume are not expected again.
+fn count_expected(input: &source::OpenedInput, done: u64, stats: &Arc<RunStats>) {
+    match input.size() {
+        InputSize::Known(items) => stats.set_total(items.saturating_sub(done)),
+        InputSize::Countable(file) => {
+            let stats = Arc::clone(stats);
+            let counter = std::thread::Builder::new()
+                .name("batchflow-count".into())
+                .spawn(move || match source::count_lines(&file) {
+                    Ok(lines) => stats.set_total(lines.saturating_sub(done)),
+                    Err(error) => tracing::debug!("Cannot count input lines: {error}."),
+                });
+            if let Err(error) = counter {
+                tracing::debug!("Cannot start the line counter: {error}.");
+            }
+        }
+        InputSize::Unknown => {}
+    }
 }

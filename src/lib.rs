@@ -25,19 +25,24 @@
 //! - [`shutdown`]: signals to stop/abort, passed into the engine.
 //! - [`cli`], [`settings`]: flags, and their resolution into a run's configuration.
 //! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
+//! - [`stats`], [`progress`], [`gpu`]: run figures, their display on stderr and in the
+//!   `--stats` file, and GPU memory (NVML, Ollama's `/api/ps`).
 //! - [`error`]: the error type and exit codes.
 
 pub mod backend;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod mock;
+pub mod progress;
 pub mod record;
 pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod stats;
 pub mod status;
 
 /// The sample batch that `batchflow demo` runs.

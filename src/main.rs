@@ -10,6 +10,7 @@ use batchflow::cli::{Cli, Command, DemoArgs, LogArgs, MockArgs, RunArgs, StatusA
 use batchflow::engine::{self, RunReport};
 use batchflow::error::ExitStatus;
 use batchflow::mock::{MockConfig, MockServer};
+use batchflow::progress;
 use batchflow::settings;
 use batchflow::shutdown::Shutdown;
 use batchflow::source::Input;
@@ -49,7 +50,7 @@ fn init_logging(log: LogArgs) {
         tracing::Level::INFO
     };
     tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(progress::stderr_writer)
         .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .with_max_level(level)
@@ -58,15 +59,16 @@ fn init_logging(log: LogArgs) {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        None => run_batch(cli.run, None).await,
+        None => run_batch(cli.run, cli.log, None).await,
         Some(Command::MockServer(args)) => serve_mock(args).await,
-        Some(Command::Demo(args)) => demo(args).await,
+        Some(Command::Demo(args)) => demo(args, cli.log).await,
         Some(Command::Status(args)) => status(args),
     }
 }
 
 async fn run_batch(
     args: RunArgs,
+    log: LogArgs,
     embedded_input: Option<&'static str>,
 ) -> anyhow::Result<ExitStatus> {
     let mock = if args.mock {
@@ -81,9 +83,14 @@ async fn run_batch(
     } else {
         None
     };
-    let mut config = settings::run_config(&args, mock.as_ref().map(MockServer::url), |name| {
-        std::env::var(name).ok()
-    })?;
+    let console = settings::Console {
+        log,
+        stderr_is_terminal: io::stderr().is_terminal(),
+    };
+    let mut config =
+        settings::run_config(&args, console, mock.as_ref().map(MockServer::url), |name| {
+            std::env::var(name).ok()
+        })?;
     if let Some(text) = embedded_input {
         config.input = Input::Embedded(text);
     }
@@ -97,27 +104,17 @@ async fn run_batch(
         None
     };
     let report = engine::run(config, stdout, shutdown).await?;
-    log_summary(&report);
+    if !log.quiet {
+        eprint!("{}", progress::summary(&report.stats, &report.backend_url));
+    }
+    log_resume_notes(&report);
     if let Some(fatal) = &report.fatal {
         eprintln!("batchflow: {fatal}");
     }
     Ok(report.exit_status())
 }
 
-fn log_summary(report: &RunReport) {
-    let tally = report.tally;
-    let seconds = report.elapsed.as_secs_f64();
-    let rate = if seconds > 0.0 {
-        tally.total() as f64 / seconds
-    } else {
-        0.0
-    };
-    tracing::info!(
-        "Finished in {seconds:.1}s: {} succeeded, {} failed, {} invalid lines ({rate:.0} lines/s).",
-        tally.succeeded,
-        tally.failed,
-        tally.invalid
-    );
+fn log_resume_notes(report: &RunReport) {
     if report.kept_rows > 0 || report.skipped_lines > 0 {
         tracing::info!(
             "Resumed: {} rows kept from earlier runs, {} input lines skipped as done.",
@@ -137,7 +134,7 @@ fn log_summary(report: &RunReport) {
         ),
         (None, true) if report.interrupted => tracing::warn!(
             "Stopped early: {} results were written; requests without a result line were not finished.",
-            tally.total()
+            report.stats.done
         ),
         _ => {}
     }
@@ -163,14 +160,14 @@ async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<ExitStatus> {
+async fn demo(args: DemoArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     let workers = args.workers.to_string();
     let mut argv = vec!["batchflow", "--mock", "--workers", &workers];
     if args.ordered {
         argv.push("--ordered");
     }
     let cli = Cli::try_parse_from(argv).context("demo settings")?;
-    run_batch(cli.run, Some(batchflow::DEMO_BATCH)).await
+    run_batch(cli.run, log, Some(batchflow::DEMO_BATCH)).await
 }
 
 /// Standard output as a plain file: `io::Stdout` flushes at every newline, which would cost a

@@ -4,21 +4,30 @@
 
 use crate::backend::http::HttpBackendConfig;
 use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
-use crate::cli::{MockArgs, RunArgs};
+use crate::cli::{LogArgs, MockArgs, RunArgs};
 use crate::engine::RunConfig;
 use crate::error::Error;
 use crate::mock::MockConfig;
 use crate::mock::faults::FaultRates;
+use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::parquet::{OutputMode, ParquetOutput};
 use crate::source::{Input, SourceOptions};
 use crate::stage::StageConfig;
 use crate::stage::retry::RetryPolicy;
+
+/// Where the run's output goes to a person: `--quiet`, and whether stderr is a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    pub log: LogArgs,
+    pub stderr_is_terminal: bool,
+}
 
 /// Resolves a run's configuration. `backend_override` (the built-in mock's URL) beats
 /// `--backend`, which beats `OLLAMA_HOST`, which beats the default. `env` reads environment
 /// variables (a parameter so tests need not touch the process environment).
 pub fn run_config(
     args: &RunArgs,
+    console: Console,
     backend_override: Option<String>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<RunConfig, Error> {
@@ -76,6 +85,18 @@ pub fn run_config(
             checkpoint_rows: usize::try_from(args.checkpoint_rows).unwrap_or(usize::MAX),
             checkpoint_interval: args.checkpoint_secs,
         }),
+        progress: ProgressConfig {
+            mode: if console.log.quiet {
+                ProgressMode::Off
+            } else if console.stderr_is_terminal {
+                ProgressMode::Bar
+            } else {
+                ProgressMode::Log {
+                    interval: args.progress_interval,
+                }
+            },
+            stats_file: args.stats.clone(),
+        },
     })
 }
 
@@ -107,6 +128,14 @@ mod tests {
     use crate::cli::Cli;
     use clap::Parser;
 
+    const CONSOLE: Console = Console {
+        log: LogArgs {
+            quiet: false,
+            verbose: false,
+        },
+        stderr_is_terminal: false,
+    };
+
     fn args(flags: &[&str]) -> RunArgs {
         let mut argv = vec!["batchflow"];
         argv.extend_from_slice(flags);
@@ -119,20 +148,21 @@ mod tests {
         let no_env = |_: &str| None;
         let url = |config: RunConfig| config.backend.base_url;
         assert_eq!(
-            url(run_config(&args(&[]), None, no_env).expect("ok")),
+            url(run_config(&args(&[]), CONSOLE, None, no_env).expect("ok")),
             "http://127.0.0.1:11434"
         );
         assert_eq!(
-            url(run_config(&args(&[]), None, env).expect("ok")),
+            url(run_config(&args(&[]), CONSOLE, None, env).expect("ok")),
             "http://gpu-box:9999"
         );
         assert_eq!(
-            url(run_config(&args(&["--backend", "other"]), None, env).expect("ok")),
+            url(run_config(&args(&["--backend", "other"]), CONSOLE, None, env).expect("ok")),
             "http://other:11434"
         );
         assert_eq!(
             url(run_config(
                 &args(&["--backend", "other"]),
+                CONSOLE,
                 Some("http://127.0.0.1:5".into()),
                 env
             )
@@ -143,10 +173,10 @@ mod tests {
 
     #[test]
     fn a_missing_api_key_variable_is_named() {
-        let error =
-            run_config(&args(&["--api-key-env", "MY_KEY"]), None, |_| None).expect_err("missing");
+        let error = run_config(&args(&["--api-key-env", "MY_KEY"]), CONSOLE, None, |_| None)
+            .expect_err("missing");
         assert!(error.to_string().contains("MY_KEY"), "{error}");
-        let config = run_config(&args(&["--api-key-env", "MY_KEY"]), None, |_| {
+        let config = run_config(&args(&["--api-key-env", "MY_KEY"]), CONSOLE, None, |_| {
             Some("s3cret".into())
         })
         .expect("ok");

@@ -12,6 +12,7 @@ pub mod parquet;
 pub mod results;
 
 use std::io;
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::Error;
 use crate::record::Outcome;
+use crate::stats::RunStats;
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -61,34 +63,9 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), SinkError>;
 }
 
-/// Counts of what the sinks have written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    pub succeeded: u64,
-    /// Requests that were sent but failed in the end.
-    pub failed: u64,
-    /// Input lines that could not become requests.
-    pub invalid: u64,
-}
-
-impl Tally {
-    fn count(&mut self, outcome: &Outcome) {
-        match &outcome.error {
-            None => self.succeeded += 1,
-            Some(error) if error.code.is_invalid_input() => self.invalid += 1,
-            Some(_) => self.failed += 1,
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.succeeded + self.failed + self.invalid
-    }
-}
-
 /// How the writer thread ended.
 #[derive(Debug)]
 pub struct SinkReport {
-    pub tally: Tally,
     /// The output's reader went away before the end.
     pub closed: bool,
     pub error: Option<SinkError>,
@@ -101,22 +78,18 @@ pub fn spawn(
     mut sinks: Vec<Box<dyn Sink>>,
     mut outcomes: mpsc::Receiver<Outcome>,
     runtime: tokio::runtime::Handle,
+    stats: Arc<RunStats>,
 ) -> Result<thread::JoinHandle<SinkReport>, Error> {
     thread::Builder::new()
         .name("batchflow-sink".into())
         .spawn(move || {
-            let mut tally = Tally::default();
-            let result = write_all(&mut sinks, &mut outcomes, &runtime, &mut tally);
+            let result = write_all(&mut sinks, &mut outcomes, &runtime, &stats);
             let (closed, error) = match result {
                 Ok(()) => (false, None),
                 Err(SinkError::Closed) => (true, None),
                 Err(error) => (false, Some(error)),
             };
-            SinkReport {
-                tally,
-                closed,
-                error,
-            }
+            SinkReport { closed, error }
         })
         .map_err(|error| Error::Internal(format!("cannot start the output thread: {error}")))
 }
@@ -125,7 +98,7 @@ fn write_all(
     sinks: &mut [Box<dyn Sink>],
     outcomes: &mut mpsc::Receiver<Outcome>,
     runtime: &tokio::runtime::Handle,
-    tally: &mut Tally,
+    stats: &RunStats,
 ) -> Result<(), SinkError> {
     loop {
         let outcome = match outcomes.try_recv() {
@@ -165,7 +138,7 @@ fn write_all(
         for sink in sinks.iter_mut() {
             sink.write(&outcome)?;
         }
-        tally.count(&outcome);
+        stats.finished(&outcome);
     }
     for sink in sinks.iter_mut() {
         sink.finish()?;

@@ -110,6 +110,50 @@ pub fn open(input: Input) -> Result<OpenedInput, Error> {
     Ok(OpenedInput { name, reader })
 }
 
+/// How many items an input holds, as far as can be known without reading it.
+pub enum InputSize {
+    Known(u64),
+    /// A JSONL file: its lines can be counted on the side (see [`count_lines`]).
+    Countable(File),
+    /// Standard input.
+    Unknown,
+}
+
+impl OpenedInput {
+    pub fn size(&self) -> InputSize {
+        match &self.reader {
+            Reader::Stdin => InputSize::Unknown,
+            Reader::Embedded(text) => {
+                InputSize::Known(text.lines().filter(|line| !line.trim().is_empty()).count() as u64)
+            }
+            Reader::Parquet(rows) => InputSize::Known(rows.total_rows()),
+            Reader::Jsonl(file) => file
+                .try_clone()
+                .map_or(InputSize::Unknown, InputSize::Countable),
+        }
+    }
+}
+
+/// Counts the lines of a file with positioned reads, so it can run beside the reader of the
+/// same file without moving its offset. Blank lines count too: the figure is for progress only.
+pub fn count_lines(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut offset, mut lines, mut last) = (0u64, 0u64, b'\n');
+    loop {
+        let read = match file.read_at(&mut buffer, offset) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+        last = buffer[read - 1];
+        offset += read as u64;
+    }
+    Ok(lines + u64::from(last != b'\n'))
+}
+
 /// Reads the input on a new thread. The thread stops early, without error, when the receiver
 /// is dropped.
 pub fn spawn(

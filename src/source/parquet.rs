@@ -62,6 +62,8 @@ pub struct ParquetRows {
     next: usize,
     /// Rows handed out so far: the last one's 1-based row number.
     rows: u64,
+    /// Rows in the file, from its footer.
+    total_rows: u64,
 }
 
 impl ParquetRows {
@@ -74,6 +76,7 @@ impl ParquetRows {
         };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|error| unreadable(error.to_string()))?;
+        let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder.schema().fields();
         let missing: Vec<&str> = REQUIRED_COLUMNS
             .into_iter()
@@ -112,6 +115,7 @@ impl ParquetRows {
             ends: Vec::new(),
             next: 0,
             rows: 0,
+            total_rows,
         };
         // Decoding the first batch now makes a compression codec this build lacks, or damage
         // at the start of the data, an open error: before the backend is checked and before a
@@ -120,6 +124,11 @@ impl ParquetRows {
             rows.encode(batch.map_err(|error| unreadable(error.to_string()))?)?;
         }
         Ok(rows)
+    }
+
+    /// Rows in the file, as its footer says.
+    pub fn total_rows(&self) -> u64 {
+        self.total_rows
     }
 
     /// The next row as a request or an invalid item, or `None` after the last row.

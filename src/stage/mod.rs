@@ -29,6 +29,7 @@ use crate::backend::{AttemptFailure, Backend, FailureKind};
 use crate::error::Error;
 use crate::record::{ErrorCode, Outcome, OutcomeError, Request, SourceItem};
 use crate::shutdown::Shutdown;
+use crate::stats::RunStats;
 use retry::RetryPolicy;
 
 /// How the stage runs.
@@ -74,19 +75,33 @@ struct StageContext<B> {
     workers: Semaphore,
     retry: RetryPolicy,
     shutdown: Shutdown,
+    stats: Arc<RunStats>,
     run_failed: AtomicBool,
+}
+
+/// Where the stage sends requests.
+pub struct Target<B> {
+    pub backend: Arc<B>,
+    /// For messages.
+    pub base_url: String,
+    /// The models the server has, when preflight fetched them.
+    pub catalog: Option<Arc<ModelCatalog>>,
 }
 
 /// Runs the stage until the input ends, the sink closes, or shutdown aborts it.
 pub async fn run<B: Backend>(
-    backend: Arc<B>,
-    base_url: String,
-    catalog: Option<Arc<ModelCatalog>>,
+    target: Target<B>,
     config: StageConfig,
     shutdown: Shutdown,
+    stats: Arc<RunStats>,
     items: mpsc::Receiver<SourceItem>,
     outcomes: mpsc::Sender<Outcome>,
 ) -> StageReport {
+    let Target {
+        backend,
+        base_url,
+        catalog,
+    } = target;
     let context = Arc::new(StageContext {
         backend,
         base_url,
@@ -94,6 +109,7 @@ pub async fn run<B: Backend>(
         workers: Semaphore::new(config.workers),
         retry: config.retry,
         shutdown: shutdown.clone(),
+        stats,
         run_failed: AtomicBool::new(false),
     });
     let requests = ReceiverStream::new(items)
@@ -201,6 +217,7 @@ impl<B: Backend> StageContext<B> {
                     .acquire()
                     .await
                     .expect("the worker semaphore is never closed");
+                let _in_flight = InFlight::new(&self.stats);
                 self.backend.send(&request).await
             };
             let failure = match result {
@@ -231,6 +248,7 @@ impl<B: Backend> StageContext<B> {
             if !failure.kind.is_retryable() || attempts > self.retry.max_retries {
                 return (finish_failed(request, started, attempts, failure), None);
             }
+            self.stats.retried(failure.kind.code());
             tokio::time::sleep(self.retry.delay(attempts, failure.retry_after)).await;
         }
     }
@@ -243,6 +261,22 @@ impl<B: Backend> StageContext<B> {
         }
         self.shutdown.stop();
         Some(error)
+    }
+}
+
+/// Counts an attempt as in flight for as long as it lives, however it ends (an abort drops it).
+struct InFlight<'a>(&'a RunStats);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a RunStats) -> InFlight<'a> {
+        stats.attempt_started();
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.attempt_ended();
     }
 }
 
@@ -335,12 +369,16 @@ mod tests {
             ordered: true,
             retry: RetryPolicy::default(),
         };
+        let target = Target {
+            backend: Arc::new(PanicsOnBoom),
+            base_url: "http://test".into(),
+            catalog: None,
+        };
         let report = run(
-            Arc::new(PanicsOnBoom),
-            "http://test".into(),
-            None,
+            target,
             config,
             Shutdown::new(),
+            Arc::new(RunStats::new(std::time::Instant::now())),
             items,
             outcome_sender,
         )

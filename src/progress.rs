@@ -1,0 +1,362 @@
+//! What a person (or a watching tool) sees of a run on stderr and in the `--stats` file: a live
+//! progress line on a terminal, a plain log line every few seconds elsewhere, the stats file
+//! rewritten atomically, and the end-of-run summary. Never anything on stdout.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::http::HttpBackend;
+use crate::gpu::{self, GpuMonitor};
+use crate::stats::{GpuFigures, LoadedModel, RunStats, StatsSnapshot};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A live line redrawn in place (stderr is a terminal).
+    Bar,
+    /// A log line every `interval` (stderr is a file or a pipe).
+    Log { interval: Duration },
+    /// Nothing (`--quiet`).
+    Off,
+}
+
+/// Progress settings of a run.
+#[derive(Debug, Clone)]
+pub struct ProgressConfig {
+    pub mode: ProgressMode,
+    /// Where to keep the JSON figures, rewritten every [`STATS_FILE_INTERVAL`].
+    pub stats_file: Option<PathBuf>,
+}
+
+const TICK: Duration = Duration::from_secs(1);
+const STATS_FILE_INTERVAL: Duration = Duration::from_secs(2);
+const GPU_INTERVAL: Duration = Duration::from_secs(2);
+const BACKEND_PS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The bar being drawn, if any, so log lines can be printed above it instead of through it.
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Stderr for log lines: suspends the progress bar while a line is written.
+pub struct ProgressAwareStderr;
+
+impl Write for ProgressAwareStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let bar = ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match bar {
+            Some(bar) => bar
+                .suspend(|| io::stderr().write_all(buf))
+                .map(|()| buf.len()),
+            None => io::stderr().write_all(buf).map(|()| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// A writer factory for `tracing_subscriber`'s `with_writer`.
+pub fn stderr_writer() -> ProgressAwareStderr {
+    ProgressAwareStderr
+}
+
+/// The running display; [`Progress::finish`] ends it.
+pub struct Progress {
+    stop: CancellationToken,
+    task: JoinHandle<StatsSnapshot>,
+}
+
+/// Sources of figures beyond the run's own counters.
+pub struct Probes {
+    /// Asked for `/api/ps` when the backend is Ollama.
+    pub ollama: Option<Arc<HttpBackend>>,
+}
+
+impl Progress {
+    /// Starts the ticker on the current runtime.
+    pub fn start(stats: Arc<RunStats>, config: ProgressConfig, probes: Probes) -> Progress {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_ticker(stats, config, probes, stop.clone()));
+        Progress { stop, task }
+    }
+
+    /// Stops the ticker and returns the final figures (also written to the stats file).
+    pub async fn finish(self) -> Option<StatsSnapshot> {
+        self.stop.cancel();
+        self.task.await.ok()
+    }
+}
+
+async fn run_ticker(
+    stats: Arc<RunStats>,
+    config: ProgressConfig,
+    probes: Probes,
+    stop: CancellationToken,
+) -> StatsSnapshot {
+    let monitor = tokio::task::spawn_blocking(GpuMonitor::load)
+        .await
+        .unwrap_or(GpuMonitor::disabled());
+    if !monitor.is_available() && config.mode != ProgressMode::Off {
+        tracing::info!(
+            "GPU: n/a (no NVIDIA driver here); loaded models come from the backend's /api/ps."
+        );
+    }
+    let bar = match config.mode {
+        ProgressMode::Bar => Some(new_bar()),
+        ProgressMode::Log { .. } | ProgressMode::Off => None,
+    };
+    if let Some(bar) = &bar {
+        *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+    }
+    let started = Instant::now();
+    let mut gpus: Option<Vec<GpuFigures>> = None;
+    let mut loaded: Vec<LoadedModel> = Vec::new();
+    let (mut next_gpu, mut next_ps, mut next_file) = (started, started, started);
+    let mut next_log = match config.mode {
+        ProgressMode::Log { interval } => Some(started + interval),
+        _ => None,
+    };
+    let mut warned_reloads = 0;
+    let tick = match config.mode {
+        ProgressMode::Log { interval } => TICK.min(interval).max(Duration::from_millis(10)),
+        ProgressMode::Bar | ProgressMode::Off => TICK,
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        let now = Instant::now();
+        stats.tick(now);
+        if now >= next_gpu || stopping {
+            gpus = monitor.sample();
+            next_gpu = now + GPU_INTERVAL;
+        }
+        if let Some(backend) = probes
+            .ollama
+            .as_deref()
+            .filter(|_| now >= next_ps || stopping)
+        {
+            loaded = gpu::loaded_models(backend).await;
+            next_ps = now + BACKEND_PS_INTERVAL;
+        }
+        let mut snapshot = stats.snapshot(now);
+        snapshot.gpus = gpus.clone();
+        snapshot.loaded_models = loaded.clone();
+        snapshot.finished = stopping;
+        if snapshot.model_reloads > warned_reloads {
+            warned_reloads = snapshot.model_reloads;
+            tracing::warn!(
+                "The model was loaded again {} times during the run, which stalls every slot; keep it loaded with \"keep_alive\": -1 in the request bodies (or OLLAMA_KEEP_ALIVE=-1 on the server).",
+                snapshot.model_reloads
+            );
+        }
+        if let Some(bar) = &bar {
+            if let Some(total) = snapshot.total {
+                bar.set_length(total);
+            }
+            bar.set_position(snapshot.done);
+            bar.set_message(progress_line(&snapshot));
+        }
+        if let (Some(due), ProgressMode::Log { interval }) = (next_log, config.mode) {
+            if now >= due && !stopping {
+                tracing::info!("Progress: {}.", progress_line(&snapshot));
+                next_log = Some(now + interval);
+            }
+        }
+        if let Some(path) = config
+            .stats_file
+            .as_deref()
+            .filter(|_| now >= next_file || stopping)
+        {
+            if let Err(error) = write_stats_file(path, &snapshot) {
+                tracing::warn!("Cannot write the stats file {}: {error}.", path.display());
+            }
+            next_file = now + STATS_FILE_INTERVAL;
+        }
+        if stopping {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return snapshot;
+        }
+    }
+}
+
+fn new_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Rewrites the stats file so a reader never sees half of it: write a sibling, then rename.
+pub fn write_stats_file(path: &Path, snapshot: &StatsSnapshot) -> io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
+    std::fs::write(&temporary, json)?;
+    std::fs::rename(&temporary, path)
+}
+
+fn seconds(duration_secs: f64) -> String {
+    if duration_secs < 10.0 {
+        return format!("{duration_secs:.1}s");
+    }
+    let total = duration_secs.round() as u64;
+    match total {
+        0..60 => format!("{total}s"),
+        60..3600 => format!("{}m{:02}s", total / 60, total % 60),
+        _ => format!("{}h{:02}m", total / 3600, (total % 3600) / 60),
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn gpu_text(gpus: &Option<Vec<GpuFigures>>) -> String {
+    match gpus {
+        None => "GPU n/a".into(),
+        Some(gpus) if gpus.is_empty() => "GPU none found".into(),
+        Some(gpus) => gpus
+            .iter()
+            .map(|gpu| {
+                format!(
+                    "GPU {:.1}/{:.1} GiB {}%",
+                    gib(gpu.memory_used_bytes),
+                    gib(gpu.memory_total_bytes),
+                    gpu.utilization_percent
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// The one-line progress text (bar message and log line).
+pub fn progress_line(snapshot: &StatsSnapshot) -> String {
+    let mut line = match snapshot.total {
+        Some(total) if total > 0 => format!(
+            "{}/{} {:.1}%",
+            snapshot.done,
+            total,
+            snapshot.done as f64 * 100.0 / total as f64
+        ),
+        _ => format!("{} done", snapshot.done),
+    };
+    let rate = snapshot
+        .rate_per_sec
+        .unwrap_or(snapshot.average_rate_per_sec);
+    let _ = write!(line, " · {rate:.1}/s");
+    if let Some(eta) = snapshot.eta_secs {
+        let _ = write!(line, " · ETA {}", seconds(eta));
+    }
+    let _ = write!(
+        line,
+        " · {} in flight · {} retried · {} failed · {:.0} tok/s",
+        snapshot.in_flight,
+        snapshot.retries,
+        snapshot.failed + snapshot.invalid,
+        snapshot.completion_tokens_per_sec
+    );
+    if let (Some(p50), Some(p95)) = (snapshot.latency_ms.p50, snapshot.latency_ms.p95) {
+        let _ = write!(line, " · p50 {:.2}s p95 {:.2}s", p50 / 1e3, p95 / 1e3);
+    }
+    let _ = write!(line, " · {}", gpu_text(&snapshot.gpus));
+    line
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    map.iter()
+        .map(|(key, count)| format!("{key} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The end-of-run summary, several lines, for stderr.
+pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
+    let mut text = String::from("Summary\n");
+    let _ = writeln!(
+        text,
+        "  results:  {} ({} ok, {} failed, {} invalid) in {}, {:.1}/s",
+        snapshot.done,
+        snapshot.succeeded,
+        snapshot.failed,
+        snapshot.invalid,
+        seconds(snapshot.elapsed_secs),
+        snapshot.average_rate_per_sec
+    );
+    if !snapshot.errors_by_code.is_empty() {
+        let _ = writeln!(text, "  errors:   {}", counts(&snapshot.errors_by_code));
+    }
+    if snapshot.retries > 0 {
+        let _ = writeln!(
+            text,
+            "  retries:  {} ({})",
+            snapshot.retries,
+            counts(&snapshot.retries_by_cause)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  tokens:   {} in, {} out, {:.0} out/s",
+        snapshot.prompt_tokens, snapshot.completion_tokens, snapshot.completion_tokens_per_sec
+    );
+    let latency = &snapshot.latency_ms;
+    if let (Some(p50), Some(p90), Some(p99), Some(max)) =
+        (latency.p50, latency.p90, latency.p99, latency.max)
+    {
+        let _ = writeln!(
+            text,
+            "  latency:  p50 {:.2}s  p90 {:.2}s  p99 {:.2}s  max {:.2}s",
+            p50 / 1e3,
+            p90 / 1e3,
+            p99 / 1e3,
+            max / 1e3
+        );
+    }
+    let models = snapshot
+        .loaded_models
+        .iter()
+        .map(|model| {
+            format!(
+                "{} {:.1} GiB in VRAM",
+                model.name,
+                gib(model.size_vram_bytes)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if models.is_empty() {
+        let _ = writeln!(text, "  backend:  {backend_url}");
+    } else {
+        let _ = writeln!(text, "  backend:  {backend_url} ({models})");
+    }
+    let _ = writeln!(
+        text,
+        "  {}",
+        gpu_text(&snapshot.gpus).replacen("GPU ", "GPU:      ", 1)
+    );
+    if snapshot.model_reloads > 0 {
+        let _ = writeln!(
+            text,
+            "  reloads:  the model was loaded again {} times (see keep_alive)",
+            snapshot.model_reloads
+        );
+    }
+    text
+}

@@ -1,0 +1,484 @@
+//! Run statistics: counters fed by the stage (in flight, retries) and the sink thread (finished
+//! results, tokens, latency), and the figures derived from them: a rate over a recent window,
+//! an ETA, latency percentiles. A [`StatsSnapshot`] is what the progress line, the summary and
+//! the `--stats` JSON file show.
+//!
+//! Time is passed in (`Instant` arguments) rather than read inside, so the windowed rate and
+//! the ETA are tested with a fake clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::record::{ErrorCode, Outcome, ReplyBody};
+
+/// How far back the current rate looks. Long enough to smooth bursts, short enough to follow
+/// a real change of pace (a model reload, a slower part of the input).
+pub const RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Throughput over the most recent `span`, from periodic samples of the done count.
+#[derive(Debug)]
+pub struct RateWindow {
+    span: Duration,
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    pub fn new(span: Duration) -> RateWindow {
+        RateWindow {
+            span,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Records that `done` results were finished at `now`.
+    pub fn record(&mut self, now: Instant, done: u64) {
+        self.samples.push_back((now, done));
+        // Keep one sample at or beyond the span, so the window always covers it fully.
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= self.span)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Results per second across the window, once it covers at least a second.
+    pub fn rate(&self) -> Option<f64> {
+        let (first_at, first_done) = *self.samples.front()?;
+        let (last_at, last_done) = *self.samples.back()?;
+        let seconds = last_at.duration_since(first_at).as_secs_f64();
+        (seconds >= 1.0).then(|| last_done.saturating_sub(first_done) as f64 / seconds)
+    }
+}
+
+/// Time left for `remaining` results at `rate` per second; none while the rate is unknown or 0.
+pub fn eta(remaining: u64, rate: Option<f64>) -> Option<Duration> {
+    let rate = rate.filter(|rate| *rate > 0.0)?;
+    Duration::try_from_secs_f64(remaining as f64 / rate).ok()
+}
+
+/// Counters that change once per finished result; one lock, taken by the sink thread.
+#[derive(Debug)]
+struct Finished {
+    succeeded: u64,
+    failed: u64,
+    invalid: u64,
+    errors_by_code: BTreeMap<&'static str, u64>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// Client latency in microseconds.
+    latency: Histogram<u64>,
+    model_reloads: u64,
+    /// An answer since the last load came with a short load time: the model was resident.
+    /// Concurrent requests that all waited for one load then count as one reload.
+    model_warm: bool,
+}
+
+/// Token counts and the model-load time of one answer, in either API's shape.
+#[derive(Debug, Default, Deserialize)]
+struct ReplyUsage {
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+    load_duration: Option<u64>,
+    usage: Option<OpenAiUsage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OpenAiUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+/// Latencies above a day are recorded as a day.
+const LATENCY_CEILING_MICROS: u64 = 86_400_000_000;
+
+/// A model load longer than this during a run means Ollama unloaded the model and loaded it
+/// again (its `keep_alive` expired, or another model pushed it out).
+const RELOAD_THRESHOLD_NANOS: u64 = 1_000_000_000;
+
+/// Statistics of one run, shared by the stage, the sink thread and the progress display.
+#[derive(Debug)]
+pub struct RunStats {
+    started: Instant,
+    /// Results this run is expected to produce; `u64::MAX` while unknown (stdin).
+    total: AtomicU64,
+    in_flight: AtomicU64,
+    finished: Mutex<Finished>,
+    retries_by_cause: Mutex<BTreeMap<&'static str, u64>>,
+    window: Mutex<RateWindow>,
+}
+
+impl RunStats {
+    pub fn new(started: Instant) -> RunStats {
+        RunStats {
+            started,
+            total: AtomicU64::new(u64::MAX),
+            in_flight: AtomicU64::new(0),
+            finished: Mutex::new(Finished {
+                succeeded: 0,
+                failed: 0,
+                invalid: 0,
+                errors_by_code: BTreeMap::new(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                latency: Histogram::new_with_bounds(1, LATENCY_CEILING_MICROS, 3)
+                    .expect("1 µs to a day at 3 significant digits are valid histogram bounds"),
+                model_reloads: 0,
+                model_warm: false,
+            }),
+            retries_by_cause: Mutex::new(BTreeMap::new()),
+            window: Mutex::new(RateWindow::new(RATE_WINDOW)),
+        }
+    }
+
+    /// Sets how many results the run should produce (input lines not already done).
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn attempt_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn attempt_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A failed attempt will be retried; `cause` is its error code.
+    pub fn retried(&self, cause: ErrorCode) {
+        *lock(&self.retries_by_cause)
+            .entry(cause.as_str())
+            .or_insert(0) += 1;
+    }
+
+    /// A result reached the sinks.
+    pub fn finished(&self, outcome: &Outcome) {
+        let usage = outcome
+            .reply
+            .as_ref()
+            .and_then(|reply| match &reply.body {
+                ReplyBody::Json(json) if outcome.is_ok() => {
+                    serde_json::from_str::<ReplyUsage>(json.get()).ok()
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let mut finished = lock(&self.finished);
+        match &outcome.error {
+            None => finished.succeeded += 1,
+            Some(error) => {
+                if error.code.is_invalid_input() {
+                    finished.invalid += 1;
+                } else {
+                    finished.failed += 1;
+                }
+                *finished
+                    .errors_by_code
+                    .entry(error.code.as_str())
+                    .or_insert(0) += 1;
+            }
+        }
+        let openai = usage.usage.unwrap_or_default();
+        finished.prompt_tokens += usage
+            .prompt_eval_count
+            .or(openai.prompt_tokens)
+            .unwrap_or(0);
+        finished.completion_tokens += usage.eval_count.or(openai.completion_tokens).unwrap_or(0);
+        match usage.load_duration {
+            Some(nanos) if nanos > RELOAD_THRESHOLD_NANOS => {
+                if finished.model_warm {
+                    finished.model_reloads += 1;
+                }
+                finished.model_warm = false;
+            }
+            Some(_) => finished.model_warm = true,
+            None => {}
+        }
+        if outcome.attempts > 0 {
+            let micros = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
+            finished.latency.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Samples the done count for the windowed rate; call about once a second.
+    pub fn tick(&self, now: Instant) {
+        let done = self.done();
+        lock(&self.window).record(now, done);
+    }
+
+    pub fn done(&self) -> u64 {
+        let finished = lock(&self.finished);
+        finished.succeeded + finished.failed + finished.invalid
+    }
+
+    /// Every figure at `now`.
+    pub fn snapshot(&self, now: Instant) -> StatsSnapshot {
+        let finished = lock(&self.finished);
+        let retries_by_cause: BTreeMap<String, u64> = lock(&self.retries_by_cause)
+            .iter()
+            .map(|(cause, count)| ((*cause).to_owned(), *count))
+            .collect();
+        let rate = lock(&self.window).rate();
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        let done = finished.succeeded + finished.failed + finished.invalid;
+        let total = Some(self.total.load(Ordering::Relaxed)).filter(|total| *total != u64::MAX);
+        let per_second = |count: u64| {
+            if elapsed > 0.0 {
+                count as f64 / elapsed
+            } else {
+                0.0
+            }
+        };
+        let quantile = |q: f64| {
+            (!finished.latency.is_empty())
+                .then(|| finished.latency.value_at_quantile(q) as f64 / 1e3)
+        };
+        StatsSnapshot {
+            elapsed_secs: elapsed,
+            total,
+            done,
+            succeeded: finished.succeeded,
+            failed: finished.failed,
+            invalid: finished.invalid,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            retries: retries_by_cause.values().sum(),
+            retries_by_cause,
+            errors_by_code: finished
+                .errors_by_code
+                .iter()
+                .map(|(code, count)| ((*code).to_owned(), *count))
+                .collect(),
+            rate_per_sec: rate,
+            average_rate_per_sec: per_second(done),
+            eta_secs: total
+                .and_then(|total| eta(total.saturating_sub(done), rate.or(Some(per_second(done)))))
+                .map(|eta| eta.as_secs_f64()),
+            prompt_tokens: finished.prompt_tokens,
+            completion_tokens: finished.completion_tokens,
+            completion_tokens_per_sec: per_second(finished.completion_tokens),
+            latency_ms: LatencyFigures {
+                p50: quantile(0.50),
+                p90: quantile(0.90),
+                p95: quantile(0.95),
+                p99: quantile(0.99),
+                max: (!finished.latency.is_empty()).then(|| finished.latency.max() as f64 / 1e3),
+            },
+            model_reloads: finished.model_reloads,
+            gpus: None,
+            loaded_models: Vec::new(),
+            finished: false,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Latency percentiles, in milliseconds; null until a request has finished.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyFigures {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// One GPU's memory and load, from NVML.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuFigures {
+    pub name: String,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub utilization_percent: u32,
+}
+
+/// A model the Ollama backend has loaded (`GET /api/ps`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadedModel {
+    pub name: String,
+    pub size_vram_bytes: u64,
+}
+
+/// Every figure of a run at one moment: the `--stats` file's format (documented in the README).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub elapsed_secs: f64,
+    /// Results expected from this run; null when reading stdin.
+    pub total: Option<u64>,
+    pub done: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub invalid: u64,
+    pub in_flight: u64,
+    pub retries: u64,
+    pub retries_by_cause: BTreeMap<String, u64>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Results per second over the last 30 seconds.
+    pub rate_per_sec: Option<f64>,
+    pub average_rate_per_sec: f64,
+    pub eta_secs: Option<f64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub completion_tokens_per_sec: f64,
+    pub latency_ms: LatencyFigures,
+    /// Times the model was loaded again mid-run (long `load_duration`).
+    pub model_reloads: u64,
+    /// Null when no NVIDIA driver is present.
+    pub gpus: Option<Vec<GpuFigures>>,
+    pub loaded_models: Vec<LoadedModel>,
+    /// True in the last write, once the run has ended.
+    pub finished: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::record::{HttpReply, OutcomeError};
+
+    #[test]
+    fn rate_follows_a_change_of_pace_within_the_window() {
+        let start = Instant::now();
+        let mut window = RateWindow::new(Duration::from_secs(30));
+        assert_eq!(window.rate(), None);
+        // 100 per second for two minutes...
+        for second in 0..=120u64 {
+            window.record(start + Duration::from_secs(second), second * 100);
+        }
+        let fast = window.rate().expect("rate");
+        assert!((fast - 100.0).abs() < 1e-9, "{fast}");
+        // ...then 10 per second: the whole-run average would still say about 80.
+        for second in 121..=160u64 {
+            window.record(
+                start + Duration::from_secs(second),
+                12_000 + (second - 120) * 10,
+            );
+        }
+        let slow = window.rate().expect("rate");
+        assert!((slow - 10.0).abs() < 1e-9, "{slow}");
+        assert_eq!(eta(1_000, Some(slow)), Some(Duration::from_secs(100)));
+        assert_eq!(eta(1_000, Some(0.0)), None);
+        assert_eq!(eta(1_000, None), None);
+    }
+
+    #[test]
+    fn the_window_stays_bounded() {
+        let start = Instant::now();
+        let mut window = RateWindow::new(Duration::from_secs(30));
+        for second in 0..10_000u64 {
+            window.record(start + Duration::from_secs(second), second);
+        }
+        assert!(window.samples.len() <= 32, "{}", window.samples.len());
+    }
+
+    fn outcome(body: &str, error: Option<ErrorCode>, latency_ms: u64) -> Outcome {
+        Outcome {
+            line: 1,
+            custom_id: Some("x".into()),
+            model: None,
+            reply: Some(HttpReply {
+                status: 200,
+                request_id: "r".into(),
+                body: ReplyBody::Json(serde_json::from_str(body).expect("json")),
+            }),
+            error: error.map(|code| OutcomeError {
+                code,
+                message: String::new(),
+            }),
+            attempts: 1,
+            latency: Duration::from_millis(latency_ms),
+            finished_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn snapshot_counts_outcomes_tokens_retries_and_latency() {
+        let start = Instant::now();
+        let stats = RunStats::new(start);
+        stats.set_total(10);
+        for latency in 1..=4 {
+            stats.finished(&outcome(
+                r#"{"prompt_eval_count":3,"eval_count":5}"#,
+                None,
+                latency * 100,
+            ));
+        }
+        stats.finished(&outcome(
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            None,
+            500,
+        ));
+        stats.finished(&outcome(
+            r#"{"error":"x"}"#,
+            Some(ErrorCode::ServerBusy),
+            900,
+        ));
+        stats.retried(ErrorCode::ServerBusy);
+        stats.retried(ErrorCode::ConnectionError);
+        stats.attempt_started();
+        stats.tick(start);
+        let snapshot = stats.snapshot(start + Duration::from_secs(2));
+        assert_eq!(
+            (snapshot.done, snapshot.succeeded, snapshot.failed),
+            (6, 5, 1)
+        );
+        assert_eq!(snapshot.errors_by_code.get("server_busy"), Some(&1));
+        assert_eq!(snapshot.retries, 2);
+        assert_eq!(snapshot.in_flight, 1);
+        assert_eq!(
+            (snapshot.prompt_tokens, snapshot.completion_tokens),
+            (13, 22)
+        );
+        assert_eq!(snapshot.rate_per_sec, None, "one sample is no window yet");
+        let p50 = snapshot.latency_ms.p50.expect("p50");
+        assert!((299.0..=301.0).contains(&p50), "{p50}");
+        assert!(snapshot.latency_ms.max.expect("max") >= 899.0);
+        let eta = snapshot
+            .eta_secs
+            .expect("an ETA from the average rate of 3/s");
+        assert!((eta - 4.0 / 3.0).abs() < 1e-6, "{eta}");
+        stats.tick(start + Duration::from_secs(5));
+        let stalled = stats.snapshot(start + Duration::from_secs(5));
+        assert_eq!(stalled.rate_per_sec, Some(0.0));
+        assert_eq!(
+            stalled.eta_secs, None,
+            "no honest ETA while nothing finishes"
+        );
+    }
+
+    #[test]
+    fn a_long_model_load_after_the_first_answer_counts_as_a_reload() {
+        let start = Instant::now();
+        let stats = RunStats::new(start);
+        let cold_start = r#"{"load_duration":5000000000}"#;
+        let warm = r#"{"load_duration":1000}"#;
+        for body in [cold_start, cold_start, warm, warm] {
+            stats.finished(&outcome(body, None, 100));
+        }
+        assert_eq!(
+            stats.snapshot(start).model_reloads,
+            0,
+            "the first load is expected"
+        );
+        for body in [cold_start, cold_start, cold_start, warm, cold_start] {
+            stats.finished(&outcome(body, None, 100));
+        }
+        assert_eq!(
+            stats.snapshot(start).model_reloads,
+            2,
+            "requests that waited on one load count once"
+        );
+    }
+}
