@@ -346,11 +346,24 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
     } else {
         let _ = writeln!(text, "  backend:  {backend_url} ({models})");
     }
-    let _ = writeln!(
-        text,
-        "  {}",
-        gpu_text(&snapshot.gpus).replacen("GPU ", "GPU:      ", 1)
-    );
+    let gpus = match &snapshot.gpus {
+        None => "n/a (no NVIDIA driver)".to_owned(),
+        Some(gpus) if gpus.is_empty() => "none found".to_owned(),
+        Some(gpus) => gpus
+            .iter()
+            .map(|gpu| {
+                format!(
+                    "{} {:.1}/{:.1} GiB used, {}% busy",
+                    gpu.name,
+                    gib(gpu.memory_used_bytes),
+                    gib(gpu.memory_total_bytes),
+                    gpu.utilization_percent
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    let _ = writeln!(text, "  GPU:      {gpus}");
     if snapshot.model_reloads > 0 {
         let _ = writeln!(
             text,
