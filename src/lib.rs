@@ -21,6 +21,7 @@
 //!   its crash-safe file format in `sink::checkpoint` and its columns in `sink::results`.
 //! - [`status`]: the `status` command, reading a results file without changing it.
 //! - [`record`]: what flows between them: requests, invalid lines, outcomes.
+//! - [`reply`]: what is read from a server's answer (text, tokens, timings, embedding).
 //! - [`engine`]: wires one run together and reports how it ended.
 //! - [`shutdown`]: signals to stop/abort, passed into the engine.
 //! - [`cli`], [`settings`]: flags, and their resolution into a run's configuration.
@@ -37,6 +38,7 @@ pub mod gpu;
 pub mod mock;
 pub mod progress;
 pub mod record;
+pub mod reply;
 pub mod settings;
 pub mod shutdown;
 pub mod sink;

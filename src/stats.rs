@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::reply::ReplyFields;
+
 use crate::record::{ErrorCode, Outcome, ReplyBody};
 
 /// How far back the current rate looks. Long enough to smooth bursts, short enough to follow
@@ -79,21 +81,6 @@ struct Finished {
     /// An answer since the last load came with a short load time: the model was resident.
     /// Concurrent requests that all waited for one load then count as one reload.
     model_warm: bool,
-}
-
-/// Token counts and the model-load time of one answer, in either API's shape.
-#[derive(Debug, Default, Deserialize)]
-struct ReplyUsage {
-    prompt_eval_count: Option<u64>,
-    eval_count: Option<u64>,
-    load_duration: Option<u64>,
-    usage: Option<OpenAiUsage>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct OpenAiUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
 }
 
 /// Latencies above a day are recorded as a day.
@@ -164,9 +151,7 @@ impl RunStats {
             .reply
             .as_ref()
             .and_then(|reply| match &reply.body {
-                ReplyBody::Json(json) if outcome.is_ok() => {
-                    serde_json::from_str::<ReplyUsage>(json.get()).ok()
-                }
+                ReplyBody::Json(json) if outcome.is_ok() => Some(ReplyFields::parse(json.get())),
                 _ => None,
             })
             .unwrap_or_default();
@@ -185,12 +170,8 @@ impl RunStats {
                     .or_insert(0) += 1;
             }
         }
-        let openai = usage.usage.unwrap_or_default();
-        finished.prompt_tokens += usage
-            .prompt_eval_count
-            .or(openai.prompt_tokens)
-            .unwrap_or(0);
-        finished.completion_tokens += usage.eval_count.or(openai.completion_tokens).unwrap_or(0);
+        finished.prompt_tokens += usage.prompt_tokens().unwrap_or(0);
+        finished.completion_tokens += usage.completion_tokens().unwrap_or(0);
         match usage.load_duration {
             Some(nanos) if nanos > RELOAD_THRESHOLD_NANOS => {
                 if finished.model_warm {

@@ -13,9 +13,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde::Deserialize;
 
 use crate::record::{Outcome, ReplyBody};
+use crate::reply::ReplyFields;
 
 /// The column holding the raw response, dropped by `--no-raw`.
 pub const RAW_RESPONSE: &str = "raw_response";
@@ -87,48 +87,6 @@ pub struct RowBuilder {
     raw_response: StringBuilder,
 }
 
-/// The fields of a reply that become columns. Unknown fields are ignored.
-#[derive(Debug, Default, Deserialize)]
-struct ReplyFields {
-    model: Option<String>,
-    message: Option<ChatMessage>,
-    response: Option<String>,
-    choices: Option<Vec<Choice>>,
-    done_reason: Option<String>,
-    prompt_eval_count: Option<i64>,
-    eval_count: Option<i64>,
-    usage: Option<Usage>,
-    total_duration: Option<u64>,
-    load_duration: Option<u64>,
-    prompt_eval_duration: Option<u64>,
-    eval_duration: Option<u64>,
-    embeddings: Option<Vec<Vec<f32>>>,
-    data: Option<Vec<EmbeddingItem>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatMessage {
-    content: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Choice {
-    message: Option<ChatMessage>,
-    text: Option<String>,
-    finish_reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Usage {
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EmbeddingItem {
-    embedding: Vec<f32>,
-}
-
 fn nanos_to_ms(nanos: Option<u64>) -> Option<f64> {
     nanos.map(|nanos| nanos as f64 / 1e6)
 }
@@ -173,41 +131,7 @@ impl RowBuilder {
             ReplyBody::Json(json) => Some(json.get()),
             ReplyBody::Text(_) => None,
         });
-        let fields: ReplyFields = raw_json
-            .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
-        let first_choice = fields.choices.as_ref().and_then(|choices| choices.first());
-        let content = fields
-            .message
-            .as_ref()
-            .and_then(|message| message.content.as_deref())
-            .or(fields.response.as_deref())
-            .or_else(|| {
-                first_choice.and_then(|choice| {
-                    choice
-                        .message
-                        .as_ref()
-                        .and_then(|message| message.content.as_deref())
-                        .or(choice.text.as_deref())
-                })
-            });
-        let done_reason = fields
-            .done_reason
-            .as_deref()
-            .or_else(|| first_choice.and_then(|choice| choice.finish_reason.as_deref()));
-        let embedding = fields
-            .embeddings
-            .as_ref()
-            .and_then(|embeddings| embeddings.first())
-            .or_else(|| {
-                fields
-                    .data
-                    .as_ref()
-                    .and_then(|data| data.first())
-                    .map(|item| &item.embedding)
-            });
-        let usage = fields.usage.as_ref();
-
+        let fields = raw_json.map(ReplyFields::parse).unwrap_or_default();
         self.custom_id.append_option(outcome.custom_id.as_deref());
         self.status
             .append_value(if outcome.is_ok() { "ok" } else { "error" });
@@ -215,25 +139,21 @@ impl RowBuilder {
             .append_option(outcome.reply.as_ref().map(|reply| i32::from(reply.status)));
         self.model
             .append_option(outcome.model.as_deref().or(fields.model.as_deref()));
-        self.content.append_option(content);
-        match embedding {
+        self.content.append_option(fields.content());
+        match fields.embedding() {
             Some(values) => {
                 self.embedding.values().append_slice(values);
                 self.embedding.append(true);
             }
             None => self.embedding.append(false),
         }
-        self.done_reason.append_option(done_reason);
-        self.prompt_tokens.append_option(
-            fields
-                .prompt_eval_count
-                .or(usage.and_then(|u| u.prompt_tokens)),
-        );
-        self.completion_tokens.append_option(
-            fields
-                .eval_count
-                .or(usage.and_then(|u| u.completion_tokens)),
-        );
+        self.done_reason.append_option(fields.done_reason());
+        let tokens =
+            |count: Option<u64>| count.map(|count| i64::try_from(count).unwrap_or(i64::MAX));
+        self.prompt_tokens
+            .append_option(tokens(fields.prompt_tokens()));
+        self.completion_tokens
+            .append_option(tokens(fields.completion_tokens()));
         self.total_duration_ms
             .append_option(nanos_to_ms(fields.total_duration));
         self.load_duration_ms
