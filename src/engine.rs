@@ -90,7 +90,12 @@ pub async fn run(
     if let Some(output) = &config.output {
         parquet_sink::check_path(output)?;
     }
-    let input = source::open(config.input)?;
+    let record_columns = config
+        .source
+        .records
+        .as_deref()
+        .map(|shape| shape.required_columns());
+    let input = source::open(config.input, record_columns.as_deref())?;
     let backend = Arc::new(HttpBackend::new(config.backend.clone())?);
     let base_url = backend.base_url().to_owned();
     let catalog = if config.preflight {

@@ -22,6 +22,7 @@
 //! - [`status`]: the `status` command, reading a results file without changing it.
 //! - [`record`]: what flows between them: requests, invalid lines, outcomes.
 //! - [`reply`]: what is read from a server's answer (text, tokens, timings, embedding).
+//! - [`schema`]: structured output: the JSON Schema subset that maps to typed columns.
 //! - [`engine`]: wires one run together and reports how it ended.
 //! - [`shutdown`]: signals to stop/abort, passed into the engine.
 //! - [`cli`], [`settings`]: flags, and their resolution into a run's configuration.
@@ -39,6 +40,7 @@ pub mod mock;
 pub mod progress;
 pub mod record;
 pub mod reply;
+pub mod schema;
 pub mod settings;
 pub mod shutdown;
 pub mod sink;

@@ -23,6 +23,8 @@ pub struct Request {
     pub model: Option<String>,
     /// JSON body exactly as it is sent.
     pub body: Bytes,
+    /// Record values copied into the results (pipelines' `passthrough` columns), in order.
+    pub passthrough: Vec<serde_json::Value>,
 }
 
 /// An input line that cannot be sent; it still produces one output line naming the problem.
@@ -70,6 +72,8 @@ pub enum ErrorCode {
     ClientError,
     /// A bug in batchflow while handling this request; the batch went on.
     InternalError,
+    /// The reply does not match the pipeline's output schema, even after retries.
+    InvalidOutput,
 }
 
 impl ErrorCode {
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::ClientError => "client_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::InvalidOutput => "invalid_output",
         }
     }
 
@@ -140,6 +145,8 @@ pub struct Outcome {
     /// From the first attempt's start to the last attempt's end, backoff included.
     pub latency: Duration,
     pub finished_at: SystemTime,
+    /// The request's passthrough values; empty for invalid lines.
+    pub passthrough: Vec<serde_json::Value>,
 }
 
 impl Outcome {
@@ -160,6 +167,7 @@ impl Outcome {
             attempts: 0,
             latency: Duration::ZERO,
             finished_at: SystemTime::now(),
+            passthrough: Vec::new(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn run_config(
             model_override: args.model.clone(),
             max_line_bytes: args.max_line_bytes,
             done: None,
+            records: None,
         },
         backend: HttpBackendConfig {
             base_url: parse_base_url(&address)?,
@@ -69,6 +70,7 @@ pub fn run_config(
                 max_delay: args.retry_max,
                 ..RetryPolicy::default()
             },
+            output: None,
         },
         output: args.output.as_ref().map(|path| ParquetOutput {
             path: path.clone(),
@@ -84,6 +86,7 @@ pub fn run_config(
             keep_raw: !args.no_raw,
             checkpoint_rows: usize::try_from(args.checkpoint_rows).unwrap_or(usize::MAX),
             checkpoint_interval: args.checkpoint_secs,
+            extras: Default::default(),
         }),
         progress: ProgressConfig {
             mode: if console.log.quiet {

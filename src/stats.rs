@@ -381,6 +381,7 @@ mod tests {
             attempts: 1,
             latency: Duration::from_millis(latency_ms),
             finished_at: SystemTime::now(),
+            passthrough: Vec::new(),
         }
     }
 

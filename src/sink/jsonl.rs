@@ -115,6 +115,7 @@ mod tests {
             attempts: 1,
             latency: Duration::ZERO,
             finished_at: SystemTime::now(),
+            passthrough: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, FileState, ResultsError, ResultsWriter};
-use super::results::{self, RAW_RESPONSE, RowBuilder};
+use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
 use crate::error::Error;
 use crate::record::{DoneSet, Outcome};
@@ -32,6 +32,8 @@ pub struct ParquetOutput {
     pub keep_raw: bool,
     pub checkpoint_rows: usize,
     pub checkpoint_interval: Duration,
+    /// A pipeline's passthrough and output columns.
+    pub extras: ExtraColumns,
 }
 
 /// The sink, ready to write, and what the file already held.
@@ -65,7 +67,7 @@ pub fn check_path(output: &ParquetOutput) -> Result<(), Error> {
 /// the existing file (if any) checks out.
 pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOutput, ResultsError> {
     let path = &output.path;
-    let schema = results::schema(output.keep_raw);
+    let schema = results::schema(output.keep_raw, &output.extras);
     let exists = path.symlink_metadata().is_ok();
     let (writer, done, dropped_errors) = match output.mode {
         OutputMode::New if exists => return Err(ResultsError::Exists { path: path.clone() }),
@@ -99,6 +101,27 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
                 path.display(),
                 existing.rows()
             );
+            let file_schema = existing.schema(path)?;
+            let file_has_raw = file_schema.field_with_name(RAW_RESPONSE).is_ok();
+            let expected = results::schema(file_has_raw, &output.extras);
+            if file_schema.fields() != expected.fields() {
+                let names = |schema: &arrow_schema::SchemaRef| {
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|field| field.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(ResultsError::Damaged {
+                    path: path.clone(),
+                    reason: format!(
+                        "its columns ({}) are not the ones this run writes ({}); write to a new file",
+                        names(&file_schema),
+                        names(&expected)
+                    ),
+                });
+            }
             let mut dropped = 0;
             if retry_errors {
                 ResultsWriter::resume(path, &existing)?.close(FileState::Interrupted)?;
@@ -108,7 +131,6 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
                 tracing::info!("Dropped {dropped} error rows to send those requests again.");
             }
             let writer = ResultsWriter::resume(path, &existing)?;
-            let file_has_raw = writer.schema().field_with_name(RAW_RESPONSE).is_ok();
             if file_has_raw != output.keep_raw {
                 tracing::warn!(
                     "{} was written {} the raw_response column; keeping it that way.",
@@ -121,7 +143,7 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
         }
     };
     let kept_rows = writer.durable_rows();
-    let rows = RowBuilder::new(writer.schema());
+    let rows = RowBuilder::new(writer.schema(), &output.extras);
     Ok(PreparedOutput {
         sink: ParquetSink {
             writer: Some(writer),

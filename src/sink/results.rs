@@ -8,20 +8,125 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use arrow_array::builder::{
-    Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use serde_json::{Map, Value};
+
 use crate::record::{Outcome, ReplyBody};
 use crate::reply::ReplyFields;
+use crate::schema::{ColumnType, OutputField};
 
 /// The column holding the raw response, dropped by `--no-raw`.
 pub const RAW_RESPONSE: &str = "raw_response";
 
-/// The results schema, with or without the raw response column.
-pub fn schema(keep_raw: bool) -> SchemaRef {
+/// Columns a pipeline adds: passthrough columns from the source, then one per output field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExtraColumns {
+    pub passthrough: Vec<(String, ColumnType)>,
+    pub output: Vec<OutputField>,
+}
+
+impl ExtraColumns {
+    fn fields(&self) -> impl Iterator<Item = (&str, &ColumnType)> {
+        self.passthrough
+            .iter()
+            .map(|(name, kind)| (name.as_str(), kind))
+            .chain(
+                self.output
+                    .iter()
+                    .map(|field| (field.name.as_str(), &field.kind)),
+            )
+    }
+}
+
+/// Names of the columns every results file has, which pipeline columns must not reuse.
+pub fn fixed_column_names() -> Vec<String> {
+    schema(true, &ExtraColumns::default())
+        .fields()
+        .iter()
+        .map(|field| field.name().clone())
+        .collect()
+}
+
+fn arrow_type(kind: &ColumnType) -> DataType {
+    match kind {
+        ColumnType::String | ColumnType::Enum(_) => DataType::Utf8,
+        ColumnType::Integer => DataType::Int64,
+        ColumnType::Number => DataType::Float64,
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::StringList => {
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+        }
+    }
+}
+
+/// One pipeline column being built.
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Integer(Int64Builder),
+    Number(Float64Builder),
+    Boolean(BooleanBuilder),
+    TextList(ListBuilder<StringBuilder>),
+}
+
+impl ColumnBuilder {
+    fn new(kind: &ColumnType) -> ColumnBuilder {
+        match kind {
+            ColumnType::String | ColumnType::Enum(_) => ColumnBuilder::Text(StringBuilder::new()),
+            ColumnType::Integer => ColumnBuilder::Integer(Int64Builder::new()),
+            ColumnType::Number => ColumnBuilder::Number(Float64Builder::new()),
+            ColumnType::Boolean => ColumnBuilder::Boolean(BooleanBuilder::new()),
+            ColumnType::StringList => {
+                ColumnBuilder::TextList(ListBuilder::new(StringBuilder::new()))
+            }
+        }
+    }
+
+    /// Appends `value`, or null when it is missing or of another type (a text column takes
+    /// any non-null value, as JSON text when it is not a string).
+    fn append(&mut self, value: Option<&Value>) {
+        let value = value.filter(|value| !value.is_null());
+        match self {
+            ColumnBuilder::Text(builder) => match value {
+                Some(Value::String(text)) => builder.append_value(text),
+                Some(other) => builder.append_value(other.to_string()),
+                None => builder.append_null(),
+            },
+            ColumnBuilder::Integer(builder) => builder.append_option(value.and_then(Value::as_i64)),
+            ColumnBuilder::Number(builder) => builder.append_option(value.and_then(Value::as_f64)),
+            ColumnBuilder::Boolean(builder) => {
+                builder.append_option(value.and_then(Value::as_bool))
+            }
+            ColumnBuilder::TextList(builder) => match value.and_then(Value::as_array) {
+                Some(items) => {
+                    for item in items {
+                        builder.values().append_option(item.as_str());
+                    }
+                    builder.append(true);
+                }
+                None => builder.append(false),
+            },
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Text(builder) => Arc::new(builder.finish()),
+            ColumnBuilder::Integer(builder) => Arc::new(builder.finish()),
+            ColumnBuilder::Number(builder) => Arc::new(builder.finish()),
+            ColumnBuilder::Boolean(builder) => Arc::new(builder.finish()),
+            ColumnBuilder::TextList(builder) => Arc::new(builder.finish()),
+        }
+    }
+}
+
+/// The results schema: the fixed columns, a pipeline's extra columns, and the raw response
+/// unless it is dropped.
+pub fn schema(keep_raw: bool, extras: &ExtraColumns) -> SchemaRef {
     let text = |name: &str| Field::new(name, DataType::Utf8, true);
     let int64 = |name: &str| Field::new(name, DataType::Int64, true);
     let float64 = |name: &str| Field::new(name, DataType::Float64, true);
@@ -54,6 +159,11 @@ pub fn schema(keep_raw: bool) -> SchemaRef {
             false,
         ),
     ];
+    fields.extend(
+        extras
+            .fields()
+            .map(|(name, kind)| Field::new(name, arrow_type(kind), true)),
+    );
     if keep_raw {
         fields.push(text(RAW_RESPONSE));
     }
@@ -64,6 +174,9 @@ pub fn schema(keep_raw: bool) -> SchemaRef {
 pub struct RowBuilder {
     schema: SchemaRef,
     keep_raw: bool,
+    passthrough: Vec<ColumnBuilder>,
+    /// Output field names, with their builders.
+    output: Vec<(String, ColumnBuilder)>,
     rows: usize,
     custom_id: StringBuilder,
     status: StringBuilder,
@@ -92,12 +205,24 @@ fn nanos_to_ms(nanos: Option<u64>) -> Option<f64> {
 }
 
 impl RowBuilder {
-    pub fn new(schema: SchemaRef) -> RowBuilder {
+    /// A builder for `schema`, which must be [`schema`]`(keep_raw, extras)` for some
+    /// `keep_raw`.
+    pub fn new(schema: SchemaRef, extras: &ExtraColumns) -> RowBuilder {
         let keep_raw = schema.field_with_name(RAW_RESPONSE).is_ok();
         let utc: Arc<str> = "UTC".into();
         RowBuilder {
             schema,
             keep_raw,
+            passthrough: extras
+                .passthrough
+                .iter()
+                .map(|(_, kind)| ColumnBuilder::new(kind))
+                .collect(),
+            output: extras
+                .output
+                .iter()
+                .map(|field| (field.name.clone(), ColumnBuilder::new(&field.kind)))
+                .collect(),
             rows: 0,
             custom_id: StringBuilder::new(),
             status: StringBuilder::new(),
@@ -178,6 +303,22 @@ impl RowBuilder {
             .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         self.finished_at.append_value(finished_micros);
+        for (index, builder) in self.passthrough.iter_mut().enumerate() {
+            builder.append(outcome.passthrough.get(index));
+        }
+        if !self.output.is_empty() {
+            let structured: Option<Map<String, Value>> = fields
+                .content()
+                .filter(|_| outcome.is_ok())
+                .and_then(|text| serde_json::from_str(text.trim()).ok());
+            for (name, builder) in self.output.iter_mut() {
+                builder.append(
+                    structured
+                        .as_ref()
+                        .and_then(|object| object.get(name.as_str())),
+                );
+            }
+        }
         if self.keep_raw {
             let raw = outcome.reply.as_ref().map(|reply| match &reply.body {
                 ReplyBody::Json(json) => json.get(),
@@ -211,6 +352,8 @@ impl RowBuilder {
             Arc::new(self.request_line.finish()),
             Arc::new(self.finished_at.finish()),
         ];
+        columns.extend(self.passthrough.iter_mut().map(ColumnBuilder::finish));
+        columns.extend(self.output.iter_mut().map(|(_, builder)| builder.finish()));
         if self.keep_raw {
             columns.push(Arc::new(self.raw_response.finish()));
         }
@@ -244,12 +387,16 @@ mod tests {
             attempts: 2,
             latency: Duration::from_millis(1500),
             finished_at: SystemTime::now(),
+            passthrough: Vec::new(),
         }
     }
 
     #[test]
     fn ollama_and_openai_replies_fill_the_same_columns() {
-        let mut builder = RowBuilder::new(schema(true));
+        let mut builder = RowBuilder::new(
+            schema(true, &ExtraColumns::default()),
+            &ExtraColumns::default(),
+        );
         builder.push(&outcome(
             r#"{"message":{"content":"native"},"done_reason":"stop","prompt_eval_count":3,"eval_count":5,"total_duration":2000000}"#,
             None,

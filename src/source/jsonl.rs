@@ -11,10 +11,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufRead};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::template::{RecordShape, Shaped};
 use crate::record::{ErrorCode, InvalidLine, Request, SourceItem};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -150,6 +152,8 @@ impl fmt::Display for Position {
 pub struct LineParser {
     model_override: Option<String>,
     text_bodies: bool,
+    /// Records mode: each value is a record to shape into a request first.
+    shape: Option<Arc<RecordShape>>,
     seen_ids: HashSet<u64>,
 }
 
@@ -158,8 +162,15 @@ impl LineParser {
         LineParser {
             model_override,
             text_bodies: false,
+            shape: None,
             seen_ids: HashSet::new(),
         }
+    }
+
+    /// Reads records (any JSON objects) and shapes each into a request with `shape`.
+    pub fn with_records(mut self, shape: Arc<RecordShape>) -> Self {
+        self.shape = Some(shape);
+        self
     }
 
     /// Also accepts a `body` given as a string of JSON text, parsed into the object it must
@@ -202,8 +213,32 @@ impl LineParser {
     /// Checks one request already parsed as JSON, whatever input it came from, so that every
     /// source gives the same verdicts and messages.
     pub fn parse_value(&mut self, position: Position, value: Value) -> SourceItem {
+        let shaped = match self.shape.as_deref() {
+            None => Ok(Shaped {
+                request: value,
+                passthrough: Vec::new(),
+            }),
+            Some(shape) => shape.shape(value),
+        };
+        let (value, passthrough) = match shaped {
+            Ok(Shaped {
+                request,
+                passthrough,
+            }) => (request, passthrough),
+            Err((custom_id, why)) => {
+                return SourceItem::Invalid(InvalidLine {
+                    line: position.number(),
+                    custom_id,
+                    code: ErrorCode::InvalidRequest,
+                    message: format!("{position}: {why}"),
+                });
+            }
+        };
         match self.parse_request(position, value) {
-            Ok(request) => SourceItem::Request(request),
+            Ok(request) => SourceItem::Request(Request {
+                passthrough,
+                ..request
+            }),
             Err(invalid) => SourceItem::Invalid(invalid),
         }
     }
@@ -351,6 +386,7 @@ impl LineParser {
         let body = serde_json::to_vec(&Value::Object(body))
             .map_err(|error| invalid(id, ErrorCode::InvalidRequest, format!("body: {error}")))?;
         Ok(Request {
+            passthrough: Vec::new(),
             line: position.number(),
             custom_id,
             url,

@@ -8,6 +8,7 @@
 
 pub mod jsonl;
 pub mod parquet;
+pub mod template;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -60,6 +61,8 @@ pub struct SourceOptions {
     pub max_line_bytes: usize,
     /// Lines an earlier run finished (on resume): skipped without output.
     pub done: Option<Arc<DoneSet>>,
+    /// Pipelines over records: how each record becomes a request.
+    pub records: Option<Arc<template::RecordShape>>,
 }
 
 /// What the source saw, once it has ended.
@@ -89,7 +92,10 @@ enum Reader {
 /// before anything else is started or created. A file is Parquet when its name ends in
 /// `.parquet` or it starts with Parquet's magic bytes; anything else, and standard input, is
 /// JSONL.
-pub fn open(input: Input) -> Result<OpenedInput, Error> {
+///
+/// `record_columns` is set for a pipeline reading records: a Parquet input then must have, and
+/// is read for, those columns instead of the request columns.
+pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput, Error> {
     let name = input.name();
     let reader = match input {
         Input::Stdin => Reader::Stdin,
@@ -101,7 +107,12 @@ pub fn open(input: Input) -> Result<OpenedInput, Error> {
             };
             let mut file = File::open(&path).map_err(open_error)?;
             if parquet::is_parquet(&path, &mut file).map_err(open_error)? {
-                Reader::Parquet(ParquetRows::open(&path, file)?)
+                match record_columns {
+                    Some(columns) => {
+                        Reader::Parquet(ParquetRows::open_columns(&path, file, columns)?)
+                    }
+                    None => Reader::Parquet(ParquetRows::open(&path, file)?),
+                }
             } else {
                 Reader::Jsonl(file)
             }
@@ -184,7 +195,7 @@ fn read_lines(
     items: &mpsc::Sender<SourceItem>,
 ) -> Result<SourceSummary, Error> {
     let mut lines = LineReader::new(reader, options.max_line_bytes);
-    let mut parser = LineParser::new(options.model_override.clone());
+    let mut parser = parser(&options);
     forward(&options, items, || {
         loop {
             let raw = match lines.next_line() {
@@ -210,8 +221,16 @@ fn read_rows(
     options: SourceOptions,
     items: &mpsc::Sender<SourceItem>,
 ) -> Result<SourceSummary, Error> {
-    let mut parser = LineParser::new(options.model_override.clone()).with_text_bodies();
+    let mut parser = parser(&options).with_text_bodies();
     forward(&options, items, || rows.next_item(&mut parser))
+}
+
+fn parser(options: &SourceOptions) -> LineParser {
+    let parser = LineParser::new(options.model_override.clone());
+    match &options.records {
+        Some(shape) => parser.with_records(Arc::clone(shape)),
+        None => parser,
+    }
 }
 
 /// What every source does with its items, whatever the format: count them, skip those an

@@ -70,6 +70,12 @@ impl ParquetRows {
     /// Reads the footer, checks that the request columns are there and can become JSON, and
     /// decodes the first batch.
     pub fn open(path: &Path, file: File) -> Result<ParquetRows, Error> {
+        ParquetRows::open_columns(path, file, &REQUIRED_COLUMNS)
+    }
+
+    /// Like [`ParquetRows::open`], reading `columns` (a pipeline's record columns) instead of
+    /// the request columns.
+    pub fn open_columns(path: &Path, file: File, columns: &[&str]) -> Result<ParquetRows, Error> {
         let unreadable = |reason: String| Error::ParquetInput {
             path: path.to_owned(),
             reason,
@@ -78,8 +84,9 @@ impl ParquetRows {
             .map_err(|error| unreadable(error.to_string()))?;
         let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder.schema().fields();
-        let missing: Vec<&str> = REQUIRED_COLUMNS
-            .into_iter()
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
             .filter(|name| fields.find(name).is_none())
             .collect();
         if !missing.is_empty() {
@@ -94,9 +101,9 @@ impl ParquetRows {
                 },
             });
         }
-        let mut roots = Vec::with_capacity(REQUIRED_COLUMNS.len());
+        let mut roots = Vec::with_capacity(columns.len());
         for (index, field) in fields.iter().enumerate() {
-            if REQUIRED_COLUMNS.contains(&field.name().as_str()) {
+            if columns.contains(&field.name().as_str()) {
                 check_encodable(path, field)?;
                 roots.push(index);
             }

@@ -27,19 +27,30 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::backend::preflight::ModelCatalog;
 use crate::backend::{AttemptFailure, Backend, FailureKind};
 use crate::error::Error;
-use crate::record::{ErrorCode, Outcome, OutcomeError, Request, SourceItem};
+use crate::record::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody, Request, SourceItem};
+use crate::reply::ReplyFields;
+use crate::schema::OutputSchema;
 use crate::shutdown::Shutdown;
 use crate::stats::RunStats;
 use retry::RetryPolicy;
 
 /// How the stage runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StageConfig {
     /// HTTP requests in flight at once.
     pub workers: usize,
     /// Write outcomes in input order instead of completion order.
     pub ordered: bool,
     pub retry: RetryPolicy,
+    /// Structured output to check each reply against.
+    pub output: Option<OutputCheck>,
+}
+
+/// Replies must match a schema; a reply that does not is asked for again up to `retries` times.
+#[derive(Debug, Clone)]
+pub struct OutputCheck {
+    pub schema: Arc<OutputSchema>,
+    pub retries: u32,
 }
 
 impl StageConfig {
@@ -74,6 +85,7 @@ struct StageContext<B> {
     catalog: Option<Arc<ModelCatalog>>,
     workers: Semaphore,
     retry: RetryPolicy,
+    output: Option<OutputCheck>,
     shutdown: Shutdown,
     stats: Arc<RunStats>,
     run_failed: AtomicBool,
@@ -108,6 +120,7 @@ pub async fn run<B: Backend>(
         catalog,
         workers: Semaphore::new(config.workers),
         retry: config.retry,
+        output: config.output.clone(),
         shutdown: shutdown.clone(),
         stats,
         run_failed: AtomicBool::new(false),
@@ -190,6 +203,7 @@ impl<B: Backend> StageContext<B> {
                     attempts: 0,
                     latency: started.elapsed(),
                     finished_at: SystemTime::now(),
+                    passthrough: Vec::new(),
                 };
                 (outcome, None)
             }
@@ -209,6 +223,7 @@ impl<B: Backend> StageContext<B> {
             }
         }
         let mut attempts = 0;
+        let mut invalid_outputs = 0;
         loop {
             attempts += 1;
             let result = {
@@ -222,6 +237,28 @@ impl<B: Backend> StageContext<B> {
             };
             let failure = match result {
                 Ok(reply) => {
+                    if let Some(why) = self.output_problem(&reply) {
+                        invalid_outputs += 1;
+                        if invalid_outputs <= self.output.as_ref().map_or(0, |check| check.retries)
+                        {
+                            self.stats.retried(ErrorCode::InvalidOutput);
+                            continue;
+                        }
+                        let message = format!(
+                            "the reply does not match the output schema: {why} (after {attempts} attempts)"
+                        );
+                        return (
+                            failed(
+                                request,
+                                started,
+                                attempts,
+                                ErrorCode::InvalidOutput,
+                                message,
+                                Some(reply),
+                            ),
+                            None,
+                        );
+                    }
                     let outcome = Outcome {
                         line: request.line,
                         custom_id: Some(request.custom_id),
@@ -231,6 +268,7 @@ impl<B: Backend> StageContext<B> {
                         attempts,
                         latency: started.elapsed(),
                         finished_at: SystemTime::now(),
+                        passthrough: request.passthrough,
                     };
                     return (outcome, None);
                 }
@@ -250,6 +288,19 @@ impl<B: Backend> StageContext<B> {
             }
             self.stats.retried(failure.kind.code());
             tokio::time::sleep(self.retry.delay(attempts, failure.retry_after)).await;
+        }
+    }
+
+    /// Why a successful reply fails the output schema, if there is a schema and it does.
+    fn output_problem(&self, reply: &HttpReply) -> Option<String> {
+        let check = self.output.as_ref()?;
+        let ReplyBody::Json(json) = &reply.body else {
+            return Some("the reply is not JSON".into());
+        };
+        let fields = ReplyFields::parse(json.get());
+        match fields.content() {
+            Some(text) => check.schema.check(text).err(),
+            None => Some("the reply has no text".into()),
         }
     }
 
@@ -297,7 +348,7 @@ fn failed(
     attempts: u32,
     code: ErrorCode,
     message: String,
-    reply: Option<crate::record::HttpReply>,
+    reply: Option<HttpReply>,
 ) -> Outcome {
     Outcome {
         line: request.line,
@@ -308,6 +359,7 @@ fn failed(
         attempts,
         latency: started.elapsed(),
         finished_at: SystemTime::now(),
+        passthrough: request.passthrough,
     }
 }
 
@@ -327,7 +379,6 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::record::{HttpReply, ReplyBody};
 
     /// Answers every request, except that it panics on one: a stand-in for a bug.
     struct PanicsOnBoom;
@@ -350,6 +401,7 @@ mod tests {
             url: "/api/chat".into(),
             model: None,
             body: Bytes::from_static(b"{}"),
+            passthrough: Vec::new(),
         })
     }
 
@@ -368,6 +420,7 @@ mod tests {
             workers: 2,
             ordered: true,
             retry: RetryPolicy::default(),
+            output: None,
         };
         let target = Target {
             backend: Arc::new(PanicsOnBoom),
