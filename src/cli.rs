@@ -47,9 +47,72 @@ pub enum Command {
     MockServer(MockArgs),
     /// Run a built-in sample batch against a built-in mock server: no Ollama needed.
     Demo(DemoArgs),
+    /// Run a pipeline file (TOML): source, request template, backend and sinks in one place.
+    Run(PipelineRunArgs),
+    /// Check a pipeline file: fields and types, template columns against the source, the output
+    /// schema, and (unless --offline) the backend and its model. Lists every problem.
+    Validate(ValidateArgs),
     /// Show what a Parquet results file holds (rows done, ok, failed) and whether it is
     /// complete or resumable, without running anything.
     Status(StatusArgs),
+}
+
+/// Flags of `run FILE`. Command-line values win over the file's.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineRunArgs {
+    /// The pipeline file.
+    #[arg(value_name = "PIPELINE.toml")]
+    pub file: PathBuf,
+
+    /// Override a value of the file, e.g. `--set backend.workers=16` or
+    /// `--set request.model=qwen3:8b` (repeatable; TOML values, or plain text).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+
+    /// Continue the pipeline's Parquet results file.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// With --resume, also send again the requests whose rows are errors.
+    #[arg(long, requires = "resume")]
+    pub retry_errors: bool,
+
+    /// Replace an existing results file.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+
+    /// Print the first few rendered requests and the results columns, without calling the
+    /// backend.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Keep the run's figures in this JSON file (overrides sink.stats).
+    #[arg(long, value_name = "FILE.json")]
+    pub stats: Option<PathBuf>,
+
+    /// When standard error is not a terminal, log a progress line this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub progress_interval: Duration,
+
+    /// Use the built-in mock server as the backend.
+    #[arg(long)]
+    pub mock: bool,
+}
+
+/// Flags of `validate FILE`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The pipeline file.
+    #[arg(value_name = "PIPELINE.toml")]
+    pub file: PathBuf,
+
+    /// Override a value of the file, as with `run`.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+
+    /// Do not contact the backend.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Flags of `status`.
@@ -241,6 +304,10 @@ pub struct MockArgs {
     /// Fraction of requests answered 200 with truncated JSON.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_truncated: f64,
+
+    /// Fraction of requests answered 200 with text that ignores the requested output schema.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub fail_schema: f64,
 
     /// Retry-After sent with each 429.
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]

@@ -36,6 +36,9 @@ pub struct RunConfig {
     /// The Parquet results file, if any.
     pub output: Option<ParquetOutput>,
     pub progress: ProgressConfig,
+    /// After an interrupt, how long in-flight requests may take (used by the caller that
+    /// installs the signal handlers).
+    pub grace: Duration,
 }
 
 /// How a run ended.
@@ -108,7 +111,12 @@ pub async fn run(
                 tracing::info!("Backend {base_url} is an OpenAI-compatible server.")
             }
         }
-        if let Some(model) = &config.source.model_override {
+        let named_model = config.source.model_override.as_deref().or(config
+            .source
+            .records
+            .as_deref()
+            .map(|shape| shape.model.as_str()));
+        if let Some(model) = named_model {
             if !catalog.has(model) {
                 return Err(catalog.missing(&base_url, model));
             }

@@ -65,6 +65,9 @@ pub enum Error {
     #[error("the mock server cannot listen on {addr}: {cause}")]
     MockBind { addr: String, cause: io::Error },
 
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
     #[error("{0}")]
     Internal(String),
 

@@ -25,7 +25,8 @@
 //! - [`schema`]: structured output: the JSON Schema subset that maps to typed columns.
 //! - [`engine`]: wires one run together and reports how it ended.
 //! - [`shutdown`]: signals to stop/abort, passed into the engine.
-//! - [`cli`], [`settings`]: flags, and their resolution into a run's configuration.
+//! - [`cli`], [`config`], [`settings`]: flags and pipeline TOML files, and their resolution
+//!   into a run's configuration; [`pipeline`]: the checks and dry run of a pipeline file.
 //! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
 //! - [`stats`], [`progress`], [`gpu`]: run figures, their display on stderr and in the
 //!   `--stats` file, and GPU memory (NVML, Ollama's `/api/ps`).
@@ -33,10 +34,12 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod mock;
+pub mod pipeline;
 pub mod progress;
 pub mod record;
 pub mod reply;

@@ -3,11 +3,15 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use batchflow::cli::{Cli, Command, DemoArgs, LogArgs, MockArgs, RunArgs, StatusArgs};
-use batchflow::engine::{self, RunReport};
+use batchflow::cli::{
+    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, ValidateArgs,
+};
+use batchflow::config::JsonlTarget;
+use batchflow::engine::{self, RunConfig, RunReport};
 use batchflow::error::ExitStatus;
 use batchflow::mock::{MockConfig, MockServer};
 use batchflow::progress;
@@ -63,7 +67,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Some(Command::MockServer(args)) => serve_mock(args).await,
         Some(Command::Demo(args)) => demo(args, cli.log).await,
         Some(Command::Status(args)) => status(args),
+        Some(Command::Run(args)) => run_pipeline(args, cli.log).await,
+        Some(Command::Validate(args)) => validate(args).await,
     }
+}
+
+async fn start_mock(slots: u32) -> anyhow::Result<MockServer> {
+    let config = MockConfig {
+        slots: slots as usize,
+        latency_spread: 0.5,
+        ..MockConfig::default()
+    };
+    let mock = MockServer::start(config).await?;
+    tracing::info!("Built-in mock server listening on {}.", mock.url());
+    Ok(mock)
+}
+
+fn console(log: LogArgs) -> settings::Console {
+    settings::Console {
+        log,
+        stderr_is_terminal: io::stderr().is_terminal(),
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 async fn run_batch(
@@ -71,39 +99,34 @@ async fn run_batch(
     log: LogArgs,
     embedded_input: Option<&'static str>,
 ) -> anyhow::Result<ExitStatus> {
-    let mock = if args.mock {
-        let config = MockConfig {
-            slots: args.workers as usize,
-            latency_spread: 0.5,
-            ..MockConfig::default()
-        };
-        let mock = MockServer::start(config).await?;
-        tracing::info!("Built-in mock server listening on {}.", mock.url());
-        Some(mock)
-    } else {
-        None
-    };
-    let console = settings::Console {
-        log,
-        stderr_is_terminal: io::stderr().is_terminal(),
+    let mock = match args.mock {
+        true => Some(start_mock(args.workers).await?),
+        false => None,
     };
     let mut config =
-        settings::run_config(&args, console, mock.as_ref().map(MockServer::url), |name| {
-            std::env::var(name).ok()
-        })?;
+        settings::run_config(&args, console(log), mock.as_ref().map(MockServer::url), env)?;
     if let Some(text) = embedded_input {
         config.input = Input::Embedded(text);
     }
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals(args.grace);
-    let stdout: Option<Box<dyn io::Write + Send>> = if config.output.is_none() || args.jsonl {
+    let jsonl: Option<Box<dyn io::Write + Send>> = if config.output.is_none() || args.jsonl {
         Some(Box::new(
             stdout_file().context("cannot use standard output")?,
         ))
     } else {
         None
     };
-    let report = engine::run(config, stdout, shutdown).await?;
+    execute(config, jsonl, log).await
+}
+
+/// Runs a resolved configuration with signal handling, then reports how it went.
+async fn execute(
+    config: RunConfig,
+    jsonl: Option<Box<dyn io::Write + Send>>,
+    log: LogArgs,
+) -> anyhow::Result<ExitStatus> {
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals(config.grace);
+    let report = engine::run(config, jsonl, shutdown).await?;
     if !log.quiet {
         eprint!("{}", progress::summary(&report.stats, &report.backend_url));
     }
@@ -112,6 +135,59 @@ async fn run_batch(
         eprintln!("batchflow: {fatal}");
     }
     Ok(report.exit_status())
+}
+
+/// Prints each problem of a pipeline file on its own line; the exit status for it.
+fn report_problems(file: &Path, problems: &[String]) -> ExitStatus {
+    for problem in problems {
+        eprintln!("batchflow: {}: {problem}", file.display());
+    }
+    ExitStatus::Error
+}
+
+async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let (pipeline, extras) = match batchflow::pipeline::load_checked(&args.file, &args.set, env)? {
+        Ok(checked) => checked,
+        Err(problems) => return Ok(report_problems(&args.file, &problems)),
+    };
+    let mock = match (args.mock || pipeline.backend.mock) && !args.dry_run {
+        true => Some(start_mock(pipeline.backend.workers.unwrap_or(8)).await?),
+        false => None,
+    };
+    let config = settings::pipeline_config(
+        &pipeline,
+        &args,
+        extras.clone(),
+        console(log),
+        mock.as_ref().map(MockServer::url),
+        env,
+    )?;
+    if args.dry_run {
+        print!("{}", batchflow::pipeline::dry_run(config, &extras).await?);
+        return Ok(ExitStatus::Success);
+    }
+    let jsonl: Option<Box<dyn io::Write + Send>> = match &pipeline.jsonl {
+        None => None,
+        Some(JsonlTarget::Stdout) => Some(Box::new(
+            stdout_file().context("cannot use standard output")?,
+        )),
+        Some(JsonlTarget::File(path)) => {
+            Some(Box::new(File::create(path).with_context(|| {
+                format!("cannot create sink.jsonl {}", path.display())
+            })?))
+        }
+    };
+    execute(config, jsonl, log).await
+}
+
+async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
+    match batchflow::pipeline::validate(&args.file, &args.set, args.offline, env).await? {
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(ExitStatus::Success)
+        }
+        Err(problems) => Ok(report_problems(&args.file, &problems)),
+    }
 }
 
 fn log_resume_notes(report: &RunReport) {

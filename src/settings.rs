@@ -4,14 +4,21 @@
 
 use crate::backend::http::HttpBackendConfig;
 use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
-use crate::cli::{LogArgs, MockArgs, RunArgs};
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::cli::{Cli, LogArgs, MockArgs, PipelineRunArgs, RunArgs};
+use crate::config::Pipeline;
 use crate::engine::RunConfig;
 use crate::error::Error;
 use crate::mock::MockConfig;
 use crate::mock::faults::FaultRates;
 use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::parquet::{OutputMode, ParquetOutput};
+use crate::sink::results::ExtraColumns;
 use crate::source::{Input, SourceOptions};
+use crate::stage::OutputCheck;
 use crate::stage::StageConfig;
 use crate::stage::retry::RetryPolicy;
 
@@ -87,6 +94,7 @@ pub fn run_config(
             checkpoint_rows: usize::try_from(args.checkpoint_rows).unwrap_or(usize::MAX),
             checkpoint_interval: args.checkpoint_secs,
             extras: Default::default(),
+            codec: Default::default(),
         }),
         progress: ProgressConfig {
             mode: if console.log.quiet {
@@ -100,7 +108,57 @@ pub fn run_config(
             },
             stats_file: args.stats.clone(),
         },
+        grace: args.grace,
     })
+}
+
+/// A pipeline's run: the pipeline's values laid over the command-line defaults, then the same
+/// resolution as flags (so the flag mode and a pipeline give the same run), then what only a
+/// pipeline has (record shaping, structured output, extra columns, compression).
+pub fn pipeline_config(
+    pipeline: &Pipeline,
+    flags: &PipelineRunArgs,
+    extras: ExtraColumns,
+    console: Console,
+    backend_override: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<RunConfig, Error> {
+    let mut args = Cli::try_parse_from(["batchflow"])
+        .map_err(|error| Error::Internal(format!("default flags: {error}")))?
+        .run;
+    let backend = &pipeline.backend;
+    args.input = pipeline.input.clone();
+    args.model = pipeline.model_override.clone();
+    args.backend = backend.url.clone();
+    args.api_key_env = backend.api_key_env.clone();
+    args.workers = backend.workers.unwrap_or(args.workers);
+    args.timeout = pipeline.timeout.unwrap_or(args.timeout);
+    args.connect_timeout = pipeline.connect_timeout.unwrap_or(args.connect_timeout);
+    args.retries = backend.retries.unwrap_or(args.retries);
+    args.retry_base = pipeline.retry_base.unwrap_or(args.retry_base);
+    args.retry_max = pipeline.retry_max.unwrap_or(args.retry_max);
+    args.no_preflight = !backend.preflight.unwrap_or(true);
+    args.ordered = pipeline.ordered;
+    args.output = pipeline.parquet.clone();
+    args.resume = flags.resume;
+    args.retry_errors = flags.retry_errors;
+    args.overwrite = flags.overwrite;
+    args.checkpoint_rows = pipeline.checkpoint_rows.unwrap_or(args.checkpoint_rows);
+    args.checkpoint_secs = pipeline.checkpoint_interval.unwrap_or(args.checkpoint_secs);
+    args.no_raw = !pipeline.keep_raw;
+    args.stats = flags.stats.clone().or_else(|| pipeline.stats.clone());
+    args.progress_interval = flags.progress_interval;
+    let mut config = run_config(&args, console, backend_override, env)?;
+    config.source.records = pipeline.shape.clone();
+    config.stage.output = pipeline.output_schema().map(|schema| OutputCheck {
+        schema: Arc::clone(schema),
+        retries: pipeline.output_retries,
+    });
+    if let Some(output) = &mut config.output {
+        output.extras = extras;
+        output.codec = pipeline.codec;
+    }
+    Ok(config)
 }
 
 pub fn mock_config(args: &MockArgs) -> MockConfig {
@@ -116,6 +174,7 @@ pub fn mock_config(args: &MockArgs) -> MockConfig {
             reset: args.fail_reset,
             hang: args.fail_hang,
             truncated: args.fail_truncated,
+            bad_output: args.fail_schema,
         },
         seed: args.seed,
         retry_after: args.retry_after,

@@ -4,7 +4,7 @@
 //! Directives (anywhere in the prompt text):
 //! - `[mock:status=CODE]`: every attempt of this request answers HTTP CODE.
 //! - `[mock:fail=N:WHAT]`: the first N attempts of this exact body fail with WHAT (an HTTP
-//!   status, `reset`, `hang` or `truncated`), later ones succeed.
+//!   status, `reset`, `hang`, `truncated` or `schema`), later ones succeed.
 //! - `[mock:delay=MS]`: this request spends MS milliseconds in its slot instead of the
 //!   configured latency (to make one request slow on purpose).
 
@@ -24,6 +24,8 @@ pub struct FaultRates {
     pub hang: f64,
     /// HTTP 200 whose JSON body is cut short.
     pub truncated: f64,
+    /// HTTP 200 whose text ignores the requested output schema.
+    pub bad_output: f64,
 }
 
 /// What happens to one request.
@@ -33,6 +35,8 @@ pub enum Fault {
     Reset,
     Hang,
     Truncated,
+    /// A well-formed answer whose text is not the structured output asked for.
+    BadOutput,
 }
 
 impl Fault {
@@ -41,6 +45,7 @@ impl Fault {
             "reset" => Some(Fault::Reset),
             "hang" => Some(Fault::Hang),
             "truncated" => Some(Fault::Truncated),
+            "schema" => Some(Fault::BadOutput),
             code => code
                 .parse()
                 .ok()
@@ -114,6 +119,7 @@ impl FaultPlan {
             reset,
             hang,
             truncated,
+            bad_output,
         } = self.rates;
         let mut threshold = 0.0;
         for (rate, fault) in [
@@ -122,6 +128,7 @@ impl FaultPlan {
             (reset, Fault::Reset),
             (hang, Fault::Hang),
             (truncated, Fault::Truncated),
+            (bad_output, Fault::BadOutput),
         ] {
             threshold += rate;
             if draw < threshold {

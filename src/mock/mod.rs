@@ -92,6 +92,7 @@ pub struct MockStats {
     pub resets: AtomicU64,
     pub hangs: AtomicU64,
     pub truncated: AtomicU64,
+    pub bad_outputs: AtomicU64,
     /// 4xx answers (bad request, unknown model, scripted statuses).
     pub client_errors: AtomicU64,
     pub in_slots: AtomicU64,
@@ -110,6 +111,7 @@ pub struct StatsSnapshot {
     pub resets: u64,
     pub hangs: u64,
     pub truncated: u64,
+    pub bad_outputs: u64,
     pub client_errors: u64,
     pub max_in_slots: u64,
 }
@@ -126,6 +128,7 @@ impl MockStats {
             resets: read(&self.resets),
             hangs: read(&self.hangs),
             truncated: read(&self.truncated),
+            bad_outputs: read(&self.bad_outputs),
             client_errors: read(&self.client_errors),
             max_in_slots: read(&self.max_in_slots),
         }
@@ -466,6 +469,23 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
                 reply.as_bytes()[..cut].to_vec(),
             )
                 .into_response()
+        }
+        Some(Fault::BadOutput) => {
+            stats.bad_outputs.fetch_add(1, Ordering::SeqCst);
+            state.record(body_key, arrived, 200);
+            let mut unstructured = request.clone();
+            if let Value::Object(fields) = &mut unstructured {
+                fields.remove("format");
+                fields.remove("response_format");
+            }
+            let reply = replies::success(
+                endpoint,
+                &model,
+                &unstructured,
+                started.elapsed(),
+                state.config.embedding_dimensions,
+            );
+            json_response(StatusCode::OK, &reply)
         }
         Some(Fault::Hang) | None => {
             stats.succeeded.fetch_add(1, Ordering::SeqCst);

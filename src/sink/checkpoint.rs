@@ -126,9 +126,38 @@ fn parquet_error(path: &Path) -> impl Fn(ParquetError) -> ResultsError + '_ {
     }
 }
 
-fn writer_properties() -> WriterProperties {
+/// Compression of the results' column chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// Small files, fast enough; every reader supports it.
+    #[default]
+    Zstd,
+    Snappy,
+    Uncompressed,
+}
+
+impl Codec {
+    pub fn parse(name: &str) -> Option<Codec> {
+        match name.to_ascii_lowercase().as_str() {
+            "zstd" => Some(Codec::Zstd),
+            "snappy" => Some(Codec::Snappy),
+            "none" | "uncompressed" => Some(Codec::Uncompressed),
+            _ => None,
+        }
+    }
+
+    fn parquet(self) -> Compression {
+        match self {
+            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Uncompressed => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
+fn writer_properties(codec: Codec) -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(codec.parquet())
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_offset_index_disabled(true)
         .set_created_by(concat!("batchflow ", env!("CARGO_PKG_VERSION")).to_owned())
@@ -405,6 +434,7 @@ impl ResultsWriter {
         path: &Path,
         schema: SchemaRef,
         overwrite: bool,
+        codec: Codec,
     ) -> Result<ResultsWriter, ResultsError> {
         let mut options = OpenOptions::new();
         options.read(true).write(true);
@@ -424,14 +454,18 @@ impl ResultsWriter {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(&marker_path(path))(error)),
         }
-        let mut writer = ResultsWriter::open(path, file, schema, &[], 0)?;
+        let mut writer = ResultsWriter::open(path, file, schema, &[], 0, codec)?;
         writer.checkpoint()?;
         Ok(writer)
     }
 
     /// Continues a file found by [`inspect`]: makes it valid at its last checkpoint, then
     /// appends after the kept row groups.
-    pub fn resume(path: &Path, existing: &ExistingResults) -> Result<ResultsWriter, ResultsError> {
+    pub fn resume(
+        path: &Path,
+        existing: &ExistingResults,
+        codec: Codec,
+    ) -> Result<ResultsWriter, ResultsError> {
         let schema = existing.schema(path)?;
         let file = OpenOptions::new()
             .read(true)
@@ -439,7 +473,8 @@ impl ResultsWriter {
             .open(path)
             .map_err(io_error(path))?;
         let row_groups = existing.metadata.row_groups();
-        let mut writer = ResultsWriter::open(path, file, schema, row_groups, existing.data_end)?;
+        let mut writer =
+            ResultsWriter::open(path, file, schema, row_groups, existing.data_end, codec)?;
         writer.durable_rows = existing.rows();
         writer.checkpoint()?;
         Ok(writer)
@@ -451,6 +486,7 @@ impl ResultsWriter {
         schema: SchemaRef,
         kept: &[parquet::file::metadata::RowGroupMetaData],
         data_end: u64,
+        codec: Codec,
     ) -> Result<ResultsWriter, ResultsError> {
         let handle = file.try_clone().map_err(io_error(path))?;
         let sink = AppendFile {
@@ -458,7 +494,7 @@ impl ResultsWriter {
             position: 0,
             skip_until: data_end,
         };
-        let options = ArrowWriterOptions::new().with_properties(writer_properties());
+        let options = ArrowWriterOptions::new().with_properties(writer_properties(codec));
         let (mut writer, factory) =
             ArrowWriter::try_new_with_options(sink, Arc::clone(&schema), options)
                 .and_then(ArrowWriter::into_serialized_writer)
@@ -680,12 +716,16 @@ pub fn count_statuses(
 /// The file must be closed (no marker: see [`ResultsWriter::close`]), so that until the new
 /// file atomically replaces it, the old one is complete on its own. Returns how many rows were
 /// dropped.
-pub fn drop_error_rows(path: &Path, existing: &ExistingResults) -> Result<u64, ResultsError> {
+pub fn drop_error_rows(
+    path: &Path,
+    existing: &ExistingResults,
+    codec: Codec,
+) -> Result<u64, ResultsError> {
     let schema = existing.schema(path)?;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".rewrite");
     let temporary = PathBuf::from(temporary);
-    let mut writer = ResultsWriter::create(&temporary, Arc::clone(&schema), true)?;
+    let mut writer = ResultsWriter::create(&temporary, Arc::clone(&schema), true, codec)?;
     let mut dropped = 0;
     for batch in existing.reader(path, &[])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{self, FileState, ResultsError, ResultsWriter};
+use super::checkpoint::{self, Codec, FileState, ResultsError, ResultsWriter};
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
 use crate::error::Error;
@@ -34,6 +34,7 @@ pub struct ParquetOutput {
     pub checkpoint_interval: Duration,
     /// A pipeline's passthrough and output columns.
     pub extras: ExtraColumns,
+    pub codec: Codec,
 }
 
 /// The sink, ready to write, and what the file already held.
@@ -79,13 +80,13 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
                 );
             }
             (
-                ResultsWriter::create(path, schema, false)?,
+                ResultsWriter::create(path, schema, false, output.codec)?,
                 DoneSet::default(),
                 0,
             )
         }
         OutputMode::New | OutputMode::Overwrite => (
-            ResultsWriter::create(path, schema, true)?,
+            ResultsWriter::create(path, schema, true, output.codec)?,
             DoneSet::default(),
             0,
         ),
@@ -124,13 +125,14 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
             }
             let mut dropped = 0;
             if retry_errors {
-                ResultsWriter::resume(path, &existing)?.close(FileState::Interrupted)?;
+                ResultsWriter::resume(path, &existing, output.codec)?
+                    .close(FileState::Interrupted)?;
                 existing = checkpoint::inspect(path)?;
-                dropped = checkpoint::drop_error_rows(path, &existing)?;
+                dropped = checkpoint::drop_error_rows(path, &existing, output.codec)?;
                 existing = checkpoint::inspect(path)?;
                 tracing::info!("Dropped {dropped} error rows to send those requests again.");
             }
-            let writer = ResultsWriter::resume(path, &existing)?;
+            let writer = ResultsWriter::resume(path, &existing, output.codec)?;
             if file_has_raw != output.keep_raw {
                 tracing::warn!(
                     "{} was written {} the raw_response column; keeping it that way.",

@@ -266,7 +266,6 @@ mod tests {
         let record = json!({"id": 42, "name": "Ada", "years": 7});
         let native = shape("/api/chat", Some("id"))
             .shape(record.clone())
-            .ok()
             .expect("shapes");
         assert_eq!(native.request["custom_id"], "42");
         assert_eq!(
@@ -278,17 +277,12 @@ mod tests {
         assert_eq!(native.passthrough, vec![json!("Ada")]);
         let openai = shape("/v1/chat/completions", Some("id"))
             .shape(record.clone())
-            .ok()
             .expect("shapes");
         assert_eq!(openai.request["body"]["temperature"], 0);
         let generated = shape("/api/generate", None)
             .shape(record.clone())
-            .ok()
             .expect("shapes");
-        let again = shape("/api/generate", None)
-            .shape(record)
-            .ok()
-            .expect("shapes");
+        let again = shape("/api/generate", None).shape(record).expect("shapes");
         assert_eq!(
             generated.request["custom_id"], again.request["custom_id"],
             "stable ids"

@@ -1,0 +1,591 @@
+//! Pipeline files: a whole batch job described in TOML (`batchflow run FILE`,
+//! `batchflow validate FILE`). This module owns the file's structure (unknown keys rejected with
+//! the line named), `${ENV}` interpolation, `--set key.path=value` overrides, and the pure
+//! checks of a loaded file, which list every problem rather than stopping at the first.
+//! Checks that need the input or the backend live in `pipeline` (the `validate` command).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cli::parse_duration;
+use crate::schema::OutputSchema;
+use crate::sink::checkpoint::Codec;
+use crate::sink::results;
+use crate::source::template::{RecordShape, Template};
+
+/// The endpoints a pipeline's `[request]` may target.
+pub const ENDPOINTS: [&str; 5] = [
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+];
+
+/// A pipeline file as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub source: SourceSection,
+    #[serde(default)]
+    pub request: RequestSection,
+    #[serde(default)]
+    pub backend: BackendSection,
+    #[serde(default)]
+    pub sink: SinkSection,
+}
+
+/// `[source]`: where the records or requests come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// A JSONL or Parquet file (relative to the pipeline file's folder), or `-` for stdin.
+    pub path: String,
+    /// `records` (any columns, shaped by `[request]`) or `requests` (OpenAI Batch lines).
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Records: the column giving each record's custom_id; without it, an id is derived from
+    /// the record's content.
+    pub id_column: Option<String>,
+    /// Records: columns copied into the results.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    #[default]
+    Records,
+    Requests,
+}
+
+/// `[request]`: how each record becomes a request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSection {
+    /// One of [`ENDPOINTS`]; default `/api/chat`.
+    pub endpoint: Option<String>,
+    /// Required for records; for requests, replaces each line's model.
+    pub model: Option<String>,
+    pub system: Option<String>,
+    /// Template with `{{column}}` placeholders.
+    pub prompt: Option<String>,
+    /// Ollama `options` (temperature, num_ctx, seed, …).
+    pub options: Option<serde_json::Map<String, Value>>,
+    pub keep_alive: Option<Value>,
+    pub think: Option<Value>,
+    pub output: Option<OutputSection>,
+}
+
+/// `[request.output]`: structured output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// A JSON schema whose properties become typed columns.
+    pub schema: Value,
+    /// New attempts for a reply that breaks the schema; default 2.
+    pub retries: Option<u32>,
+}
+
+/// A duration as seconds or as text such as `90s` or `10m`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn resolve(&self, key: &str, problems: &mut Vec<String>) -> Option<Duration> {
+        let parsed = match self {
+            DurationValue::Seconds(seconds) => parse_duration(&seconds.to_string()),
+            DurationValue::Text(text) => parse_duration(text),
+        };
+        parsed
+            .map_err(|why| problems.push(format!("{key}: {why}")))
+            .ok()
+    }
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// Base URL (the forms `OLLAMA_HOST` accepts); default `$OLLAMA_HOST`, else 127.0.0.1:11434.
+    pub url: Option<String>,
+    /// Use the built-in mock server instead (a dry run without a GPU).
+    #[serde(default)]
+    pub mock: bool,
+    pub api_key_env: Option<String>,
+    pub workers: Option<u32>,
+    pub timeout: Option<DurationValue>,
+    pub connect_timeout: Option<DurationValue>,
+    pub retries: Option<u32>,
+    pub retry_base: Option<DurationValue>,
+    pub retry_max: Option<DurationValue>,
+    /// Check the backend and model before reading input; default true.
+    pub preflight: Option<bool>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// OpenAI Batch JSONL output: `-` for stdout, or a path.
+    pub jsonl: Option<String>,
+    /// Parquet results file (relative to the pipeline file's folder).
+    pub parquet: Option<String>,
+    pub checkpoint_rows: Option<u64>,
+    pub checkpoint_secs: Option<DurationValue>,
+    /// `zstd` (default), `snappy` or `none`.
+    pub compression: Option<String>,
+    /// Keep the raw response JSON; default true.
+    pub raw: Option<bool>,
+    /// Write JSONL in input order; default false.
+    pub ordered: Option<bool>,
+    /// A `--stats` JSON file.
+    pub stats: Option<String>,
+}
+
+/// Why a pipeline file cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads a pipeline file: `${VAR}` replaced from `env` (inside double-quoted strings), parsed
+/// with unknown keys refused, then `--set` overrides applied (they win over the file).
+pub fn load(
+    path: &Path,
+    sets: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<PipelineFile, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let text = interpolate(&text, &env).map_err(&invalid)?;
+    let file: PipelineFile =
+        toml::from_str(&text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
+    if sets.is_empty() {
+        return Ok(file);
+    }
+    let mut tree = toml::Table::try_from(&file).map_err(|error| invalid(error.to_string()))?;
+    for set in sets {
+        apply_set(&mut tree, set).map_err(|why| invalid(format!("--set {set}: {why}")))?;
+    }
+    toml::Value::Table(tree)
+        .try_into()
+        .map_err(|error: toml::de::Error| {
+            invalid(format!("after --set: {}", error.to_string().trim_end()))
+        })
+}
+
+/// Replaces `${NAME}` with the variable's value, escaped for a TOML basic string.
+fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("line {}: \"${{\" is not closed", index + 1))?;
+            let name = &after[..end];
+            let value = env(name).ok_or_else(|| {
+                format!("line {}: environment variable {name} is not set", index + 1)
+            })?;
+            for character in value.chars() {
+                match character {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    other => out.push(other),
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// `key.path=value`: the value is read as TOML (`16`, `true`, `"text"`, `[1, 2]`), or taken as
+/// a plain string when it is not valid TOML.
+fn apply_set(tree: &mut toml::Table, set: &str) -> Result<(), String> {
+    let (key, raw) = set.split_once('=').ok_or("expected key.path=value")?;
+    let value = match toml::from_str::<toml::Table>(&format!("value = {raw}")) {
+        Ok(mut parsed) => parsed.remove("value").ok_or("no value")?,
+        Err(_) => toml::Value::String(raw.to_owned()),
+    };
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|last| !last.is_empty())
+        .ok_or("empty key")?;
+    let mut table = tree;
+    for part in parts {
+        table = table
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table"))?;
+    }
+    table.insert(last.to_owned(), value);
+    Ok(())
+}
+
+/// A pipeline whose fields are checked and resolved, ready to become a run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// `None` reads stdin.
+    pub input: Option<PathBuf>,
+    /// Records mode; `None` for OpenAI Batch request lines.
+    pub shape: Option<Arc<RecordShape>>,
+    /// Requests mode: replaces each line's model.
+    pub model_override: Option<String>,
+    pub output_retries: u32,
+    pub backend: BackendSection,
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub retry_base: Option<Duration>,
+    pub retry_max: Option<Duration>,
+    pub jsonl: Option<JsonlTarget>,
+    pub parquet: Option<PathBuf>,
+    pub checkpoint_rows: Option<u64>,
+    pub checkpoint_interval: Option<Duration>,
+    pub codec: Codec,
+    pub keep_raw: bool,
+    pub ordered: bool,
+    pub stats: Option<PathBuf>,
+}
+
+/// Where JSONL output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonlTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Pipeline {
+    /// The output schema, if the pipeline asks for structured output.
+    pub fn output_schema(&self) -> Option<&Arc<OutputSchema>> {
+        self.shape
+            .as_deref()
+            .and_then(|shape| shape.output.as_ref())
+    }
+}
+
+/// Checks a loaded file without any I/O; `folder` resolves relative paths. Every problem is
+/// listed.
+pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<String>> {
+    let mut problems = Vec::new();
+    let path = |text: &str| {
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            path
+        } else {
+            folder.join(path)
+        }
+    };
+    let input = (file.source.path != "-").then(|| path(&file.source.path));
+    let request = &file.request;
+    let endpoint = request
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "/api/chat".to_owned());
+    if !ENDPOINTS.contains(&endpoint.as_str()) {
+        problems.push(format!(
+            "request.endpoint: {endpoint:?} is not one of {}",
+            ENDPOINTS.join(", ")
+        ));
+    }
+    let output = request.output.as_ref().and_then(|output| {
+        match OutputSchema::from_json(output.schema.clone()) {
+            Ok(schema) => Some(Arc::new(schema)),
+            Err(why) => {
+                problems.extend(
+                    why.into_iter()
+                        .map(|problem| format!("request.output.schema: {problem}")),
+                );
+                None
+            }
+        }
+    });
+    if output.is_some() && endpoint.contains("embed") {
+        problems.push(format!(
+            "request.output: {endpoint} returns embeddings, not text to structure"
+        ));
+    }
+    let shape = match file.source.format {
+        SourceFormat::Requests => {
+            for (key, set) in [
+                ("request.prompt", request.prompt.is_some()),
+                ("request.output", request.output.is_some()),
+                ("request.system", request.system.is_some()),
+                ("source.id_column", file.source.id_column.is_some()),
+                ("source.passthrough", !file.source.passthrough.is_empty()),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "{key} applies to records; source.format is \"requests\""
+                    ));
+                }
+            }
+            None
+        }
+        SourceFormat::Records => {
+            let prompt = match request.prompt.as_deref().map(Template::parse) {
+                Some(Ok(template)) => Some(template),
+                Some(Err(why)) => {
+                    problems.push(format!("request.prompt: {why}"));
+                    None
+                }
+                None => {
+                    problems
+                        .push("request.prompt is required to turn records into requests".into());
+                    None
+                }
+            };
+            if request.model.is_none() {
+                problems.push("request.model is required".into());
+            }
+            let fixed = results::fixed_column_names();
+            let output_names = output
+                .iter()
+                .flat_map(|schema| schema.fields.iter().map(|field| field.name.clone()));
+            let mut seen = std::collections::HashSet::new();
+            for name in file.source.passthrough.iter().cloned().chain(output_names) {
+                if fixed.contains(&name) {
+                    problems.push(format!("column {name:?} (passthrough or output field) clashes with a results column of the same name"));
+                } else if !seen.insert(name.clone()) {
+                    problems.push(format!(
+                        "column {name:?} is both a passthrough column and an output field"
+                    ));
+                }
+            }
+            prompt.map(|prompt| {
+                Arc::new(RecordShape {
+                    endpoint: endpoint.clone(),
+                    model: request.model.clone().unwrap_or_default(),
+                    system: request.system.clone(),
+                    prompt,
+                    options: request.options.clone().unwrap_or_default(),
+                    keep_alive: request.keep_alive.clone(),
+                    think: request.think.clone(),
+                    output: output.clone(),
+                    id_column: file.source.id_column.clone(),
+                    passthrough: file.source.passthrough.clone(),
+                })
+            })
+        }
+    };
+    let backend = &file.backend;
+    if backend.mock && backend.url.is_some() {
+        problems.push("backend: set url or mock = true, not both".into());
+    }
+    if backend.workers == Some(0) {
+        problems.push("backend.workers must be at least 1".into());
+    }
+    let sink = &file.sink;
+    let codec = match sink.compression.as_deref() {
+        None => Codec::default(),
+        Some(name) => Codec::parse(name).unwrap_or_else(|| {
+            problems.push(format!(
+                "sink.compression: {name:?} is not zstd, snappy or none"
+            ));
+            Codec::default()
+        }),
+    };
+    let parquet = sink.parquet.as_deref().map(path);
+    if let Some(parquet) = &parquet {
+        if parquet
+            .extension()
+            .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
+        {
+            problems.push(format!(
+                "sink.parquet: {} must end in .parquet",
+                parquet.display()
+            ));
+        }
+    }
+    if sink.checkpoint_rows == Some(0) {
+        problems.push("sink.checkpoint_rows must be at least 1".into());
+    }
+    let jsonl = match sink.jsonl.as_deref() {
+        Some("-") => Some(JsonlTarget::Stdout),
+        Some(file) => Some(JsonlTarget::File(path(file))),
+        None if parquet.is_none() => Some(JsonlTarget::Stdout),
+        None => None,
+    };
+    let pipeline = Pipeline {
+        input,
+        model_override: match file.source.format {
+            SourceFormat::Requests => request.model.clone(),
+            SourceFormat::Records => None,
+        },
+        shape,
+        output_retries: request
+            .output
+            .as_ref()
+            .and_then(|output| output.retries)
+            .unwrap_or(2),
+        timeout: backend
+            .timeout
+            .as_ref()
+            .and_then(|value| value.resolve("backend.timeout", &mut problems)),
+        connect_timeout: backend
+            .connect_timeout
+            .as_ref()
+            .and_then(|value| value.resolve("backend.connect_timeout", &mut problems)),
+        retry_base: backend
+            .retry_base
+            .as_ref()
+            .and_then(|value| value.resolve("backend.retry_base", &mut problems)),
+        retry_max: backend
+            .retry_max
+            .as_ref()
+            .and_then(|value| value.resolve("backend.retry_max", &mut problems)),
+        backend: backend.clone(),
+        jsonl,
+        parquet,
+        checkpoint_rows: sink.checkpoint_rows,
+        checkpoint_interval: sink
+            .checkpoint_secs
+            .as_ref()
+            .and_then(|value| value.resolve("sink.checkpoint_secs", &mut problems)),
+        codec,
+        keep_raw: sink.raw.unwrap_or(true),
+        ordered: sink.ordered.unwrap_or(false),
+        stats: sink.stats.as_deref().map(path),
+    };
+    if problems.is_empty() {
+        Ok(pipeline)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("pipeline.toml");
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    const SCREEN: &str = r#"
+[source]
+path = "candidates.jsonl"
+id_column = "id"
+passthrough = ["name"]
+
+[request]
+model = "${MODEL}"
+prompt = "Rate {{name}}"
+
+[request.output]
+schema = { type = "object", properties = { score = { type = "integer" } }, required = ["score"] }
+
+[backend]
+workers = 4
+timeout = "2m"
+
+[sink]
+parquet = "out/results.parquet"
+"#;
+
+    #[test]
+    fn a_file_loads_with_env_and_set_overrides() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = write(dir.path(), SCREEN);
+        let env = |name: &str| (name == "MODEL").then(|| "qwen3:8b".to_owned());
+        let file = load(
+            &path,
+            &["backend.workers=16".into(), "request.system=Be fair".into()],
+            env,
+        )
+        .expect("loads");
+        assert_eq!(file.request.model.as_deref(), Some("qwen3:8b"));
+        assert_eq!(file.backend.workers, Some(16), "the command line wins");
+        assert_eq!(file.request.system.as_deref(), Some("Be fair"));
+        let pipeline = resolve(&file, dir.path()).expect("valid");
+        assert_eq!(pipeline.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            pipeline.parquet,
+            Some(dir.path().join("out/results.parquet"))
+        );
+        assert_eq!(
+            pipeline.jsonl, None,
+            "JSONL only when asked once Parquet is set"
+        );
+        assert_eq!(
+            pipeline.output_schema().map(|schema| schema.fields.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_line_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = write(dir.path(), &SCREEN.replace("workers = 4", "workerz = 4"));
+        let error = load(&path, &[], |_| Some("m".into()))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            error.contains("workerz") && error.contains("line 15"),
+            "{error}"
+        );
+        let unset = load(&write(dir.path(), SCREEN), &[], |_| None)
+            .expect_err("unset variable")
+            .to_string();
+        assert!(
+            unset.contains("MODEL") && unset.contains("line 8"),
+            "{unset}"
+        );
+    }
+
+    #[test]
+    fn resolve_lists_every_problem() {
+        let dir = tempfile::tempdir().expect("dir");
+        let broken = SCREEN
+            .replace(
+                "prompt = \"Rate {{name}}\"",
+                "prompt = \"Rate {{name\"\nendpoint = \"/api/nope\"",
+            )
+            .replace("type = \"integer\"", "type = \"object\"")
+            .replace("passthrough = [\"name\"]", "passthrough = [\"status\"]");
+        let file = load(&write(dir.path(), &broken), &[], |_| Some("m".into())).expect("parses");
+        let problems = resolve(&file, dir.path()).expect_err("invalid");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        for expected in [
+            "request.endpoint",
+            "request.prompt",
+            "output field \"score\"",
+            "\"status\"",
+        ] {
+            assert!(
+                problems.iter().any(|problem| problem.contains(expected)),
+                "{expected}: {problems:#?}"
+            );
+        }
+    }
+}
