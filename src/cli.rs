@@ -52,6 +52,9 @@ pub enum Command {
     /// Check a pipeline file: fields and types, template columns against the source, the output
     /// schema, and (unless --offline) the backend and its model. Lists every problem.
     Validate(ValidateArgs),
+    /// Measure throughput on a sample of the input at 1, 2, 4, 8, … workers until it stops
+    /// rising, and recommend --workers (and OLLAMA_NUM_PARALLEL when the server is the limit).
+    Tune(TuneArgs),
     /// Show what a Parquet results file holds (rows done, ok, failed) and whether it is
     /// complete or resumable, without running anything.
     Status(StatusArgs),
@@ -97,6 +100,25 @@ pub struct PipelineRunArgs {
     /// Use the built-in mock server as the backend.
     #[arg(long)]
     pub mock: bool,
+
+    /// Process only shard I of N (see the main command's --shard).
+    #[arg(long, value_name = "I/N", value_parser = crate::source::Shard::parse)]
+    pub shard: Option<crate::source::Shard>,
+}
+
+/// Flags of `tune`: the run flags (backend, model, timeouts…) plus the sample's size.
+#[derive(Debug, Clone, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Requests sent at each worker count (the first lines of the input).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub sample: usize,
+
+    /// The most workers to try.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_workers: usize,
 }
 
 /// Flags of `validate FILE`.
@@ -132,10 +154,11 @@ pub struct RunArgs {
     #[arg(value_name = "INPUT")]
     pub input: Option<PathBuf>,
 
-    /// Requests in flight at once. Match the server's parallel slots (OLLAMA_NUM_PARALLEL),
-    /// summed over its loaded models.
-    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub workers: u32,
+    /// Requests in flight at once, per backend: a number matching the server's parallel slots
+    /// (OLLAMA_NUM_PARALLEL, summed over its loaded models), or `auto` to find it while running
+    /// (it grows while latency stays flat and backs off when requests queue or get 503/429).
+    #[arg(short, long, default_value = "8", value_parser = Workers::parse, value_name = "N|auto")]
+    pub workers: Workers,
 
     /// Sets `model` in every request body, replacing any model the line names.
     #[arg(short, long, value_name = "NAME")]
@@ -143,8 +166,9 @@ pub struct RunArgs {
 
     /// Server base URL: `host`, `host:port` or `http://host:port[/prefix]`.
     /// Default: $OLLAMA_HOST, else 127.0.0.1:11434. Each line's `url` path is appended.
+    /// Repeat it to spread the batch over several servers (each gets --workers).
     #[arg(short, long, value_name = "URL")]
-    pub backend: Option<String>,
+    pub backend: Vec<String>,
 
     /// Name of an environment variable holding an API key, sent as a bearer token.
     /// The key itself is never printed or logged.
@@ -239,6 +263,12 @@ pub struct RunArgs {
     /// When standard error is not a terminal, log a progress line this often.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub progress_interval: Duration,
+
+    /// Process only shard I of N (`--shard 0/4`): the requests whose custom_id hashes to I.
+    /// N machines given the same input and I = 0…N-1 split it exactly, without coordination;
+    /// give each its own --output.
+    #[arg(long, value_name = "I/N", value_parser = crate::source::Shard::parse)]
+    pub shard: Option<crate::source::Shard>,
 
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
     /// GPU). The mock has models llama3.2 and nomic-embed-text.
@@ -338,6 +368,38 @@ pub struct DemoArgs {
     pub ordered: bool,
 }
 
+/// `--workers`: a fixed count or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Fixed(u32),
+    Auto,
+}
+
+impl Workers {
+    /// The most concurrency `auto` will try, per backend.
+    pub const AUTO_MAX: u32 = 256;
+
+    pub fn parse(text: &str) -> Result<Workers, String> {
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        match text.trim().parse::<u32>() {
+            Ok(count @ 1..=4096) => Ok(Workers::Fixed(count)),
+            _ => Err(format!(
+                "{text:?} is not a number from 1 to 4096 or \"auto\""
+            )),
+        }
+    }
+
+    /// The fixed count, or `default` for `auto`.
+    pub fn count_or(self, default: u32) -> u32 {
+        match self {
+            Workers::Fixed(count) => count,
+            Workers::Auto => default,
+        }
+    }
+}
+
 /// A duration as plain seconds (`90`, `0.5`) or with units (`90s`, `10m`, `250ms`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.trim().parse::<f64>() {
@@ -383,7 +445,9 @@ mod tests {
         let cli =
             Cli::try_parse_from(["batchflow", "in.jsonl", "-w", "3", "--ordered"]).expect("parses");
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.workers, 3);
+        assert_eq!(cli.run.workers, Workers::Fixed(3));
+        assert_eq!(Workers::parse("auto"), Ok(Workers::Auto));
+        assert!(Workers::parse("0").is_err());
         let cli =
             Cli::try_parse_from(["batchflow", "mock-server", "--slots", "2"]).expect("parses");
         assert!(matches!(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::backend::http::{HttpBackend, HttpBackendConfig};
+use crate::backend::pool::BackendPool;
 use crate::backend::preflight::{self, ServerKind};
 use crate::error::{Error, ExitStatus};
 use crate::progress::{Probes, Progress, ProgressConfig};
@@ -16,7 +17,7 @@ use crate::shutdown::Shutdown;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::parquet::{self as parquet_sink, ParquetOutput};
 use crate::sink::{self, Sink};
-use crate::source::{self, Input, InputSize, SourceOptions, SourceSummary};
+use crate::source::{self, Input, InputSize, Shard, SourceOptions, SourceSummary};
 use crate::stage::{self, StageConfig};
 use crate::stats::{RunStats, StatsSnapshot};
 
@@ -29,7 +30,8 @@ const CHANNEL_CAPACITY: usize = 1024;
 pub struct RunConfig {
     pub input: Input,
     pub source: SourceOptions,
-    pub backend: HttpBackendConfig,
+    /// One or more backends; the batch is spread over them.
+    pub backends: Vec<HttpBackendConfig>,
     /// Check the server and its models before reading input.
     pub preflight: bool,
     pub stage: StageConfig,
@@ -99,32 +101,46 @@ pub async fn run(
         .as_deref()
         .map(|shape| shape.required_columns());
     let input = source::open(config.input, record_columns.as_deref())?;
-    let backend = Arc::new(HttpBackend::new(config.backend.clone())?);
-    let base_url = backend.base_url().to_owned();
-    let catalog = if config.preflight {
-        let catalog = preflight::check(&backend).await?;
-        match catalog.kind() {
-            ServerKind::Ollama { version } => {
-                tracing::info!("Backend {base_url} is Ollama {version}.")
+    let backends = config
+        .backends
+        .iter()
+        .cloned()
+        .map(HttpBackend::new)
+        .collect::<Result<Vec<_>, Error>>()?;
+    let pool = Arc::new(BackendPool::new(backends, config.stage.most_workers()));
+    let base_url = pool
+        .backends()
+        .map(HttpBackend::base_url)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let named_model = config.source.model_override.as_deref().or(config
+        .source
+        .records
+        .as_deref()
+        .map(|shape| shape.model.as_str()));
+    let mut catalog = None;
+    let mut ollama = false;
+    if config.preflight {
+        for backend in pool.backends() {
+            let checked = preflight::check(backend).await?;
+            let url = backend.base_url();
+            match checked.kind() {
+                ServerKind::Ollama { version } => {
+                    ollama = true;
+                    tracing::info!("Backend {url} is Ollama {version}.")
+                }
+                ServerKind::OpenAiCompatible => {
+                    tracing::info!("Backend {url} is an OpenAI-compatible server.")
+                }
             }
-            ServerKind::OpenAiCompatible => {
-                tracing::info!("Backend {base_url} is an OpenAI-compatible server.")
+            if let Some(model) = named_model {
+                if !checked.has(model) {
+                    return Err(checked.missing(url, model));
+                }
             }
+            catalog.get_or_insert(Arc::new(checked));
         }
-        let named_model = config.source.model_override.as_deref().or(config
-            .source
-            .records
-            .as_deref()
-            .map(|shape| shape.model.as_str()));
-        if let Some(model) = named_model {
-            if !catalog.has(model) {
-                return Err(catalog.missing(&base_url, model));
-            }
-        }
-        Some(Arc::new(catalog))
-    } else {
-        None
-    };
+    }
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut source_options = config.source.clone();
@@ -143,16 +159,12 @@ pub async fn run(
         sinks.push(Box::new(JsonlSink::new(stdout)));
     }
     let stats = Arc::new(RunStats::new(started));
-    count_expected(&input, done_count, &stats);
-    let ollama = catalog
-        .as_deref()
-        .filter(|catalog| matches!(catalog.kind(), ServerKind::Ollama { .. }))
-        .map(|_| Arc::clone(&backend));
-    let progress = Progress::start(
-        Arc::clone(&stats),
-        config.progress.clone(),
-        Probes { ollama },
-    );
+    count_expected(&input, done_count, config.source.shard, &stats);
+    let probes = Probes {
+        pool: Arc::clone(&pool),
+        ollama,
+    };
+    let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender)?;
     let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
@@ -163,14 +175,17 @@ pub async fn run(
         Arc::clone(&stats),
     )?;
 
+    let mut stage_config = config.stage;
+    stage_config.workers *= pool.len();
+    stage_config.adaptive_max = stage_config.adaptive_max.map(|max| max * pool.len());
     let target = stage::Target {
-        backend,
+        backend: pool,
         base_url: base_url.clone(),
         catalog,
     };
     let stage_report = stage::run(
         target,
-        config.stage,
+        stage_config,
         shutdown.clone(),
         Arc::clone(&stats),
         items,
@@ -225,15 +240,22 @@ pub async fn run(
 /// Sets the run's expected result count: known at once for Parquet and embedded input, counted
 /// on a side thread for a JSONL file (a fast byte scan), unknown for stdin. Lines already done
 /// on resume are not expected again.
-fn count_expected(input: &source::OpenedInput, done: u64, stats: &Arc<RunStats>) {
+fn count_expected(
+    input: &source::OpenedInput,
+    done: u64,
+    shard: Option<Shard>,
+    stats: &Arc<RunStats>,
+) {
+    // A shard holds about 1/n of the input: close enough for progress.
+    let share = move |items: u64| items / shard.map_or(1, |shard| shard.count);
     match input.size() {
-        InputSize::Known(items) => stats.set_total(items.saturating_sub(done)),
+        InputSize::Known(items) => stats.set_total(share(items).saturating_sub(done)),
         InputSize::Countable(file) => {
             let stats = Arc::clone(stats);
             let counter = std::thread::Builder::new()
                 .name("batchflow-count".into())
                 .spawn(move || match source::count_lines(&file) {
-                    Ok(lines) => stats.set_total(lines.saturating_sub(done)),
+                    Ok(lines) => stats.set_total(share(lines).saturating_sub(done)),
                     Err(error) => tracing::debug!("Cannot count input lines: {error}."),
                 });
             if let Err(error) = counter {

@@ -20,6 +20,7 @@
 //! - [`sink`]: output writers on their own thread: `sink::jsonl`, and `sink::parquet` with
 //!   its crash-safe file format in `sink::checkpoint` and its columns in `sink::results`.
 //! - [`status`]: the `status` command, reading a results file without changing it.
+//! - [`tune`]: the `tune` command, measuring throughput at increasing worker counts.
 //! - [`record`]: what flows between them: requests, invalid lines, outcomes.
 //! - [`reply`]: what is read from a server's answer (text, tokens, timings, embedding).
 //! - [`schema`]: structured output: the JSON Schema subset that maps to typed columns.
@@ -51,6 +52,7 @@ pub mod source;
 pub mod stage;
 pub mod stats;
 pub mod status;
+pub mod tune;
 
 /// The sample batch that `batchflow demo` runs.
 pub const DEMO_BATCH: &str = include_str!("../examples/quickstart.jsonl");

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use batchflow::cli::{
-    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, ValidateArgs,
+    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
+    ValidateArgs,
 };
 use batchflow::config::JsonlTarget;
 use batchflow::engine::{self, RunConfig, RunReport};
@@ -69,6 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Some(Command::Status(args)) => status(args),
         Some(Command::Run(args)) => run_pipeline(args, cli.log).await,
         Some(Command::Validate(args)) => validate(args).await,
+        Some(Command::Tune(args)) => tune(args, cli.log).await,
     }
 }
 
@@ -100,13 +102,13 @@ async fn run_batch(
     embedded_input: Option<&'static str>,
 ) -> anyhow::Result<ExitStatus> {
     let mock = match args.mock {
-        true => Some(start_mock(args.workers).await?),
+        true => Some(start_mock(args.workers.count_or(8)).await?),
         false => None,
     };
     let mut config =
         settings::run_config(&args, console(log), mock.as_ref().map(MockServer::url), env)?;
     if let Some(text) = embedded_input {
-        config.input = Input::Embedded(text);
+        config.input = Input::Text(text.into());
     }
     let jsonl: Option<Box<dyn io::Write + Send>> = if config.output.is_none() || args.jsonl {
         Some(Box::new(
@@ -151,7 +153,7 @@ async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<Exi
         Err(problems) => return Ok(report_problems(&args.file, &problems)),
     };
     let mock = match (args.mock || pipeline.backend.mock) && !args.dry_run {
-        true => Some(start_mock(pipeline.backend.workers.unwrap_or(8)).await?),
+        true => Some(start_mock(pipeline.workers.map_or(8, |workers| workers.count_or(8))).await?),
         false => None,
     };
     let config = settings::pipeline_config(
@@ -178,6 +180,23 @@ async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<Exi
         }
     };
     execute(config, jsonl, log).await
+}
+
+async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let mock = match args.run.mock {
+        true => Some(start_mock(8).await?),
+        false => None,
+    };
+    let config = settings::run_config(
+        &args.run,
+        console(log),
+        mock.as_ref().map(MockServer::url),
+        env,
+    )?;
+    let sample = batchflow::tune::sample(&config.input, args.sample.max(1))?;
+    let report = batchflow::tune::tune(&config, sample, args.max_workers).await?;
+    print!("{}", report.render());
+    Ok(ExitStatus::Success)
 }
 
 async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {

@@ -270,6 +270,7 @@ pub async fn validate(
             stats: None,
             progress_interval: std::time::Duration::from_secs(10),
             mock: false,
+            shard: None,
         };
         let console = Console {
             log: LogArgs {
@@ -294,21 +295,24 @@ pub async fn validate(
             .records
             .as_deref()
             .map(|shape| shape.model.clone()));
-        let checked = match HttpBackend::new(config.backend) {
-            Err(error) => Err(format!("backend: {error}")),
-            Ok(backend) => match preflight::check(&backend).await {
-                Err(error) => Err(format!("backend: {error}")),
-                Ok(catalog) => match model.filter(|model| !catalog.has(model)) {
-                    Some(model) => Err(format!(
-                        "request.model: {}",
-                        catalog.missing(backend.base_url(), &model)
-                    )),
-                    None => Ok(()),
+        let mut problems = Vec::new();
+        for backend_config in config.backends {
+            let url = backend_config.base_url.clone();
+            match HttpBackend::new(backend_config) {
+                Err(error) => problems.push(format!("backend: {error}")),
+                Ok(backend) => match preflight::check(&backend).await {
+                    Err(error) => problems.push(format!("backend: {error}")),
+                    Ok(catalog) => {
+                        if let Some(model) = model.as_deref().filter(|model| !catalog.has(model)) {
+                            problems
+                                .push(format!("request.model: {}", catalog.missing(&url, model)));
+                        }
+                    }
                 },
-            },
-        };
-        if let Err(problem) = checked {
-            return Ok(Err(vec![problem]));
+            }
+        }
+        if !problems.is_empty() {
+            return Ok(Err(problems));
         }
     }
     let source = pipeline

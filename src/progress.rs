@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::http::HttpBackend;
+use crate::backend::pool::BackendPool;
 use crate::gpu::{self, GpuMonitor};
 use crate::stats::{GpuFigures, LoadedModel, RunStats, StatsSnapshot};
 
@@ -75,8 +75,9 @@ pub struct Progress {
 
 /// Sources of figures beyond the run's own counters.
 pub struct Probes {
-    /// Asked for `/api/ps` when the backend is Ollama.
-    pub ollama: Option<Arc<HttpBackend>>,
+    pub pool: Arc<BackendPool>,
+    /// The backends are Ollama: ask them for `/api/ps`.
+    pub ollama: bool,
 }
 
 impl Progress {
@@ -141,17 +142,19 @@ async fn run_ticker(
             gpus = monitor.sample();
             next_gpu = now + GPU_INTERVAL;
         }
-        if let Some(backend) = probes
-            .ollama
-            .as_deref()
-            .filter(|_| now >= next_ps || stopping)
-        {
-            loaded = gpu::loaded_models(backend).await;
+        if probes.ollama && (now >= next_ps || stopping) {
+            loaded.clear();
+            for backend in probes.pool.backends() {
+                loaded.extend(gpu::loaded_models(backend).await);
+            }
             next_ps = now + BACKEND_PS_INTERVAL;
         }
         let mut snapshot = stats.snapshot(now);
         snapshot.gpus = gpus.clone();
         snapshot.loaded_models = loaded.clone();
+        if probes.pool.len() > 1 {
+            snapshot.backends = probes.pool.figures();
+        }
         snapshot.finished = stopping;
         if snapshot.model_reloads > warned_reloads {
             warned_reloads = snapshot.model_reloads;
@@ -300,6 +303,7 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
         seconds(snapshot.elapsed_secs),
         snapshot.average_rate_per_sec
     );
+    let _ = writeln!(text, "  workers:  {} at the end", snapshot.workers);
     if !snapshot.errors_by_code.is_empty() {
         let _ = writeln!(text, "  errors:   {}", counts(&snapshot.errors_by_code));
     }
@@ -364,6 +368,13 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
             .join("; "),
     };
     let _ = writeln!(text, "  GPU:      {gpus}");
+    for backend in &snapshot.backends {
+        let _ = writeln!(
+            text,
+            "  {}: {} attempts, {} failed, taken out {} times",
+            backend.url, backend.attempts, backend.failures, backend.ejections
+        );
+    }
     if snapshot.model_reloads > 0 {
         let _ = writeln!(
             text,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use crate::cli::{Cli, LogArgs, MockArgs, PipelineRunArgs, RunArgs};
+use crate::cli::{Cli, LogArgs, MockArgs, PipelineRunArgs, RunArgs, Workers};
 use crate::config::Pipeline;
 use crate::engine::RunConfig;
 use crate::error::Error;
@@ -38,10 +38,15 @@ pub fn run_config(
     backend_override: Option<String>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<RunConfig, Error> {
-    let address = backend_override
-        .or_else(|| args.backend.clone())
-        .or_else(|| env("OLLAMA_HOST").filter(|host| !host.trim().is_empty()))
-        .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned());
+    let addresses: Vec<String> = match backend_override {
+        Some(address) => vec![address],
+        None if !args.backend.is_empty() => args.backend.clone(),
+        None => vec![
+            env("OLLAMA_HOST")
+                .filter(|host| !host.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned()),
+        ],
+    };
     let api_key = match &args.api_key_env {
         Some(name) => Some(
             env(name)
@@ -50,7 +55,10 @@ pub fn run_config(
         ),
         None => None,
     };
-    let workers = args.workers as usize;
+    let (workers, adaptive_max) = match args.workers {
+        Workers::Fixed(count) => (count as usize, None),
+        Workers::Auto => (1, Some(Workers::AUTO_MAX as usize)),
+    };
     Ok(RunConfig {
         input: Input::from_arg(args.input.clone()),
         source: SourceOptions {
@@ -58,18 +66,25 @@ pub fn run_config(
             max_line_bytes: args.max_line_bytes,
             done: None,
             records: None,
+            shard: args.shard,
         },
-        backend: HttpBackendConfig {
-            base_url: parse_base_url(&address)?,
-            api_key,
-            timeout: args.timeout,
-            connect_timeout: args.connect_timeout,
-            max_response_bytes: args.max_response_bytes,
-            pool_size: workers,
-        },
+        backends: addresses
+            .iter()
+            .map(|address| {
+                Ok(HttpBackendConfig {
+                    base_url: parse_base_url(address)?,
+                    api_key: api_key.clone(),
+                    timeout: args.timeout,
+                    connect_timeout: args.connect_timeout,
+                    max_response_bytes: args.max_response_bytes,
+                    pool_size: adaptive_max.unwrap_or(workers),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?,
         preflight: !args.no_preflight,
         stage: StageConfig {
             workers,
+            adaptive_max,
             ordered: args.ordered,
             retry: RetryPolicy {
                 max_retries: args.retries,
@@ -129,9 +144,9 @@ pub fn pipeline_config(
     let backend = &pipeline.backend;
     args.input = pipeline.input.clone();
     args.model = pipeline.model_override.clone();
-    args.backend = backend.url.clone();
+    args.backend = backend.url.iter().chain(&backend.urls).cloned().collect();
     args.api_key_env = backend.api_key_env.clone();
-    args.workers = backend.workers.unwrap_or(args.workers);
+    args.workers = pipeline.workers.unwrap_or(args.workers);
     args.timeout = pipeline.timeout.unwrap_or(args.timeout);
     args.connect_timeout = pipeline.connect_timeout.unwrap_or(args.connect_timeout);
     args.retries = backend.retries.unwrap_or(args.retries);
@@ -148,6 +163,7 @@ pub fn pipeline_config(
     args.no_raw = !pipeline.keep_raw;
     args.stats = flags.stats.clone().or_else(|| pipeline.stats.clone());
     args.progress_interval = flags.progress_interval;
+    args.shard = flags.shard;
     let mut config = run_config(&args, console, backend_override, env)?;
     config.source.records = pipeline.shape.clone();
     config.stage.output = pipeline.output_schema().map(|schema| OutputCheck {
@@ -208,7 +224,7 @@ mod tests {
     fn backend_precedence_is_flag_then_ollama_host_then_default() {
         let env = |name: &str| (name == "OLLAMA_HOST").then(|| "gpu-box:9999".to_owned());
         let no_env = |_: &str| None;
-        let url = |config: RunConfig| config.backend.base_url;
+        let url = |config: RunConfig| config.backends[0].base_url.clone();
         assert_eq!(
             url(run_config(&args(&[]), CONSOLE, None, no_env).expect("ok")),
             "http://127.0.0.1:11434"
@@ -242,6 +258,6 @@ mod tests {
             Some("s3cret".into())
         })
         .expect("ok");
-        assert_eq!(config.backend.api_key.as_deref(), Some("s3cret"));
+        assert_eq!(config.backends[0].api_key.as_deref(), Some("s3cret"));
     }
 }

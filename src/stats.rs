@@ -97,6 +97,8 @@ pub struct RunStats {
     /// Results this run is expected to produce; `u64::MAX` while unknown (stdin).
     total: AtomicU64,
     in_flight: AtomicU64,
+    /// The concurrency limit now (it moves with `--workers auto`).
+    workers: AtomicU64,
     finished: Mutex<Finished>,
     retries_by_cause: Mutex<BTreeMap<&'static str, u64>>,
     window: Mutex<RateWindow>,
@@ -108,6 +110,7 @@ impl RunStats {
             started,
             total: AtomicU64::new(u64::MAX),
             in_flight: AtomicU64::new(0),
+            workers: AtomicU64::new(0),
             finished: Mutex::new(Finished {
                 succeeded: 0,
                 failed: 0,
@@ -128,6 +131,10 @@ impl RunStats {
     /// Sets how many results the run should produce (input lines not already done).
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn set_workers(&self, workers: usize) {
+        self.workers.store(workers as u64, Ordering::Relaxed);
     }
 
     pub fn attempt_started(&self) {
@@ -229,6 +236,7 @@ impl RunStats {
             failed: finished.failed,
             invalid: finished.invalid,
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            workers: self.workers.load(Ordering::Relaxed),
             retries: retries_by_cause.values().sum(),
             retries_by_cause,
             errors_by_code: finished
@@ -254,6 +262,7 @@ impl RunStats {
             model_reloads: finished.model_reloads,
             gpus: None,
             loaded_models: Vec::new(),
+            backends: Vec::new(),
             finished: false,
         }
     }
@@ -302,6 +311,8 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub invalid: u64,
     pub in_flight: u64,
+    /// The concurrency limit at the end (what `--workers auto` settled on).
+    pub workers: u64,
     pub retries: u64,
     pub retries_by_cause: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
@@ -318,6 +329,8 @@ pub struct StatsSnapshot {
     /// Null when no NVIDIA driver is present.
     pub gpus: Option<Vec<GpuFigures>>,
     pub loaded_models: Vec<LoadedModel>,
+    /// Per-backend figures, when several backends share the batch.
+    pub backends: Vec<crate::backend::pool::BackendFigures>,
     /// True in the last write, once the run has ended.
     pub finished: bool,
 }

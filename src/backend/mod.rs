@@ -8,6 +8,7 @@
 //! (`stage::retry`).
 
 pub mod http;
+pub mod pool;
 pub mod preflight;
 
 use std::future::Future;

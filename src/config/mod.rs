@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::parse_duration;
+use crate::cli::{Workers, parse_duration};
 use crate::schema::OutputSchema;
 use crate::sink::checkpoint::Codec;
 use crate::sink::results;
@@ -92,6 +92,14 @@ pub struct OutputSection {
     pub retries: Option<u32>,
 }
 
+/// `workers = 8` or `workers = "auto"`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum WorkersValue {
+    Count(u32),
+    Text(String),
+}
+
 /// A duration as seconds or as text such as `90s` or `10m`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -118,11 +126,15 @@ impl DurationValue {
 pub struct BackendSection {
     /// Base URL (the forms `OLLAMA_HOST` accepts); default `$OLLAMA_HOST`, else 127.0.0.1:11434.
     pub url: Option<String>,
+    /// Several base URLs: the batch is spread over them (each gets `workers`).
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Use the built-in mock server instead (a dry run without a GPU).
     #[serde(default)]
     pub mock: bool,
     pub api_key_env: Option<String>,
-    pub workers: Option<u32>,
+    /// A count, or `"auto"`.
+    pub workers: Option<WorkersValue>,
     pub timeout: Option<DurationValue>,
     pub connect_timeout: Option<DurationValue>,
     pub retries: Option<u32>,
@@ -262,6 +274,7 @@ pub struct Pipeline {
     pub model_override: Option<String>,
     pub output_retries: u32,
     pub backend: BackendSection,
+    pub workers: Option<Workers>,
     pub timeout: Option<Duration>,
     pub connect_timeout: Option<Duration>,
     pub retry_base: Option<Duration>,
@@ -397,12 +410,18 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
         }
     };
     let backend = &file.backend;
-    if backend.mock && backend.url.is_some() {
-        problems.push("backend: set url or mock = true, not both".into());
+    if backend.mock && (backend.url.is_some() || !backend.urls.is_empty()) {
+        problems.push("backend: set url(s) or mock = true, not both".into());
     }
-    if backend.workers == Some(0) {
-        problems.push("backend.workers must be at least 1".into());
-    }
+    let workers = backend.workers.as_ref().and_then(|value| {
+        let parsed = match value {
+            WorkersValue::Count(count) => Workers::parse(&count.to_string()),
+            WorkersValue::Text(text) => Workers::parse(text),
+        };
+        parsed
+            .map_err(|why| problems.push(format!("backend.workers: {why}")))
+            .ok()
+    });
     let sink = &file.sink;
     let codec = match sink.compression.as_deref() {
         None => Codec::default(),
@@ -463,6 +482,7 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
             .as_ref()
             .and_then(|value| value.resolve("backend.retry_max", &mut problems)),
         backend: backend.clone(),
+        workers,
         jsonl,
         parquet,
         checkpoint_rows: sink.checkpoint_rows,
@@ -525,7 +545,10 @@ parquet = "out/results.parquet"
         )
         .expect("loads");
         assert_eq!(file.request.model.as_deref(), Some("qwen3:8b"));
-        assert_eq!(file.backend.workers, Some(16), "the command line wins");
+        assert!(
+            matches!(file.backend.workers, Some(WorkersValue::Count(16))),
+            "the command line wins"
+        );
         assert_eq!(file.request.system.as_deref(), Some("Be fair"));
         let pipeline = resolve(&file, dir.path()).expect("valid");
         assert_eq!(pipeline.timeout, Some(Duration::from_secs(120)));

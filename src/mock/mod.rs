@@ -404,7 +404,10 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         )
             .into_response();
     }
-    if stats.waiting.load(Ordering::SeqCst) >= state.config.max_queue as u64 {
+    // Like Ollama, only requests that must wait for a slot count against the queue.
+    if state.slots.available_permits() == 0
+        && stats.waiting.load(Ordering::SeqCst) >= state.config.max_queue as u64
+    {
         stats.busy.fetch_add(1, Ordering::SeqCst);
         return respond(StatusCode::SERVICE_UNAVAILABLE, SERVER_BUSY_MESSAGE);
     }

@@ -30,8 +30,8 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 pub enum Input {
     Stdin,
     File(PathBuf),
-    /// Text compiled into the binary (the demo's sample batch).
-    Embedded(&'static str),
+    /// Text held in memory: the demo's built-in sample, or `tune`'s sample of an input.
+    Text(Arc<str>),
 }
 
 impl Input {
@@ -47,7 +47,7 @@ impl Input {
         match self {
             Input::Stdin => "<stdin>".into(),
             Input::File(path) => path.display().to_string(),
-            Input::Embedded(_) => "<built-in sample>".into(),
+            Input::Text(_) => "<text in memory>".into(),
         }
     }
 }
@@ -63,12 +63,56 @@ pub struct SourceOptions {
     pub done: Option<Arc<DoneSet>>,
     /// Pipelines over records: how each record becomes a request.
     pub records: Option<Arc<template::RecordShape>>,
+    /// Process only this shard of the input.
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` disjoint parts of an input, chosen by a hash of the custom_id that is the
+/// same on every machine and build (xxh3), so several machines can split one input without
+/// talking to each other. Invalid lines, which may have no id, go by line number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Reads `i/n` with `0 <= i < n`.
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        let (index, count) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not of the form i/n, such as 0/4"))?;
+        let index: u64 = index
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: the shard index is not a number"))?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: the shard count is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "{text:?}: the index must be at least 0 and below the count"
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn holds(&self, item: &SourceItem) -> bool {
+        let key = match item {
+            SourceItem::Request(request) => {
+                xxhash_rust::xxh3::xxh3_64(request.custom_id.as_bytes())
+            }
+            SourceItem::Invalid(invalid) => invalid.line,
+        };
+        key % self.count == self.index
+    }
 }
 
 /// What the source saw, once it has ended.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SourceSummary {
-    /// Non-blank lines (or Parquet rows) read.
+    /// Non-blank lines (or Parquet rows) read, of this shard only.
     pub lines: u64,
     /// Lines skipped because an earlier run finished them.
     pub skipped_done: u64,
@@ -83,7 +127,7 @@ pub struct OpenedInput {
 /// How an opened input is read; a Parquet input has already had its footer and columns checked.
 enum Reader {
     Stdin,
-    Embedded(&'static str),
+    Text(Arc<str>),
     Jsonl(File),
     Parquet(ParquetRows),
 }
@@ -99,7 +143,7 @@ pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput
     let name = input.name();
     let reader = match input {
         Input::Stdin => Reader::Stdin,
-        Input::Embedded(text) => Reader::Embedded(text),
+        Input::Text(text) => Reader::Text(text),
         Input::File(path) => {
             let open_error = |cause| Error::OpenInput {
                 path: path.clone(),
@@ -134,7 +178,7 @@ impl OpenedInput {
     pub fn size(&self) -> InputSize {
         match &self.reader {
             Reader::Stdin => InputSize::Unknown,
-            Reader::Embedded(text) => {
+            Reader::Text(text) => {
                 InputSize::Known(text.lines().filter(|line| !line.trim().is_empty()).count() as u64)
             }
             Reader::Parquet(rows) => InputSize::Known(rows.total_rows()),
@@ -142,6 +186,15 @@ impl OpenedInput {
                 .try_clone()
                 .map_or(InputSize::Unknown, InputSize::Countable),
         }
+    }
+}
+
+/// Lets a shared string be read as bytes.
+struct TextBytes(Arc<str>);
+
+impl AsRef<[u8]> for TextBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -178,7 +231,7 @@ pub fn spawn(
         .spawn(move || {
             let lines: Box<dyn BufRead> = match reader {
                 Reader::Parquet(rows) => return read_rows(rows, options, &items),
-                Reader::Embedded(text) => Box::new(text.as_bytes()),
+                Reader::Text(text) => Box::new(io::Cursor::new(TextBytes(text))),
                 Reader::Jsonl(file) => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)),
                 Reader::Stdin => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin())),
             };
@@ -243,6 +296,9 @@ fn forward(
 ) -> Result<SourceSummary, Error> {
     let mut summary = SourceSummary::default();
     while let Some(item) = next()? {
+        if options.shard.is_some_and(|shard| !shard.holds(&item)) {
+            continue;
+        }
         summary.lines += 1;
         if options
             .done
@@ -266,5 +322,28 @@ fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
     match item {
         SourceItem::Request(request) => done.ids.contains(&jsonl::id_hash(&request.custom_id)),
         SourceItem::Invalid(invalid) => done.invalid_lines.contains(&invalid.line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_partition() {
+        assert_eq!(Shard::parse("1/4"), Ok(Shard { index: 1, count: 4 }));
+        for bad in ["4/4", "1", "a/2", "0/0"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+        let shards: Vec<Shard> = (0..3).map(|index| Shard { index, count: 3 }).collect();
+        for id in 0..300 {
+            let item = SourceItem::Invalid(crate::record::InvalidLine {
+                line: id,
+                custom_id: None,
+                code: crate::record::ErrorCode::InvalidJson,
+                message: String::new(),
+            });
+            assert_eq!(shards.iter().filter(|shard| shard.holds(&item)).count(), 1);
+        }
     }
 }

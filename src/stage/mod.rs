@@ -2,14 +2,16 @@
 //! `workers` HTTP requests in flight.
 //!
 //! Concurrency design: items are mapped to futures and driven by `buffer_unordered` (or
-//! `buffered` for `--ordered`) over a window somewhat wider than `workers`; a semaphore of
-//! `workers` permits is held only while an HTTP attempt is in flight. So a request sleeping in
-//! backoff does not occupy a server slot, the server always sees up to `workers` requests, and
+//! `buffered` for `--ordered`) over a window somewhat wider than `workers`; a permit of the
+//! concurrency limit (`limit`: fixed, or adaptive with `--workers auto`) is held only while an
+//! HTTP attempt is in flight. So a request sleeping in backoff does not occupy a server slot,
+//! the server always sees up to `workers` requests, and
 //! the reorder buffer of `--ordered` is bounded by the window.
 //!
 //! Each request is isolated: any failure, a panic included, becomes that request's outcome and
 //! the batch goes on.
 
+pub mod limit;
 pub mod retry;
 
 use std::any::Any;
@@ -21,7 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::preflight::ModelCatalog;
@@ -32,13 +34,17 @@ use crate::reply::ReplyFields;
 use crate::schema::OutputSchema;
 use crate::shutdown::Shutdown;
 use crate::stats::RunStats;
+use limit::{ConcurrencyLimit, Signal};
 use retry::RetryPolicy;
 
 /// How the stage runs.
 #[derive(Debug, Clone)]
 pub struct StageConfig {
     /// HTTP requests in flight at once.
+    /// Attempts in flight at once (the starting point when adaptive).
     pub workers: usize,
+    /// `--workers auto`: adapt the limit to the backend, up to this many.
+    pub adaptive_max: Option<usize>,
     /// Write outcomes in input order instead of completion order.
     pub ordered: bool,
     pub retry: RetryPolicy,
@@ -54,13 +60,18 @@ pub struct OutputCheck {
 }
 
 impl StageConfig {
+    /// The most attempts that can be in flight.
+    pub fn most_workers(&self) -> usize {
+        self.adaptive_max.unwrap_or(self.workers).max(self.workers)
+    }
+
     /// Requests admitted at once. In ordered mode this bounds the reorder buffer: one slow
     /// request can hold back at most this many finished ones.
     fn window(&self) -> usize {
         if self.ordered {
-            self.workers * 16 + 64
+            self.most_workers() * 16 + 64
         } else {
-            self.workers * 2
+            self.most_workers() * 2
         }
     }
 }
@@ -83,7 +94,7 @@ struct StageContext<B> {
     backend: Arc<B>,
     base_url: String,
     catalog: Option<Arc<ModelCatalog>>,
-    workers: Semaphore,
+    limit: ConcurrencyLimit,
     retry: RetryPolicy,
     output: Option<OutputCheck>,
     shutdown: Shutdown,
@@ -118,7 +129,10 @@ pub async fn run<B: Backend>(
         backend,
         base_url,
         catalog,
-        workers: Semaphore::new(config.workers),
+        limit: match config.adaptive_max {
+            Some(max) => ConcurrencyLimit::adaptive(config.workers, max),
+            None => ConcurrencyLimit::fixed(config.workers),
+        },
         retry: config.retry,
         output: config.output.clone(),
         shutdown: shutdown.clone(),
@@ -211,7 +225,7 @@ impl<B: Backend> StageContext<B> {
     }
 
     async fn execute(&self, request: Request) -> (Outcome, Option<Error>) {
-        let started = Instant::now();
+        let mut started = Instant::now();
         if let (Some(catalog), Some(model)) = (&self.catalog, &request.model) {
             if !catalog.has(model) {
                 let error = catalog.missing(&self.base_url, model);
@@ -226,15 +240,29 @@ impl<B: Backend> StageContext<B> {
         let mut invalid_outputs = 0;
         loop {
             attempts += 1;
+            let permit = self.limit.acquire().await;
+            let attempt_started = Instant::now();
+            if attempts == 1 {
+                // Latency counts from the first attempt: time queued inside batchflow, waiting
+                // for a worker, says nothing about the server.
+                started = attempt_started;
+            }
             let result = {
-                let _permit = self
-                    .workers
-                    .acquire()
-                    .await
-                    .expect("the worker semaphore is never closed");
                 let _in_flight = InFlight::new(&self.stats);
                 self.backend.send(&request).await
             };
+            let signal = match &result {
+                Ok(_) => Signal::Answered(attempt_started.elapsed()),
+                Err(failure) => match failure.kind {
+                    FailureKind::Status(429 | 503) => Signal::Overloaded,
+                    FailureKind::Status(_) | FailureKind::InvalidBody => {
+                        Signal::Answered(attempt_started.elapsed())
+                    }
+                    _ => Signal::Nothing,
+                },
+            };
+            self.limit.release(permit, signal);
+            self.stats.set_workers(self.limit.current());
             let failure = match result {
                 Ok(reply) => {
                     if let Some(why) = self.output_problem(&reply) {
@@ -418,6 +446,7 @@ mod tests {
         drop(item_sender);
         let config = StageConfig {
             workers: 2,
+            adaptive_max: None,
             ordered: true,
             retry: RetryPolicy::default(),
             output: None,

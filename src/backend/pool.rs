@@ -1,0 +1,176 @@
+//! Several backends serving one batch. Each attempt goes to the least-loaded healthy backend
+//! (in-flight requests relative to its own worker limit); a backend whose attempts keep failing
+//! is taken out for a while and the retries land on the others.
+//!
+//! With one backend the pool is a thin wrapper, so the stage always talks to a pool.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::http::HttpBackend;
+use super::{AttemptFailure, Backend, FailureKind};
+use crate::record::{HttpReply, Request};
+
+/// Failures in a row that take a backend out.
+const EJECT_AFTER: u32 = 3;
+/// How long an ejected backend stays out.
+const EJECTION: Duration = Duration::from_secs(15);
+
+/// One backend's share of the work, for the summary and the stats file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendFigures {
+    pub url: String,
+    pub attempts: u64,
+    pub failures: u64,
+    pub ejections: u64,
+    pub in_flight: u64,
+}
+
+struct Member {
+    backend: HttpBackend,
+    /// The most attempts this backend gets at once while others have room.
+    limit: u64,
+    in_flight: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+}
+
+impl Member {
+    fn available(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|until| until <= now)
+    }
+
+    fn load(&self) -> f64 {
+        self.in_flight.load(Ordering::Relaxed) as f64 / self.limit.max(1) as f64
+    }
+}
+
+/// Backends sharing a batch.
+pub struct BackendPool {
+    members: Vec<Member>,
+}
+
+/// Whether a failure says something about the backend's health (rather than the request's).
+fn unhealthy(kind: FailureKind) -> bool {
+    match kind {
+        FailureKind::Connection | FailureKind::Timeout => true,
+        FailureKind::Status(status) => status >= 500,
+        FailureKind::InvalidBody | FailureKind::TooLarge | FailureKind::ModelNotFound => false,
+    }
+}
+
+impl BackendPool {
+    /// `limit` is each backend's worker count.
+    pub fn new(backends: Vec<HttpBackend>, limit: usize) -> BackendPool {
+        let members = backends
+            .into_iter()
+            .map(|backend| Member {
+                backend,
+                limit: limit as u64,
+                in_flight: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                ejected_until: Mutex::new(None),
+                attempts: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                ejections: AtomicU64::new(0),
+            })
+            .collect();
+        BackendPool { members }
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &HttpBackend> {
+        self.members.iter().map(|member| &member.backend)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The backend for the next attempt: among those not taken out (all, if every one is),
+    /// those without a failure streak first, then the least loaded.
+    fn pick(&self, now: Instant) -> &Member {
+        let any_available = self.members.iter().any(|member| member.available(now));
+        self.members
+            .iter()
+            .filter(|member| !any_available || member.available(now))
+            .min_by(|a, b| {
+                let streak =
+                    |member: &Member| member.consecutive_failures.load(Ordering::Relaxed) > 0;
+                streak(a)
+                    .cmp(&streak(b))
+                    .then(a.load().total_cmp(&b.load()))
+            })
+            .expect("a pool has at least one backend")
+    }
+
+    fn record(&self, member: &Member, failure: Option<FailureKind>) {
+        match failure {
+            Some(kind) if unhealthy(kind) => {
+                member.failures.fetch_add(1, Ordering::Relaxed);
+                let streak = member.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if streak >= EJECT_AFTER && self.members.len() > 1 {
+                    member.consecutive_failures.store(0, Ordering::Relaxed);
+                    member.ejections.fetch_add(1, Ordering::Relaxed);
+                    *member
+                        .ejected_until
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + EJECTION);
+                    tracing::warn!(
+                        "Backend {} failed {streak} times in a row; sending to the others for {}s.",
+                        member.backend.base_url(),
+                        EJECTION.as_secs()
+                    );
+                }
+            }
+            Some(_) => {}
+            None => member.consecutive_failures.store(0, Ordering::Relaxed),
+        }
+    }
+
+    pub fn figures(&self) -> Vec<BackendFigures> {
+        self.members
+            .iter()
+            .map(|member| BackendFigures {
+                url: member.backend.base_url().to_owned(),
+                attempts: member.attempts.load(Ordering::Relaxed),
+                failures: member.failures.load(Ordering::Relaxed),
+                ejections: member.ejections.load(Ordering::Relaxed),
+                in_flight: member.in_flight.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// Counts an attempt in flight on a member however it ends.
+struct Busy<'a>(&'a Member);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Backend for BackendPool {
+    async fn send(&self, request: &Request) -> Result<HttpReply, AttemptFailure> {
+        let member = self.pick(Instant::now());
+        member.in_flight.fetch_add(1, Ordering::Relaxed);
+        member.attempts.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(member);
+        let result = member.backend.send(request).await;
+        self.record(member, result.as_ref().err().map(|failure| failure.kind));
+        result
+    }
+}
