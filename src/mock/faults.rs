@@ -4,7 +4,8 @@
 //! Directives (anywhere in the prompt text):
 //! - `[mock:status=CODE]`: every attempt of this request answers HTTP CODE.
 //! - `[mock:fail=N:WHAT]`: the first N attempts of this exact body fail with WHAT (an HTTP
-//!   status, `reset`, `hang`, `truncated` or `schema`), later ones succeed.
+//!   status, `reset`, `hang`, `truncated`, `schema`, or one of the misbehaviours `html`,
+//!   `redirect`, `huge`, `slowloris`), later ones succeed.
 //! - `[mock:delay=MS]`: this request spends MS milliseconds in its slot instead of the
 //!   configured latency (to make one request slow on purpose).
 
@@ -37,6 +38,14 @@ pub enum Fault {
     Truncated,
     /// A well-formed answer whose text is not the structured output asked for.
     BadOutput,
+    /// HTTP 200 with an HTML page (a proxy's error page, say).
+    Html,
+    /// HTTP 302 to another host.
+    Redirect,
+    /// HTTP 200 with a body of many megabytes.
+    Huge,
+    /// HTTP 200 whose body arrives a byte a second, never ending.
+    Slowloris,
 }
 
 impl Fault {
@@ -46,6 +55,10 @@ impl Fault {
             "hang" => Some(Fault::Hang),
             "truncated" => Some(Fault::Truncated),
             "schema" => Some(Fault::BadOutput),
+            "html" => Some(Fault::Html),
+            "redirect" => Some(Fault::Redirect),
+            "huge" => Some(Fault::Huge),
+            "slowloris" => Some(Fault::Slowloris),
             code => code
                 .parse()
                 .ok()

@@ -443,6 +443,37 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
             }
             respond(status, &format!("mock fault: HTTP {}", status.as_u16()))
         }
+        Some(Fault::Html) => {
+            state.record(body_key, arrived, 200);
+            let page = "<html><body><h1>502 Bad Gateway</h1>nginx</body></html>";
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+        }
+        Some(Fault::Redirect) => {
+            state.record(body_key, arrived, 302);
+            (
+                StatusCode::FOUND,
+                [(header::LOCATION, "http://other-host.invalid/api/chat")],
+                "",
+            )
+                .into_response()
+        }
+        Some(Fault::Huge) => {
+            state.record(body_key, arrived, 200);
+            // 8 MiB in 64 KiB chunks, without a Content-Length, as a streaming proxy sends it.
+            let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+            let chunks = futures::stream::iter(
+                (0..128).map(move |_| Ok::<Bytes, std::io::Error>(chunk.clone())),
+            );
+            Response::new(Body::from_stream(chunks))
+        }
+        Some(Fault::Slowloris) => {
+            state.record(body_key, arrived, 200);
+            let trickle = futures::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from_static(b" ")), ()))
+            });
+            Response::new(Body::from_stream(trickle))
+        }
         Some(Fault::Reset) => {
             stats.resets.fetch_add(1, Ordering::SeqCst);
             state.record(body_key, arrived, 0);
