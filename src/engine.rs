@@ -166,7 +166,7 @@ pub async fn run(
     };
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
-    let source = source::spawn(input, source_options, item_sender)?;
+    let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
     let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
     let sink = sink::spawn(
         sinks,

@@ -222,17 +222,22 @@ fn log_resume_notes(report: &RunReport) {
             "{unknown} rows of the results file are for custom_ids (or lines) not in this input: was it resumed with a different input?"
         );
     }
-    match (&report.output, report.interrupted || report.fatal.is_some()) {
-        (Some(path), true) => tracing::warn!(
+    match (&report.output, report.interrupted, report.fatal.is_some()) {
+        (Some(path), _, true) => tracing::warn!(
+            "Stopped early; {} keeps every row up to its last checkpoint. To continue, run the same command with --resume.",
+            path.display()
+        ),
+        (Some(path), true, false) => tracing::warn!(
             "Stopped early; {} is closed and readable. To continue, run the same command with --resume.",
             path.display()
         ),
-        (None, true) if report.interrupted => tracing::warn!(
+        (None, true, _) => tracing::warn!(
             "Stopped early: {} results were written; requests without a result line were not finished.",
             report.stats.done
         ),
         _ => {}
     }
+
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {

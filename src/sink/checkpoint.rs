@@ -426,6 +426,8 @@ pub struct ResultsWriter {
     /// Second handle on the file, for the footer and fsync outside the writer's stream.
     file: File,
     durable_rows: u64,
+    /// Data end and footer of the last checkpoint, to put back after a failed write.
+    last_checkpoint: Option<(u64, Vec<u8>)>,
 }
 
 impl ResultsWriter {
@@ -533,6 +535,7 @@ impl ResultsWriter {
             schema,
             file: handle,
             durable_rows: 0,
+            last_checkpoint: None,
         })
     }
 
@@ -626,9 +629,23 @@ impl ResultsWriter {
     /// instant loses none of these rows.
     pub fn checkpoint(&mut self) -> Result<(), ResultsError> {
         let footer = self.seal(FileState::InProgress)?;
-        write_marker(&self.marker, self.writer.bytes_written() as u64, &footer)?;
+        let data_end = self.writer.bytes_written() as u64;
+        write_marker(&self.marker, data_end, &footer)?;
         self.durable_rows = self.written_rows();
+        self.last_checkpoint = Some((data_end, footer));
         Ok(())
+    }
+
+    /// After a failed write (a full disk), makes the file what it was at the last checkpoint:
+    /// readable as it is, and resumable. Writes nothing beyond the file's current length.
+    pub fn restore_last_checkpoint(&self) -> Result<(), ResultsError> {
+        let Some((data_end, footer)) = &self.last_checkpoint else {
+            return Ok(());
+        };
+        let io = io_error(&self.path);
+        self.file.set_len(data_end + footer.len() as u64).map_err(&io)?;
+        self.file.write_all_at(footer, *data_end).map_err(&io)?;
+        self.file.sync_data().map_err(&io)
     }
 
     /// Seals the file for good and removes the marker. Returns the row count.

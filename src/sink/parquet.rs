@@ -193,8 +193,18 @@ impl ParquetSink {
     }
 
     fn checkpoint(&mut self) -> Result<(), SinkError> {
-        self.write_buffered_rows()?;
-        self.writer()?.checkpoint()?;
+        let written = self
+            .write_buffered_rows()
+            .and_then(|()| Ok(self.writer()?.checkpoint()?));
+        if let Err(error) = written {
+            // Leave the file as of its last checkpoint rather than ending in a torn row group.
+            if let Some(writer) = &self.writer {
+                if let Err(restore) = writer.restore_last_checkpoint() {
+                    tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
+                }
+            }
+            return Err(error);
+        }
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -227,7 +237,14 @@ impl Sink for ParquetSink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.write_buffered_rows()?;
+        if let Err(error) = self.write_buffered_rows() {
+            if let Some(writer) = &self.writer {
+                if let Err(restore) = writer.restore_last_checkpoint() {
+                    tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
+                }
+            }
+            return Err(error);
+        }
         let state = if self.shutdown.is_stopping() {
             FileState::Interrupted
         } else {

@@ -85,9 +85,11 @@ impl<R: BufRead> LineReader<R> {
                 Some(end) => (&available[..end], end + 1, true),
                 None => (available, available.len(), false),
             };
-            bytes_seen += chunk.len() as u64;
+            // A CRLF line end is not part of the line, so its `\r` does not count to the limit.
+            let counted = if complete && chunk.ends_with(b"\r") { chunk.len() - 1 } else { chunk.len() };
+            bytes_seen += counted as u64;
             if !too_long {
-                if self.line.len() + chunk.len() > self.max_line_bytes {
+                if self.line.len() + counted > self.max_line_bytes {
                     too_long = true;
                     self.line = Vec::new();
                 } else {
@@ -199,15 +201,21 @@ impl LineParser {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        Some(match serde_json::from_slice(bytes) {
-            Ok(value) => self.parse_value(Position::Line(number), value),
-            Err(error) => SourceItem::Invalid(InvalidLine {
+        let invalid = |what: String| {
+            Some(SourceItem::Invalid(InvalidLine {
                 line: number,
                 custom_id: None,
                 code: ErrorCode::InvalidJson,
-                message: format!("line {number}: not valid JSON ({error})"),
-            }),
-        })
+                message: format!("line {number}: {what}"),
+            }))
+        };
+        if let Err(error) = std::str::from_utf8(bytes) {
+            return invalid(format!("not valid UTF-8 (at byte {})", error.valid_up_to() + 1));
+        }
+        match serde_json::from_slice(bytes) {
+            Ok(value) => Some(self.parse_value(Position::Line(number), value)),
+            Err(error) => invalid(format!("not valid JSON ({})", json_error(&error))),
+        }
     }
 
     /// Checks one request already parsed as JSON, whatever input it came from, so that every
@@ -411,6 +419,14 @@ pub fn id_hash(custom_id: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     custom_id.hash(&mut hasher);
     hasher.finish()
+}
+
+/// serde_json's message without its own "at line L column C": the input's line is already
+/// named, and within a line only the column means anything.
+fn json_error(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let reason = text.rsplit_once(" at line ").map_or(text.as_str(), |(reason, _)| reason);
+    format!("{reason} at column {}", error.column())
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -19,6 +19,7 @@ use std::thread;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
+use crate::shutdown::Shutdown;
 use crate::record::{DoneSet, SourceItem};
 use jsonl::{LineParser, LineReader};
 use parquet::ParquetRows;
@@ -150,6 +151,9 @@ pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput
                 cause,
             };
             let mut file = File::open(&path).map_err(open_error)?;
+            if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
+                return Err(open_error(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+            }
             if parquet::is_parquet(&path, &mut file).map_err(open_error)? {
                 match record_columns {
                     Some(columns) => {
@@ -219,23 +223,31 @@ pub fn count_lines(file: &File) -> io::Result<u64> {
 }
 
 /// Reads the input on a new thread. The thread stops early, without error, when the receiver
-/// is dropped.
+/// is dropped. A read error stops `shutdown` before the input ends, so the run is not taken
+/// for complete.
 pub fn spawn(
     opened: OpenedInput,
     options: SourceOptions,
     items: mpsc::Sender<SourceItem>,
+    shutdown: Shutdown,
 ) -> Result<thread::JoinHandle<Result<SourceSummary, Error>>, Error> {
     let OpenedInput { name, reader } = opened;
     let handle = thread::Builder::new()
         .name("batchflow-source".into())
         .spawn(move || {
-            let lines: Box<dyn BufRead> = match reader {
-                Reader::Parquet(rows) => return read_rows(rows, options, &items),
-                Reader::Text(text) => Box::new(io::Cursor::new(TextBytes(text))),
-                Reader::Jsonl(file) => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)),
-                Reader::Stdin => Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin())),
+            let buffered = |read: Box<dyn io::Read>| -> Box<dyn BufRead> {
+                Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, read))
             };
-            read_lines(lines, &name, options, &items)
+            let result = match reader {
+                Reader::Parquet(rows) => read_rows(rows, options, &items),
+                Reader::Text(text) => read_lines(Box::new(io::Cursor::new(TextBytes(text))), &name, options, &items),
+                Reader::Jsonl(file) => read_lines(buffered(Box::new(file)), &name, options, &items),
+                Reader::Stdin => read_lines(buffered(Box::new(io::stdin())), &name, options, &items),
+            };
+            if result.is_err() {
+                shutdown.stop();
+            }
+            result
         })
         .map_err(|error| Error::Internal(format!("cannot start the input thread: {error}")))?;
     Ok(handle)

@@ -1,0 +1,137 @@
+//! `cargo bench --bench throughput [-- slots|cost|memory|quick ...]`: the benchmarks of
+//! issue 6, run against the real release binary and its mock server as child processes,
+//! each figure printed as a ratio so that it holds on a noisy machine.
+//!
+//! - `slots` (slot efficiency): batchflow's requests/s over what `wrk` gets from the same
+//!   mock (P slots, latency L) at the same concurrency in the same run, and both over P/L.
+//! - `cost` (client cost): requests/s and CPU per request (the client process's own
+//!   user+sys) against a zero-latency mock, batchflow beside `benches/baseline_client.py`.
+//! - `memory`: batchflow's peak RSS at 10,000, 170,000 and 1,000,000 requests.
+//!
+//! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
+//! `quick` divides every request count by 10 (a smoke test, not a figure to report).
+//! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost` and `memory` (default 64).
+//! `$PYTHON` names the interpreter with aiohttp (default `python3`).
+//!
+//! Module map: `measure` (wait4 rusage of one child), `mock` (the mock as a child),
+//! `inputs` (request files), `clients` (batchflow, the Python baseline, wrk), and one
+//! file per section.
+
+mod clients;
+mod cost;
+mod inputs;
+mod measure;
+mod memory;
+mod mock;
+mod slots;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clients::Tools;
+
+/// What this invocation runs, and at what scale.
+pub struct Plan {
+    pub tools: Tools,
+    /// Request counts are divided by this (10 in `quick` mode).
+    pub scale_down: u64,
+    /// Concurrency of the `cost` and `memory` sections.
+    pub workers: u32,
+}
+
+impl Plan {
+    pub fn count(&self, full: u64) -> u64 {
+        (full / self.scale_down).max(1)
+    }
+}
+
+const SECTIONS: [&str; 3] = ["slots", "cost", "memory"];
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; flags are not section names.
+    let mut words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    if let Ok(listed) = std::env::var("BATCHFLOW_BENCH") {
+        words.extend(listed.split(',').map(|word| word.trim().to_owned()));
+    }
+    words.retain(|word| !word.is_empty());
+    if let Some(unknown) = words
+        .iter()
+        .find(|word| !SECTIONS.contains(&word.as_str()) && *word != "quick")
+    {
+        eprintln!("throughput: unknown section {unknown:?}; choose from {SECTIONS:?} and `quick`");
+        return ExitCode::FAILURE;
+    }
+    let quick = words.iter().any(|word| word == "quick");
+    words.retain(|word| word != "quick");
+    let chosen: Vec<&str> = SECTIONS
+        .into_iter()
+        .filter(|section| words.is_empty() || words.iter().any(|word| word == section))
+        .collect();
+    let workers = match std::env::var("BATCHFLOW_BENCH_WORKERS") {
+        Ok(text) => match text.parse::<u32>() {
+            Ok(workers) if workers > 0 => workers,
+            _ => {
+                eprintln!("throughput: BATCHFLOW_BENCH_WORKERS={text:?} is not a positive count");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => 64,
+    };
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let plan = Plan {
+        tools: Tools {
+            batchflow: env!("CARGO_BIN_EXE_batchflow").to_owned(),
+            python: std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+            baseline_script: manifest.join("benches/baseline_client.py"),
+            wrk_script: manifest.join("benches/wrk_post.lua"),
+            limit: Duration::from_secs(300),
+        },
+        scale_down: if quick { 10 } else { 1 },
+        workers,
+    };
+
+    println!("batchflow throughput benchmarks ({})", machine());
+    if quick {
+        println!("quick mode: request counts divided by 10; not figures to report");
+    }
+    let mut failed = false;
+    for section in chosen {
+        let result = match section {
+            "slots" => slots::run(&plan),
+            "cost" => cost::run(&plan),
+            _ => memory::run(&plan),
+        };
+        if let Err(error) = result {
+            eprintln!("throughput: section `{section}` failed: {error}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// CPU count and model, for the record.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |count| count.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} CPUs, {model}")
+}
+
+/// `met` or `MISSED`, for a target line.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
