@@ -81,9 +81,12 @@ struct RunningModel {
     size_vram: u64,
 }
 
+/// A backend that does not answer `/api/ps` this fast is skipped for this sample.
+const PS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The models an Ollama backend has loaded; empty when it does not answer `/api/ps`.
 pub async fn loaded_models(backend: &HttpBackend) -> Vec<LoadedModel> {
-    let Ok((200, body)) = backend.get("/api/ps").await else {
+    let Ok((200, body)) = backend.get_within("/api/ps", PS_TIMEOUT).await else {
         return Vec::new();
     };
     serde_json::from_slice::<RunningModels>(&body)

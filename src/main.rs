@@ -174,9 +174,21 @@ async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<Exi
             stdout_file().context("cannot use standard output")?,
         )),
         Some(JsonlTarget::File(path)) => {
-            Some(Box::new(File::create(path).with_context(|| {
-                format!("cannot create sink.jsonl {}", path.display())
-            })?))
+            let mut options = std::fs::OpenOptions::new();
+            if args.resume {
+                options.append(true).create(true);
+            } else if args.overwrite {
+                options.write(true).create(true).truncate(true);
+            } else {
+                options.write(true).create_new(true);
+            }
+            let file = options.open(path).with_context(|| {
+                format!(
+                    "cannot open sink.jsonl {} (an existing file needs --resume to append or --overwrite)",
+                    path.display()
+                )
+            })?;
+            Some(Box::new(file))
         }
     };
     execute(config, jsonl, log).await
@@ -219,7 +231,7 @@ fn log_resume_notes(report: &RunReport) {
     }
     if let Some(unknown) = report.unknown_kept.filter(|unknown| *unknown > 0) {
         tracing::warn!(
-            "{unknown} rows of the results file are for custom_ids (or lines) not in this input: was it resumed with a different input?"
+            "Rows for custom_ids (or lines) not in this input: {unknown}; was the results file resumed with a different input."
         );
     }
     match (&report.output, report.interrupted, report.fatal.is_some()) {
@@ -237,7 +249,6 @@ fn log_resume_notes(report: &RunReport) {
         ),
         _ => {}
     }
-
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {

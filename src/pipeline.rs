@@ -341,7 +341,12 @@ pub async fn dry_run(config: RunConfig, extras: &ExtraColumns) -> Result<String,
         .map(|shape| shape.required_columns());
     let input = source::open(config.input, columns.as_deref())?;
     let (sender, mut items) = tokio::sync::mpsc::channel(SHOWN);
-    let _reader = source::spawn(input, config.source, sender, crate::shutdown::Shutdown::new())?;
+    let _reader = source::spawn(
+        input,
+        config.source,
+        sender,
+        crate::shutdown::Shutdown::new(),
+    )?;
     let mut out = String::from("First requests (not sent):\n");
     for _ in 0..SHOWN {
         let Some(item) = items.recv().await else {

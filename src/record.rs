@@ -96,6 +96,29 @@ impl ErrorCode {
         }
     }
 
+    /// The code with this name, as written in results.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            InvalidJson,
+            InvalidRequest,
+            DuplicateCustomId,
+            LineTooLong,
+            ConnectionError,
+            RequestTimeout,
+            InvalidResponse,
+            RateLimited,
+            ServerBusy,
+            ServerError,
+            ModelNotFound,
+            ClientError,
+            InternalError,
+            InvalidOutput,
+        ]
+        .into_iter()
+        .find(|code| code.as_str() == name)
+    }
+
     /// True for codes that describe the input line rather than the request's fate.
     pub fn is_invalid_input(self) -> bool {
         matches!(

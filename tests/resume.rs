@@ -379,8 +379,36 @@ fn resuming_with_a_different_input_is_reported() {
         .expect("runs");
     assert_eq!(resumed.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("not in this input: 10"), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_still_closes_the_results_file() {
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(1),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_input(dir.path(), &chat_lines(5000));
+    let output = dir.path().join("results.parquet");
+    let mut child = batchflow()
+        .arg(&input)
+        .args(["--backend", &mock.url(), "--jsonl", "--quiet", "--output"])
+        .arg(&output)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("a line");
+    drop(stdout);
+    child.wait().expect("exits");
     assert!(
-        stderr.contains("10 rows of the results file are for custom_ids"),
-        "{stderr}"
+        !marker_path(&output).exists(),
+        "closed, not left at a checkpoint"
     );
+    let existing = checkpoint::inspect(&output).expect("readable");
+    assert_eq!(existing.state(), Some(checkpoint::FileState::Interrupted));
+    assert_eq!(statuses(&output).len() as u64, existing.rows());
 }

@@ -80,10 +80,15 @@ impl HttpBackend {
 
     /// A GET for the preflight checks: the status and the body, or why there was none.
     pub async fn get(&self, path: &str) -> Result<(u16, Bytes), String> {
+        self.get_within(path, self.timeout).await
+    }
+
+    /// A GET with its own time limit (status probes must not hang a progress line).
+    pub async fn get_within(&self, path: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
         let mut request = self
             .client
             .get(format!("{}{path}", self.base_url))
-            .timeout(self.timeout);
+            .timeout(timeout);
         if let Some(authorization) = &self.authorization {
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
@@ -241,7 +246,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// 24 random alphanumerics, as in OpenAI's `batch_req_…` ids.
@@ -286,6 +291,22 @@ mod tests {
             "nope"
         );
         assert_eq!(error_message(&ReplyBody::Text(" <html> ".into())), "<html>");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_ignores_nonsense() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(value).expect("header"),
+            );
+            headers
+        };
+        assert_eq!(retry_after(&headers("2")), Some(Duration::from_secs(2)));
+        for nonsense in ["1e20", "-1", "NaN", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(retry_after(&headers(nonsense)), None, "{nonsense}");
+        }
     }
 
     #[test]

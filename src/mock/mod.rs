@@ -411,9 +411,12 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         stats.busy.fetch_add(1, Ordering::SeqCst);
         return respond(StatusCode::SERVICE_UNAVAILABLE, SERVER_BUSY_MESSAGE);
     }
-    stats.waiting.fetch_add(1, Ordering::SeqCst);
-    let permit = state.slots.acquire().await;
-    stats.waiting.fetch_sub(1, Ordering::SeqCst);
+    let permit = {
+        stats.waiting.fetch_add(1, Ordering::SeqCst);
+        // A client that gives up while queued drops this future here: the guard still counts it out.
+        let _waiting = WaitGuard(stats);
+        state.slots.acquire().await
+    };
     let Ok(_permit) = permit else {
         return respond(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     };
@@ -533,6 +536,15 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
             );
             json_response(StatusCode::OK, &reply)
         }
+    }
+}
+
+/// Counts a request out of the queue however its wait ends.
+struct WaitGuard<'a>(&'a MockStats);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -324,17 +324,31 @@ pub fn inspect(path: &Path) -> Result<ExistingResults, ResultsError> {
             "its row groups end at byte {chunks_end}, not at the data end {data_end}; it was not written by batchflow"
         )));
     }
-    for required in ["custom_id", "request_line", "error_code", "status"] {
-        if metadata
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .all(|column| column.name() != required)
-        {
-            return Err(damaged(format!(
-                "it has no {required} column; it is not a batchflow results file"
-            )));
+    let file_metadata = metadata.file_metadata();
+    let schema = parquet_to_arrow_schema(
+        file_metadata.schema_descr(),
+        file_metadata.key_value_metadata(),
+    )
+    .map_err(|error| damaged(format!("its schema is unreadable ({error})")))?;
+    for (required, data_type) in [
+        ("custom_id", DataType::Utf8),
+        ("request_line", DataType::Int64),
+        ("error_code", DataType::Utf8),
+        ("status", DataType::Utf8),
+    ] {
+        match schema.field_with_name(required) {
+            Ok(field) if *field.data_type() == data_type => {}
+            Ok(field) => {
+                return Err(damaged(format!(
+                    "its {required} column is {}, not {data_type}; it is not a batchflow results file",
+                    field.data_type()
+                )));
+            }
+            Err(_) => {
+                return Err(damaged(format!(
+                    "it has no {required} column; it is not a batchflow results file"
+                )));
+            }
         }
     }
     Ok(ExistingResults {
@@ -643,7 +657,9 @@ impl ResultsWriter {
             return Ok(());
         };
         let io = io_error(&self.path);
-        self.file.set_len(data_end + footer.len() as u64).map_err(&io)?;
+        self.file
+            .set_len(data_end + footer.len() as u64)
+            .map_err(&io)?;
         self.file.write_all_at(footer, *data_end).map_err(&io)?;
         self.file.sync_data().map_err(&io)
     }
@@ -691,14 +707,7 @@ pub fn read_done(path: &Path, existing: &ExistingResults) -> Result<DoneSet, Res
 }
 
 fn is_invalid_input_code(code: &str) -> bool {
-    [
-        ErrorCode::InvalidJson,
-        ErrorCode::InvalidRequest,
-        ErrorCode::DuplicateCustomId,
-        ErrorCode::LineTooLong,
-    ]
-    .iter()
-    .any(|known| known.as_str() == code)
+    ErrorCode::from_name(code).is_some_and(ErrorCode::is_invalid_input)
 }
 
 /// Counts of kept rows by status.

@@ -2,9 +2,13 @@
 //! `{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null, "error": {"code", "message"} | null}`.
 //!
 //! A line is written whole or not at all from the reader's point of view: lines go through a
-//! buffer and reach the file descriptor only at flush, which always ends on a newline.
+//! buffer and reach the file descriptor only at flush, which always ends on a newline. When
+//! results arrive one by one, a flush per line would cost a system call per line; instead the
+//! buffer is flushed once it holds [`FLUSH_BYTES`], or [`FLUSH_DELAY`] after its oldest line,
+//! so a line is seen within milliseconds however busy the run.
 
 use std::io::{BufWriter, Write};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -14,11 +18,17 @@ use crate::backend::http::random_id;
 use crate::record::{Outcome, ReplyBody};
 
 const BUFFER_BYTES: usize = 256 * 1024;
+/// Buffered output this large is flushed as soon as no result is waiting.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+/// No line waits longer than this in the buffer.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(5);
 
 /// Writes OpenAI Batch output lines to any writer (stdout, a file, a test buffer).
 pub struct JsonlSink<W: Write> {
     out: BufWriter<W>,
     line: Vec<u8>,
+    /// When the oldest line not yet flushed was written.
+    unflushed_since: Option<Instant>,
 }
 
 impl<W: Write + Send> JsonlSink<W> {
@@ -26,7 +36,13 @@ impl<W: Write + Send> JsonlSink<W> {
         JsonlSink {
             out: BufWriter::with_capacity(BUFFER_BYTES, out),
             line: Vec::with_capacity(1024),
+            unflushed_since: None,
         }
+    }
+
+    fn flush_now(&mut self) -> Result<(), SinkError> {
+        self.unflushed_since = None;
+        self.out.flush().map_err(SinkError::from_write)
     }
 }
 
@@ -84,17 +100,33 @@ impl<W: Write + Send> Sink for JsonlSink<W> {
         self.line.clear();
         output_line(outcome, &mut self.line).map_err(std::io::Error::from)?;
         self.line.push(b'\n');
+        self.unflushed_since.get_or_insert_with(Instant::now);
         self.out
             .write_all(&self.line)
             .map_err(SinkError::from_write)
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(SinkError::from_write)
+        match self.unflushed_since {
+            Some(since)
+                if self.out.buffer().len() >= FLUSH_BYTES || since.elapsed() >= FLUSH_DELAY =>
+            {
+                self.flush_now()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.unflushed_since.map(|since| since + FLUSH_DELAY)
+    }
+
+    fn on_deadline(&mut self) -> Result<(), SinkError> {
+        self.flush_now()
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.flush()
+        self.flush_now()
     }
 }
 

@@ -2,9 +2,9 @@
 //! channel, so slow output (a full pipe, a slow disk, Parquet encoding) pushes back on the stage
 //! instead of piling up in memory, and never blocks the async runtime.
 //!
-//! The writer thread flushes whenever the channel runs dry, so each finished line reaches the
+//! The writer thread lets each sink flush when the channel runs dry, so each finished line reaches the
 //! reader promptly without a write system call per line under load. While idle it still wakes
-//! for a sink's deadline (a time-based checkpoint).
+//! for a sink's deadline (a time-based checkpoint, a delayed flush).
 
 pub mod checkpoint;
 pub mod jsonl;
@@ -61,6 +61,10 @@ pub trait Sink: Send {
     }
     /// The run is over: flush and close.
     fn finish(&mut self) -> Result<(), SinkError>;
+    /// Another sink failed and the run stops: close what can be closed, marked unfinished.
+    fn abandon(&mut self) -> Result<(), SinkError> {
+        self.finish()
+    }
 }
 
 /// How the writer thread ended.
@@ -84,10 +88,22 @@ pub fn spawn(
         .name("batchflow-sink".into())
         .spawn(move || {
             let result = write_all(&mut sinks, &mut outcomes, &runtime, &stats);
+            if let Err((failed, _)) = &result {
+                // The run stops with the failed sink; the others still close properly.
+                for (index, sink) in sinks.iter_mut().enumerate() {
+                    if index != *failed {
+                        if let Err(error) = sink.abandon() {
+                            tracing::warn!(
+                                "Cannot close an output after another one failed: {error}."
+                            );
+                        }
+                    }
+                }
+            }
             let (closed, error) = match result {
                 Ok(()) => (false, None),
-                Err(SinkError::Closed) => (true, None),
-                Err(error) => (false, Some(error)),
+                Err((_, SinkError::Closed)) => (true, None),
+                Err((_, error)) => (false, Some(error)),
             };
             SinkReport { closed, error }
         })
@@ -99,14 +115,14 @@ fn write_all(
     outcomes: &mut mpsc::Receiver<Outcome>,
     runtime: &tokio::runtime::Handle,
     stats: &RunStats,
-) -> Result<(), SinkError> {
+) -> Result<(), (usize, SinkError)> {
     loop {
         let outcome = match outcomes.try_recv() {
             Ok(outcome) => outcome,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
-                for sink in sinks.iter_mut() {
-                    sink.flush()?;
+                for (index, sink) in sinks.iter_mut().enumerate() {
+                    sink.flush().map_err(|error| (index, error))?;
                 }
                 let deadline = sinks.iter().filter_map(|sink| sink.deadline()).min();
                 let next = match deadline {
@@ -119,9 +135,9 @@ fn write_all(
                             Ok(next) => next,
                             Err(_) => {
                                 let now = Instant::now();
-                                for sink in sinks.iter_mut() {
+                                for (index, sink) in sinks.iter_mut().enumerate() {
                                     if sink.deadline().is_some_and(|due| due <= now) {
-                                        sink.on_deadline()?;
+                                        sink.on_deadline().map_err(|error| (index, error))?;
                                     }
                                 }
                                 continue;
@@ -135,13 +151,13 @@ fn write_all(
                 }
             }
         };
-        for sink in sinks.iter_mut() {
-            sink.write(&outcome)?;
+        for (index, sink) in sinks.iter_mut().enumerate() {
+            sink.write(&outcome).map_err(|error| (index, error))?;
         }
         stats.finished(&outcome);
     }
-    for sink in sinks.iter_mut() {
-        sink.finish()?;
+    for (index, sink) in sinks.iter_mut().enumerate() {
+        sink.finish().map_err(|error| (index, error))?;
     }
     Ok(())
 }

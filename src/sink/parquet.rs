@@ -135,7 +135,7 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
             let writer = ResultsWriter::resume(path, &existing, output.codec)?;
             if file_has_raw != output.keep_raw {
                 tracing::warn!(
-                    "{} was written {} the raw_response column; keeping it that way.",
+                    "The results file {} was written {} the raw_response column; keeping it that way.",
                     path.display(),
                     if file_has_raw { "with" } else { "without" }
                 );
@@ -154,6 +154,7 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
             checkpoint_interval: output.checkpoint_interval,
             last_checkpoint: Instant::now(),
             shutdown,
+            abandoned: false,
         },
         done,
         kept_rows,
@@ -171,6 +172,8 @@ pub struct ParquetSink {
     last_checkpoint: Instant,
     /// Tells, at the end, whether the run stopped early (the footer records it).
     shutdown: Shutdown,
+    /// Another output failed: the run stopped early.
+    abandoned: bool,
 }
 
 impl ParquetSink {
@@ -192,17 +195,22 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// After a failed write, leaves the file as of its last checkpoint rather than ending in a
+    /// torn row group.
+    fn restore_after_failure(&self) {
+        if let Some(writer) = &self.writer {
+            if let Err(restore) = writer.restore_last_checkpoint() {
+                tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
+            }
+        }
+    }
+
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         let written = self
             .write_buffered_rows()
             .and_then(|()| Ok(self.writer()?.checkpoint()?));
         if let Err(error) = written {
-            // Leave the file as of its last checkpoint rather than ending in a torn row group.
-            if let Some(writer) = &self.writer {
-                if let Err(restore) = writer.restore_last_checkpoint() {
-                    tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
-                }
-            }
+            self.restore_after_failure();
             return Err(error);
         }
         self.last_checkpoint = Instant::now();
@@ -236,16 +244,17 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
+    fn abandon(&mut self) -> Result<(), SinkError> {
+        self.abandoned = true;
+        self.finish()
+    }
+
     fn finish(&mut self) -> Result<(), SinkError> {
         if let Err(error) = self.write_buffered_rows() {
-            if let Some(writer) = &self.writer {
-                if let Err(restore) = writer.restore_last_checkpoint() {
-                    tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
-                }
-            }
+            self.restore_after_failure();
             return Err(error);
         }
-        let state = if self.shutdown.is_stopping() {
+        let state = if self.abandoned || self.shutdown.is_stopping() {
             FileState::Interrupted
         } else {
             FileState::Complete

@@ -86,7 +86,11 @@ impl<R: BufRead> LineReader<R> {
                 None => (available, available.len(), false),
             };
             // A CRLF line end is not part of the line, so its `\r` does not count to the limit.
-            let counted = if complete && chunk.ends_with(b"\r") { chunk.len() - 1 } else { chunk.len() };
+            let counted = if complete && chunk.ends_with(b"\r") {
+                chunk.len() - 1
+            } else {
+                chunk.len()
+            };
             bytes_seen += counted as u64;
             if !too_long {
                 if self.line.len() + counted > self.max_line_bytes {
@@ -210,7 +214,10 @@ impl LineParser {
             }))
         };
         if let Err(error) = std::str::from_utf8(bytes) {
-            return invalid(format!("not valid UTF-8 (at byte {})", error.valid_up_to() + 1));
+            return invalid(format!(
+                "not valid UTF-8 (at byte {})",
+                error.valid_up_to() + 1
+            ));
         }
         match serde_json::from_slice(bytes) {
             Ok(value) => Some(self.parse_value(Position::Line(number), value)),
@@ -425,7 +432,9 @@ pub fn id_hash(custom_id: &str) -> u64 {
 /// named, and within a line only the column means anything.
 fn json_error(error: &serde_json::Error) -> String {
     let text = error.to_string();
-    let reason = text.rsplit_once(" at line ").map_or(text.as_str(), |(reason, _)| reason);
+    let reason = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(reason, _)| reason);
     format!("{reason} at column {}", error.column())
 }
 

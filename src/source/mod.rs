@@ -19,8 +19,8 @@ use std::thread;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::shutdown::Shutdown;
 use crate::record::{DoneSet, SourceItem};
+use crate::shutdown::Shutdown;
 use jsonl::{LineParser, LineReader};
 use parquet::ParquetRows;
 
@@ -152,7 +152,10 @@ pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput
             };
             let mut file = File::open(&path).map_err(open_error)?;
             if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
-                return Err(open_error(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+                return Err(open_error(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "it is a directory",
+                )));
             }
             if parquet::is_parquet(&path, &mut file).map_err(open_error)? {
                 match record_columns {
@@ -240,9 +243,16 @@ pub fn spawn(
             };
             let result = match reader {
                 Reader::Parquet(rows) => read_rows(rows, options, &items),
-                Reader::Text(text) => read_lines(Box::new(io::Cursor::new(TextBytes(text))), &name, options, &items),
+                Reader::Text(text) => read_lines(
+                    Box::new(io::Cursor::new(TextBytes(text))),
+                    &name,
+                    options,
+                    &items,
+                ),
                 Reader::Jsonl(file) => read_lines(buffered(Box::new(file)), &name, options, &items),
-                Reader::Stdin => read_lines(buffered(Box::new(io::stdin())), &name, options, &items),
+                Reader::Stdin => {
+                    read_lines(buffered(Box::new(io::stdin())), &name, options, &items)
+                }
             };
             if result.is_err() {
                 shutdown.stop();
@@ -321,7 +331,10 @@ fn forward(
             continue;
         }
         if let SourceItem::Invalid(invalid) = &item {
-            tracing::warn!("Skipping invalid input: {}.", invalid.message);
+            tracing::warn!(
+                "Invalid input, written as an error line: {}.",
+                invalid.message
+            );
         }
         if items.blocking_send(item).is_err() {
             break;

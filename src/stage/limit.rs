@@ -154,10 +154,9 @@ impl ConcurrencyLimit {
         let Some(vegas) = &self.adaptive else {
             return;
         };
-        let new = vegas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(signal);
+        // Held until the permits match the new limit, so concurrent releases apply in order.
+        let mut controller = vegas.lock().unwrap_or_else(|p| p.into_inner());
+        let new = controller.observe(signal);
         let old = self.current.swap(new, Ordering::SeqCst);
         if new > old {
             let mut grow = new - old;

@@ -311,7 +311,7 @@ impl<B: Backend> StageContext<B> {
                 let fatal = self.fail_run(error);
                 return (finish_failed(request, started, attempts, failure), fatal);
             }
-            if !failure.kind.is_retryable() || attempts > self.retry.max_retries {
+            if !failure.kind.is_retryable() || attempts - invalid_outputs > self.retry.max_retries {
                 return (finish_failed(request, started, attempts, failure), None);
             }
             self.stats.retried(failure.kind.code());
