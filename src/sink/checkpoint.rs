@@ -49,6 +49,7 @@ use parquet::file::metadata::{
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 use crate::record::{DoneSet, ErrorCode};
 use crate::source::jsonl::id_hash;
@@ -155,13 +156,27 @@ impl Codec {
     }
 }
 
+/// Long free-text columns: min/max statistics on them help no query and, kept for every row
+/// group, make the footer (rebuilt at each checkpoint) and the writer's memory grow.
+const UNSTATISTICAL_COLUMNS: [&[&str]; 4] = [
+    &["content"],
+    &["raw_response"],
+    &["error_message"],
+    &["embedding", "list", "item"],
+];
+
 fn writer_properties(codec: Codec) -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(codec.parquet())
         .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_statistics_truncate_length(Some(64))
         .set_offset_index_disabled(true)
-        .set_created_by(concat!("batchflow ", env!("CARGO_PKG_VERSION")).to_owned())
-        .build()
+        .set_created_by(concat!("batchflow ", env!("CARGO_PKG_VERSION")).to_owned());
+    for path in UNSTATISTICAL_COLUMNS {
+        let path = ColumnPath::new(path.iter().map(|part| (*part).to_owned()).collect());
+        builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    builder.build()
 }
 
 /// The writer's sink: positions below `skip_until` are already on disk (kept row groups being
