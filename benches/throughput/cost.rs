@@ -2,6 +2,8 @@
 //! requests through batchflow (JSONL and Parquet out) and through the Python asyncio +
 //! aiohttp baseline at the same concurrency. CPU per request is the client process's own
 //! user+sys time; the mock's CPU meanwhile is printed beside it, since it shares the cores.
+//! The three clients take turns for a few rounds and the medians are compared, so that a
+//! burst of load from elsewhere on the machine does not decide a ratio.
 
 use std::io;
 use std::time::Duration;
@@ -27,9 +29,36 @@ pub fn fast_mock(plan: &Plan) -> io::Result<Mock> {
     )
 }
 
-fn print_row(label: &str, run: &ClientRun) {
+/// One client's runs, one per round.
+struct Client {
+    label: &'static str,
+    runs: Vec<ClientRun>,
+}
+
+impl Client {
+    fn median(&self, figure: impl Fn(&ClientRun) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.runs.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        match values.len() {
+            0 => f64::NAN,
+            len if len % 2 == 1 => values[middle],
+            _ => (values[middle - 1] + values[middle]) / 2.0,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.median(ClientRun::per_second)
+    }
+
+    fn cpu_per_request(&self) -> f64 {
+        self.median(|run| run.cpu_per_request().as_secs_f64())
+    }
+}
+
+fn print_run(label: &str, round: usize, run: &ClientRun) {
     println!(
-        "{label:<26} {:>9.0} req/s  {:>7.1} µs CPU/req  {:>5.2} cores  (mock {:>5.1} µs CPU/req)",
+        "{label:<26} #{round}  {:>7.0} req/s  {:>6.1} µs CPU/req  {:>4.2} cores  (mock {:>5.1} µs CPU/req)",
         run.per_second(),
         run.cpu_per_request().as_secs_f64() * 1e6,
         run.usage.cpu.as_secs_f64() / run.usage.wall.as_secs_f64(),
@@ -42,60 +71,79 @@ pub fn run(plan: &Plan) -> io::Result<()> {
     let workers = plan.workers;
     println!();
     println!(
-        "== client cost: zero-latency mock, unlimited slots, {workers} in flight, {requests} requests"
+        "== client cost: zero-latency mock, unlimited slots, {workers} in flight, {requests} requests, {} rounds (medians compared)",
+        plan.rounds
     );
     let scratch = tempfile::tempdir()?;
     let input = scratch.path().join("requests.jsonl");
     inputs::write_requests(&input, requests)?;
     let mock = fast_mock(plan)?;
-    let mut ours = Vec::new();
-    for output in [Output::Jsonl, Output::Parquet] {
-        let run = clients::batchflow(
-            &plan.tools,
-            &mock,
-            &input,
-            requests,
-            workers,
-            output,
-            scratch.path(),
-        )?;
-        print_row(&format!("batchflow {}", output.label()), &run);
-        ours.push((output, run));
-    }
     let python_ready = clients::succeeds(&plan.tools.python, &["-c", "import aiohttp"]);
-    let python = if python_ready {
-        let run = clients::python(
-            &plan.tools,
-            &mock,
-            &input,
-            requests,
-            workers,
-            scratch.path(),
-        )?;
-        print_row("python asyncio+aiohttp", &run);
-        Some(run)
-    } else {
+    if !python_ready {
         println!(
             "{} has no aiohttp (pip install aiohttp): no baseline ratio",
             plan.tools.python
         );
-        None
+    }
+    let mut ours = [Output::Jsonl, Output::Parquet].map(|output| Client {
+        label: output.label(),
+        runs: Vec::new(),
+    });
+    let mut python = Client {
+        label: "python asyncio+aiohttp",
+        runs: Vec::new(),
     };
-    for (output, run) in &ours {
-        let rate = run.per_second();
+    for round in 1..=plan.rounds {
+        for (client, output) in ours.iter_mut().zip([Output::Jsonl, Output::Parquet]) {
+            let run = clients::batchflow(
+                &plan.tools,
+                &mock,
+                &input,
+                requests,
+                workers,
+                output,
+                scratch.path(),
+            )?;
+            print_run(&format!("batchflow {}", client.label), round, &run);
+            client.runs.push(run);
+        }
+        if python_ready {
+            let run = clients::python(
+                &plan.tools,
+                &mock,
+                &input,
+                requests,
+                workers,
+                scratch.path(),
+            )?;
+            print_run(python.label, round, &run);
+            python.runs.push(run);
+        }
+    }
+    if python_ready {
         println!(
-            "{:<26} {rate:>9.0} req/s   (target >= {TARGET_RATE:.0}: {})",
-            output.label(),
+            "{:<26} median {:>7.0} req/s  {:>6.1} µs CPU/req",
+            python.label,
+            python.rate(),
+            python.cpu_per_request() * 1e6
+        );
+    }
+    for client in &ours {
+        let rate = client.rate();
+        let cpu = client.cpu_per_request();
+        println!(
+            "batchflow {:<16} median {rate:>7.0} req/s  {:>6.1} µs CPU/req   req/s target >= {TARGET_RATE:.0}: {}",
+            client.label,
+            cpu * 1e6,
             verdict(rate >= TARGET_RATE)
         );
-        if let Some(python) = &python {
-            let ratio =
-                run.cpu_per_request().as_secs_f64() / python.cpu_per_request().as_secs_f64();
+        if python_ready {
+            let ratio = cpu / python.cpu_per_request();
             println!(
-                "{:<26} CPU/req batchflow ÷ python = {ratio:.3}   (target <= {TARGET_CPU_RATIO}: {});  req/s batchflow ÷ python = {:.2}",
+                "{:<33} CPU/req batchflow ÷ python = {ratio:.3} (target <= {TARGET_CPU_RATIO}: {});  req/s batchflow ÷ python = {:.2}",
                 "",
                 verdict(ratio <= TARGET_CPU_RATIO),
-                rate / python.per_second()
+                rate / python.rate()
             );
         }
     }

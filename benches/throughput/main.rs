@@ -10,7 +10,8 @@
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
-//! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost` and `memory` (default 64).
+//! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost` and `memory` (default 64);
+//! `$BATCHFLOW_BENCH_ROUNDS` the turns each client takes in `cost` (default 3, 1 if quick).
 //! `$PYTHON` names the interpreter with aiohttp (default `python3`).
 //!
 //! Module map: `measure` (wait4 rusage of one child), `mock` (the mock as a child),
@@ -38,6 +39,8 @@ pub struct Plan {
     pub scale_down: u64,
     /// Concurrency of the `cost` and `memory` sections.
     pub workers: u32,
+    /// Turns each client takes in the `cost` section.
+    pub rounds: usize,
 }
 
 impl Plan {
@@ -71,15 +74,15 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|section| words.is_empty() || words.iter().any(|word| word == section))
         .collect();
-    let workers = match std::env::var("BATCHFLOW_BENCH_WORKERS") {
-        Ok(text) => match text.parse::<u32>() {
-            Ok(workers) if workers > 0 => workers,
-            _ => {
-                eprintln!("throughput: BATCHFLOW_BENCH_WORKERS={text:?} is not a positive count");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(_) => 64,
+    let (workers, rounds) = match (
+        positive_from_env("BATCHFLOW_BENCH_WORKERS", 64),
+        positive_from_env("BATCHFLOW_BENCH_ROUNDS", if quick { 1 } else { 3 }),
+    ) {
+        (Ok(workers), Ok(rounds)) => (workers, rounds),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("throughput: {message}");
+            return ExitCode::FAILURE;
+        }
     };
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let plan = Plan {
@@ -91,7 +94,8 @@ fn main() -> ExitCode {
             limit: Duration::from_secs(300),
         },
         scale_down: if quick { 10 } else { 1 },
-        workers,
+        workers: u32::try_from(workers).unwrap_or(u32::MAX),
+        rounds: usize::try_from(rounds).unwrap_or(1),
     };
 
     println!("batchflow throughput benchmarks ({})", machine());
@@ -114,6 +118,17 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// A positive count from environment variable `name`, or `default` when it is not set.
+fn positive_from_env(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(count) if (1..=100_000).contains(&count) => Ok(count),
+            _ => Err(format!("{name}={text:?} is not a count from 1 to 100000")),
+        },
     }
 }
 

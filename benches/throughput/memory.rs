@@ -56,13 +56,16 @@ pub fn run(plan: &Plan) -> io::Result<()> {
             .map(|(_, requests, peak)| (*requests, *peak))
             .collect();
         if let (Some(first), Some(last)) = (of_output.first(), of_output.last()) {
+            let growth = last.1.saturating_sub(first.1) as f64
+                / last.0.saturating_sub(first.0).max(1) as f64;
             println!(
-                "{:<17} peak at {} ÷ peak at {} = {:.2}   (target: flat, < {:.0} MiB at the largest: {})",
+                "{:<17} peak at {} ÷ peak at {} = {:.2}, {growth:.0} bytes more per extra request (target: flat); < {:.0} MiB at {}: {}",
                 output.label(),
                 last.0,
                 first.0,
                 last.1 as f64 / first.1 as f64,
                 mib(TARGET_BYTES),
+                last.0,
                 verdict(last.1 < TARGET_BYTES)
             );
         }
