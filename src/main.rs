@@ -34,7 +34,14 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitStatus::Error.code());
         }
     };
-    let status = match runtime.block_on(dispatch(cli)) {
+    // Spawned, not polled by `block_on`: the stage then runs on the runtime's workers beside
+    // the connection tasks, instead of handing every request between the main thread and them.
+    let outcome = runtime.block_on(async {
+        tokio::spawn(dispatch(cli))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("the run failed: {error}")))
+    });
+    let status = match outcome {
         Ok(status) => status,
         Err(error) => {
             eprintln!("batchflow: {error:#}");

@@ -65,6 +65,20 @@ fn start(input: &Path, output: &Path, mock: &Mock, extra: &[&str]) -> Child {
         .expect("starts")
 }
 
+/// Waits (bounded) until the results file holds more durable rows than `than`, so a kill that
+/// follows lands mid-run however slow the machine is. Polls the file; no fixed sleep.
+fn wait_for_progress(child: &mut Child, output: &Path, than: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let progressed = checkpoint::inspect(output).is_ok_and(|existing| existing.rows() > than);
+        if progressed || child.try_wait().is_ok_and(|status| status.is_some()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no checkpoint beyond {than} rows within 60 s");
+}
+
 fn sha(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read file")
 }
@@ -78,7 +92,7 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
         ..MockConfig::default()
     });
     let dir = tempfile::tempdir().expect("dir");
-    let count = 3000;
+    let count = 6000;
     let input = write_input(dir.path(), &chat_lines(count));
     let output = dir.path().join("results.parquet");
     let mut rng = fastrand::Rng::with_seed(20261126);
@@ -90,7 +104,10 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
             &mock,
             &["--resume", "--checkpoint-rows", "7", "--quiet"],
         );
-        std::thread::sleep(Duration::from_millis(rng.u64(30..400)));
+        if kill % 2 == 0 {
+            wait_for_progress(&mut child, &output, durable);
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..40)));
         child.kill().expect("SIGKILL");
         let output_status = child.wait_with_output().expect("reaped");
         assert!(
@@ -150,13 +167,15 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
     let output = dir.path().join("results.parquet");
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..6 {
+        let before = checkpoint::inspect(&output).map_or(0, |existing| existing.rows());
         let mut child = start(
             &input,
             &output,
             &mock,
             &["--resume", "--checkpoint-rows", "50", "--quiet"],
         );
-        std::thread::sleep(Duration::from_millis(rng.u64(150..350)));
+        wait_for_progress(&mut child, &output, before);
+        std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         let existing = checkpoint::inspect(&output).expect("resumable after a kill");
