@@ -95,12 +95,7 @@ pub async fn run(
     if let Some(output) = &config.output {
         parquet_sink::check_path(output)?;
     }
-    let record_columns = config
-        .source
-        .records
-        .as_deref()
-        .map(|shape| shape.required_columns());
-    let input = source::open(config.input, record_columns.as_deref())?;
+    let input = source::open_for(config.input, &config.source)?;
     let backends = config
         .backends
         .iter()
@@ -113,11 +108,7 @@ pub async fn run(
         .map(HttpBackend::base_url)
         .collect::<Vec<_>>()
         .join(", ");
-    let named_model = config.source.model_override.as_deref().or(config
-        .source
-        .records
-        .as_deref()
-        .map(|shape| shape.model.as_str()));
+    let named_model = config.source.named_model();
     let mut catalog = None;
     let mut ollama = false;
     if config.preflight {

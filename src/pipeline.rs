@@ -290,11 +290,7 @@ pub async fn validate(
             Ok(config) => config,
             Err(error) => return Ok(Err(vec![format!("backend: {error}")])),
         };
-        let model = config.source.model_override.clone().or(config
-            .source
-            .records
-            .as_deref()
-            .map(|shape| shape.model.clone()));
+        let model = config.source.named_model().map(str::to_owned);
         let mut problems = Vec::new();
         for backend_config in config.backends {
             let url = backend_config.base_url.clone();
@@ -334,12 +330,7 @@ pub async fn validate(
 /// `run --dry-run`: the first rendered requests and the results columns; calls nothing.
 pub async fn dry_run(config: RunConfig, extras: &ExtraColumns) -> Result<String, Error> {
     const SHOWN: usize = 3;
-    let columns = config
-        .source
-        .records
-        .as_deref()
-        .map(|shape| shape.required_columns());
-    let input = source::open(config.input, columns.as_deref())?;
+    let input = source::open_for(config.input, &config.source)?;
     let (sender, mut items) = tokio::sync::mpsc::channel(SHOWN);
     let _reader = source::spawn(
         input,

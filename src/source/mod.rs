@@ -225,6 +225,25 @@ pub fn count_lines(file: &File) -> io::Result<u64> {
     Ok(lines + u64::from(last != b'\n'))
 }
 
+/// Opens the input for `options`: a pipeline over records reads a Parquet input for the
+/// record's columns, anything else for the request columns.
+pub fn open_for(input: Input, options: &SourceOptions) -> Result<OpenedInput, Error> {
+    let record_columns = options
+        .records
+        .as_deref()
+        .map(template::RecordShape::required_columns);
+    open(input, record_columns.as_deref())
+}
+
+impl SourceOptions {
+    /// The model every request names up front (`--model`, or a pipeline's record model), if any.
+    pub fn named_model(&self) -> Option<&str> {
+        self.model_override
+            .as_deref()
+            .or(self.records.as_deref().map(|shape| shape.model.as_str()))
+    }
+}
+
 /// Reads the input on a new thread. The thread stops early, without error, when the receiver
 /// is dropped. A read error stops `shutdown` before the input ends, so the run is not taken
 /// for complete.
