@@ -193,33 +193,21 @@ impl<B: Backend> StageContext<B> {
             SourceItem::Invalid(invalid) => return (Outcome::from_invalid(invalid), None),
             SourceItem::Request(request) => request,
         };
-        let (line, custom_id, model) = (
-            request.line,
-            request.custom_id.clone(),
-            request.model.clone(),
-        );
+        // Kept for the outcome of a panic, which consumes the request mid-flight.
+        let fallback = request.clone();
         let started = Instant::now();
         match AssertUnwindSafe(self.execute(request)).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => {
-                let outcome = Outcome {
-                    line,
-                    custom_id: Some(custom_id),
-                    model,
-                    reply: None,
-                    error: Some(OutcomeError {
-                        code: ErrorCode::InternalError,
-                        message: format!(
-                            "line {line}: batchflow failed while handling this request ({}); please report it",
-                            panic_message(panic.as_ref())
-                        ),
-                    }),
-                    attempts: 0,
-                    latency: started.elapsed(),
-                    finished_at: SystemTime::now(),
-                    passthrough: Vec::new(),
+                let line = fallback.line;
+                let error = OutcomeError {
+                    code: ErrorCode::InternalError,
+                    message: format!(
+                        "line {line}: batchflow failed while handling this request ({}); please report it",
+                        panic_message(panic.as_ref())
+                    ),
                 };
-                (outcome, None)
+                (finished(fallback, started, 0, None, Some(error)), None)
             }
         }
     }
@@ -287,17 +275,7 @@ impl<B: Backend> StageContext<B> {
                             None,
                         );
                     }
-                    let outcome = Outcome {
-                        line: request.line,
-                        custom_id: Some(request.custom_id),
-                        model: request.model,
-                        reply: Some(reply),
-                        error: None,
-                        attempts,
-                        latency: started.elapsed(),
-                        finished_at: SystemTime::now(),
-                        passthrough: request.passthrough,
-                    };
+                    let outcome = finished(request, started, attempts, Some(reply), None);
                     return (outcome, None);
                 }
                 Err(failure) => failure,
@@ -378,12 +356,29 @@ fn failed(
     message: String,
     reply: Option<HttpReply>,
 ) -> Outcome {
+    finished(
+        request,
+        started,
+        attempts,
+        reply,
+        Some(OutcomeError { code, message }),
+    )
+}
+
+/// The one way a request becomes its outcome.
+fn finished(
+    request: Request,
+    started: Instant,
+    attempts: u32,
+    reply: Option<HttpReply>,
+    error: Option<OutcomeError>,
+) -> Outcome {
     Outcome {
         line: request.line,
         custom_id: Some(request.custom_id),
         model: request.model,
         reply,
-        error: Some(OutcomeError { code, message }),
+        error,
         attempts,
         latency: started.elapsed(),
         finished_at: SystemTime::now(),
