@@ -1,8 +1,10 @@
 //! What batchflow reads from a model server's answer, in Ollama's native shape or OpenAI's:
 //! the assistant text, the stop reason, token counts, server timings and the first embedding.
-//! One parse serves the results columns, the run statistics and structured-output checks.
+//! One parse per outcome serves the results columns and the run statistics.
 
 use serde::Deserialize;
+
+use crate::record::{Outcome, ReplyBody};
 
 /// The fields of an answer that batchflow uses. Unknown fields are ignored; a body that does not
 /// parse gives all `None`.
@@ -51,6 +53,15 @@ impl ReplyFields {
     /// Reads a JSON body; anything unreadable gives empty fields.
     pub fn parse(json: &str) -> ReplyFields {
         serde_json::from_str(json).unwrap_or_default()
+    }
+
+    /// The fields of an outcome's last answer (empty without a JSON answer). The sink thread
+    /// calls this once per outcome and hands the result to the statistics and every sink.
+    pub fn of(outcome: &Outcome) -> ReplyFields {
+        match outcome.reply.as_ref().map(|reply| &reply.body) {
+            Some(ReplyBody::Json(json)) => ReplyFields::parse(json.get()),
+            _ => ReplyFields::default(),
+        }
     }
 
     fn first_choice(&self) -> Option<&Choice> {

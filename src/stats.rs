@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reply::ReplyFields;
 
-use crate::record::{ErrorCode, Outcome, ReplyBody};
+use crate::record::{ErrorCode, Outcome};
 
 /// How far back the current rate looks. Long enough to smooth bursts, short enough to follow
 /// a real change of pace (a model reload, a slower part of the input).
@@ -152,16 +152,11 @@ impl RunStats {
             .or_insert(0) += 1;
     }
 
-    /// A result reached the sinks.
-    pub fn finished(&self, outcome: &Outcome) {
-        let usage = outcome
-            .reply
-            .as_ref()
-            .and_then(|reply| match &reply.body {
-                ReplyBody::Json(json) if outcome.is_ok() => Some(ReplyFields::parse(json.get())),
-                _ => None,
-            })
-            .unwrap_or_default();
+    /// A result reached the sinks; `reply` is [`ReplyFields::of`] the outcome. Token counts
+    /// and load times are taken from successful answers only.
+    pub fn finished(&self, outcome: &Outcome, reply: &ReplyFields) {
+        let none = ReplyFields::default();
+        let usage = if outcome.is_ok() { reply } else { &none };
         let mut finished = lock(&self.finished);
         match &outcome.error {
             None => finished.succeeded += 1,
@@ -340,7 +335,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::record::{HttpReply, OutcomeError};
+    use crate::record::{HttpReply, OutcomeError, ReplyBody};
 
     #[test]
     fn rate_follows_a_change_of_pace_within_the_window() {
@@ -398,28 +393,37 @@ mod tests {
         }
     }
 
+    fn finish(stats: &RunStats, outcome: &Outcome) {
+        stats.finished(outcome, &ReplyFields::of(outcome));
+    }
+
     #[test]
     fn snapshot_counts_outcomes_tokens_retries_and_latency() {
         let start = Instant::now();
         let stats = RunStats::new(start);
         stats.set_total(10);
         for latency in 1..=4 {
-            stats.finished(&outcome(
-                r#"{"prompt_eval_count":3,"eval_count":5}"#,
-                None,
-                latency * 100,
-            ));
+            finish(
+                &stats,
+                &outcome(
+                    r#"{"prompt_eval_count":3,"eval_count":5}"#,
+                    None,
+                    latency * 100,
+                ),
+            );
         }
-        stats.finished(&outcome(
-            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
-            None,
-            500,
-        ));
-        stats.finished(&outcome(
-            r#"{"error":"x"}"#,
-            Some(ErrorCode::ServerBusy),
-            900,
-        ));
+        finish(
+            &stats,
+            &outcome(
+                r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+                None,
+                500,
+            ),
+        );
+        finish(
+            &stats,
+            &outcome(r#"{"error":"x"}"#, Some(ErrorCode::ServerBusy), 900),
+        );
         stats.retried(ErrorCode::ServerBusy);
         stats.retried(ErrorCode::ConnectionError);
         stats.attempt_started();
@@ -460,7 +464,7 @@ mod tests {
         let cold_start = r#"{"load_duration":5000000000}"#;
         let warm = r#"{"load_duration":1000}"#;
         for body in [cold_start, cold_start, warm, warm] {
-            stats.finished(&outcome(body, None, 100));
+            finish(&stats, &outcome(body, None, 100));
         }
         assert_eq!(
             stats.snapshot(start).model_reloads,
@@ -468,7 +472,7 @@ mod tests {
             "the first load is expected"
         );
         for body in [cold_start, cold_start, cold_start, warm, cold_start] {
-            stats.finished(&outcome(body, None, 100));
+            finish(&stats, &outcome(body, None, 100));
         }
         assert_eq!(
             stats.snapshot(start).model_reloads,

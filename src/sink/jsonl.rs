@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::{Sink, SinkError};
 use crate::backend::http::random_id;
 use crate::record::{Outcome, ReplyBody};
+use crate::reply::ReplyFields;
 
 const BUFFER_BYTES: usize = 256 * 1024;
 /// Buffered output this large is flushed as soon as no result is waiting.
@@ -96,7 +97,7 @@ pub fn output_line(outcome: &Outcome, buffer: &mut Vec<u8>) -> serde_json::Resul
 }
 
 impl<W: Write + Send> Sink for JsonlSink<W> {
-    fn write(&mut self, outcome: &Outcome) -> Result<(), SinkError> {
+    fn write(&mut self, outcome: &Outcome, _reply: &ReplyFields) -> Result<(), SinkError> {
         self.line.clear();
         output_line(outcome, &mut self.line).map_err(std::io::Error::from)?;
         self.line.push(b'\n');

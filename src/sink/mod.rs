@@ -21,6 +21,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::Error;
 use crate::record::Outcome;
+use crate::reply::ReplyFields;
 use crate::stats::RunStats;
 
 /// Why a sink stopped.
@@ -48,7 +49,9 @@ impl SinkError {
 
 /// A destination for outcomes.
 pub trait Sink: Send {
-    fn write(&mut self, outcome: &Outcome) -> Result<(), SinkError>;
+    /// Writes one outcome; `reply` is what [`ReplyFields::of`] read from it, parsed once for
+    /// every sink.
+    fn write(&mut self, outcome: &Outcome, reply: &ReplyFields) -> Result<(), SinkError>;
     /// No outcome is waiting: make everything written so far visible to readers, if that is
     /// cheap.
     fn flush(&mut self) -> Result<(), SinkError>;
@@ -151,10 +154,12 @@ fn write_all(
                 }
             }
         };
+        let reply = ReplyFields::of(&outcome);
         for (index, sink) in sinks.iter_mut().enumerate() {
-            sink.write(&outcome).map_err(|error| (index, error))?;
+            sink.write(&outcome, &reply)
+                .map_err(|error| (index, error))?;
         }
-        stats.finished(&outcome);
+        stats.finished(&outcome, &reply);
     }
     for (index, sink) in sinks.iter_mut().enumerate() {
         sink.finish().map_err(|error| (index, error))?;

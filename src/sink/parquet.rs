@@ -10,6 +10,7 @@ use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
 use crate::error::Error;
 use crate::record::{DoneSet, Outcome};
+use crate::reply::ReplyFields;
 use crate::shutdown::Shutdown;
 
 /// What to do with an existing file at the output path.
@@ -219,8 +220,8 @@ impl ParquetSink {
 }
 
 impl Sink for ParquetSink {
-    fn write(&mut self, outcome: &Outcome) -> Result<(), SinkError> {
-        self.rows.push(outcome);
+    fn write(&mut self, outcome: &Outcome, reply: &ReplyFields) -> Result<(), SinkError> {
+        self.rows.push(outcome, reply);
         if self.rows.rows() >= self.checkpoint_rows
             || self.last_checkpoint.elapsed() >= self.checkpoint_interval
         {

@@ -251,12 +251,8 @@ impl RowBuilder {
         self.rows
     }
 
-    pub fn push(&mut self, outcome: &Outcome) {
-        let raw_json = outcome.reply.as_ref().and_then(|reply| match &reply.body {
-            ReplyBody::Json(json) => Some(json.get()),
-            ReplyBody::Text(_) => None,
-        });
-        let fields = raw_json.map(ReplyFields::parse).unwrap_or_default();
+    /// Adds the row for `outcome`; `fields` is [`ReplyFields::of`] it.
+    pub fn push(&mut self, outcome: &Outcome, fields: &ReplyFields) {
         self.custom_id.append_option(outcome.custom_id.as_deref());
         self.status
             .append_value(if outcome.is_ok() { "ok" } else { "error" });
@@ -391,28 +387,44 @@ mod tests {
         }
     }
 
+    fn push(builder: &mut RowBuilder, outcome: &Outcome) {
+        builder.push(outcome, &ReplyFields::of(outcome));
+    }
+
     #[test]
     fn ollama_and_openai_replies_fill_the_same_columns() {
         let mut builder = RowBuilder::new(
             schema(true, &ExtraColumns::default()),
             &ExtraColumns::default(),
         );
-        builder.push(&outcome(
-            r#"{"message":{"content":"native"},"done_reason":"stop","prompt_eval_count":3,"eval_count":5,"total_duration":2000000}"#,
-            None,
-        ));
-        builder.push(&outcome(
-            r#"{"choices":[{"message":{"content":"openai"},"finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":9}}"#,
-            None,
-        ));
-        builder.push(&outcome(r#"{"embeddings":[[0.5,0.25]]}"#, None));
-        builder.push(&outcome(
-            r#"{"error":"boom"}"#,
-            Some(OutcomeError {
-                code: ErrorCode::ServerError,
-                message: "HTTP 500: boom".into(),
-            }),
-        ));
+        push(
+            &mut builder,
+            &outcome(
+                r#"{"message":{"content":"native"},"done_reason":"stop","prompt_eval_count":3,"eval_count":5,"total_duration":2000000}"#,
+                None,
+            ),
+        );
+        push(
+            &mut builder,
+            &outcome(
+                r#"{"choices":[{"message":{"content":"openai"},"finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":9}}"#,
+                None,
+            ),
+        );
+        push(
+            &mut builder,
+            &outcome(r#"{"embeddings":[[0.5,0.25]]}"#, None),
+        );
+        push(
+            &mut builder,
+            &outcome(
+                r#"{"error":"boom"}"#,
+                Some(OutcomeError {
+                    code: ErrorCode::ServerError,
+                    message: "HTTP 500: boom".into(),
+                }),
+            ),
+        );
         let batch = builder.finish().expect("batch");
         assert_eq!(batch.num_rows(), 4);
         let column = |name: &str| batch.column_by_name(name).expect(name).clone();
