@@ -158,7 +158,7 @@ pub async fn run(
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
-    let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY);
+    let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY / stage::OUTCOME_BATCH);
     let sink = sink::spawn(
         sinks,
         outcomes,

@@ -24,7 +24,11 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs the stage and every connection, so a request's future and its socket
+    // never wake each other across threads: on the multi-threaded runtime those hand-offs cost
+    // about a third of the client's CPU (BENCHMARKS.md). Input and output have threads of their
+    // own, and one thread serves tens of thousands of requests a second.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -34,8 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitStatus::Error.code());
         }
     };
-    // Spawned, not polled by `block_on`: the stage then runs on the runtime's workers beside
-    // the connection tasks, instead of handing every request between the main thread and them.
+    // Spawned, so that a bug's panic ends as an error message and exit status 2.
     let outcome = runtime.block_on(async {
         tokio::spawn(dispatch(cli))
             .await

@@ -83,7 +83,7 @@ pub struct SinkReport {
 /// the timed waits for sink deadlines.
 pub fn spawn(
     mut sinks: Vec<Box<dyn Sink>>,
-    mut outcomes: mpsc::Receiver<Outcome>,
+    mut outcomes: mpsc::Receiver<Vec<Outcome>>,
     runtime: tokio::runtime::Handle,
     stats: Arc<RunStats>,
 ) -> Result<thread::JoinHandle<SinkReport>, Error> {
@@ -115,13 +115,13 @@ pub fn spawn(
 
 fn write_all(
     sinks: &mut [Box<dyn Sink>],
-    outcomes: &mut mpsc::Receiver<Outcome>,
+    outcomes: &mut mpsc::Receiver<Vec<Outcome>>,
     runtime: &tokio::runtime::Handle,
     stats: &RunStats,
 ) -> Result<(), (usize, SinkError)> {
     loop {
-        let outcome = match outcomes.try_recv() {
-            Ok(outcome) => outcome,
+        let batch = match outcomes.try_recv() {
+            Ok(batch) => batch,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
                 for (index, sink) in sinks.iter_mut().enumerate() {
@@ -149,17 +149,19 @@ fn write_all(
                     }
                 };
                 match next {
-                    Some(outcome) => outcome,
+                    Some(batch) => batch,
                     None => break,
                 }
             }
         };
-        let reply = ReplyFields::of(&outcome);
-        for (index, sink) in sinks.iter_mut().enumerate() {
-            sink.write(&outcome, &reply)
-                .map_err(|error| (index, error))?;
+        for outcome in &batch {
+            let reply = ReplyFields::of(outcome);
+            for (index, sink) in sinks.iter_mut().enumerate() {
+                sink.write(outcome, &reply)
+                    .map_err(|error| (index, error))?;
+            }
+            stats.finished(outcome, &reply);
         }
-        stats.finished(&outcome, &reply);
     }
     for (index, sink) in sinks.iter_mut().enumerate() {
         sink.finish().map_err(|error| (index, error))?;

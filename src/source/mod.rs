@@ -336,6 +336,7 @@ fn forward(
     mut next: impl FnMut() -> Result<Option<SourceItem>, Error>,
 ) -> Result<SourceSummary, Error> {
     let mut summary = SourceSummary::default();
+    let mut room = BatchedSender::new(items);
     while let Some(item) = next()? {
         if options.shard.is_some_and(|shard| !shard.holds(&item)) {
             continue;
@@ -355,11 +356,41 @@ fn forward(
                 invalid.message
             );
         }
-        if items.blocking_send(item).is_err() {
+        if room.send(item).is_err() {
             break;
         }
     }
     Ok(summary)
+}
+
+/// Items sent per wait for room in the channel.
+const SEND_BATCH: usize = 64;
+
+/// Sends from this blocking thread, waiting for room [`SEND_BATCH`] slots at a time: when the
+/// stage is the slower side (the usual case) it then wakes this thread once per batch instead
+/// of once per item. Each item still enters the channel as soon as it is read, so an
+/// interactive input is not held back.
+struct BatchedSender<'a> {
+    items: &'a mpsc::Sender<SourceItem>,
+    room: Option<mpsc::PermitIterator<'a, SourceItem>>,
+}
+
+impl<'a> BatchedSender<'a> {
+    fn new(items: &'a mpsc::Sender<SourceItem>) -> Self {
+        BatchedSender { items, room: None }
+    }
+
+    /// Fails when the receiver is gone.
+    fn send(&mut self, item: SourceItem) -> Result<(), mpsc::error::SendError<()>> {
+        loop {
+            if let Some(permit) = self.room.as_mut().and_then(Iterator::next) {
+                permit.send(item);
+                return Ok(());
+            }
+            let batch = SEND_BATCH.min(self.items.max_capacity());
+            self.room = Some(futures::executor::block_on(self.items.reserve_many(batch))?);
+        }
+    }
 }
 
 fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
