@@ -22,6 +22,7 @@
 //! - [`status`]: the `status` command, reading a results file without changing it.
 //! - [`tune`]: the `tune` command, measuring throughput at increasing worker counts.
 //! - [`record`]: what flows between them: requests, invalid lines, outcomes.
+//! - [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
 //! - [`reply`]: what is read from a server's answer (text, tokens, timings, embedding).
 //! - [`schema`]: structured output: the JSON Schema subset that maps to typed columns.
 //! - [`engine`]: wires one run together and reports how it ended.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod gpu;
+pub mod idset;
 pub mod mock;
 pub mod pipeline;
 pub mod progress;

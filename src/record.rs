@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::idset::IdSet;
+
 /// One request ready to send: validated, with the body already serialised so that retries resend
 /// the same bytes without re-encoding.
 #[derive(Debug, Clone)]
@@ -199,7 +201,7 @@ impl Outcome {
 #[derive(Debug, Default)]
 pub struct DoneSet {
     /// `source::jsonl::id_hash` of every custom_id with a result.
-    pub ids: HashSet<u64>,
+    pub ids: IdSet,
     /// Line numbers of invalid input lines with a result (they may have no custom_id).
     pub invalid_lines: HashSet<u64>,
 }

@@ -7,7 +7,6 @@
 //! (`--model`, `"stream": false`). Its checks start from a parsed JSON value
 //! ([`LineParser::parse_value`]), so `source::parquet` hands its rows to the same parser.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufRead};
@@ -17,6 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::template::{RecordShape, Shaped};
+use crate::idset::IdSet;
 use crate::record::{ErrorCode, InvalidLine, Request, SourceItem};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -160,7 +160,7 @@ pub struct LineParser {
     text_bodies: bool,
     /// Records mode: each value is a record to shape into a request first.
     shape: Option<Arc<RecordShape>>,
-    seen_ids: HashSet<u64>,
+    seen_ids: IdSet,
 }
 
 impl LineParser {
@@ -169,7 +169,7 @@ impl LineParser {
             model_override,
             text_bodies: false,
             shape: None,
-            seen_ids: HashSet::new(),
+            seen_ids: IdSet::new(),
         }
     }
 

@@ -395,7 +395,7 @@ impl<'a> BatchedSender<'a> {
 
 fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
     match item {
-        SourceItem::Request(request) => done.ids.contains(&jsonl::id_hash(&request.custom_id)),
+        SourceItem::Request(request) => done.ids.contains(jsonl::id_hash(&request.custom_id)),
         SourceItem::Invalid(invalid) => done.invalid_lines.contains(&invalid.line),
     }
 }
