@@ -239,8 +239,8 @@ pub struct RunArgs {
     #[arg(long, requires = "output", conflicts_with = "resume")]
     pub overwrite: bool,
 
-    /// Checkpoint the results file after this many new rows...
-    #[arg(long, default_value_t = 1000, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Checkpoint the results file after this many new rows (or 8 MiB of them)...
+    #[arg(long, default_value_t = 10_000, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_rows: u64,
 
     /// ...or after this long, whichever comes first.

@@ -431,3 +431,43 @@ fn a_closed_stdout_still_closes_the_results_file() {
     assert_eq!(existing.state(), Some(checkpoint::FileState::Interrupted));
     assert_eq!(statuses(&output).len() as u64, existing.rows());
 }
+
+#[test]
+fn long_replies_cut_row_groups_by_size_before_the_row_count() {
+    let mock = Mock::start(MockConfig {
+        latency: Duration::ZERO,
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    // The mock echoes a prompt's first words: twelve words of 20,000 bytes make a reply of
+    // about 240 KB, kept twice (content and raw response), so 8 MiB of buffered rows is reached
+    // after some 17 rows, long before the default 10,000.
+    let word = "w".repeat(20_000);
+    let prompt = vec![word.as_str(); 12].join(" ");
+    let lines: String = (0..120)
+        .map(|index| chat_line(&format!("long-{index}"), &prompt) + "\n")
+        .collect();
+    let input = write_input(dir.path(), &lines);
+    let output = dir.path().join("results.parquet");
+    let run = start(&input, &output, &mock, &["--quiet", "--workers", "4"])
+        .wait_with_output()
+        .expect("runs");
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = File::open(&output).expect("results file");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("readable");
+    let groups: Vec<i64> = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|group| group.num_rows())
+        .collect();
+    assert_eq!(groups.iter().sum::<i64>(), 120, "{groups:?}");
+    assert!(groups.len() >= 5, "cut by size: {groups:?}");
+    assert!(groups.iter().all(|&rows| rows <= 40), "{groups:?}");
+    assert_eq!(statuses(&output).len(), 120);
+}

@@ -1,6 +1,11 @@
 //! The Parquet results sink: buffers rows, cuts a row group and checkpoints it every
-//! `--checkpoint-rows` rows or `--checkpoint-secs` seconds, whichever comes first, and prepares
-//! the file at start (new, overwritten, or resumed with its done set).
+//! `--checkpoint-rows` rows, [`CHECKPOINT_BYTES`] of buffered rows or `--checkpoint-secs`
+//! seconds, whichever comes first, and prepares the file at start (new, overwritten, or
+//! resumed with its done set).
+//!
+//! Each row group costs the writer some 35 KB of metadata until the file is closed, and every
+//! checkpoint writes the footer of all row groups so far: row groups of thousands of rows keep
+//! both small however long the run.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,6 +17,10 @@ use crate::error::Error;
 use crate::record::{DoneSet, Outcome};
 use crate::reply::ReplyFields;
 use crate::shutdown::Shutdown;
+
+/// Buffered rows that make a checkpoint however few they are, so that long rows (raw
+/// responses, embeddings) cannot fill memory before `--checkpoint-rows` is reached.
+pub const CHECKPOINT_BYTES: usize = 8 << 20;
 
 /// What to do with an existing file at the output path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +232,7 @@ impl Sink for ParquetSink {
     fn write(&mut self, outcome: &Outcome, reply: &ReplyFields) -> Result<(), SinkError> {
         self.rows.push(outcome, reply);
         if self.rows.rows() >= self.checkpoint_rows
+            || self.rows.buffered_bytes() >= CHECKPOINT_BYTES
             || self.last_checkpoint.elapsed() >= self.checkpoint_interval
         {
             self.checkpoint()?;

@@ -178,6 +178,8 @@ pub struct RowBuilder {
     /// Output field names, with their builders.
     output: Vec<(String, ColumnBuilder)>,
     rows: usize,
+    /// About how many bytes the buffered rows hold (see [`RowBuilder::buffered_bytes`]).
+    buffered_bytes: usize,
     custom_id: StringBuilder,
     status: StringBuilder,
     status_code: Int32Builder,
@@ -224,6 +226,7 @@ impl RowBuilder {
                 .map(|field| (field.name.clone(), ColumnBuilder::new(&field.kind)))
                 .collect(),
             rows: 0,
+            buffered_bytes: 0,
             custom_id: StringBuilder::new(),
             status: StringBuilder::new(),
             status_code: Int32Builder::new(),
@@ -251,6 +254,12 @@ impl RowBuilder {
         self.rows
     }
 
+    /// About how much memory the buffered rows take: the texts that can be long (content,
+    /// raw response, error message), embeddings, and a fixed share per row for the rest.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
     /// Adds the row for `outcome`; `fields` is [`ReplyFields::of`] it.
     pub fn push(&mut self, outcome: &Outcome, fields: &ReplyFields) {
         self.custom_id.append_option(outcome.custom_id.as_deref());
@@ -260,9 +269,14 @@ impl RowBuilder {
             .append_option(outcome.reply.as_ref().map(|reply| i32::from(reply.status)));
         self.model
             .append_option(outcome.model.as_deref().or(fields.model.as_deref()));
-        self.content.append_option(fields.content());
+        /// The narrow columns of one row, with the builders' offsets and validity.
+        const ROW_BYTES: usize = 160;
+        let content = fields.content();
+        self.buffered_bytes += ROW_BYTES + content.map_or(0, str::len);
+        self.content.append_option(content);
         match fields.embedding() {
             Some(values) => {
+                self.buffered_bytes += std::mem::size_of_val(values);
                 self.embedding.values().append_slice(values);
                 self.embedding.append(true);
             }
@@ -289,8 +303,9 @@ impl RowBuilder {
             .append_value(i32::try_from(outcome.attempts).unwrap_or(i32::MAX));
         self.error_code
             .append_option(outcome.error.as_ref().map(|error| error.code.as_str()));
-        self.error_message
-            .append_option(outcome.error.as_ref().map(|error| error.message.as_str()));
+        let error_message = outcome.error.as_ref().map(|error| error.message.as_str());
+        self.buffered_bytes += error_message.map_or(0, str::len);
+        self.error_message.append_option(error_message);
         self.request_line
             .append_value(i64::try_from(outcome.line).unwrap_or(i64::MAX));
         let finished_micros = outcome
@@ -320,6 +335,7 @@ impl RowBuilder {
                 ReplyBody::Json(json) => json.get(),
                 ReplyBody::Text(text) => text.as_str(),
             });
+            self.buffered_bytes += raw.map_or(0, str::len);
             self.raw_response.append_option(raw);
         }
         self.rows += 1;
@@ -354,6 +370,7 @@ impl RowBuilder {
             columns.push(Arc::new(self.raw_response.finish()));
         }
         self.rows = 0;
+        self.buffered_bytes = 0;
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
     }
 }
