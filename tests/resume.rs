@@ -443,7 +443,7 @@ fn long_replies_cut_row_groups_by_size_before_the_row_count() {
     // about 240 KB, kept twice (content and raw response), so 8 MiB of buffered rows is reached
     // after some 17 rows, long before the default 10,000.
     let word = "w".repeat(20_000);
-    let prompt = vec![word.as_str(); 12].join(" ");
+    let prompt = [word.as_str(); 12].join(" ");
     let lines: String = (0..120)
         .map(|index| chat_line(&format!("long-{index}"), &prompt) + "\n")
         .collect();
