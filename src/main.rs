@@ -21,7 +21,22 @@ use batchflow::shutdown::Shutdown;
 use batchflow::source::Input;
 use clap::Parser;
 
+/// A results file's row group is built in buffers of megabytes that are freed at each
+/// checkpoint. glibc soon serves blocks that size from its heap (its mmap threshold rises with
+/// each freed block), where the freed space stays resident: a million-row run then held
+/// 56 MiB instead of 42 MiB. A fixed threshold keeps such blocks mapped on their own and
+/// unmapped when freed.
+fn return_large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's allocator, and no other thread exists
+    // yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_blocks_to_the_system();
     let cli = Cli::parse();
     init_logging(cli.log);
     // One thread runs the stage and every connection, so a request's future and its socket
