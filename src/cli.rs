@@ -112,7 +112,8 @@ pub struct TuneArgs {
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Requests sent at each worker count (the first lines of the input).
+    /// Requests sent at each worker count: the first ones of the input (JSONL, Parquet, or a
+    /// pipeline's records).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub sample: usize,
 

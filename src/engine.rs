@@ -150,7 +150,7 @@ pub async fn run(
         sinks.push(Box::new(JsonlSink::new(stdout)));
     }
     let stats = Arc::new(RunStats::new(started));
-    count_expected(&input, done_count, config.source.shard, &stats);
+    count_expected(&input, done_count, &config.source, &stats);
     let probes = Probes {
         pool: Arc::clone(&pool),
         ollama,
@@ -223,7 +223,7 @@ pub async fn run(
         dropped_errors,
         skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),
         unknown_kept: source_summary
-            .filter(|_| stage_report.input_exhausted)
+            .filter(|summary| stage_report.input_exhausted && !summary.reached_limit)
             .map(|summary| done_count.saturating_sub(summary.skipped_done)),
     })
 }
@@ -234,19 +234,24 @@ pub async fn run(
 fn count_expected(
     input: &source::OpenedInput,
     done: u64,
-    shard: Option<Shard>,
+    options: &SourceOptions,
     stats: &Arc<RunStats>,
 ) {
+    let (shard, limit) = (options.shard, options.limit);
     // A shard holds about 1/n of the input: close enough for progress.
-    let share = move |items: u64| items / shard.map_or(1, |shard| shard.count);
+    let expected = move |items: u64| {
+        (items / shard.map_or(1, |shard: Shard| shard.count))
+            .saturating_sub(done)
+            .min(limit.unwrap_or(u64::MAX))
+    };
     match input.size() {
-        InputSize::Known(items) => stats.set_total(share(items).saturating_sub(done)),
+        InputSize::Known(items) => stats.set_total(expected(items)),
         InputSize::Countable(file) => {
             let stats = Arc::clone(stats);
             let counter = std::thread::Builder::new()
                 .name("batchflow-count".into())
                 .spawn(move || match source::count_lines(&file) {
-                    Ok(lines) => stats.set_total(share(lines).saturating_sub(done)),
+                    Ok(lines) => stats.set_total(expected(lines)),
                     Err(error) => tracing::debug!("Cannot count input lines: {error}."),
                 });
             if let Err(error) = counter {

@@ -230,8 +230,9 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
         mock.as_ref().map(MockServer::url),
         env,
     )?;
-    let sample = batchflow::tune::sample(&config.input, args.sample.max(1))?;
-    let report = batchflow::tune::tune(&config, sample, args.max_workers).await?;
+    let sample_requests = args.sample.max(1);
+    let sample = batchflow::tune::sample(&config.input, sample_requests)?;
+    let report = batchflow::tune::tune(&config, sample, sample_requests, args.max_workers).await?;
     print!("{}", report.render());
     Ok(ExitStatus::Success)
 }

@@ -67,6 +67,7 @@ pub fn run_config(
             done: None,
             records: None,
             shard: args.shard,
+            limit: None,
         },
         backends: addresses
             .iter()

@@ -4,8 +4,7 @@
 //! (`OLLAMA_NUM_PARALLEL`), not in the client.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader};
-use std::sync::Arc;
+use std::io::{self, BufRead};
 
 use crate::engine::{self, RunConfig};
 use crate::error::Error;
@@ -35,20 +34,17 @@ pub struct TuneReport {
     pub flat_from_one: bool,
 }
 
-/// The first `count` non-blank lines of a JSONL input.
-pub fn sample(input: &Input, count: usize) -> Result<Arc<str>, Error> {
-    let reader: Box<dyn BufRead> = match input {
-        Input::File(path) => Box::new(BufReader::new(std::fs::File::open(path).map_err(
-            |cause| Error::OpenInput {
-                path: path.clone(),
-                cause,
-            },
-        )?)),
-        Input::Stdin => Box::new(BufReader::new(io::stdin())),
-        Input::Text(text) => return Ok(Arc::clone(text)),
+/// Where each step reads its sample: a file is read again at every step (JSONL or Parquet,
+/// shaped by a pipeline as in a run), with the run stopped after the sample's requests;
+/// standard input, which cannot be read twice, has its first `count` non-blank lines kept.
+pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
+    let stdin = match input {
+        Input::File(_) | Input::Text(_) => return Ok(input.clone()),
+        Input::Stdin => io::stdin().lock(),
     };
     let mut text = String::new();
-    for line in reader.lines().take(count * 2) {
+    let mut kept = 0;
+    for line in stdin.lines() {
         let line = line.map_err(|cause| Error::ReadInput {
             name: input.name(),
             line: 0,
@@ -57,18 +53,20 @@ pub fn sample(input: &Input, count: usize) -> Result<Arc<str>, Error> {
         if !line.trim().is_empty() {
             text.push_str(&line);
             text.push('\n');
+            kept += 1;
         }
-        if text.lines().count() >= count {
+        if kept >= count {
             break;
         }
     }
-    Ok(text.into())
+    Ok(Input::Text(text.into()))
 }
 
 /// Runs the sample at 1, 2, 4, … workers (up to `max_workers`) against `base`'s backends.
 pub async fn tune(
     base: &RunConfig,
-    sample: Arc<str>,
+    sample: Input,
+    sample_requests: usize,
     max_workers: usize,
 ) -> Result<TuneReport, Error> {
     let mut steps: Vec<TuneStep> = Vec::new();
@@ -76,7 +74,8 @@ pub async fn tune(
     let mut best = 0.0f64;
     while workers <= max_workers.max(1) {
         let mut config = base.clone();
-        config.input = Input::Text(Arc::clone(&sample));
+        config.input = sample.clone();
+        config.source.limit = Some(sample_requests as u64);
         config.output = None;
         config.preflight = steps.is_empty() && base.preflight;
         config.stage.workers = workers;

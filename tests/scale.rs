@@ -1,6 +1,7 @@
 //! Scale-out behaviour through the real binary (behaviour, not speed): `--workers auto` climbs
-//! and backs off on 503s, a failing backend is taken out while its requests complete on the
-//! other, and shards partition an input exactly.
+//! and backs off on 503s, `tune` finds the server's slots from a sample of the real input, a
+//! failing backend is taken out while its requests complete on the other, and shards partition
+//! an input exactly.
 
 mod support;
 
@@ -151,4 +152,133 @@ fn shards_partition_an_input_exactly() {
     assert_eq!(union, (0..1000).map(|i| format!("req-{i}")).collect());
     let bad = batchflow().args(["--shard", "3/3"]).output().expect("runs");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The table's worker counts and the recommendation, from `tune`'s standard output.
+fn tune_table(stdout: &str) -> (Vec<u64>, u64) {
+    let workers = stdout
+        .lines()
+        .skip(1)
+        .map_while(|line| line.split_whitespace().next()?.parse().ok())
+        .collect();
+    let recommended = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("Recommended: --workers "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no recommendation in {stdout}"));
+    (workers, recommended)
+}
+
+#[test]
+fn tune_finds_the_slots_reading_only_its_sample_of_a_parquet_input() {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+
+    let mock = Mock::start(MockConfig {
+        slots: 4,
+        latency: Duration::from_millis(50),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let rows = 500;
+    let column = |values: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+    let batch = RecordBatch::try_from_iter([
+        (
+            "custom_id",
+            column((0..rows).map(|i| format!("row-{i}")).collect()),
+        ),
+        ("method", column(vec!["POST".into(); rows])),
+        ("url", column(vec!["/api/generate".into(); rows])),
+        (
+            "body",
+            column(
+                (0..rows)
+                    .map(|i| format!(r#"{{"model":"llama3.2","prompt":"question {i}"}}"#))
+                    .collect(),
+            ),
+        ),
+    ])
+    .expect("columns");
+    let input = dir.path().join("requests.parquet");
+    let file = std::fs::File::create(&input).expect("create");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+
+    let output = batchflow()
+        .arg("tune")
+        .arg(&input)
+        .args([
+            "--backend",
+            &mock.url(),
+            "--sample",
+            "16",
+            "--max-workers",
+            "32",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (workers, recommended) = tune_table(&stdout);
+    assert_eq!(workers[..3], [1, 2, 4], "{stdout}");
+    assert!(
+        workers.len() <= 5,
+        "stopped once the rate stopped rising: {stdout}"
+    );
+    assert!(
+        recommended == 4 || recommended == 8,
+        "4 slots: recommended {recommended}\n{stdout}"
+    );
+    assert!(!stdout.contains("OLLAMA_NUM_PARALLEL"), "{stdout}");
+    assert_eq!(
+        mock.server.stats().requests,
+        16 * workers.len() as u64,
+        "each step sent the sample's 16 rows and no more"
+    );
+}
+
+#[test]
+fn tune_says_when_the_server_runs_one_request_at_a_time() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    // Long enough that the client's own time between requests barely counts.
+    let mock = Mock::start(MockConfig {
+        slots: 1,
+        latency: Duration::from_millis(100),
+        ..MockConfig::default()
+    });
+    let mut child = batchflow()
+        .args(["tune", "--backend", &mock.url(), "--sample", "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(chat_lines(100).as_bytes())
+        .expect("the input fits the pipe");
+    drop(stdin);
+    let output = child.wait_with_output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (workers, recommended) = tune_table(&stdout);
+    assert!(workers == [1, 2] || workers == [1, 2, 4], "{stdout}");
+    assert!(recommended <= 2, "{stdout}");
+    assert!(stdout.contains("OLLAMA_NUM_PARALLEL"), "{stdout}");
+    assert_eq!(
+        mock.server.stats().requests,
+        6 * workers.len() as u64,
+        "6 of the 100 lines at each step"
+    );
 }

@@ -66,6 +66,8 @@ pub struct SourceOptions {
     pub records: Option<Arc<template::RecordShape>>,
     /// Process only this shard of the input.
     pub shard: Option<Shard>,
+    /// Stop after this many items (`tune`'s sample of the real input).
+    pub limit: Option<u64>,
 }
 
 /// One of `count` disjoint parts of an input, chosen by a hash of the custom_id that is the
@@ -117,6 +119,10 @@ pub struct SourceSummary {
     pub lines: u64,
     /// Lines skipped because an earlier run finished them.
     pub skipped_done: u64,
+    /// Items handed to the stage.
+    pub sent: u64,
+    /// Reading stopped at [`SourceOptions::limit`], before the input's end.
+    pub reached_limit: bool,
 }
 
 /// An input that has been opened but not read.
@@ -357,6 +363,11 @@ fn forward(
             );
         }
         if room.send(item).is_err() {
+            break;
+        }
+        summary.sent += 1;
+        if options.limit.is_some_and(|limit| summary.sent >= limit) {
+            summary.reached_limit = true;
             break;
         }
     }
