@@ -101,9 +101,11 @@ async fn run_ticker(
     probes: Probes,
     stop: CancellationToken,
 ) -> StatsSnapshot {
-    let monitor = tokio::task::spawn_blocking(GpuMonitor::load)
-        .await
-        .unwrap_or(GpuMonitor::disabled());
+    let monitor = Arc::new(
+        tokio::task::spawn_blocking(GpuMonitor::load)
+            .await
+            .unwrap_or(GpuMonitor::disabled()),
+    );
     if !monitor.is_available() && config.mode != ProgressMode::Off {
         tracing::info!(
             "GPU: n/a (no NVIDIA driver here); loaded models come from the backend's /api/ps."
@@ -138,8 +140,13 @@ async fn run_ticker(
         };
         let now = Instant::now();
         stats.tick(now);
-        if now >= next_gpu || stopping {
-            gpus = monitor.sample();
+        if (now >= next_gpu || stopping) && monitor.is_available() {
+            // NVML calls block for a moment on a real driver, and this runtime's one thread
+            // also drives every request.
+            let monitor = Arc::clone(&monitor);
+            gpus = tokio::task::spawn_blocking(move || monitor.sample())
+                .await
+                .unwrap_or(None);
             next_gpu = now + GPU_INTERVAL;
         }
         if probes.ollama && (now >= next_ps || stopping) {
