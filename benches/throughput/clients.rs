@@ -111,21 +111,20 @@ fn run_checked(
     })
 }
 
-/// batchflow over `input` (`requests` lines) with `workers` in flight.
+/// batchflow over `input` (`requests` lines) with `workers` in flight (a count, or `auto`).
 pub fn batchflow(
     tools: &Tools,
     mock: &Mock,
     input: &Path,
     requests: u64,
-    workers: u32,
+    workers: &str,
     output: Output,
     scratch: &Path,
 ) -> io::Result<ClientRun> {
     let mut command = Command::new(&tools.batchflow);
     command
         .arg(input)
-        .args(["--backend", mock.url(), "--workers"])
-        .arg(workers.to_string())
+        .args(["--backend", mock.url(), "--workers", workers])
         .env_remove("OLLAMA_HOST");
     let parquet = scratch.join("results.parquet");
     let expected_lines = match output {

@@ -100,7 +100,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
                 &mock,
                 &input,
                 requests,
-                workers,
+                &workers.to_string(),
                 output,
                 scratch.path(),
             )?;

@@ -1,9 +1,11 @@
-//! `cargo bench --bench throughput [-- slots|cost|memory|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|cost|memory|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
 //! - `slots` (slot efficiency): batchflow's requests/s over what `wrk` gets from the same
 //!   mock (P slots, latency L) at the same concurrency in the same run, and both over P/L.
+//! - `auto` (adaptive workers): requests/s with `--workers auto` over `--workers P` against
+//!   mocks of P ∈ {1, 4, 8, 32} slots, whole runs (ramp-up included).
 //! - `cost` (client cost): requests/s and CPU per request (the client process's own
 //!   user+sys) against a zero-latency mock, batchflow beside `benches/baseline_client.py`.
 //! - `memory`: batchflow's peak RSS at 10,000, 170,000 and 1,000,000 requests.
@@ -18,6 +20,7 @@
 //! `inputs` (request files), `clients` (batchflow, the Python baseline, wrk), and one
 //! file per section.
 
+mod auto;
 mod clients;
 mod cost;
 mod inputs;
@@ -49,7 +52,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 3] = ["slots", "cost", "memory"];
+const SECTIONS: [&str; 4] = ["slots", "auto", "cost", "memory"];
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; flags are not section names.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
     for section in chosen {
         let result = match section {
             "slots" => slots::run(&plan),
+            "auto" => auto::run(&plan),
             "cost" => cost::run(&plan),
             _ => memory::run(&plan),
         };

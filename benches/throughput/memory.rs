@@ -34,7 +34,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
                 &mock,
                 &input,
                 requests,
-                plan.workers,
+                &plan.workers.to_string(),
                 output,
                 scratch.path(),
             )?;

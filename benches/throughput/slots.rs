@@ -47,7 +47,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
             &mock,
             &input,
             requests,
-            SLOTS,
+            &SLOTS.to_string(),
             Output::Jsonl,
             scratch.path(),
         )?;
