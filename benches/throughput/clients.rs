@@ -58,19 +58,28 @@ pub struct Tools {
     pub limit: Duration,
 }
 
-/// Runs `command` (stdout piped and counted, stderr to `log`) to its end against `mock`, and
+/// What all `mocks` answered with 200 so far, and the CPU they spent.
+fn mocks_so_far(mocks: &[&Mock]) -> io::Result<(u64, Duration)> {
+    let mut total = (0, Duration::ZERO);
+    for mock in mocks {
+        total.0 += mock.succeeded()?;
+        total.1 += mock.cpu()?;
+    }
+    Ok(total)
+}
+
+/// Runs `command` (stdout piped and counted, stderr to `log`) to its end against `mocks`, and
 /// checks that it succeeded for all `requests`. `stdout_lines`: the result lines expected
 /// on stdout, if any.
 fn run_checked(
     mut command: Command,
-    mock: &Mock,
+    mocks: &[&Mock],
     requests: u64,
     stdout_lines: Option<u64>,
     log: &Path,
     limit: Duration,
 ) -> io::Result<ClientRun> {
-    let succeeded_before = mock.succeeded()?;
-    let mock_cpu_before = mock.cpu()?;
+    let (succeeded_before, mock_cpu_before) = mocks_so_far(mocks)?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -85,8 +94,9 @@ fn run_checked(
             .map_err(|_| io::Error::other("the line counter panicked"))??,
         None => 0,
     };
-    let mock_cpu = mock.cpu()?.saturating_sub(mock_cpu_before);
-    let succeeded = mock.succeeded()? - succeeded_before;
+    let (succeeded_after, mock_cpu_after) = mocks_so_far(mocks)?;
+    let mock_cpu = mock_cpu_after.saturating_sub(mock_cpu_before);
+    let succeeded = succeeded_after - succeeded_before;
     let stderr_tail = || {
         let text = fs::read_to_string(log).unwrap_or_default();
         let start = text.len().saturating_sub(2000);
@@ -121,10 +131,26 @@ pub fn batchflow(
     output: Output,
     scratch: &Path,
 ) -> io::Result<ClientRun> {
+    batchflow_on(tools, &[mock], input, requests, workers, output, scratch)
+}
+
+/// [`batchflow`] spread over several backends (`workers` in flight on each).
+pub fn batchflow_on(
+    tools: &Tools,
+    mocks: &[&Mock],
+    input: &Path,
+    requests: u64,
+    workers: &str,
+    output: Output,
+    scratch: &Path,
+) -> io::Result<ClientRun> {
     let mut command = Command::new(&tools.batchflow);
+    command.arg(input);
+    for mock in mocks {
+        command.args(["--backend", mock.url()]);
+    }
     command
-        .arg(input)
-        .args(["--backend", mock.url(), "--workers", workers])
+        .args(["--workers", workers])
         .env_remove("OLLAMA_HOST");
     let parquet = scratch.join("results.parquet");
     let expected_lines = match output {
@@ -137,7 +163,7 @@ pub fn batchflow(
     };
     let run = run_checked(
         command,
-        mock,
+        mocks,
         requests,
         expected_lines,
         &scratch.join("batchflow.log"),
@@ -164,7 +190,7 @@ pub fn python(
         .arg(concurrency.to_string());
     run_checked(
         command,
-        mock,
+        &[mock],
         requests,
         Some(requests),
         &scratch.join("python.log"),

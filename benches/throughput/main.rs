@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|cost|memory|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -6,6 +6,7 @@
 //!   mock (P slots, latency L) at the same concurrency in the same run, and both over P/L.
 //! - `auto` (adaptive workers): requests/s with `--workers auto` over `--workers P` against
 //!   mocks of P ∈ {1, 4, 8, 32} slots, whole runs (ramp-up included).
+//! - `backends` (several backends): requests/s over two mocks of P slots ÷ over one.
 //! - `cost` (client cost): requests/s and CPU per request (the client process's own
 //!   user+sys) against a zero-latency mock, batchflow beside `benches/baseline_client.py`.
 //! - `memory`: batchflow's peak RSS at 10,000, 170,000 and 1,000,000 requests.
@@ -21,6 +22,7 @@
 //! file per section.
 
 mod auto;
+mod backends;
 mod clients;
 mod cost;
 mod inputs;
@@ -52,7 +54,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 4] = ["slots", "auto", "cost", "memory"];
+const SECTIONS: [&str; 5] = ["slots", "auto", "backends", "cost", "memory"];
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; flags are not section names.
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
         let result = match section {
             "slots" => slots::run(&plan),
             "auto" => auto::run(&plan),
+            "backends" => backends::run(&plan),
             "cost" => cost::run(&plan),
             _ => memory::run(&plan),
         };
