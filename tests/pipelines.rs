@@ -101,6 +101,26 @@ fn every_example_validates_and_a_broken_copy_of_each_names_its_problem() {
             bad_type.stderr
         );
 
+        let commented = broken(
+            "comment",
+            format!("# needs ${{BATCHFLOW_TEST_UNSET}} one day\n{text}"),
+        );
+        assert_eq!(commented.code, Some(0), "{name}: {}", commented.stderr);
+        let unset = broken(
+            "unset",
+            text.replace(
+                "[backend]\n",
+                "[backend]\napi_key_env = \"${BATCHFLOW_TEST_UNSET}\"\n",
+            ),
+        );
+        assert_eq!(unset.code, Some(2), "{name}");
+        assert!(
+            unset.stderr.contains("BATCHFLOW_TEST_UNSET is not set")
+                && unset.stderr.contains("line "),
+            "{name}: {}",
+            unset.stderr
+        );
+
         if text.contains("prompt = ") {
             let missing = broken("column", text.replacen("{{", "{{no_such_column}} {{", 1));
             assert_eq!(missing.code, Some(2), "{name}");

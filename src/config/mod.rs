@@ -208,32 +208,81 @@ pub fn load(
         })
 }
 
-/// Replaces `${NAME}` with the variable's value, escaped for a TOML basic string.
+/// Where the interpolation scan is in the TOML text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lexeme {
+    Plain,
+    Comment,
+    /// `"…"`: escapes, and `${NAME}` replaced.
+    Basic,
+    /// `"""…"""`: the same over several lines.
+    MultiBasic,
+    /// `'…'`: taken as written.
+    Literal,
+    MultiLiteral,
+}
+
+/// Replaces `${NAME}` inside double-quoted strings with the variable's value, escaped for a
+/// TOML basic string. Comments, single-quoted strings and bare text are left as written, so a
+/// `${…}` in a comment neither needs the variable nor fails the file.
 fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("line {}: \"${{\" is not closed", index + 1))?;
-            let name = &after[..end];
-            let value = env(name).ok_or_else(|| {
-                format!("line {}: environment variable {name} is not set", index + 1)
-            })?;
-            for character in value.chars() {
-                match character {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    other => out.push(other),
+    let mut state = Lexeme::Plain;
+    let mut line = 1;
+    let mut rest = text;
+    while let Some(character) = rest.chars().next() {
+        let starts = |prefix: &str| rest.starts_with(prefix);
+        let mut taken = character.len_utf8();
+        match (state, character) {
+            (_, '\n') => {
+                line += 1;
+                if matches!(state, Lexeme::Comment | Lexeme::Basic | Lexeme::Literal) {
+                    state = Lexeme::Plain;
                 }
             }
-            rest = &after[end + 1..];
+            (Lexeme::Plain, '#') => state = Lexeme::Comment,
+            (Lexeme::Plain, '"') if starts("\"\"\"") => (state, taken) = (Lexeme::MultiBasic, 3),
+            (Lexeme::Plain, '"') => state = Lexeme::Basic,
+            (Lexeme::Plain, '\'') if starts("\'\'\'") => (state, taken) = (Lexeme::MultiLiteral, 3),
+            (Lexeme::Plain, '\'') => state = Lexeme::Literal,
+            (Lexeme::Basic | Lexeme::MultiBasic, '\\') => {
+                // The escaped character is copied with its backslash (an escaped quote does
+                // not end the string), unless it is a line break.
+                taken += rest[1..]
+                    .chars()
+                    .next()
+                    .filter(|next| *next != '\n')
+                    .map_or(0, char::len_utf8);
+            }
+            (Lexeme::Basic, '"') => state = Lexeme::Plain,
+            (Lexeme::MultiBasic, '"') if starts("\"\"\"") => (state, taken) = (Lexeme::Plain, 3),
+            (Lexeme::Literal, '\'') => state = Lexeme::Plain,
+            (Lexeme::MultiLiteral, '\'') if starts("\'\'\'") => (state, taken) = (Lexeme::Plain, 3),
+            (Lexeme::Basic | Lexeme::MultiBasic, '$') if starts("${") => {
+                let after = &rest[2..];
+                let end = after
+                    .find(['}', '\n'])
+                    .filter(|end| after[*end..].starts_with('}'))
+                    .ok_or_else(|| format!("line {line}: \"${{\" is not closed"))?;
+                let name = &after[..end];
+                let value = env(name).ok_or_else(|| {
+                    format!("line {line}: environment variable {name} is not set")
+                })?;
+                for character in value.chars() {
+                    match character {
+                        '\\' => out.push_str("\\\\"),
+                        '"' => out.push_str("\\\""),
+                        '\n' => out.push_str("\\n"),
+                        other => out.push(other),
+                    }
+                }
+                rest = &after[end + 1..];
+                continue;
+            }
+            _ => {}
         }
-        out.push_str(rest);
+        out.push_str(&rest[..taken]);
+        rest = &rest[taken..];
     }
     Ok(out)
 }
@@ -584,6 +633,31 @@ parquet = "out/results.parquet"
             unset.contains("MODEL") && unset.contains("line 8"),
             "{unset}"
         );
+    }
+
+    #[test]
+    fn only_double_quoted_strings_are_interpolated() {
+        let env = |name: &str| (name == "HOST").then(|| r#"a"b\c"#.to_owned());
+        let text = concat!(
+            "# set ${UNSET} first\n",
+            "url = \"http://${HOST}:1\" # or ${UNSET}\n",
+            "quoted = \"say \\\" ${HOST}\"\n",
+            "literal = '${UNSET}'\n",
+            "multi = \"\"\"\none ${HOST}\ntwo\"\"\"\n",
+            "raw = '''\n${UNSET}\n'''\n",
+        );
+        let out = interpolate(text, &env).expect("only HOST is needed");
+        let table: toml::Table = toml::from_str(&out).expect("still TOML");
+        assert_eq!(table["url"].as_str(), Some(r#"http://a"b\c:1"#));
+        assert_eq!(table["quoted"].as_str(), Some(r#"say " a"b\c"#));
+        assert_eq!(table["literal"].as_str(), Some("${UNSET}"));
+        assert_eq!(table["multi"].as_str(), Some("one a\"b\\c\ntwo"));
+        assert_eq!(table["raw"].as_str(), Some("${UNSET}\n"));
+        assert!(out.starts_with("# set ${UNSET} first\n"));
+        let unset = interpolate("a = 1\n\nb = \"x ${NOPE}\"\n", &env).expect_err("unset");
+        assert_eq!(unset, "line 3: environment variable NOPE is not set");
+        let open = interpolate("b = \"${NOPE\"\n", &env).expect_err("not closed");
+        assert!(open.starts_with("line 1:"), "{open}");
     }
 
     #[test]
