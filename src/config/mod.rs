@@ -401,6 +401,10 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
                 ("request.prompt", request.prompt.is_some()),
                 ("request.output", request.output.is_some()),
                 ("request.system", request.system.is_some()),
+                ("request.endpoint", request.endpoint.is_some()),
+                ("request.options", request.options.is_some()),
+                ("request.keep_alive", request.keep_alive.is_some()),
+                ("request.think", request.think.is_some()),
                 ("source.id_column", file.source.id_column.is_some()),
                 ("source.passthrough", !file.source.passthrough.is_empty()),
             ] {
@@ -684,5 +688,36 @@ parquet = "out/results.parquet"
                 "{expected}: {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn record_settings_in_a_requests_pipeline_are_refused_not_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = concat!(
+            "[source]\npath = \"requests.jsonl\"\nformat = \"requests\"\n",
+            "[request]\nmodel = \"m\"\nendpoint = \"/api/generate\"\n",
+            "options = { temperature = 0 }\nkeep_alive = \"5m\"\nthink = false\n",
+        );
+        let file = load(&write(dir.path(), text), &[], |_| None).expect("parses");
+        let problems = resolve(&file, dir.path()).expect_err("refused");
+        for key in [
+            "request.endpoint",
+            "request.options",
+            "request.keep_alive",
+            "request.think",
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|problem| problem.starts_with(key)
+                        && problem.contains("applies to records")),
+                "{key}: {problems:#?}"
+            );
+        }
+        assert_eq!(
+            problems.len(),
+            4,
+            "model still overrides each line: {problems:#?}"
+        );
     }
 }
