@@ -21,9 +21,12 @@ use crate::source::{self, Input, InputSize, Shard, SourceOptions, SourceSummary}
 use crate::stage::{self, StageConfig};
 use crate::stats::{RunStats, StatsSnapshot};
 
-/// Items and outcomes buffered between threads. Enough to smooth bursts; small enough that
+/// Items buffered between the source thread and the stage. Enough to smooth bursts; small enough that
 /// memory does not depend on the input's length.
 const CHANNEL_CAPACITY: usize = 1024;
+
+/// Outcome batches waiting for the writer thread.
+const OUTCOME_BATCHES: usize = 2;
 
 /// Everything a run needs, already resolved from defaults, files and flags.
 #[derive(Debug, Clone)]
@@ -158,7 +161,8 @@ pub async fn run(
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
-    let (outcome_sender, outcomes) = mpsc::channel(CHANNEL_CAPACITY / stage::OUTCOME_BATCH);
+    // Batches of up to stage::OUTCOMES_HELD: one to fill while the writer drains another.
+    let (outcome_sender, outcomes) = mpsc::channel(OUTCOME_BATCHES);
     let sink = sink::spawn(
         sinks,
         outcomes,
@@ -244,7 +248,13 @@ fn count_expected(
             .saturating_sub(done)
             .min(limit.unwrap_or(u64::MAX))
     };
-    match input.size() {
+    let size = input.size();
+    if let (Some(limit), InputSize::Countable(_)) = (limit, &size) {
+        // A sample of a file: not worth a scan of the whole file.
+        stats.set_total(limit);
+        return;
+    }
+    match size {
         InputSize::Known(items) => stats.set_total(expected(items)),
         InputSize::Countable(file) => {
             let stats = Arc::clone(stats);

@@ -37,10 +37,10 @@ use crate::stats::RunStats;
 use limit::{ConcurrencyLimit, Signal};
 use retry::RetryPolicy;
 
-/// Most outcomes handed to the sink thread at once. Whatever has finished when the stage is
-/// polled goes together, so under load the writer thread wakes once per batch rather than once
-/// per request; a lone outcome is sent alone, without waiting for company.
-pub const OUTCOME_BATCH: usize = 32;
+/// Most finished outcomes the stage holds while the sink thread has no room for them. They go
+/// over as one batch: under load the writer thread wakes once per batch rather than once per
+/// request, and a lone outcome is sent alone, without waiting for company.
+pub const OUTCOMES_HELD: usize = 512;
 
 /// How the stage runs.
 #[derive(Debug, Clone)]
@@ -155,41 +155,47 @@ pub async fn run<B: Backend>(
     } else {
         requests.buffer_unordered(config.window()).boxed()
     };
-    let mut results = results.ready_chunks(OUTCOME_BATCH);
+    let mut results = results.fuse();
     let mut aborting = pin!(shutdown.aborting());
     let mut report = StageReport::default();
+    // Finished outcomes not yet handed to the sink thread.
+    let mut held: Vec<Outcome> = Vec::new();
+    let mut all_finished = false;
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut aborting => {
-                report.aborted = true;
-                break;
-            }
-            next = results.next() => next,
-        };
-        let Some(finished) = next else {
+        if all_finished && held.is_empty() {
             report.input_exhausted = !shutdown.is_stopping();
             break;
-        };
-        let mut batch = Vec::with_capacity(finished.len());
-        for (outcome, fatal) in finished {
-            if let Some(error) = fatal {
-                report.fatal.get_or_insert(error);
-            }
-            batch.push(outcome);
         }
-        let sent = tokio::select! {
+        // Whatever has finished is gathered first; the batch goes over once nothing more is
+        // ready and the channel has room. Requests go on being polled while the sink is
+        // busy, until OUTCOMES_HELD are waiting.
+        tokio::select! {
             biased;
             _ = &mut aborting => {
+                if !held.is_empty() {
+                    // Finished requests are kept if the writer can still take them.
+                    let _ = outcomes.try_send(std::mem::take(&mut held));
+                }
                 report.aborted = true;
                 break;
             }
-            sent = outcomes.send(batch) => sent,
-        };
-        if sent.is_err() {
-            report.sink_closed = true;
-            shutdown.abort();
-            break;
+            next = results.next(), if !all_finished && held.len() < OUTCOMES_HELD => match next {
+                Some((outcome, fatal)) => {
+                    if let Some(error) = fatal {
+                        report.fatal.get_or_insert(error);
+                    }
+                    held.push(outcome);
+                }
+                None => all_finished = true,
+            },
+            room = outcomes.reserve(), if !held.is_empty() => match room {
+                Ok(permit) => permit.send(std::mem::take(&mut held)),
+                Err(_) => {
+                    report.sink_closed = true;
+                    shutdown.abort();
+                    break;
+                }
+            },
         }
     }
     report
