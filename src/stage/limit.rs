@@ -45,9 +45,10 @@ pub struct Vegas {
     window: Vec<f64>,
     /// Doubling until the first queueing or overload.
     slow_start: bool,
-    /// Answers still to come from attempts started before the limit last came down. They
-    /// waited in the queue the old limit built, so they would count that overshoot again;
-    /// they are passed over, and a burst of 503s halves the limit once, not once per answer.
+    /// Answers still to come from attempts that were in flight when the limit last came
+    /// down. They waited in the queue the old limit built, so they would count that overshoot
+    /// again; they are passed over, and a burst of 503s halves the limit once, not once per
+    /// answer.
     stale: usize,
 }
 
@@ -67,8 +68,9 @@ impl Vegas {
         self.limit.round() as usize
     }
 
-    /// Takes one signal; returns the new limit.
-    pub fn observe(&mut self, signal: Signal) -> usize {
+    /// Takes one attempt's signal, with `in_flight` other attempts still out; returns the new
+    /// limit.
+    pub fn observe(&mut self, signal: Signal, in_flight: usize) -> usize {
         if self.stale > 0 {
             self.stale -= 1;
             return self.limit();
@@ -77,7 +79,7 @@ impl Vegas {
             Signal::Nothing => {}
             Signal::Overloaded => {
                 self.slow_start = false;
-                self.come_down((self.limit * 0.5).max(1.0));
+                self.come_down((self.limit * 0.5).max(1.0), in_flight);
             }
             Signal::Answered(latency) => {
                 self.window.push(latency.as_secs_f64());
@@ -97,7 +99,8 @@ impl Vegas {
                     } else {
                         self.slow_start = false;
                         if queue > QUEUE_HIGH {
-                            self.come_down((self.limit - (queue - QUEUE_HIGH).max(1.0)).max(1.0));
+                            let lower = (self.limit - (queue - QUEUE_HIGH).max(1.0)).max(1.0);
+                            self.come_down(lower, in_flight);
                         }
                     }
                 }
@@ -106,9 +109,9 @@ impl Vegas {
         self.limit()
     }
 
-    /// Lowers the limit to `limit`; the attempts in flight under the old one are stale.
-    fn come_down(&mut self, limit: f64) {
-        self.stale = self.limit();
+    /// Lowers the limit to `limit`; the `in_flight` attempts sent under the old one are stale.
+    fn come_down(&mut self, limit: f64, in_flight: usize) {
+        self.stale = in_flight;
         self.limit = limit;
         self.window.clear();
     }
@@ -121,6 +124,8 @@ pub struct ConcurrencyLimit {
     /// Permits to drop as they come back, after the limit shrank below those in use.
     debt: AtomicUsize,
     current: AtomicUsize,
+    /// Attempts holding a permit.
+    in_flight: AtomicUsize,
 }
 
 impl ConcurrencyLimit {
@@ -130,6 +135,7 @@ impl ConcurrencyLimit {
             adaptive: None,
             debt: AtomicUsize::new(0),
             current: AtomicUsize::new(workers),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -141,6 +147,7 @@ impl ConcurrencyLimit {
             adaptive: Some(Mutex::new(vegas)),
             debt: AtomicUsize::new(0),
             current: AtomicUsize::new(start),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -150,15 +157,22 @@ impl ConcurrencyLimit {
     }
 
     pub async fn acquire(&self) -> SemaphorePermit<'_> {
-        self.permits
+        let permit = self
+            .permits
             .acquire()
             .await
-            .expect("the limit's semaphore is never closed")
+            .expect("the limit's semaphore is never closed");
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        permit
     }
 
     /// Ends an attempt: returns its permit (or drops it, if the limit shrank) and, when
     /// adaptive, feeds the controller.
     pub fn release(&self, permit: SemaphorePermit<'_>, signal: Signal) {
+        let others_in_flight = self
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
         let owes = self
             .debt
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |debt| {
@@ -175,7 +189,7 @@ impl ConcurrencyLimit {
         };
         // Held until the permits match the new limit, so concurrent releases apply in order.
         let mut controller = vegas.lock().unwrap_or_else(|p| p.into_inner());
-        let new = controller.observe(signal);
+        let new = controller.observe(signal, others_in_flight);
         let old = self.current.swap(new, Ordering::SeqCst);
         if new > old {
             let mut grow = new - old;
@@ -216,7 +230,7 @@ mod tests {
             let mut history = Vec::new();
             for _ in 0..4000 {
                 let limit = vegas.limit();
-                history.push(vegas.observe(Signal::Answered(latency(limit, slots))));
+                history.push(vegas.observe(Signal::Answered(latency(limit, slots)), 0));
             }
             let settled = &history[history.len() - 500..];
             let (low, high) = (
@@ -234,19 +248,28 @@ mod tests {
     #[test]
     fn overload_halves_the_limit_once_per_round_of_attempts() {
         let mut vegas = Vegas::new(16, 64);
-        assert_eq!(vegas.observe(Signal::Overloaded), 8);
+        assert_eq!(vegas.observe(Signal::Overloaded, 15), 8);
         // The other 15 attempts of the same burst were sent under the old limit.
-        for _ in 0..15 {
-            assert_eq!(vegas.observe(Signal::Overloaded), 8);
+        for left in (1..15).rev() {
+            assert_eq!(vegas.observe(Signal::Overloaded, left), 8);
         }
-        assert_eq!(vegas.observe(Signal::Nothing), 8, "the last stale answer");
         assert_eq!(
-            vegas.observe(Signal::Overloaded),
+            vegas.observe(Signal::Nothing, 0),
+            8,
+            "the last stale answer"
+        );
+        assert_eq!(
+            vegas.observe(Signal::Overloaded, 3),
             4,
             "a new round still overloads"
         );
+        // With nothing else in flight (retries wait in backoff without a permit), the next
+        // overload is fresh and counts at once.
+        let mut alone = Vegas::new(64, 64);
+        assert_eq!(alone.observe(Signal::Overloaded, 0), 32);
+        assert_eq!(alone.observe(Signal::Overloaded, 0), 16);
         for _ in 0..500 {
-            vegas.observe(Signal::Overloaded);
+            vegas.observe(Signal::Overloaded, 0);
         }
         assert_eq!(vegas.limit(), 1, "never below one");
     }
@@ -257,13 +280,13 @@ mod tests {
     fn simulated_run(
         slots: usize,
         requests: usize,
-        mut limit: impl FnMut(Duration) -> usize,
+        mut limit: impl FnMut(Duration, usize) -> usize,
     ) -> f64 {
         const SERVICE: f64 = 0.05;
         let mut free_at = vec![0.0f64; slots];
         // (finish, start) of each attempt in flight.
         let mut in_flight: Vec<(f64, f64)> = Vec::new();
-        let (mut now, mut answered, mut allowed) = (0.0f64, 0, limit(Duration::ZERO));
+        let (mut now, mut answered, mut allowed) = (0.0f64, 0, limit(Duration::ZERO, 0));
         while answered < requests {
             while in_flight.len() < allowed {
                 let slot = (0..slots)
@@ -279,7 +302,7 @@ mod tests {
             let (finish, start) = in_flight.swap_remove(next);
             now = finish;
             answered += 1;
-            allowed = limit(Duration::from_secs_f64(finish - start));
+            allowed = limit(Duration::from_secs_f64(finish - start), in_flight.len());
         }
         now
     }
@@ -288,13 +311,13 @@ mod tests {
     fn a_whole_run_from_one_worker_keeps_95_percent_of_the_best_fixed_rate() {
         for slots in [1, 4, 8, 32] {
             let requests = slots * 100;
-            let fixed = simulated_run(slots, requests, |_| slots);
+            let fixed = simulated_run(slots, requests, |_, _| slots);
             let mut vegas = Vegas::new(1, 256);
-            let adaptive = simulated_run(slots, requests, |latency| {
+            let adaptive = simulated_run(slots, requests, |latency, in_flight| {
                 if latency.is_zero() {
                     vegas.limit()
                 } else {
-                    vegas.observe(Signal::Answered(latency))
+                    vegas.observe(Signal::Answered(latency), in_flight)
                 }
             });
             let ratio = fixed / adaptive;
