@@ -34,17 +34,27 @@ pub struct TuneReport {
     pub flat_from_one: bool,
 }
 
-/// Where each step reads its sample: a file is read again at every step (JSONL or Parquet,
-/// shaped by a pipeline as in a run), with the run stopped after the sample's requests;
-/// standard input, which cannot be read twice, has its first `count` non-blank lines kept.
+/// Where each step reads its sample: a regular file is read again at every step (JSONL or
+/// Parquet, shaped by a pipeline as in a run), with the run stopped after the sample's
+/// requests; standard input or a pipe, which can be read only once, has its first `count`
+/// non-blank lines kept.
 pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
-    let stdin = match input {
-        Input::File(_) | Input::Text(_) => return Ok(input.clone()),
-        Input::Stdin => io::stdin().lock(),
+    let reader: Box<dyn BufRead> = match input {
+        Input::Text(_) => return Ok(input.clone()),
+        Input::File(path) if std::fs::metadata(path).is_ok_and(|found| found.is_file()) => {
+            return Ok(input.clone());
+        }
+        Input::File(path) => Box::new(io::BufReader::new(std::fs::File::open(path).map_err(
+            |cause| Error::OpenInput {
+                path: path.clone(),
+                cause,
+            },
+        )?)),
+        Input::Stdin => Box::new(io::stdin().lock()),
     };
     let mut text = String::new();
     let mut kept = 0;
-    for line in stdin.lines() {
+    for line in reader.lines() {
         let line = line.map_err(|cause| Error::ReadInput {
             name: input.name(),
             line: 0,

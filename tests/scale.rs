@@ -282,3 +282,48 @@ fn tune_says_when_the_server_runs_one_request_at_a_time() {
         "6 of the 100 lines at each step"
     );
 }
+
+#[test]
+fn tune_reads_a_named_pipe_once() {
+    let mock = Mock::start(MockConfig {
+        slots: 2,
+        latency: Duration::from_millis(100),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let fifo = dir.path().join("requests.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        // Opening blocks until tune opens the pipe to read it; then the lines go in once.
+        std::thread::spawn(move || std::fs::write(&fifo, chat_lines(100)))
+    };
+    let output = batchflow()
+        .arg("tune")
+        .arg(&fifo)
+        .args(["--backend", &mock.url(), "--sample", "6"])
+        .output()
+        .expect("runs");
+    // tune may close the pipe after its sample, before the writer is done: not a failure.
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (workers, recommended) = tune_table(&stdout);
+    assert!(workers.len() >= 2, "{stdout}");
+    assert!(recommended >= 2, "two slots: {stdout}");
+    assert!(!stdout.contains("OLLAMA_NUM_PARALLEL"), "{stdout}");
+    assert_eq!(
+        mock.server.stats().requests,
+        6 * workers.len() as u64,
+        "the same 6 lines at each step"
+    );
+}

@@ -343,7 +343,14 @@ fn forward(
 ) -> Result<SourceSummary, Error> {
     let mut summary = SourceSummary::default();
     let mut room = BatchedSender::new(items);
-    while let Some(item) = next()? {
+    loop {
+        if options.limit.is_some_and(|limit| summary.sent >= limit) {
+            summary.reached_limit = true;
+            break;
+        }
+        let Some(item) = next()? else {
+            break;
+        };
         if options.shard.is_some_and(|shard| !shard.holds(&item)) {
             continue;
         }
@@ -366,10 +373,6 @@ fn forward(
             break;
         }
         summary.sent += 1;
-        if options.limit.is_some_and(|limit| summary.sent >= limit) {
-            summary.reached_limit = true;
-            break;
-        }
     }
     Ok(summary)
 }
@@ -394,6 +397,11 @@ impl<'a> BatchedSender<'a> {
     /// Fails when the receiver is gone.
     fn send(&mut self, item: SourceItem) -> Result<(), mpsc::error::SendError<()>> {
         loop {
+            // A reserved slot still takes an item after the stage has gone (and drops it), so
+            // the stage's end is checked here, not left to the next reservation.
+            if self.items.is_closed() {
+                return Err(mpsc::error::SendError(()));
+            }
             if let Some(permit) = self.room.as_mut().and_then(Iterator::next) {
                 permit.send(item);
                 return Ok(());
