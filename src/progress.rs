@@ -188,7 +188,12 @@ async fn run_ticker(
             .as_deref()
             .filter(|_| now >= next_file || stopping)
         {
-            if let Err(error) = write_stats_file(path, &snapshot) {
+            // Off the runtime's one thread, which also drives every request.
+            let (target, written) = (path.to_owned(), snapshot.clone());
+            let outcome = tokio::task::spawn_blocking(move || write_stats_file(&target, &written))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+            if let Err(error) = outcome {
                 tracing::warn!("Cannot write the stats file {}: {error}.", path.display());
             }
             next_file = now + STATS_FILE_INTERVAL;
