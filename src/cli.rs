@@ -54,6 +54,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Measure throughput on a sample of the input at 1, 2, 4, 8, … workers until it stops
     /// rising, and recommend --workers (and OLLAMA_NUM_PARALLEL when the server is the limit).
+    /// The input is a JSONL or Parquet file, a pipe, stdin, or a pipeline file (`.toml`: its
+    /// source, template and backend, or --mock).
     Tune(TuneArgs),
     /// Show what a Parquet results file holds (rows done, ok, failed) and whether it is
     /// complete or resumable, without running anything.

@@ -1,6 +1,7 @@
 //! The `batchflow` binary: parse flags, set up logging and the runtime, dispatch to the engine
 //! or the mock server, and map the outcome to an exit code. Everything else is in the library.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::path::Path;
@@ -220,16 +221,53 @@ async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<Exi
 }
 
 async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
-    let mock = match args.run.mock {
-        true => Some(start_mock(8).await?),
-        false => None,
+    let pipeline_file = args.run.input.clone().filter(|path| {
+        path.extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
+    });
+    // Kept alive for the whole measurement.
+    let mut mock = None;
+    let config = match pipeline_file {
+        Some(file) => {
+            let (pipeline, extras) = match batchflow::pipeline::load_checked(&file, &[], env)? {
+                Ok(checked) => checked,
+                Err(problems) => return Ok(report_problems(&file, &problems)),
+            };
+            if args.run.mock || pipeline.backend.mock {
+                mock = Some(start_mock(8).await?);
+            }
+            // The pipeline's own settings, as `run FILE` with no flags would take them.
+            let flags = match Cli::try_parse_from([
+                OsString::from("batchflow"),
+                "run".into(),
+                file.clone().into_os_string(),
+            ])?
+            .command
+            {
+                Some(Command::Run(flags)) => flags,
+                _ => anyhow::bail!("cannot read {} as a pipeline", file.display()),
+            };
+            settings::pipeline_config(
+                &pipeline,
+                &flags,
+                extras,
+                console(log),
+                mock.as_ref().map(MockServer::url),
+                env,
+            )?
+        }
+        None => {
+            if args.run.mock {
+                mock = Some(start_mock(8).await?);
+            }
+            settings::run_config(
+                &args.run,
+                console(log),
+                mock.as_ref().map(MockServer::url),
+                env,
+            )?
+        }
     };
-    let config = settings::run_config(
-        &args.run,
-        console(log),
-        mock.as_ref().map(MockServer::url),
-        env,
-    )?;
     let sample_requests = args.sample.max(1);
     let sample = batchflow::tune::sample(&config.input, sample_requests)?;
     let report = batchflow::tune::tune(&config, sample, sample_requests, args.max_workers).await?;

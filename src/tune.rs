@@ -21,6 +21,7 @@ pub struct TuneStep {
     pub workers: usize,
     pub requests_per_sec: f64,
     pub p50_latency_ms: Option<f64>,
+    /// Failed requests and invalid input lines.
     pub failed: u64,
 }
 
@@ -106,7 +107,7 @@ pub async fn tune(
             workers,
             requests_per_sec: rate,
             p50_latency_ms: report.stats.latency_ms.p50,
-            failed: report.stats.failed,
+            failed: report.stats.failed + report.stats.invalid,
         });
         if rate < best * RISE {
             break;

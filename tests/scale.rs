@@ -327,3 +327,36 @@ fn tune_reads_a_named_pipe_once() {
         "the same 6 lines at each step"
     );
 }
+
+#[test]
+fn tune_takes_a_pipeline_file_and_shapes_its_records() {
+    let pipeline = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/screen.toml");
+    let output = batchflow()
+        .args([
+            "tune",
+            pipeline,
+            "--mock",
+            "--sample",
+            "16",
+            "--max-workers",
+            "8",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (workers, recommended) = tune_table(&stdout);
+    assert_eq!(workers[..3], [1, 2, 4], "{stdout}");
+    assert!(
+        (4..=8).contains(&recommended),
+        "the built-in mock has 8 slots: {stdout}"
+    );
+    for line in stdout.lines().skip(1).take(workers.len()) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            columns.len() == 4 && columns[2].ends_with('s') && columns[3] == "0",
+            "every record became a request the mock answered (a latency, no failures): {line}"
+        );
+    }
+}
