@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::http::{HttpBackend, HttpBackendConfig};
 use crate::backend::pool::BackendPool;
-use crate::backend::preflight::{self, ServerKind};
+use crate::backend::preflight::{self, ModelCatalog, ServerKind};
 use crate::error::{Error, ExitStatus};
 use crate::progress::{Probes, Progress, ProgressConfig};
 use crate::shutdown::Shutdown;
@@ -112,10 +112,10 @@ pub async fn run(
         .collect::<Vec<_>>()
         .join(", ");
     let named_model = config.source.named_model();
-    let mut catalog = None;
+    let mut catalogs = Vec::new();
     let mut ollama = false;
     if config.preflight {
-        for backend in pool.backends() {
+        for (index, backend) in pool.backends().enumerate() {
             let checked = preflight::check(backend).await?;
             let url = backend.base_url();
             match checked.kind() {
@@ -132,9 +132,13 @@ pub async fn run(
                     return Err(checked.missing(url, model));
                 }
             }
-            catalog.get_or_insert(Arc::new(checked));
+            let checked = Arc::new(checked);
+            pool.learn_models(index, Arc::clone(&checked));
+            catalogs.push(checked);
         }
     }
+    // A request's model must be on some backend; the pool sends it to one that has it.
+    let catalog = ModelCatalog::merged(catalogs.iter().map(Arc::as_ref)).map(Arc::new);
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut source_options = config.source.clone();

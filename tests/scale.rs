@@ -360,3 +360,45 @@ fn tune_takes_a_pipeline_file_and_shapes_its_records() {
         );
     }
 }
+
+#[test]
+fn backends_with_different_models_each_get_the_requests_for_theirs() {
+    let serving = |model: &str| {
+        Mock::start(MockConfig {
+            models: vec![model.to_owned()],
+            latency: Duration::from_millis(2),
+            ..MockConfig::default()
+        })
+    };
+    let (llama, qwen) = (serving("llama3.2:latest"), serving("qwen3:8b"));
+    let lines: String = (0..100)
+        .map(|index| {
+            let model = if index % 5 < 3 {
+                "llama3.2"
+            } else {
+                "qwen3:8b"
+            };
+            serde_json::json!({
+                "custom_id": format!("req-{index}"),
+                "method": "POST",
+                "url": "/api/chat",
+                "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_input(dir.path(), &lines);
+    let output = batchflow()
+        .arg(&input)
+        .args(["--backend", &llama.url(), "--backend", &qwen.url()])
+        .args(["--workers", "4"])
+        .output()
+        .expect("runs");
+    let run = parse_output(output);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert_eq!(run.ok_lines().len(), 100, "{}", run.stderr);
+    assert_eq!(llama.server.stats().requests, 60, "llama3.2 requests only");
+    assert_eq!(qwen.server.stats().requests, 40, "qwen3:8b requests only");
+}

@@ -2,15 +2,19 @@
 //! (in-flight requests relative to its own worker limit); a backend whose attempts keep failing
 //! is taken out for a while and the retries land on the others.
 //!
+//! When preflight learned each backend's models, a request goes only to backends that have
+//! its model, so servers holding different models can share one batch.
+//!
 //! With one backend the pool is a thin wrapper, so the stage always talks to a pool.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::http::HttpBackend;
+use super::preflight::ModelCatalog;
 use super::{AttemptFailure, Backend, FailureKind};
 use crate::record::{HttpReply, Request};
 
@@ -39,6 +43,8 @@ struct Member {
     attempts: AtomicU64,
     failures: AtomicU64,
     ejections: AtomicU64,
+    /// What preflight found on this backend; unknown without preflight.
+    models: OnceLock<Arc<ModelCatalog>>,
 }
 
 impl Member {
@@ -51,6 +57,14 @@ impl Member {
 
     fn load(&self) -> f64 {
         self.in_flight.load(Ordering::Relaxed) as f64 / self.limit.max(1) as f64
+    }
+
+    /// Whether this backend can serve `model`, as far as is known.
+    fn serves(&self, model: Option<&str>) -> bool {
+        match (model, self.models.get()) {
+            (Some(model), Some(catalog)) => catalog.has(model),
+            _ => true,
+        }
     }
 }
 
@@ -82,6 +96,7 @@ impl BackendPool {
                 attempts: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 ejections: AtomicU64::new(0),
+                models: OnceLock::new(),
             })
             .collect();
         BackendPool { members }
@@ -89,6 +104,13 @@ impl BackendPool {
 
     pub fn backends(&self) -> impl Iterator<Item = &HttpBackend> {
         self.members.iter().map(|member| &member.backend)
+    }
+
+    /// Records what preflight found on backend `index` (in [`BackendPool::backends`] order).
+    pub fn learn_models(&self, index: usize, models: Arc<ModelCatalog>) {
+        if let Some(member) = self.members.get(index) {
+            let _ = member.models.set(models);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -99,12 +121,20 @@ impl BackendPool {
         self.members.is_empty()
     }
 
-    /// The backend for the next attempt: among those not taken out (all, if every one is),
-    /// those without a failure streak first, then the least loaded.
-    fn pick(&self, now: Instant) -> &Member {
-        let any_available = self.members.iter().any(|member| member.available(now));
+    /// The backend for the next attempt: among those that have `model` (all, if none is known
+    /// to) and are not taken out (all of those, if every one is), those without a failure
+    /// streak first, then the least loaded.
+    fn pick(&self, now: Instant, model: Option<&str>) -> &Member {
+        let any_serves = self.members.iter().any(|member| member.serves(model));
+        let eligible = |member: &&Member| !any_serves || member.serves(model);
+        let any_available = self
+            .members
+            .iter()
+            .filter(eligible)
+            .any(|member| member.available(now));
         self.members
             .iter()
+            .filter(eligible)
             .filter(|member| !any_available || member.available(now))
             .min_by(|a, b| {
                 let streak =
@@ -165,7 +195,7 @@ impl Drop for Busy<'_> {
 
 impl Backend for BackendPool {
     async fn send(&self, request: &Request) -> Result<HttpReply, AttemptFailure> {
-        let member = self.pick(Instant::now());
+        let member = self.pick(Instant::now(), request.model.as_deref());
         member.in_flight.fetch_add(1, Ordering::Relaxed);
         member.attempts.fetch_add(1, Ordering::Relaxed);
         let _busy = Busy(member);

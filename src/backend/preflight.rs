@@ -53,6 +53,22 @@ impl ModelCatalog {
     pub fn kind(&self) -> &ServerKind {
         &self.kind
     }
+
+    /// The models of several servers together: a model is there if any of them has it (an
+    /// untagged name means `:latest` if any of them is Ollama).
+    pub fn merged<'a>(
+        catalogs: impl IntoIterator<Item = &'a ModelCatalog>,
+    ) -> Option<ModelCatalog> {
+        let mut catalogs = catalogs.into_iter();
+        let mut merged = catalogs.next()?.clone();
+        for catalog in catalogs {
+            merged.names.extend(catalog.names.iter().cloned());
+            if let ServerKind::Ollama { .. } = catalog.kind {
+                merged.kind = catalog.kind.clone();
+            }
+        }
+        Some(merged)
+    }
 }
 
 /// Identifies the server and fetches its model list.
@@ -145,5 +161,22 @@ mod tests {
         assert!(!catalog.has("qwen3"));
         let message = catalog.missing("http://h:1", "qwen3").to_string();
         assert!(message.contains("llama3.2:latest, qwen3:8b"), "{message}");
+    }
+
+    #[test]
+    fn merged_catalogs_have_what_any_server_has() {
+        let openai = ModelCatalog {
+            kind: ServerKind::OpenAiCompatible,
+            names: HashSet::from(["gpt-small".to_owned()]),
+        };
+        let ollama = ModelCatalog {
+            kind: ServerKind::Ollama {
+                version: "0".into(),
+            },
+            names: HashSet::from(["llama3.2:latest".to_owned()]),
+        };
+        let merged = ModelCatalog::merged([&openai, &ollama]).expect("two catalogs");
+        assert!(merged.has("gpt-small") && merged.has("llama3.2") && !merged.has("qwen3"));
+        assert!(ModelCatalog::merged([]).is_none());
     }
 }
