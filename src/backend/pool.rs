@@ -125,6 +125,9 @@ impl BackendPool {
     /// to) and are not taken out (all of those, if every one is), those without a failure
     /// streak first, then the least loaded.
     fn pick(&self, now: Instant, model: Option<&str>) -> &Member {
+        if let [only] = self.members.as_slice() {
+            return only;
+        }
         let any_serves = self.members.iter().any(|member| member.serves(model));
         let eligible = |member: &&Member| !any_serves || member.serves(model);
         let any_available = self
