@@ -16,14 +16,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use batchflow::mock::MockConfig;
 use batchflow::sink::checkpoint;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, Run, batchflow, chat_line, parse_output};
+use support::{Mock, ResultRow, Run, batchflow, chat_line, parse_output, result_rows};
 
 fn fast_mock() -> Mock {
     Mock::start(MockConfig {
@@ -41,45 +39,6 @@ fn corpus_file(name: &str) -> PathBuf {
 
 fn utf8(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
-}
-
-/// One row of a results file: custom_id, request_line, error_code.
-type ResultRow = (Option<String>, i64, Option<String>);
-
-/// The rows of a results file, read with the parquet crate alone, sorted by request_line.
-fn result_rows(path: &Path) -> Vec<ResultRow> {
-    let file = File::open(path).expect("the results file exists");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("the results file is Parquet")
-        .build()
-        .expect("a reader");
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.expect("a readable batch");
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap_or_else(|| panic!("the results have a {name} column"))
-                .clone()
-        };
-        let (ids, lines, codes) = (
-            column("custom_id"),
-            column("request_line"),
-            column("error_code"),
-        );
-        let (ids, lines, codes) = (
-            ids.as_string::<i32>(),
-            lines.as_primitive::<Int64Type>(),
-            codes.as_string::<i32>(),
-        );
-        for index in 0..batch.num_rows() {
-            let text =
-                |array: &StringArray| array.is_valid(index).then(|| array.value(index).to_owned());
-            rows.push((text(ids), lines.value(index), text(codes)));
-        }
-    }
-    rows.sort();
-    rows
 }
 
 /// An input line (or Parquet row) that must be refused, and how.
@@ -278,11 +237,13 @@ impl Case {
         expected_rows.sort();
         if !results.exists() {
             problems.push("no results file".into());
-        } else if result_rows(&results) != expected_rows {
-            problems.push(format!(
-                "results file rows {:?}, expected {expected_rows:?}",
-                result_rows(&results)
-            ));
+        } else {
+            let rows = result_rows(&results);
+            if rows != expected_rows {
+                problems.push(format!(
+                    "results file rows {rows:?}, expected {expected_rows:?}"
+                ));
+            }
         }
         let sent = mock.server.stats().requests;
         if sent != self.ok.len() as u64 {

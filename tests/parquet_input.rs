@@ -11,14 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray};
 use arrow_schema::{DataType, Field};
 use batchflow::mock::MockConfig;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, Run, batchflow, parse_output};
+use support::{Mock, Run, batchflow, parse_output, result_rows};
 
 fn fast_mock() -> Mock {
     Mock::start(MockConfig {
@@ -77,42 +74,6 @@ fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
     .expect("columns of equal length")
 }
 
-/// Rows of a results file: custom_id, request_line and error_code.
-fn read_results(path: &Path) -> Vec<(Option<String>, i64, Option<String>)> {
-    let file = File::open(path).expect("the results file exists");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("the results file is Parquet")
-        .build()
-        .expect("a reader");
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.expect("a readable batch");
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap_or_else(|| panic!("the results have a {name} column"))
-                .clone()
-        };
-        let (ids, lines, codes) = (
-            column("custom_id"),
-            column("request_line"),
-            column("error_code"),
-        );
-        let (ids, lines, codes) = (
-            ids.as_string::<i32>(),
-            lines.as_primitive::<Int64Type>(),
-            codes.as_string::<i32>(),
-        );
-        for index in 0..batch.num_rows() {
-            let text = |array: &StringArray| {
-                (!array.is_null(index)).then(|| array.value(index).to_owned())
-            };
-            rows.push((text(ids), lines.value(index), text(codes)));
-        }
-    }
-    rows
-}
-
 #[test]
 fn a_hundred_thousand_rows_give_a_hundred_thousand_results_with_the_same_ids() {
     const ROWS: usize = 100_000;
@@ -140,7 +101,7 @@ fn a_hundred_thousand_rows_give_a_hundred_thousand_results_with_the_same_ids() {
         output.to_str().expect("a UTF-8 temp path"),
     ]);
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
-    let results = read_results(&output);
+    let results = result_rows(&output);
     assert_eq!(results.len(), ROWS);
     let ids: HashSet<String> = results
         .iter()
@@ -252,7 +213,7 @@ fn resuming_sends_only_the_rows_without_results_and_keeps_invalid_rows_once() {
     );
 
     assert_eq!(mock.server.stats().succeeded, 399);
-    let results = read_results(&output);
+    let results = result_rows(&output);
     assert_eq!(results.len(), 400);
     let invalid: Vec<_> = results.iter().filter(|(id, _, _)| id.is_none()).collect();
     assert_eq!(

@@ -4,11 +4,16 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, StringArray};
 use batchflow::mock::{MockConfig, MockServer};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
 /// A mock server with the runtime that drives it; both live as long as this value.
@@ -159,4 +164,43 @@ pub fn parse_output(output: std::process::Output) -> Run {
         stdout,
         stderr,
     }
+}
+
+/// One row of a results file: custom_id, request_line, error_code.
+pub type ResultRow = (Option<String>, i64, Option<String>);
+
+/// The rows of a results file, read with the parquet crate alone (no batchflow code), sorted.
+pub fn result_rows(path: &Path) -> Vec<ResultRow> {
+    let file = File::open(path).expect("the results file exists");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("the results file is Parquet")
+        .build()
+        .expect("a reader");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("a readable batch");
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("the results have a {name} column"))
+                .clone()
+        };
+        let (ids, lines, codes) = (
+            column("custom_id"),
+            column("request_line"),
+            column("error_code"),
+        );
+        let (ids, lines, codes) = (
+            ids.as_string::<i32>(),
+            lines.as_primitive::<Int64Type>(),
+            codes.as_string::<i32>(),
+        );
+        for index in 0..batch.num_rows() {
+            let text =
+                |array: &StringArray| array.is_valid(index).then(|| array.value(index).to_owned());
+            rows.push((text(ids), lines.value(index), text(codes)));
+        }
+    }
+    rows.sort();
+    rows
 }
