@@ -154,8 +154,16 @@ fn shards_partition_an_input_exactly() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
-/// The table's worker counts and the recommendation, from `tune`'s standard output.
-fn tune_table(stdout: &str) -> (Vec<u64>, u64) {
+/// `tune`'s standard output, the table's worker counts and the recommendation, once it has
+/// exited 0.
+fn tune_report(output: &std::process::Output) -> (String, Vec<u64>, u64) {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let workers = stdout
         .lines()
         .skip(1)
@@ -166,7 +174,7 @@ fn tune_table(stdout: &str) -> (Vec<u64>, u64) {
         .find_map(|line| line.strip_prefix("Recommended: --workers "))
         .and_then(|count| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("no recommendation in {stdout}"));
-    (workers, recommended)
+    (stdout, workers, recommended)
 }
 
 #[test]
@@ -220,10 +228,7 @@ fn tune_finds_the_slots_reading_only_its_sample_of_a_parquet_input() {
         ])
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let (workers, recommended) = tune_table(&stdout);
+    let (stdout, workers, recommended) = tune_report(&output);
     assert_eq!(workers[..3], [1, 2, 4], "{stdout}");
     assert!(
         workers.len() <= 5,
@@ -265,14 +270,7 @@ fn tune_says_when_the_server_runs_one_request_at_a_time() {
         .expect("the input fits the pipe");
     drop(stdin);
     let output = child.wait_with_output().expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (workers, recommended) = tune_table(&stdout);
+    let (stdout, workers, recommended) = tune_report(&output);
     assert!(workers == [1, 2] || workers == [1, 2, 4], "{stdout}");
     assert!(recommended <= 2, "{stdout}");
     assert!(stdout.contains("OLLAMA_NUM_PARALLEL"), "{stdout}");
@@ -310,14 +308,7 @@ fn tune_reads_a_named_pipe_once() {
         .expect("runs");
     // tune may close the pipe after its sample, before the writer is done: not a failure.
     let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (workers, recommended) = tune_table(&stdout);
+    let (stdout, workers, recommended) = tune_report(&output);
     assert!(workers.len() >= 2, "{stdout}");
     assert!(recommended >= 2, "two slots: {stdout}");
     assert!(!stdout.contains("OLLAMA_NUM_PARALLEL"), "{stdout}");
@@ -343,10 +334,7 @@ fn tune_takes_a_pipeline_file_and_shapes_its_records() {
         ])
         .output()
         .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let (workers, recommended) = tune_table(&stdout);
+    let (stdout, workers, recommended) = tune_report(&output);
     assert_eq!(workers[..3], [1, 2, 4], "{stdout}");
     assert!(
         (4..=8).contains(&recommended),
