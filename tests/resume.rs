@@ -15,7 +15,7 @@ use arrow_array::cast::AsArray;
 use batchflow::mock::MockConfig;
 use batchflow::sink::checkpoint::{self, marker_path};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, batchflow, chat_line, chat_lines, write_input};
+use support::{Mock, Run, batchflow, chat_line, chat_lines, parse_output, write_input};
 
 /// Every value of a string column, read back with the parquet crate as an analyst's tool would
 /// (no batchflow code involved).
@@ -63,6 +63,15 @@ fn start(input: &Path, output: &Path, mock: &Mock, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts")
+}
+
+/// A whole run of [`start`], to its exit.
+fn run_to_end(input: &Path, output: &Path, mock: &Mock, extra: &[&str]) -> Run {
+    parse_output(
+        start(input, output, mock, extra)
+            .wait_with_output()
+            .expect("runs"),
+    )
 }
 
 /// Waits (bounded) until the results file holds more durable rows than `than`, so a kill that
@@ -131,15 +140,8 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
         durable > 0 && durable < count as u64,
         "the kills landed mid-run ({durable} rows)"
     );
-    let finish = start(&input, &output, &mock, &["--resume"])
-        .wait_with_output()
-        .expect("finishes");
-    assert_eq!(
-        finish.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&finish.stderr)
-    );
+    let finish = run_to_end(&input, &output, &mock, &["--resume"]);
+    assert_eq!(finish.code(), Some(0), "{}", finish.stderr);
     let statuses = statuses(&output);
     assert_eq!(statuses.len(), count);
     for index in 0..count {
@@ -208,26 +210,17 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
         .set_len(existing.data_end / 2)
         .expect("cut");
     let before = sha(&damaged);
-    let refused = start(&input, &damaged, &mock, &["--resume"])
-        .wait_with_output()
-        .expect("exits");
-    assert_eq!(refused.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let refused = run_to_end(&input, &damaged, &mock, &["--resume"]);
+    assert_eq!(refused.code(), Some(2));
+    let stderr = refused.stderr;
     assert!(
         stderr.contains("cannot be resumed") && stderr.contains("damaged.parquet"),
         "{stderr}"
     );
     assert_eq!(sha(&damaged), before, "a damaged file is never overwritten");
 
-    let finish = start(&input, &output, &mock, &["--resume"])
-        .wait_with_output()
-        .expect("finishes");
-    assert_eq!(
-        finish.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&finish.stderr)
-    );
+    let finish = run_to_end(&input, &output, &mock, &["--resume"]);
+    assert_eq!(finish.code(), Some(0), "{}", finish.stderr);
     assert_eq!(statuses(&output).len(), count);
 }
 
@@ -252,38 +245,22 @@ fn retry_errors_resends_failed_requests_and_keeps_only_their_new_rows() {
     let input = write_input(dir.path(), &(lines.join("\n") + "\n"));
     let output = dir.path().join("results.parquet");
     let args = ["--retries", "3", "--retry-base", "1ms"];
-    let first = start(&input, &output, &mock, &args)
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(
-        first.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    let first = run_to_end(&input, &output, &mock, &args);
+    assert_eq!(first.code(), Some(1), "{}", first.stderr);
     let before = statuses(&output);
     assert_eq!(
         before.values().filter(|status| *status == "error").count(),
         5
     );
 
-    let plain_resume = start(&input, &output, &mock, &["--resume"])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(plain_resume.status.code(), Some(0));
+    let plain_resume = run_to_end(&input, &output, &mock, &["--resume"]);
+    assert_eq!(plain_resume.code(), Some(0));
     assert_eq!(statuses(&output), before, "--resume alone keeps error rows");
 
     let mut retry_args = args.to_vec();
     retry_args.extend(["--resume", "--retry-errors"]);
-    let retried = start(&input, &output, &mock, &retry_args)
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(
-        retried.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&retried.stderr)
-    );
+    let retried = run_to_end(&input, &output, &mock, &retry_args);
+    assert_eq!(retried.code(), Some(0), "{}", retried.stderr);
     let after = statuses(&output);
     assert_eq!(after.len(), 45, "one row per custom_id");
     assert!(after.values().all(|status| status == "ok"), "{after:?}");
@@ -351,26 +328,20 @@ fn an_existing_output_is_never_touched_without_resume_or_overwrite() {
     let dir = tempfile::tempdir().expect("dir");
     let input = write_input(dir.path(), &chat_lines(20));
     let output = dir.path().join("results.parquet");
-    let first = start(&input, &output, &mock, &[])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(first.status.code(), Some(0));
+    let first = run_to_end(&input, &output, &mock, &[]);
+    assert_eq!(first.code(), Some(0));
     let before = sha(&output);
-    let again = start(&input, &output, &mock, &[])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(again.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&again.stderr);
+    let again = run_to_end(&input, &output, &mock, &[]);
+    assert_eq!(again.code(), Some(2));
+    let stderr = again.stderr;
     assert!(
         stderr.contains("--resume") && stderr.contains("--overwrite"),
         "{stderr}"
     );
     assert_eq!(sha(&output), before, "unchanged");
     let requests_before = mock.server.stats().requests;
-    let overwritten = start(&input, &output, &mock, &["--overwrite"])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(overwritten.status.code(), Some(0));
+    let overwritten = run_to_end(&input, &output, &mock, &["--overwrite"]);
+    assert_eq!(overwritten.code(), Some(0));
     assert_eq!(mock.server.stats().requests, requests_before + 20);
     assert_eq!(statuses(&output).len(), 20);
 }
@@ -381,10 +352,8 @@ fn resuming_with_a_different_input_is_reported() {
     let dir = tempfile::tempdir().expect("dir");
     let output = dir.path().join("results.parquet");
     let first_input = write_input(dir.path(), &chat_lines(10));
-    let first = start(&first_input, &output, &mock, &[])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(first.status.code(), Some(0));
+    let first = run_to_end(&first_input, &output, &mock, &[]);
+    assert_eq!(first.code(), Some(0));
     let other = dir.path().join("other.jsonl");
     std::fs::write(
         &other,
@@ -393,11 +362,9 @@ fn resuming_with_a_different_input_is_reported() {
             .collect::<String>(),
     )
     .expect("write");
-    let resumed = start(&other, &output, &mock, &["--resume"])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(resumed.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    let resumed = run_to_end(&other, &output, &mock, &["--resume"]);
+    assert_eq!(resumed.code(), Some(0));
+    let stderr = resumed.stderr;
     assert!(stderr.contains("not in this input: 10"), "{stderr}");
 }
 
@@ -449,15 +416,8 @@ fn long_replies_cut_row_groups_by_size_before_the_row_count() {
         .collect();
     let input = write_input(dir.path(), &lines);
     let output = dir.path().join("results.parquet");
-    let run = start(&input, &output, &mock, &["--quiet", "--workers", "4"])
-        .wait_with_output()
-        .expect("runs");
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run = run_to_end(&input, &output, &mock, &["--quiet", "--workers", "4"]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
     let file = File::open(&output).expect("results file");
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("readable");
     let groups: Vec<i64> = reader
