@@ -12,13 +12,14 @@ use batchflow::cli::{
     Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
     ValidateArgs,
 };
-use batchflow::config::JsonlTarget;
+use batchflow::config::{JsonlTarget, Pipeline};
 use batchflow::engine::{self, RunConfig, RunReport};
 use batchflow::error::ExitStatus;
 use batchflow::mock::{MockConfig, MockServer};
 use batchflow::progress;
 use batchflow::settings;
 use batchflow::shutdown::Shutdown;
+use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
 use clap::Parser;
 
@@ -173,23 +174,65 @@ fn report_problems(file: &Path, problems: &[String]) -> ExitStatus {
     ExitStatus::Error
 }
 
-async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+/// A pipeline file resolved into a run, with the built-in mock it asked for (kept alive by
+/// the caller for the run's length).
+struct PipelineRun {
+    config: RunConfig,
+    pipeline: Pipeline,
+    extras: ExtraColumns,
+    _mock: Option<MockServer>,
+}
+
+/// Loads and checks `args.file` and resolves it with `args`; problems with the file are
+/// printed and come back as the exit status. When the file or --mock asks for the built-in
+/// mock, `mock_slots` sizes it, or says not to start it.
+async fn pipeline_run(
+    args: &PipelineRunArgs,
+    log: LogArgs,
+    mock_slots: impl FnOnce(&Pipeline) -> Option<u32>,
+) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
     let (pipeline, extras) = match batchflow::pipeline::load_checked(&args.file, &args.set, env)? {
         Ok(checked) => checked,
-        Err(problems) => return Ok(report_problems(&args.file, &problems)),
+        Err(problems) => return Ok(Err(report_problems(&args.file, &problems))),
     };
-    let mock = match (args.mock || pipeline.backend.mock) && !args.dry_run {
-        true => Some(start_mock(pipeline.workers.map_or(8, |workers| workers.count_or(8))).await?),
-        false => None,
+    let slots = (args.mock || pipeline.backend.mock)
+        .then(|| mock_slots(&pipeline))
+        .flatten();
+    let mock = match slots {
+        Some(slots) => Some(start_mock(slots).await?),
+        None => None,
     };
     let config = settings::pipeline_config(
         &pipeline,
-        &args,
+        args,
         extras.clone(),
         console(log),
         mock.as_ref().map(MockServer::url),
         env,
     )?;
+    Ok(Ok(PipelineRun {
+        config,
+        pipeline,
+        extras,
+        _mock: mock,
+    }))
+}
+
+async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let run = match pipeline_run(&args, log, |pipeline| {
+        (!args.dry_run).then(|| pipeline.workers.map_or(8, |workers| workers.count_or(8)))
+    })
+    .await?
+    {
+        Ok(run) => run,
+        Err(status) => return Ok(status),
+    };
+    let PipelineRun {
+        config,
+        pipeline,
+        extras,
+        _mock,
+    } = run;
     if args.dry_run {
         print!("{}", batchflow::pipeline::dry_run(config, &extras).await?);
         return Ok(ExitStatus::Success);
@@ -226,44 +269,33 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
             .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
     });
     // Kept alive for the whole measurement.
-    let mut mock = None;
+    let mut _mock = None;
     let config = match pipeline_file {
         Some(file) => {
-            let (pipeline, extras) = match batchflow::pipeline::load_checked(&file, &[], env)? {
-                Ok(checked) => checked,
-                Err(problems) => return Ok(report_problems(&file, &problems)),
-            };
-            if args.run.mock || pipeline.backend.mock {
-                mock = Some(start_mock(8).await?);
+            // The pipeline's own settings, as `run FILE [--mock]` would take them.
+            let mut words = vec![OsString::from("batchflow"), "run".into(), file.into()];
+            if args.run.mock {
+                words.push("--mock".into());
             }
-            // The pipeline's own settings, as `run FILE` with no flags would take them.
-            let flags = match Cli::try_parse_from([
-                OsString::from("batchflow"),
-                "run".into(),
-                file.clone().into_os_string(),
-            ])?
-            .command
-            {
-                Some(Command::Run(flags)) => flags,
-                _ => anyhow::bail!("cannot read {} as a pipeline", file.display()),
+            let Some(Command::Run(flags)) = Cli::try_parse_from(words)?.command else {
+                anyhow::bail!("cannot read the pipeline file's path");
             };
-            settings::pipeline_config(
-                &pipeline,
-                &flags,
-                extras,
-                console(log),
-                mock.as_ref().map(MockServer::url),
-                env,
-            )?
+            match pipeline_run(&flags, log, |_| Some(8)).await? {
+                Ok(run) => {
+                    _mock = run._mock;
+                    run.config
+                }
+                Err(status) => return Ok(status),
+            }
         }
         None => {
             if args.run.mock {
-                mock = Some(start_mock(8).await?);
+                _mock = Some(start_mock(8).await?);
             }
             settings::run_config(
                 &args.run,
                 console(log),
-                mock.as_ref().map(MockServer::url),
+                _mock.as_ref().map(MockServer::url),
                 env,
             )?
         }
