@@ -108,8 +108,13 @@ pub enum ResultsError {
 
 /// The sidecar marker's path for a results file.
 pub fn marker_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".checkpoint")
+}
+
+/// `path` with `suffix` added to its file name: a sibling in the same folder.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".checkpoint");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -420,9 +425,7 @@ fn read_marker(path: &Path) -> Result<Option<Marker>, ResultsError> {
 
 /// Replaces the marker atomically: a reader sees the old one or the new one, never a mix.
 fn write_marker(path: &Path, data_end: u64, footer: &[u8]) -> Result<(), ResultsError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = with_suffix(path, ".tmp");
     let mut bytes = Vec::with_capacity(24 + footer.len());
     bytes.extend_from_slice(MARKER_MAGIC);
     bytes.extend_from_slice(&data_end.to_le_bytes());
@@ -763,9 +766,7 @@ pub fn drop_error_rows(
     codec: Codec,
 ) -> Result<u64, ResultsError> {
     let schema = existing.schema(path)?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".rewrite");
-    let temporary = PathBuf::from(temporary);
+    let temporary = with_suffix(path, ".rewrite");
     let mut writer = ResultsWriter::create(&temporary, Arc::clone(&schema), true, codec)?;
     let mut dropped = 0;
     for batch in existing.reader(path, &[])? {
