@@ -21,8 +21,8 @@ use crate::source::{self, Input, InputSize, Shard, SourceOptions, SourceSummary}
 use crate::stage::{self, StageConfig};
 use crate::stats::{RunStats, StatsSnapshot};
 
-/// Items buffered between the source thread and the stage. Enough to smooth bursts; small enough that
-/// memory does not depend on the input's length.
+/// Items buffered between the source thread and the stage. Enough to smooth bursts; small
+/// enough that memory does not depend on the input's length.
 const CHANNEL_CAPACITY: usize = 1024;
 
 /// Outcome batches waiting for the writer thread.

@@ -150,12 +150,11 @@ pub async fn run<B: Backend>(
             let context = Arc::clone(&context);
             async move { context.process(item).await }
         });
-    let results: BoxStream<'static, (Outcome, Option<Error>)> = if config.ordered {
+    let mut results: BoxStream<'static, (Outcome, Option<Error>)> = if config.ordered {
         requests.buffered(config.window()).boxed()
     } else {
         requests.buffer_unordered(config.window()).boxed()
     };
-    let mut results = results.fuse();
     let mut aborting = pin!(shutdown.aborting());
     let mut report = StageReport::default();
     // Finished outcomes not yet handed to the sink thread.
