@@ -124,7 +124,7 @@ pub struct ConcurrencyLimit {
     /// Permits to drop as they come back, after the limit shrank below those in use.
     debt: AtomicUsize,
     current: AtomicUsize,
-    /// Attempts holding a permit.
+    /// Attempts holding a permit (counted when adaptive, for the controller).
     in_flight: AtomicUsize,
 }
 
@@ -162,17 +162,15 @@ impl ConcurrencyLimit {
             .acquire()
             .await
             .expect("the limit's semaphore is never closed");
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.adaptive.is_some() {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
         permit
     }
 
     /// Ends an attempt: returns its permit (or drops it, if the limit shrank) and, when
     /// adaptive, feeds the controller.
     pub fn release(&self, permit: SemaphorePermit<'_>, signal: Signal) {
-        let others_in_flight = self
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst)
-            .saturating_sub(1);
         let owes = self
             .debt
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |debt| {
@@ -187,6 +185,10 @@ impl ConcurrencyLimit {
         let Some(vegas) = &self.adaptive else {
             return;
         };
+        let others_in_flight = self
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
         // Held until the permits match the new limit, so concurrent releases apply in order.
         let mut controller = vegas.lock().unwrap_or_else(|p| p.into_inner());
         let new = controller.observe(signal, others_in_flight);
