@@ -4,18 +4,18 @@
 mod support;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray};
+use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field};
 use batchflow::mock::MockConfig;
-use parquet::arrow::ArrowWriter;
-use support::{Mock, Run, batchflow, parse_output, result_rows};
+use support::{
+    Mock, Run, batchflow, parse_output, result_rows, strings, text_body_batch, write_parquet,
+};
 
 fn fast_mock() -> Mock {
     Mock::start(MockConfig {
@@ -34,44 +34,8 @@ fn run(args: &[&str]) -> Run {
     parse_output(output)
 }
 
-fn strings<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<StringArray>())
-}
-
-/// Writes `batches` (all with the first one's schema) as one Parquet file.
-fn write_parquet(path: &Path, batches: impl IntoIterator<Item = RecordBatch>) {
-    let mut batches = batches.into_iter().peekable();
-    let schema = batches.peek().expect("at least one batch").schema();
-    let file = File::create(path).expect("create the input");
-    let mut writer = ArrowWriter::try_new(file, schema, None).expect("a Parquet writer");
-    for batch in batches {
-        writer.write(&batch).expect("write a batch");
-    }
-    writer.close().expect("close the input");
-}
-
 fn request_id(index: usize) -> String {
     format!("req-{index}")
-}
-
-/// Generate requests for `ids`, `body` as JSON text; `None` leaves a row's custom_id null.
-fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
-    let bodies: Vec<String> = (0..ids.len())
-        .map(|index| {
-            serde_json::json!({"model": "llama3.2", "prompt": format!("question {index}")})
-                .to_string()
-        })
-        .collect();
-    RecordBatch::try_from_iter([
-        ("custom_id", strings(ids.iter().map(Option::as_deref))),
-        ("method", strings(ids.iter().map(|_| Some("POST")))),
-        ("url", strings(ids.iter().map(|_| Some("/api/generate")))),
-        (
-            "body",
-            strings(bodies.iter().map(|body| Some(body.as_str()))),
-        ),
-    ])
-    .expect("columns of equal length")
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use batchflow::mock::MockConfig;
 use batchflow::mock::faults::FaultRates;
 use batchflow::stats::StatsSnapshot;
-use support::{Mock, batchflow, chat_lines, parse_output, write_input};
+use support::{
+    Mock, batchflow, chat_lines, parse_output, text_body_batch, write_input, write_parquet,
+};
 
 #[test]
 fn auto_workers_climb_to_the_slots_and_back_off_on_server_busy() {
@@ -179,41 +181,15 @@ fn tune_report(output: &std::process::Output) -> (String, Vec<u64>, u64) {
 
 #[test]
 fn tune_finds_the_slots_reading_only_its_sample_of_a_parquet_input() {
-    use std::sync::Arc;
-
-    use arrow_array::{ArrayRef, RecordBatch, StringArray};
-
     let mock = Mock::start(MockConfig {
         slots: 4,
         latency: Duration::from_millis(50),
         ..MockConfig::default()
     });
     let dir = tempfile::tempdir().expect("dir");
-    let rows = 500;
-    let column = |values: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(values)) };
-    let batch = RecordBatch::try_from_iter([
-        (
-            "custom_id",
-            column((0..rows).map(|i| format!("row-{i}")).collect()),
-        ),
-        ("method", column(vec!["POST".into(); rows])),
-        ("url", column(vec!["/api/generate".into(); rows])),
-        (
-            "body",
-            column(
-                (0..rows)
-                    .map(|i| format!(r#"{{"model":"llama3.2","prompt":"question {i}"}}"#))
-                    .collect(),
-            ),
-        ),
-    ])
-    .expect("columns");
+    let ids: Vec<Option<String>> = (0..500).map(|i| Some(format!("row-{i}"))).collect();
     let input = dir.path().join("requests.parquet");
-    let file = std::fs::File::create(&input).expect("create");
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
-    writer.write(&batch).expect("write");
-    writer.close().expect("close");
+    write_parquet(&input, [text_body_batch(&ids)]);
 
     let output = batchflow()
         .arg("tune")

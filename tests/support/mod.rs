@@ -8,11 +8,13 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use batchflow::mock::{MockConfig, MockServer};
+use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
@@ -203,4 +205,41 @@ pub fn result_rows(path: &Path) -> Vec<ResultRow> {
     }
     rows.sort();
     rows
+}
+
+/// A string column.
+pub fn strings<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.into_iter().collect::<StringArray>())
+}
+
+/// Writes `batches` (all with the first one's schema) as one Parquet file.
+pub fn write_parquet(path: &Path, batches: impl IntoIterator<Item = RecordBatch>) {
+    let mut batches = batches.into_iter().peekable();
+    let schema = batches.peek().expect("at least one batch").schema();
+    let file = File::create(path).expect("create the input");
+    let mut writer = ArrowWriter::try_new(file, schema, None).expect("a Parquet writer");
+    for batch in batches {
+        writer.write(&batch).expect("write a batch");
+    }
+    writer.close().expect("close the input");
+}
+
+/// Generate requests for `ids`, `body` as JSON text; `None` leaves a row's custom_id null.
+pub fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
+    let bodies: Vec<String> = (0..ids.len())
+        .map(|index| {
+            serde_json::json!({"model": "llama3.2", "prompt": format!("question {index}")})
+                .to_string()
+        })
+        .collect();
+    RecordBatch::try_from_iter([
+        ("custom_id", strings(ids.iter().map(Option::as_deref))),
+        ("method", strings(ids.iter().map(|_| Some("POST")))),
+        ("url", strings(ids.iter().map(|_| Some("/api/generate")))),
+        (
+            "body",
+            strings(bodies.iter().map(|body| Some(body.as_str()))),
+        ),
+    ])
+    .expect("columns of equal length")
 }
