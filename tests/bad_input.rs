@@ -13,15 +13,14 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, RecordBatch};
 use batchflow::mock::MockConfig;
 use batchflow::sink::checkpoint;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, ResultRow, Run, batchflow, chat_line, parse_output, result_rows};
+use support::{Mock, ResultRow, Run, batchflow, chat_line, parse_output, result_rows, strings};
 
 fn fast_mock() -> Mock {
     Mock::start(MockConfig {
@@ -552,10 +551,6 @@ fn a_json_error_message_names_only_the_input_line() {
             assert_eq!(message.matches("line").count(), 1, "{name}: {message}");
         }
     }
-}
-
-fn strings<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<StringArray>())
 }
 
 fn parquet_bytes(columns: Vec<(&str, ArrayRef)>) -> Vec<u8> {

@@ -15,9 +15,8 @@ use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use batchflow::mock::MockConfig;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, batchflow, chat_lines, parse_output};
+use support::{Mock, batchflow, chat_lines, parse_output, write_parquet};
 
 fn pipelines_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
@@ -164,12 +163,7 @@ fn write_candidates(path: &Path, count: usize) {
         ("years", Arc::new(years)),
         ("summary", Arc::new(StringArray::from(summaries))),
     ];
-    let batch = RecordBatch::try_from_iter(columns).expect("batch");
-    let mut writer =
-        ArrowWriter::try_new(File::create(path).expect("create"), batch.schema(), None)
-            .expect("writer");
-    writer.write(&batch).expect("write");
-    writer.close().expect("close");
+    write_parquet(path, [RecordBatch::try_from_iter(columns).expect("batch")]);
 }
 
 fn read_results(path: &Path) -> Vec<RecordBatch> {
