@@ -3,13 +3,13 @@
 //! checks as a request line.
 //!
 //! Prompts are templates with `{{column}}` placeholders. The `custom_id` comes from a chosen
-//! column, or is derived from the record's content so that it is stable across runs (resume
-//! needs that).
+//! column, or is derived from the record's content so that it is stable across runs, versions
+//! and machines (resume needs that); the private `content_id` specifies how.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Number, Value, json};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::schema::OutputSchema;
 
@@ -214,11 +214,118 @@ impl RecordShape {
     }
 }
 
-/// A custom_id from the record's content: the same record gives the same id on every run.
+/// The seed of [`content_id`]'s hash: the ASCII bytes of `batchflw` read as a big-endian
+/// `u64`, `0x6261_7463_6866_6c77`. Changing it changes every derived custom_id.
+const CONTENT_ID_SEED: u64 = u64::from_be_bytes(*b"batchflw");
+
+/// A custom_id from the record's content: the same record gives the same id on every run,
+/// version, toolchain and machine. This is the reference for the format; it must never change,
+/// since checkpoints and earlier results name records by it.
+///
+/// The id is `rec-` followed by the 16 lowercase hex digits (zero-padded) of the 64-bit
+/// XXH3 hash (`xxh3_64_with_seed`) of the record's encoding, with seed `0x6261746368666c77`
+/// (the ASCII bytes of `batchflw` read big-endian). The encoding is binary: each value is a
+/// one-byte tag and a body; every length, count and number is 8 bytes big-endian (integers in
+/// two's complement, lengths and counts as `u64`).
+///
+/// | value | tag | body |
+/// | --- | --- | --- |
+/// | `null` | `0x00` | none |
+/// | `false` / `true` | `0x01` / `0x02` | none |
+/// | integer that fits `i64` | `0x03` | the `i64` |
+/// | integer that fits `u64`, not `i64` | `0x04` | the `u64` |
+/// | any other number | `0x05` | the IEEE-754 binary64 bits of the nearest `f64` |
+/// | string | `0x06` | the UTF-8 byte length, the UTF-8 bytes |
+/// | array | `0x07` | the element count, each element's encoding in order |
+/// | object | `0x08` | the member count, then per member: key length, key bytes, value |
+///
+/// A number is an integer when its JSON text has no `.`, `e` or `E`; so `1.0` and `1e2` are
+/// floats (`0x05`), `1.5` and `1.50` encode alike, `-0` is the integer 0 while `-0.0` keeps its
+/// sign bit, and an integer beyond both `i64` and `u64` becomes the nearest `f64` (±infinity
+/// past its range). Object members are written in ascending byte order of their keys, whatever
+/// their order in the input, and members whose value is `null` are left out (and not counted),
+/// at every depth: a record with a null column and one lacking that column get the same id
+/// (Parquet rows arrive without their null columns). Nulls inside arrays are kept.
+///
+/// For example `{}` encodes as `08 0000000000000000`, and `{"a":[true],"b":null}` as
+/// `08 0000000000000001 | 0000000000000001 61 | 07 0000000000000001 02`.
 fn content_id(record: &Map<String, Value>) -> String {
-    let mut hasher = DefaultHasher::new();
-    Value::Object(record.clone()).to_string().hash(&mut hasher);
-    format!("rec-{:016x}", hasher.finish())
+    let mut encoding = Vec::new();
+    encode_object(record, &mut encoding);
+    format!("rec-{:016x}", xxh3_64_with_seed(&encoding, CONTENT_ID_SEED))
+}
+
+/// Appends the encoding of one value, as [`content_id`] specifies.
+fn encode_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(0x00),
+        Value::Bool(false) => out.push(0x01),
+        Value::Bool(true) => out.push(0x02),
+        Value::Number(number) => encode_number(number, out),
+        Value::String(text) => {
+            out.push(0x06);
+            encode_bytes(text.as_bytes(), out);
+        }
+        Value::Array(elements) => {
+            out.push(0x07);
+            encode_len(elements.len(), out);
+            for element in elements {
+                encode_value(element, out);
+            }
+        }
+        Value::Object(members) => encode_object(members, out),
+    }
+}
+
+/// Appends an object: its non-null members in ascending byte order of their keys.
+fn encode_object(members: &Map<String, Value>, out: &mut Vec<u8>) {
+    // Sorted here rather than trusting the map's order, which would change if some crate in the
+    // build turned on serde_json's `preserve_order`.
+    let mut present: Vec<(&String, &Value)> = members
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .collect();
+    present.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+    out.push(0x08);
+    encode_len(present.len(), out);
+    for (key, value) in present {
+        encode_bytes(key.as_bytes(), out);
+        encode_value(value, out);
+    }
+}
+
+/// Appends a number, telling integers from floats by its JSON text.
+fn encode_number(number: &Number, out: &mut Vec<u8>) {
+    let text = number.to_string();
+    let integer = !text.contains(['.', 'e', 'E']);
+    if let (true, Some(signed)) = (integer, number.as_i64()) {
+        out.push(0x03);
+        out.extend_from_slice(&signed.to_be_bytes());
+    } else if let (true, Some(unsigned)) = (integer, number.as_u64()) {
+        out.push(0x04);
+        out.extend_from_slice(&unsigned.to_be_bytes());
+    } else {
+        // `str::parse` rounds to nearest and gives ±infinity past the range (where `as_f64`
+        // gives `None`). The text of a `Number` is always JSON number syntax, which parses; the
+        // quiet-NaN fallback only keeps this total.
+        let bits = text
+            .parse::<f64>()
+            .map_or(0x7ff8_0000_0000_0000, f64::to_bits);
+        out.push(0x05);
+        out.extend_from_slice(&bits.to_be_bytes());
+    }
+}
+
+/// Appends a byte string: its length, then the bytes.
+fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    encode_len(bytes.len(), out);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a length or count as a `u64`, 8 bytes big-endian.
+fn encode_len(len: usize, out: &mut Vec<u8>) {
+    // usize is at most 64 bits on every target Rust supports, so this is lossless.
+    out.extend_from_slice(&(len as u64).to_be_bytes());
 }
 
 #[cfg(test)]
@@ -288,5 +395,97 @@ mod tests {
             "stable ids"
         );
         assert_eq!(generated.request["body"]["system"], "Be brief.");
+    }
+
+    /// The content_id of a record given as JSON text (parsed, so number texts are kept).
+    fn id(text: &str) -> String {
+        content_id(&serde_json::from_str(text).expect("a JSON object"))
+    }
+
+    /// Pinned once (and checked against an independent implementation of the spec, Python's
+    /// `xxhash` package): a change here breaks resume for every existing checkpoint.
+    const GOLDEN: [(&str, &str); 6] = [
+        ("{}", "rec-1df05fc2277f6cb6"),
+        (
+            r#"{"name":"Ada","city":"Zürich","crab":"🦀","empty":""}"#,
+            "rec-13bc72316a17b10a",
+        ),
+        (
+            r#"{"nested":{"list":[1,[2,3],{"k":"v"}],"none":[]},"on":true,"off":false}"#,
+            "rec-827d91cb6eacb8c8",
+        ),
+        (
+            r#"{"neg":-42,"zero":0,"max":9223372036854775807,"above":18446744073709551615,"huge":123456789012345678901234567890}"#,
+            "rec-73732965d1cd0f37",
+        ),
+        (r#"{"x":1.5,"y":1.0,"z":-2.5e-3}"#, "rec-dea844f45b21615b"),
+        (
+            r#"{"a":null,"b":[null,1],"c":{"d":null}}"#,
+            "rec-91be76d1ab4c2fc0",
+        ),
+    ];
+
+    #[test]
+    fn content_ids_match_their_pinned_values() {
+        for (record, expected) in GOLDEN {
+            assert_eq!(id(record), expected, "{record}");
+        }
+    }
+
+    #[test]
+    fn the_empty_object_hashes_its_documented_encoding() {
+        assert_eq!(CONTENT_ID_SEED, 0x6261_7463_6866_6c77);
+        let bytes = [0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        let expected = format!("rec-{:016x}", xxh3_64_with_seed(&bytes, CONTENT_ID_SEED));
+        assert_eq!(id("{}"), expected);
+        assert_eq!(GOLDEN[0], ("{}", expected.as_str()));
+    }
+
+    #[test]
+    fn the_documented_example_encodes_as_written() {
+        let record = json!({"a": [true], "b": null});
+        let mut encoding = Vec::new();
+        encode_value(&record, &mut encoding);
+        let mut expected = vec![0x08, 0, 0, 0, 0, 0, 0, 0, 1];
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 1, b'a']);
+        expected.extend([0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0x02]);
+        assert_eq!(encoding, expected);
+    }
+
+    #[test]
+    fn content_ids_ignore_key_order_number_spelling_and_null_members() {
+        assert_eq!(
+            id(r#"{"b":1,"a":{"y":"2","x":[3]}}"#),
+            id(r#"{"a":{"x":[3],"y":"2"},"b":1}"#)
+        );
+        assert_eq!(id(r#"{"x":1.5}"#), id(r#"{"x":1.50}"#));
+        assert_eq!(id(r#"{"x":1.5}"#), id(r#"{"x":15e-1}"#));
+        assert_eq!(id(r#"{"x":-0}"#), id(r#"{"x":0}"#));
+        assert_eq!(id(r#"{"a":null}"#), id("{}"));
+        assert_eq!(id(r#"{"a":{"b":null},"c":1}"#), id(r#"{"c":1,"a":{}}"#));
+    }
+
+    #[test]
+    fn different_records_get_different_content_ids() {
+        let records = [
+            "{}",
+            r#"{"a":0}"#,
+            r#"{"a":false}"#,
+            r#"{"a":"0"}"#,
+            r#"{"a":1}"#,
+            r#"{"a":1.0}"#,
+            r#"{"a":-0.0}"#,
+            r#"{"a":[]}"#,
+            r#"{"a":{}}"#,
+            r#"{"a":[null]}"#,
+            r#"{"a":[1,2]}"#,
+            r#"{"a":[[1],2]}"#,
+            r#"{"ab":""}"#,
+            r#"{"a":"b"}"#,
+            r#"{"a":9223372036854775807}"#,
+            r#"{"a":9223372036854775808}"#,
+        ];
+        let ids: std::collections::BTreeSet<String> = records.iter().map(|r| id(r)).collect();
+        assert_eq!(ids.len(), records.len());
     }
 }
