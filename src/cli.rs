@@ -40,6 +40,8 @@ pub struct Cli {
     pub log: LogArgs,
 }
 
+// Parsed once per process: the size of a variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve an Ollama-compatible mock API on 127.0.0.1 (for tests, benchmarks and dry runs
@@ -82,7 +84,7 @@ pub struct PipelineRunArgs {
     #[arg(long, requires = "resume")]
     pub retry_errors: bool,
 
-    /// Replace an existing results file.
+    /// Replace an existing results file (and JSONL and error files).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
 
@@ -94,6 +96,16 @@ pub struct PipelineRunArgs {
     /// Keep the run's figures in this JSON file (overrides sink.stats).
     #[arg(long, value_name = "FILE.json")]
     pub stats: Option<PathBuf>,
+
+    /// Write every request that ends in error, and every invalid input line, to this JSONL
+    /// file (overrides sink.errors).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub errors: Option<PathBuf>,
+
+    /// With --resume, continue a results file made with another model, template, options or
+    /// output schema (the change is recorded in the file).
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
 
     /// When standard error is not a terminal, log a progress line this often.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
@@ -150,6 +162,7 @@ pub struct StatusArgs {
 
 /// Flags of a batch run.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("outputs").args(["output", "errors"]).multiple(true)))]
 pub struct RunArgs {
     /// Input file: OpenAI Batch request lines (JSONL), or a Parquet file with columns
     /// custom_id, method, url, body (JSON text or a struct). `-` or nothing reads JSONL from
@@ -238,9 +251,20 @@ pub struct RunArgs {
     #[arg(long, requires = "resume")]
     pub retry_errors: bool,
 
-    /// Replace an existing --output file.
-    #[arg(long, requires = "output", conflicts_with = "resume")]
+    /// Replace an existing --output or --errors file.
+    #[arg(long, requires = "outputs", conflicts_with = "resume")]
     pub overwrite: bool,
+
+    /// Write every request that ends in error, and every invalid input line, to this JSONL
+    /// file as OpenAI Batch output lines (beside --output or JSONL on standard output). With
+    /// --resume it holds exactly the results file's error rows.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub errors: Option<PathBuf>,
+
+    /// With --resume, continue a results file made with another model, template, options or
+    /// output schema; the change is recorded in the file. Without it such a resume is refused.
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
 
     /// Checkpoint the results file after this many new rows (or 8 MiB of them)...
     #[arg(long, default_value_t = 10_000, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]

@@ -71,6 +71,27 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
 
+    #[error("interrupted before the first request was sent")]
+    Interrupted,
+
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathError),
+
+    #[error(transparent)]
+    ErrorsFile(#[from] crate::sink::errors::ErrorsFileError),
+
+    #[error(
+        "{knob} {path} already exists; pass --resume to continue it or --overwrite to replace it"
+    )]
+    OutputExists { knob: String, path: PathBuf },
+
+    #[error("cannot open {knob} {path}: {cause}")]
+    OpenOutput {
+        knob: String,
+        path: PathBuf,
+        cause: io::Error,
+    },
+
     #[error("cannot read input {path} as Parquet: {reason}")]
     ParquetInput { path: PathBuf, reason: String },
 

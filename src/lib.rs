@@ -42,6 +42,7 @@ pub mod error;
 pub mod gpu;
 pub mod idset;
 pub mod mock;
+pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod record;

@@ -13,8 +13,8 @@ use batchflow::cli::{
     ValidateArgs,
 };
 use batchflow::config::{JsonlTarget, Pipeline};
-use batchflow::engine::{self, RunConfig, RunReport};
-use batchflow::error::ExitStatus;
+use batchflow::engine::{self, JsonlStream, RunConfig, RunReport};
+use batchflow::error::{Error, ExitStatus};
 use batchflow::mock::{MockConfig, MockServer};
 use batchflow::progress;
 use batchflow::settings;
@@ -55,9 +55,20 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitStatus::Error.code());
         }
     };
+    let shutdown = Shutdown::new();
+    // A batch listens for SIGINT/SIGTERM from its first instant, so that a signal during
+    // start-up (a blocked open, a silent backend) ends it as interrupted. The other commands
+    // keep the default handling.
+    if matches!(
+        cli.command,
+        None | Some(Command::Run(_)) | Some(Command::Demo(_))
+    ) {
+        let _runtime = runtime.enter();
+        shutdown.listen_for_signals();
+    }
     // Spawned, so that a bug's panic ends as an error message and exit status 2.
     let outcome = runtime.block_on(async {
-        tokio::spawn(dispatch(cli))
+        tokio::spawn(dispatch(cli, shutdown))
             .await
             .unwrap_or_else(|error| Err(anyhow::anyhow!("the run failed: {error}")))
     });
@@ -89,13 +100,13 @@ fn init_logging(log: LogArgs) {
         .init();
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        None => run_batch(cli.run, cli.log, None).await,
+        None => run_batch(cli.run, cli.log, None, shutdown).await,
         Some(Command::MockServer(args)) => serve_mock(args).await,
-        Some(Command::Demo(args)) => demo(args, cli.log).await,
+        Some(Command::Demo(args)) => demo(args, cli.log, shutdown).await,
         Some(Command::Status(args)) => status(args),
-        Some(Command::Run(args)) => run_pipeline(args, cli.log).await,
+        Some(Command::Run(args)) => run_pipeline(args, cli.log, shutdown).await,
         Some(Command::Validate(args)) => validate(args).await,
         Some(Command::Tune(args)) => tune(args, cli.log).await,
     }
@@ -127,6 +138,7 @@ async fn run_batch(
     args: RunArgs,
     log: LogArgs,
     embedded_input: Option<&'static str>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
     let mock = match args.mock {
         true => Some(start_mock(args.workers.count_or(8)).await?),
@@ -137,25 +149,33 @@ async fn run_batch(
     if let Some(text) = embedded_input {
         config.input = Input::Text(text.into());
     }
-    let jsonl: Option<Box<dyn io::Write + Send>> = if config.output.is_none() || args.jsonl {
-        Some(Box::new(
-            stdout_file().context("cannot use standard output")?,
-        ))
+    let jsonl = if config.output.is_none() || args.jsonl {
+        Some(stdout_stream()?)
     } else {
         None
     };
-    execute(config, jsonl, log).await
+    execute(config, jsonl, log, shutdown).await
 }
 
-/// Runs a resolved configuration with signal handling, then reports how it went.
+/// Runs a resolved configuration (signals stop it through `shutdown`), then reports how it
+/// went.
 async fn execute(
     config: RunConfig,
-    jsonl: Option<Box<dyn io::Write + Send>>,
+    jsonl: Option<JsonlStream>,
     log: LogArgs,
+    shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals(config.grace);
-    let report = engine::run(config, jsonl, shutdown).await?;
+    shutdown.set_grace(config.grace);
+    let report = match engine::run(config, jsonl, shutdown).await {
+        Ok(report) => report,
+        Err(Error::Interrupted) => {
+            eprintln!(
+                "batchflow: interrupted before the first request was sent; nothing was sent."
+            );
+            return Ok(ExitStatus::Interrupted);
+        }
+        Err(error) => return Err(error.into()),
+    };
     if !log.quiet {
         eprint!("{}", progress::summary(&report.stats, &report.backend_url));
     }
@@ -218,7 +238,11 @@ async fn pipeline_run(
     }))
 }
 
-async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+async fn run_pipeline(
+    args: PipelineRunArgs,
+    log: LogArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<ExitStatus> {
     let run = match pipeline_run(&args, log, |pipeline| {
         (!args.dry_run).then(|| pipeline.workers.map_or(8, |workers| workers.count_or(8)))
     })
@@ -234,33 +258,19 @@ async fn run_pipeline(args: PipelineRunArgs, log: LogArgs) -> anyhow::Result<Exi
         _mock,
     } = run;
     if args.dry_run {
-        print!("{}", batchflow::pipeline::dry_run(config, &extras).await?);
+        let rendered = tokio::select! {
+            _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
+            rendered = batchflow::pipeline::dry_run(config, &extras) => rendered?,
+        };
+        print!("{rendered}");
         return Ok(ExitStatus::Success);
     }
-    let jsonl: Option<Box<dyn io::Write + Send>> = match &pipeline.jsonl {
-        None => None,
-        Some(JsonlTarget::Stdout) => Some(Box::new(
-            stdout_file().context("cannot use standard output")?,
-        )),
-        Some(JsonlTarget::File(path)) => {
-            let mut options = std::fs::OpenOptions::new();
-            if args.resume {
-                options.append(true).create(true);
-            } else if args.overwrite {
-                options.write(true).create(true).truncate(true);
-            } else {
-                options.write(true).create_new(true);
-            }
-            let file = options.open(path).with_context(|| {
-                format!(
-                    "cannot open sink.jsonl {} (an existing file needs --resume to append or --overwrite)",
-                    path.display()
-                )
-            })?;
-            Some(Box::new(file))
-        }
+    // A JSONL file is the engine's to check and open, like every other output.
+    let jsonl = match &pipeline.jsonl {
+        Some(JsonlTarget::Stdout) => Some(stdout_stream()?),
+        Some(JsonlTarget::File(_)) | None => None,
     };
-    execute(config, jsonl, log).await
+    execute(config, jsonl, log, shutdown).await
 }
 
 async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
@@ -367,14 +377,37 @@ async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-async fn demo(args: DemoArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+async fn demo(args: DemoArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
     let workers = args.workers.to_string();
     let mut argv = vec!["batchflow", "--mock", "--workers", &workers];
     if args.ordered {
         argv.push("--ordered");
     }
     let cli = Cli::try_parse_from(argv).context("demo settings")?;
-    run_batch(cli.run, log, Some(batchflow::DEMO_BATCH)).await
+    run_batch(cli.run, log, Some(batchflow::DEMO_BATCH), shutdown).await
+}
+
+/// Standard output for JSONL results, with its file's metadata when it is one (so the engine
+/// can refuse `batchflow in.jsonl >> in.jsonl`).
+fn stdout_stream() -> anyhow::Result<JsonlStream> {
+    let file = stdout_file().context("cannot use standard output")?;
+    let metadata = stdout_metadata();
+    Ok(JsonlStream {
+        writer: Box::new(file),
+        file: metadata,
+    })
+}
+
+#[cfg(unix)]
+fn stdout_metadata() -> Option<std::fs::Metadata> {
+    use std::os::fd::AsFd;
+    let handle = io::stdout().as_fd().try_clone_to_owned().ok()?;
+    File::from(handle).metadata().ok()
+}
+
+#[cfg(not(unix))]
+fn stdout_metadata() -> Option<std::fs::Metadata> {
+    None
 }
 
 /// Standard output as a plain file: `io::Stdout` flushes at every newline, which would cost a

@@ -268,6 +268,8 @@ pub async fn validate(
             overwrite: false,
             dry_run: false,
             stats: None,
+            errors: None,
+            allow_config_change: false,
             progress_interval: std::time::Duration::from_secs(10),
             mock: false,
             shard: None,

@@ -217,11 +217,12 @@ fn new_bar() -> ProgressBar {
     bar
 }
 
+/// Added to the stats file's name for the sibling it is written as before the rename.
+pub const STATS_TEMPORARY_SUFFIX: &str = ".tmp";
+
 /// Rewrites the stats file so a reader never sees half of it: write a sibling, then rename.
 pub fn write_stats_file(path: &Path, snapshot: &StatsSnapshot) -> io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = crate::paths::with_suffix(path, STATS_TEMPORARY_SUFFIX);
     let json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
     std::fs::write(&temporary, json)?;
     std::fs::rename(&temporary, path)

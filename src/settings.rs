@@ -9,11 +9,12 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::cli::{Cli, LogArgs, MockArgs, PipelineRunArgs, RunArgs, Workers};
-use crate::config::Pipeline;
+use crate::config::{JsonlTarget, Pipeline};
 use crate::engine::RunConfig;
 use crate::error::Error;
 use crate::mock::MockConfig;
 use crate::mock::faults::FaultRates;
+use crate::paths::Knobs;
 use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::parquet::{OutputMode, ParquetOutput};
 use crate::sink::results::ExtraColumns;
@@ -54,6 +55,15 @@ pub fn run_config(
                 .ok_or_else(|| Error::ApiKeyMissing { name: name.clone() })?,
         ),
         None => None,
+    };
+    let mode = if args.resume {
+        OutputMode::Resume {
+            retry_errors: args.retry_errors,
+        }
+    } else if args.overwrite {
+        OutputMode::Overwrite
+    } else {
+        OutputMode::New
     };
     let (workers, adaptive_max) = match args.workers {
         Workers::Fixed(count) => (count as usize, None),
@@ -97,21 +107,19 @@ pub fn run_config(
         },
         output: args.output.as_ref().map(|path| ParquetOutput {
             path: path.clone(),
-            mode: if args.resume {
-                OutputMode::Resume {
-                    retry_errors: args.retry_errors,
-                }
-            } else if args.overwrite {
-                OutputMode::Overwrite
-            } else {
-                OutputMode::New
-            },
+            mode,
             keep_raw: !args.no_raw,
             checkpoint_rows: usize::try_from(args.checkpoint_rows).unwrap_or(usize::MAX),
             checkpoint_interval: args.checkpoint_secs,
             extras: Default::default(),
             codec: Default::default(),
+            allow_config_change: args.allow_config_change,
         }),
+        jsonl_file: None,
+        errors_file: args.errors.clone(),
+        existing_outputs: mode,
+        pipeline_file: None,
+        knobs: Knobs::flags(),
         progress: ProgressConfig {
             mode: if console.log.quiet {
                 ProgressMode::Off
@@ -163,10 +171,18 @@ pub fn pipeline_config(
     args.checkpoint_secs = pipeline.checkpoint_interval.unwrap_or(args.checkpoint_secs);
     args.no_raw = !pipeline.keep_raw;
     args.stats = flags.stats.clone().or_else(|| pipeline.stats.clone());
+    args.errors = flags.errors.clone().or_else(|| pipeline.errors.clone());
+    args.allow_config_change = flags.allow_config_change;
     args.progress_interval = flags.progress_interval;
     args.shard = flags.shard;
     let mut config = run_config(&args, console, backend_override, env)?;
     config.source.records = pipeline.shape.clone();
+    config.pipeline_file = Some(flags.file.clone());
+    config.knobs = Knobs::pipeline(flags.stats.is_some(), flags.errors.is_some());
+    config.jsonl_file = match &pipeline.jsonl {
+        Some(JsonlTarget::File(path)) => Some(path.clone()),
+        Some(JsonlTarget::Stdout) | None => None,
+    };
     config.stage.output = pipeline.output_schema().map(|schema| OutputCheck {
         schema: Arc::clone(schema),
         retries: pipeline.output_retries,

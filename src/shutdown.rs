@@ -7,7 +7,7 @@
 //! from a signal handler.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -18,7 +18,13 @@ pub struct Shutdown {
     stop: CancellationToken,
     abort: CancellationToken,
     interrupted: Arc<AtomicBool>,
+    /// How long in-flight requests may finish after a signal, in milliseconds; 0 until
+    /// [`Shutdown::set_grace`] (then [`DEFAULT_GRACE`] applies).
+    grace_millis: Arc<AtomicU64>,
 }
+
+/// The grace period before a run has said its own (`--grace`'s default).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 impl Shutdown {
     pub fn new() -> Shutdown {
@@ -60,22 +66,46 @@ impl Shutdown {
         self.abort.clone().cancelled_owned()
     }
 
-    /// Turns SIGINT/SIGTERM into stop (first) and abort (second, or after `grace`). Runs until
-    /// the process ends; the task holds no resources worth cleaning up.
-    pub fn listen_for_signals(&self, grace: Duration) {
+    /// Sets the grace period a signal grants in-flight requests, once the run's settings are
+    /// known (signals are listened for before that).
+    pub fn set_grace(&self, grace: Duration) {
+        let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.grace_millis.store(millis, Ordering::SeqCst);
+    }
+
+    fn grace(&self) -> Duration {
+        match self.grace_millis.load(Ordering::SeqCst) {
+            0 => DEFAULT_GRACE,
+            millis => Duration::from_millis(millis),
+        }
+    }
+
+    /// Turns SIGINT/SIGTERM into stop (first) and abort (second, or after the grace period).
+    /// The handlers are installed before this returns, so a signal that arrives at any later
+    /// instant, while start-up is still blocked included, is seen; the caller should call it
+    /// first thing. Must be called within a tokio runtime. The task runs until the process
+    /// ends; it holds no resources worth cleaning up.
+    pub fn listen_for_signals(&self) {
         let shutdown = self.clone();
-        tokio::spawn(async move {
-            if wait_for_signal().await.is_err() {
-                tracing::warn!("Cannot listen for Ctrl-C; interrupting will not drain cleanly.");
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::warn!(
+                    "Cannot listen for Ctrl-C ({error}); interrupting will not drain cleanly."
+                );
                 return;
             }
+        };
+        tokio::spawn(async move {
+            signals.next().await;
+            let grace = shutdown.grace();
             tracing::warn!(
                 "Interrupted: reading no more input, finishing in-flight requests for up to {}s; interrupt again to abort now.",
                 grace.as_secs()
             );
             shutdown.interrupt();
             tokio::select! {
-                _ = wait_for_signal() => tracing::warn!("Interrupted again: aborting in-flight requests."),
+                _ = signals.next() => tracing::warn!("Interrupted again: aborting in-flight requests."),
                 _ = tokio::time::sleep(grace) => tracing::warn!("Grace period over: aborting in-flight requests."),
             }
             shutdown.abort();
@@ -83,19 +113,41 @@ impl Shutdown {
     }
 }
 
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::sink::checkpoint::{self, FileState, ResultsError};
+use crate::sink::fingerprint::Fingerprint;
 
 /// A results file's state, as counted from the file itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct ResultsStatus {
     pub state: Option<FileState>,
     /// The last run was killed: the file is valid up to its last checkpoint only once resumed.
     pub from_checkpoint: bool,
+    /// What produced the file; `None` for a file written before fingerprints.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
@@ -28,6 +31,7 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
         row_groups: existing.metadata.num_row_groups(),
         state: existing.state(),
         from_checkpoint: existing.from_marker,
+        fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
     })
 }
 
@@ -67,6 +71,17 @@ impl ResultsStatus {
                 "  errors:     --resume --retry-errors sends the {} failed requests again",
                 self.errors
             );
+        }
+        match &self.fingerprint {
+            Some(fingerprint) => {
+                let _ = writeln!(report, "  made by:");
+                for (key, value) in fingerprint.entries() {
+                    let _ = writeln!(report, "    {key}: {value}");
+                }
+            }
+            None => {
+                let _ = writeln!(report, "  made by:    not recorded (an older batchflow)");
+            }
         }
         report
     }

@@ -93,10 +93,20 @@ pub async fn tune(
         config.stage.adaptive_max = None;
         config.progress.mode = ProgressMode::Off;
         config.progress.stats_file = None;
+        config.errors_file = None;
+        config.jsonl_file = None;
         for backend in &mut config.backends {
             backend.pool_size = workers;
         }
-        let report = engine::run(config, Some(Box::new(io::sink())), Shutdown::new()).await?;
+        let report = engine::run(
+            config,
+            Some(engine::JsonlStream {
+                writer: Box::new(io::sink()),
+                file: None,
+            }),
+            Shutdown::new(),
+        )
+        .await?;
         if let Some(fatal) = report.fatal {
             return Err(fatal);
         }

@@ -737,16 +737,16 @@ fn an_output_in_a_missing_folder_or_that_is_a_directory_is_refused_and_left_alon
 
     let missing = dir.path().join("no-such-folder/results.parquet");
     let run = run_on(&mock, &input, &["--output", utf8(&missing)]);
-    assert_refused(&run, &missing, &["No such file or directory"]);
+    assert_refused(&run, &missing, &["--output", "does not exist"]);
     assert!(!dir.path().join("no-such-folder").exists());
 
     let folder = dir.path().join("results.parquet");
     std::fs::create_dir(&folder).expect("mkdir");
     std::fs::write(folder.join("keep.txt"), "precious").expect("write");
     for (mode, says) in [
-        (None, "already exists"),
-        (Some("--overwrite"), "Is a directory"),
-        (Some("--resume"), "cannot be resumed"),
+        (None, "is a directory, not a regular file"),
+        (Some("--overwrite"), "is a directory, not a regular file"),
+        (Some("--resume"), "is a directory, not a regular file"),
     ] {
         let mut args = vec!["--output", utf8(&folder)];
         args.extend(mode);

@@ -162,6 +162,8 @@ pub struct SinkSection {
     pub ordered: Option<bool>,
     /// A `--stats` JSON file.
     pub stats: Option<String>,
+    /// An `--errors` JSONL file: every request that ends in error and every invalid line.
+    pub errors: Option<String>,
 }
 
 /// Why a pipeline file cannot be loaded.
@@ -336,6 +338,7 @@ pub struct Pipeline {
     pub keep_raw: bool,
     pub ordered: bool,
     pub stats: Option<PathBuf>,
+    pub errors: Option<PathBuf>,
 }
 
 /// Where JSONL output goes.
@@ -547,6 +550,7 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
         keep_raw: sink.raw.unwrap_or(true),
         ordered: sink.ordered.unwrap_or(false),
         stats: sink.stats.as_deref().map(path),
+        errors: sink.errors.as_deref().map(path),
     };
     if problems.is_empty() {
         Ok(pipeline)

@@ -51,6 +51,7 @@ use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
+use crate::paths::with_suffix;
 use crate::record::{DoneSet, ErrorCode};
 use crate::source::jsonl::id_hash;
 
@@ -104,18 +105,59 @@ pub enum ResultsError {
 
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
+
+    #[error(
+        "{path} was made with other settings: {changes}. Mixing them in one table would corrupt an analysis: write to a new file, or pass --allow-config-change to resume anyway (the change is recorded in the file)"
+    )]
+    ConfigChanged { path: PathBuf, changes: String },
 }
+
+/// The files written beside a results file, by the suffix added to its name: the marker, the
+/// marker's temporary file, and `--retry-errors`' rewrite with its own two.
+pub const SIDE_FILES: [(&str, &str); 5] = [
+    ("its checkpoint marker", ".checkpoint"),
+    ("its marker's temporary file", ".checkpoint.tmp"),
+    ("its rewrite file", ".rewrite"),
+    ("its rewrite's marker", ".rewrite.checkpoint"),
+    (
+        "its rewrite marker's temporary file",
+        ".rewrite.checkpoint.tmp",
+    ),
+];
 
 /// The sidecar marker's path for a results file.
 pub fn marker_path(path: &Path) -> PathBuf {
     with_suffix(path, ".checkpoint")
 }
 
-/// `path` with `suffix` added to its file name: a sibling in the same folder.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+/// Removes what a killed run may have left beside the results file, but the marker (which is
+/// the file's last checkpoint): nothing of it is needed once the file is closed or resumed.
+pub fn remove_leftovers(path: &Path) -> Result<(), ResultsError> {
+    for (_, suffix) in SIDE_FILES
+        .iter()
+        .filter(|(_, suffix)| *suffix != ".checkpoint")
+    {
+        let leftover = with_suffix(path, suffix);
+        match fs::remove_file(&leftover) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(&leftover)(error)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file at `path` holds no row at all by any account: empty or only Parquet's
+/// magic, without a marker (a run killed in its first instant), or with a marker of zero rows.
+/// Such a file can be started again in place.
+pub fn holds_nothing(path: &Path) -> Result<bool, ResultsError> {
+    if let Some(marker) = read_marker(&marker_path(path))? {
+        return Ok(decode_footer(&marker.footer).is_ok_and(|metadata| {
+            metadata.file_metadata().num_rows() == 0 && metadata.num_row_groups() == 0
+        }));
+    }
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    Ok(bytes.is_empty() || bytes == PARQUET_MAGIC)
 }
 
 fn io_error(path: &Path) -> impl Fn(io::Error) -> ResultsError + '_ {
@@ -460,15 +502,19 @@ pub struct ResultsWriter {
     durable_rows: u64,
     /// Data end and footer of the last checkpoint, to put back after a failed write.
     last_checkpoint: Option<(u64, Vec<u8>)>,
+    /// Written in every footer beside the state: what produced the file.
+    key_values: Vec<KeyValue>,
 }
 
 impl ResultsWriter {
-    /// Starts a new file. It must not exist unless `overwrite`.
+    /// Starts a new file. It must not exist unless `overwrite`. `key_values` go in every
+    /// footer.
     pub fn create(
         path: &Path,
         schema: SchemaRef,
         overwrite: bool,
         codec: Codec,
+        key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
         let mut options = OpenOptions::new();
         options.read(true).write(true);
@@ -488,7 +534,11 @@ impl ResultsWriter {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(&marker_path(path))(error)),
         }
-        let mut writer = ResultsWriter::open(path, file, schema, &[], 0, codec)?;
+        let mut writer = ResultsWriter::open(path, file, schema, &[], 0, codec, key_values)?;
+        // The marker first: a run killed while the first footer is half written then leaves a
+        // marker of zero rows, which says that nothing was done (see [`holds_nothing`]).
+        let footer = writer.footer(FileState::InProgress)?;
+        write_marker(&writer.marker, PARQUET_MAGIC.len() as u64, &footer)?;
         writer.checkpoint()?;
         Ok(writer)
     }
@@ -499,6 +549,7 @@ impl ResultsWriter {
         path: &Path,
         existing: &ExistingResults,
         codec: Codec,
+        key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
         let schema = existing.schema(path)?;
         let file = OpenOptions::new()
@@ -507,8 +558,15 @@ impl ResultsWriter {
             .open(path)
             .map_err(io_error(path))?;
         let row_groups = existing.metadata.row_groups();
-        let mut writer =
-            ResultsWriter::open(path, file, schema, row_groups, existing.data_end, codec)?;
+        let mut writer = ResultsWriter::open(
+            path,
+            file,
+            schema,
+            row_groups,
+            existing.data_end,
+            codec,
+            key_values,
+        )?;
         writer.durable_rows = existing.rows();
         writer.checkpoint()?;
         Ok(writer)
@@ -521,6 +579,7 @@ impl ResultsWriter {
         kept: &[parquet::file::metadata::RowGroupMetaData],
         data_end: u64,
         codec: Codec,
+        key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
         let handle = file.try_clone().map_err(io_error(path))?;
         let sink = AppendFile {
@@ -568,6 +627,7 @@ impl ResultsWriter {
             file: handle,
             durable_rows: 0,
             last_checkpoint: None,
+            key_values,
         })
     }
 
@@ -621,6 +681,7 @@ impl ResultsWriter {
         let properties = self.writer.properties();
         let row_groups = self.writer.flushed_row_groups().to_vec();
         let mut key_values = properties.key_value_metadata().cloned().unwrap_or_default();
+        key_values.extend(self.key_values.iter().cloned());
         key_values.push(KeyValue::new(
             STATE_KEY.to_owned(),
             state.as_str().to_owned(),
@@ -690,6 +751,7 @@ impl ResultsWriter {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(&self.marker)(error)),
         }
+        remove_leftovers(&self.path)?;
         self.durable_rows = self.written_rows();
         Ok(self.durable_rows)
     }
@@ -764,10 +826,12 @@ pub fn drop_error_rows(
     path: &Path,
     existing: &ExistingResults,
     codec: Codec,
+    key_values: Vec<KeyValue>,
 ) -> Result<u64, ResultsError> {
     let schema = existing.schema(path)?;
     let temporary = with_suffix(path, ".rewrite");
-    let mut writer = ResultsWriter::create(&temporary, Arc::clone(&schema), true, codec)?;
+    let mut writer =
+        ResultsWriter::create(&temporary, Arc::clone(&schema), true, codec, key_values)?;
     let mut dropped = 0;
     for batch in existing.reader(path, &[])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;

@@ -7,6 +7,8 @@
 //! for a sink's deadline (a time-based checkpoint, a delayed flush).
 
 pub mod checkpoint;
+pub mod errors;
+pub mod fingerprint;
 pub mod jsonl;
 pub mod parquet;
 pub mod results;

@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{self, Codec, FileState, ResultsError, ResultsWriter};
+use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, ResultsWriter};
+use super::fingerprint::Fingerprint;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
 use crate::error::Error;
@@ -45,6 +46,9 @@ pub struct ParquetOutput {
     /// A pipeline's passthrough and output columns.
     pub extras: ExtraColumns,
     pub codec: Codec,
+    /// Resume even if the file was made with another model, template, options or schema
+    /// (the change is recorded in the file).
+    pub allow_config_change: bool,
 }
 
 /// The sink, ready to write, and what the file already held.
@@ -56,6 +60,9 @@ pub struct PreparedOutput {
     pub kept_rows: u64,
     /// Error rows dropped by `--retry-errors`.
     pub dropped_errors: u64,
+    /// The rows kept from an earlier run, as resumed (after `--retry-errors` dropped its error
+    /// rows); `None` for a file started anew.
+    pub kept: Option<ExistingResults>,
 }
 
 /// Checks, before anything else happens, that the output can be used as asked: a `.parquet`
@@ -74,85 +81,46 @@ pub fn check_path(output: &ParquetOutput) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens the output according to its mode. Nothing is modified unless the mode allows it and
-/// the existing file (if any) checks out.
-pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOutput, ResultsError> {
+/// Opens the output according to its mode; `fingerprint` is written in the file. Nothing is
+/// modified unless the mode allows it and the existing file (if any) checks out, its
+/// fingerprint included.
+pub fn prepare(
+    output: &ParquetOutput,
+    fingerprint: Fingerprint,
+    shutdown: Shutdown,
+) -> Result<PreparedOutput, ResultsError> {
     let path = &output.path;
     let schema = results::schema(output.keep_raw, &output.extras);
     let exists = path.symlink_metadata().is_ok();
-    let (writer, done, dropped_errors) = match output.mode {
+    // `Some(overwrite)`: a file is started anew; `None`: the existing one is resumed.
+    let start_anew = match output.mode {
         OutputMode::New if exists => return Err(ResultsError::Exists { path: path.clone() }),
-        OutputMode::New | OutputMode::Resume { .. } if !exists => {
-            if matches!(output.mode, OutputMode::Resume { .. }) {
-                tracing::info!(
-                    "Nothing to resume at {}: starting a new results file.",
-                    path.display()
-                );
-            }
-            (
-                ResultsWriter::create(path, schema, false, output.codec)?,
-                DoneSet::default(),
-                0,
-            )
-        }
-        OutputMode::New | OutputMode::Overwrite => (
-            ResultsWriter::create(path, schema, true, output.codec)?,
-            DoneSet::default(),
-            0,
-        ),
-        OutputMode::Resume { retry_errors } => {
-            let mut existing = checkpoint::inspect(path)?;
-            let how = if existing.from_marker {
-                "from the last checkpoint of a run that did not finish"
-            } else {
-                "from a closed file"
-            };
+        OutputMode::New => Some(false),
+        OutputMode::Overwrite => Some(true),
+        OutputMode::Resume { .. } if !exists => {
             tracing::info!(
-                "Resuming {} {how}: {} rows kept.",
-                path.display(),
-                existing.rows()
+                "Nothing to resume at {}: starting a new results file.",
+                path.display()
             );
-            let file_schema = existing.schema(path)?;
-            let file_has_raw = file_schema.field_with_name(RAW_RESPONSE).is_ok();
-            let expected = results::schema(file_has_raw, &output.extras);
-            if file_schema.fields() != expected.fields() {
-                let names = |schema: &arrow_schema::SchemaRef| {
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|field| field.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                return Err(ResultsError::Damaged {
-                    path: path.clone(),
-                    reason: format!(
-                        "its columns ({}) are not the ones this run writes ({}); write to a new file",
-                        names(&file_schema),
-                        names(&expected)
-                    ),
-                });
-            }
-            let mut dropped = 0;
-            if retry_errors {
-                ResultsWriter::resume(path, &existing, output.codec)?
-                    .close(FileState::Interrupted)?;
-                existing = checkpoint::inspect(path)?;
-                dropped = checkpoint::drop_error_rows(path, &existing, output.codec)?;
-                existing = checkpoint::inspect(path)?;
-                tracing::info!("Dropped {dropped} error rows to send those requests again.");
-            }
-            let writer = ResultsWriter::resume(path, &existing, output.codec)?;
-            if file_has_raw != output.keep_raw {
-                tracing::warn!(
-                    "The results file {} was written {} the raw_response column; keeping it that way.",
-                    path.display(),
-                    if file_has_raw { "with" } else { "without" }
-                );
-            }
-            let done = checkpoint::read_done(path, &existing)?;
-            (writer, done, dropped)
+            Some(false)
         }
+        OutputMode::Resume { .. } if checkpoint::holds_nothing(path)? => {
+            tracing::info!(
+                "{} holds no rows (its run was stopped before its first checkpoint): starting it again in place.",
+                path.display()
+            );
+            Some(true)
+        }
+        OutputMode::Resume { .. } => None,
+    };
+    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
+    let (writer, done, dropped_errors, kept) = match start_anew {
+        Some(overwrite) => {
+            let key_values = fingerprint.key_values();
+            let writer = ResultsWriter::create(path, schema, overwrite, output.codec, key_values)?;
+            (writer, DoneSet::default(), 0, None)
+        }
+        None => resume(output, fingerprint, retry_errors)?,
     };
     let kept_rows = writer.durable_rows();
     let rows = RowBuilder::new(writer.schema(), &output.extras);
@@ -169,7 +137,96 @@ pub fn prepare(output: &ParquetOutput, shutdown: Shutdown) -> Result<PreparedOut
         done,
         kept_rows,
         dropped_errors,
+        kept,
     })
+}
+
+/// Continues an existing results file, after checking its columns and fingerprint against
+/// this run's (and, with `retry_errors`, dropping its error rows).
+fn resume(
+    output: &ParquetOutput,
+    mut fingerprint: Fingerprint,
+    retry_errors: bool,
+) -> Result<(ResultsWriter, DoneSet, u64, Option<ExistingResults>), ResultsError> {
+    let path = &output.path;
+    let mut existing = checkpoint::inspect(path)?;
+    let how = if existing.from_marker {
+        "from the last checkpoint of a run that did not finish"
+    } else {
+        "from a closed file"
+    };
+    tracing::info!(
+        "Resuming {} {how}: {} rows kept.",
+        path.display(),
+        existing.rows()
+    );
+    let file_schema = existing.schema(path)?;
+    let file_has_raw = file_schema.field_with_name(RAW_RESPONSE).is_ok();
+    let expected = results::schema(file_has_raw, &output.extras);
+    if file_schema.fields() != expected.fields() {
+        let names = |schema: &arrow_schema::SchemaRef| {
+            schema
+                .fields()
+                .iter()
+                .map(|field| field.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(ResultsError::Damaged {
+            path: path.clone(),
+            reason: format!(
+                "its columns ({}) are not the ones this run writes ({}); write to a new file",
+                names(&file_schema),
+                names(&expected)
+            ),
+        });
+    }
+    let file_fingerprint =
+        Fingerprint::read(existing.metadata.file_metadata().key_value_metadata());
+    let changes = match &file_fingerprint {
+        Some(file) => file.changes(&fingerprint),
+        None => {
+            tracing::info!(
+                "{} does not record what produced it (an older batchflow wrote it); its settings cannot be compared.",
+                path.display()
+            );
+            Vec::new()
+        }
+    };
+    if !changes.is_empty() && !output.allow_config_change {
+        return Err(ResultsError::ConfigChanged {
+            path: path.clone(),
+            changes: changes.join("; "),
+        });
+    }
+    if !changes.is_empty() {
+        tracing::warn!(
+            "Resuming {} with other settings ({}); the change is recorded in the file.",
+            path.display(),
+            changes.join("; ")
+        );
+    }
+    fingerprint.record_changes(file_fingerprint.as_ref(), &changes);
+    let key_values = fingerprint.key_values();
+    let mut dropped = 0;
+    if retry_errors {
+        ResultsWriter::resume(path, &existing, output.codec, key_values.clone())?
+            .close(FileState::Interrupted)?;
+        existing = checkpoint::inspect(path)?;
+        dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values.clone())?;
+        existing = checkpoint::inspect(path)?;
+        tracing::info!("Dropped {dropped} error rows to send those requests again.");
+    }
+    let writer = ResultsWriter::resume(path, &existing, output.codec, key_values)?;
+    if file_has_raw != output.keep_raw {
+        tracing::warn!(
+            "The results file {} was written {} the raw_response column; keeping it that way.",
+            path.display(),
+            if file_has_raw { "with" } else { "without" }
+        );
+    }
+    let done = checkpoint::read_done(path, &existing)?;
+    Ok((writer, done, dropped, Some(existing)))
 }
 
 /// Writes outcomes as rows of the results file.

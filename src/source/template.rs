@@ -13,6 +13,11 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::schema::OutputSchema;
 
+/// Names the derived-id scheme in a results file's fingerprint: a resume whose ids would be
+/// derived otherwise is refused rather than sending every record again.
+pub const CONTENT_ID_SCHEME: &str =
+    "rec- + xxh3-64 (seed 0x6261746368666c77) of the canonical record encoding v1";
+
 /// A prompt with `{{column}}` placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -51,6 +56,18 @@ impl Template {
             parts.push(Part::Text(rest.to_owned()));
         }
         Ok(Template { parts })
+    }
+
+    /// The template in its canonical form (placeholders written `{{column}}`), which is what
+    /// a results file's fingerprint hashes.
+    pub fn canonical_text(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Text(text) => text.clone(),
+                Part::Column(column) => format!("{{{{{column}}}}}"),
+            })
+            .collect()
     }
 
     /// The columns the template reads, in order of appearance.
