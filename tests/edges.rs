@@ -894,3 +894,58 @@ fn the_error_file_holds_exactly_the_error_rows_after_a_kill_and_a_resume_too() {
     assert!(refused.stderr.contains("--errors"), "{}", refused.stderr);
     assert!(!fresh.exists(), "no results file is left behind");
 }
+
+#[test]
+fn a_pipelines_jsonl_file_is_new_replaced_with_overwrite_and_appended_to_on_resume() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = write_input(dir.path(), &chat_lines(10));
+    let pipeline = dir.path().join("pipe.toml");
+    fs::write(
+        &pipeline,
+        format!(
+            "[source]\npath = \"input.jsonl\"\nformat = \"requests\"\n\n[backend]\nurl = \"{}\"\n\n[sink]\njsonl = \"out.jsonl\"\nparquet = \"results.parquet\"\n",
+            mock.url()
+        ),
+    )
+    .expect("write the pipeline");
+    let jsonl = dir.path().join("out.jsonl");
+    let ids = |path: &Path| -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_to_string(path)
+            .expect("the JSONL file")
+            .lines()
+            .map(|line| {
+                let line: Value = serde_json::from_str(line).expect("JSON");
+                line["custom_id"].as_str().expect("an id").to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let first = run_pipeline(&pipeline, &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    assert_eq!(ids(&jsonl).len(), 10);
+    let written = fs::read(&jsonl).expect("read");
+
+    let refused = run_pipeline(&pipeline, &[]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert_eq!(fs::read(&jsonl).expect("read"), written, "left as it was");
+    fs::remove_file(dir.path().join("results.parquet")).expect("remove the results");
+    let refused = run_pipeline(&pipeline, &[]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("sink.jsonl"), "{}", refused.stderr);
+    assert!(
+        !dir.path().join("results.parquet").exists(),
+        "no results file is left behind"
+    );
+    let replaced = run_pipeline(&pipeline, &["--overwrite"]);
+    assert_eq!(replaced.code(), Some(0), "{}", replaced.stderr);
+    assert_eq!(ids(&jsonl).len(), 10, "replaced, not appended");
+
+    fs::write(&input, chat_lines(15)).expect("a longer input");
+    let resumed = run_pipeline(&pipeline, &["--resume"]);
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    let mut expected: Vec<String> = (0..15).map(|index| format!("req-{index}")).collect();
+    expected.sort();
+    assert_eq!(ids(&jsonl), expected, "the five new results appended");
+}

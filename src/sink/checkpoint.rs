@@ -156,7 +156,15 @@ pub fn holds_nothing(path: &Path) -> Result<bool, ResultsError> {
             metadata.file_metadata().num_rows() == 0 && metadata.num_row_groups() == 0
         }));
     }
-    let bytes = fs::read(path).map_err(io_error(path))?;
+    let file = File::open(path).map_err(io_error(path))?;
+    let length = file.metadata().map_err(io_error(path))?.len();
+    if length > PARQUET_MAGIC.len() as u64 {
+        return Ok(false);
+    }
+    let mut bytes = Vec::with_capacity(PARQUET_MAGIC.len());
+    file.take(PARQUET_MAGIC.len() as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
     Ok(bytes.is_empty() || bytes == PARQUET_MAGIC)
 }
 
