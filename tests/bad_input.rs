@@ -7,7 +7,7 @@
 //! UTF-8 are the point). Inputs that are too large or too exact to keep as files (ids thousands
 //! of lines apart, lines of an exact length, a 100 MB line, Parquet files) are generated here.
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

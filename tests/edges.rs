@@ -3,7 +3,7 @@
 //! instants and during `--retry-errors`, links kept, derived ids, the run fingerprint, and the
 //! error file.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //! recorded error, never a crash; and a soak with every fault at once loses nothing, repeats
 //! nothing, and retries without a storm.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! logged to stderr when it is not a terminal (stdout stays pure JSONL), and a machine without
 //! an NVIDIA driver runs and says "GPU n/a".
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End-to-end tests of Parquet input: the real binary reads requests from a Parquet file and
 //! sends them to the in-process mock server.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! End-to-end tests of the core pipeline: the real binary against the in-process mock server.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Seek};

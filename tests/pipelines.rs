@@ -2,7 +2,7 @@
 //! fails naming its problem; records with a template and an output schema become typed columns;
 //! the same job as flags and as TOML gives the same rows.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -2,7 +2,7 @@
 //! seeded random moments, torn tails, --retry-errors, graceful SIGINT, and refusing to touch an
 //! existing file.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::fs::File;

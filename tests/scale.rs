@@ -3,7 +3,7 @@
 //! failing backend is taken out while its requests complete on the other, and shards partition
 //! an input exactly.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! stats file, the results file (raw bytes or decoded values) or its checkpoint marker, whether
 //! requests succeed, fail, are retried, or the backend cannot be reached at all.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::fs::File;

@@ -1,0 +1,18 @@
+//! The integration tests: one crate, so that the support code and the dependencies are built
+//! and linked once. Each module is an area; most run the real `batchflow` binary against the
+//! in-process mock server (`support`).
+
+mod support;
+
+mod bad_input;
+mod edges;
+mod fuzz_config;
+mod fuzz_parser;
+mod misbehaviour;
+mod observe;
+mod parquet_input;
+mod pipeline;
+mod pipelines;
+mod resume;
+mod scale;
+mod secrets;
