@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backend::BackendError;
 use crate::backend::http::{HttpBackend, HttpBackendConfig};
 use crate::backend::pool::BackendPool;
 use crate::backend::preflight::{self, ModelCatalog, ServerKind};
@@ -154,14 +155,14 @@ async fn start(
     check_files(&mut config, file_of_stdout.as_ref())?;
     let input = {
         let (input, options) = (config.input.clone(), config.source.clone());
-        blocking(move || source::open_for(input, &options)).await?
+        blocking(move || source::open_for(input, &options).map_err(Error::from)).await?
     };
     let backends = config
         .backends
         .iter()
         .cloned()
         .map(HttpBackend::new)
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect::<Result<Vec<_>, BackendError>>()?;
     let pool = Arc::new(BackendPool::new(backends, config.stage.most_workers()));
     let base_url = pool
         .backends()
@@ -189,7 +190,7 @@ async fn start(
             }
             if let Some(model) = named_model {
                 if !checked.has(model) {
-                    return Err(checked.missing(url, model));
+                    return Err(checked.missing(url, model).into());
                 }
             }
             let checked = Arc::new(checked);
@@ -489,7 +490,7 @@ async fn drive(
         .map_err(|error| Error::Internal(format!("the output thread failed: {error}")))?
         .map_err(|_| Error::Internal("the output thread panicked".into()))?;
 
-    let mut fatal = stage_report.fatal;
+    let mut fatal = stage_report.fatal.map(Error::from);
     if let Some(error) = sink_report.error {
         fatal.get_or_insert(Error::Output(error));
     }
@@ -499,7 +500,7 @@ async fn drive(
     if stage_report.input_exhausted || source.is_finished() {
         match tokio::task::spawn_blocking(move || source.join()).await {
             Ok(Ok(Err(error))) => {
-                fatal.get_or_insert(error);
+                fatal.get_or_insert(error.into());
             }
             Ok(Ok(Ok(summary))) => source_summary = Some(summary),
             Ok(Err(_)) | Err(_) => {

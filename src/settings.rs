@@ -48,14 +48,16 @@ pub fn run_config(
                 .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned()),
         ],
     };
-    let api_key = match &args.api_key_env {
-        Some(name) => Some(
-            env(name)
-                .filter(|key| !key.is_empty())
-                .ok_or_else(|| Error::ApiKeyMissing { name: name.clone() })?,
-        ),
-        None => None,
-    };
+    let api_key =
+        match &args.api_key_env {
+            Some(name) => Some(env(name).filter(|key| !key.is_empty()).ok_or_else(|| {
+                Error::ApiKeyMissing {
+                    name: name.clone(),
+                    knob: "--api-key-env".into(),
+                }
+            })?),
+            None => None,
+        };
     let mode = if args.resume {
         OutputMode::Resume {
             retry_errors: args.retry_errors,
@@ -175,7 +177,14 @@ pub fn pipeline_config(
     args.allow_config_change = flags.allow_config_change;
     args.progress_interval = flags.progress_interval;
     args.shard = flags.shard;
-    let mut config = run_config(&args, console, backend_override, env)?;
+    let mut config =
+        run_config(&args, console, backend_override, env).map_err(|error| match error {
+            Error::ApiKeyMissing { name, .. } => Error::ApiKeyMissing {
+                name,
+                knob: "backend.api_key_env".into(),
+            },
+            other => other,
+        })?;
     config.source.records = pipeline.shape.clone();
     config.pipeline_file = Some(flags.file.clone());
     config.knobs = Knobs::pipeline(flags.stats.is_some(), flags.errors.is_some());

@@ -10,7 +10,7 @@ use crate::engine::{self, RunConfig};
 use crate::error::Error;
 use crate::progress::ProgressMode;
 use crate::shutdown::Shutdown;
-use crate::source::Input;
+use crate::source::{Input, SourceError};
 
 /// A step must beat the best so far by this much to count as "still rising".
 const RISE: f64 = 1.10;
@@ -46,7 +46,7 @@ pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
             return Ok(input.clone());
         }
         Input::File(path) => Box::new(io::BufReader::new(std::fs::File::open(path).map_err(
-            |cause| Error::OpenInput {
+            |cause| SourceError::OpenInput {
                 path: path.clone(),
                 cause,
             },
@@ -56,7 +56,7 @@ pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
     let mut text = String::new();
     let mut kept = 0;
     for line in reader.lines() {
-        let line = line.map_err(|cause| Error::ReadInput {
+        let line = line.map_err(|cause| SourceError::ReadInput {
             name: input.name(),
             line: 0,
             cause,

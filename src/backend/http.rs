@@ -9,8 +9,8 @@ use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::value::RawValue;
 
+use super::BackendError;
 use super::{AttemptFailure, Backend, FailureKind};
-use crate::error::Error;
 use crate::record::{HttpReply, ReplyBody, Request};
 
 /// Everything needed to build an [`HttpBackend`].
@@ -45,9 +45,9 @@ pub struct HttpBackend {
 const KEPT_ENDPOINT_URLS: usize = 16;
 
 impl HttpBackend {
-    pub fn new(config: HttpBackendConfig) -> Result<HttpBackend, Error> {
+    pub fn new(config: HttpBackendConfig) -> Result<HttpBackend, BackendError> {
         if config.base_url.starts_with("https://") && !cfg!(feature = "tls") {
-            return Err(Error::BackendUrl {
+            return Err(BackendError::Url {
                 value: config.base_url,
                 reason: "this build has no HTTPS support; rebuild with `--features tls`".into(),
             });
@@ -55,7 +55,9 @@ impl HttpBackend {
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    Error::HttpClient("the API key holds characters not allowed in a header".into())
+                    BackendError::HttpClient(
+                        "the API key holds characters not allowed in a header".into(),
+                    )
                 })?;
                 value.set_sensitive(true);
                 Some(value)
@@ -71,7 +73,7 @@ impl HttpBackend {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("batchflow/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|error| Error::HttpClient(error_chain(&error)))?;
+            .map_err(|error| BackendError::HttpClient(error_chain(&error)))?;
         Ok(HttpBackend {
             client,
             base_url: config.base_url,

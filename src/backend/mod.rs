@@ -14,8 +14,39 @@ pub mod preflight;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::Error;
 use crate::record::{ErrorCode, HttpReply, Request};
+
+/// Why a backend cannot be used. Every message names the URL (and the model).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("invalid backend URL {value:?}: {reason}")]
+    Url { value: String, reason: String },
+
+    #[error("cannot reach the backend at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+
+    #[error(
+        "the server at {url} answered neither as Ollama nor as an OpenAI-compatible API: {detail}"
+    )]
+    Unrecognised { url: String, detail: String },
+
+    #[error("the backend at {url} has no model {model:?}; it has: {available}")]
+    ModelMissing {
+        url: String,
+        model: String,
+        available: String,
+    },
+
+    #[error("the backend at {url} says model {model:?} does not exist: {message}")]
+    ModelRejected {
+        url: String,
+        model: String,
+        message: String,
+    },
+
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+}
 
 /// Where Ollama listens when nothing says otherwise.
 pub const DEFAULT_OLLAMA_HOST: &str = "127.0.0.1:11434";
@@ -86,8 +117,8 @@ pub struct AttemptFailure {
 /// `host:port`, `scheme://host[:port][/path]`. Without a scheme the port defaults to 11434;
 /// with `http://` or `https://` to 80 or 443. A wildcard listen address (`0.0.0.0`, `::`) means
 /// this machine. Returns `scheme://host:port[/path]` with no trailing slash.
-pub fn parse_base_url(value: &str) -> Result<String, Error> {
-    let bad = |reason: &str| Error::BackendUrl {
+pub fn parse_base_url(value: &str) -> Result<String, BackendError> {
+    let bad = |reason: &str| BackendError::Url {
         value: value.to_owned(),
         reason: reason.to_owned(),
     };

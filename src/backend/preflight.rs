@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::BackendError;
 use super::http::HttpBackend;
-use crate::error::Error;
 
 /// What kind of server answers at the backend URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl ModelCatalog {
     }
 
     /// The error for a missing model, listing what the server does have.
-    pub fn missing(&self, url: &str, model: &str) -> Error {
+    pub fn missing(&self, url: &str, model: &str) -> BackendError {
         let mut names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         names.sort_unstable();
         let available = if names.is_empty() {
@@ -43,7 +43,7 @@ impl ModelCatalog {
         } else {
             names.join(", ")
         };
-        Error::ModelMissing {
+        BackendError::ModelMissing {
             url: url.to_owned(),
             model: model.to_owned(),
             available,
@@ -72,13 +72,13 @@ impl ModelCatalog {
 }
 
 /// Identifies the server and fetches its model list.
-pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, Error> {
+pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, BackendError> {
     let kind = detect(backend).await?;
     let (path, list_key, name_key) = match kind {
         ServerKind::Ollama { .. } => ("/api/tags", "models", "name"),
         ServerKind::OpenAiCompatible => ("/v1/models", "data", "id"),
     };
-    let unreachable = |cause: String| Error::BackendUnreachable {
+    let unreachable = |cause: String| BackendError::Unreachable {
         url: backend.base_url().to_owned(),
         cause,
     };
@@ -100,13 +100,13 @@ pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, Error> {
     Ok(ModelCatalog { kind, names })
 }
 
-async fn detect(backend: &HttpBackend) -> Result<ServerKind, Error> {
+async fn detect(backend: &HttpBackend) -> Result<ServerKind, BackendError> {
     let url = backend.base_url().to_owned();
     let (ollama_status, body) =
         backend
             .get("/api/version")
             .await
-            .map_err(|cause| Error::BackendUnreachable {
+            .map_err(|cause| BackendError::Unreachable {
                 url: url.clone(),
                 cause,
             })?;
@@ -123,19 +123,19 @@ async fn detect(backend: &HttpBackend) -> Result<ServerKind, Error> {
         backend
             .get("/v1/models")
             .await
-            .map_err(|cause| Error::BackendUnreachable {
+            .map_err(|cause| BackendError::Unreachable {
                 url: url.clone(),
                 cause,
             })?;
     match openai_status {
         200 => Ok(ServerKind::OpenAiCompatible),
-        401 | 403 => Err(Error::BackendUnrecognised {
+        401 | 403 => Err(BackendError::Unrecognised {
             url,
             detail: format!(
                 "GET /v1/models answered HTTP {openai_status}: the API key is missing or refused (see --api-key-env)"
             ),
         }),
-        _ => Err(Error::BackendUnrecognised {
+        _ => Err(BackendError::Unrecognised {
             url,
             detail: format!(
                 "GET /api/version answered HTTP {ollama_status} and GET /v1/models HTTP {openai_status} (use --no-preflight to send anyway)"

@@ -28,9 +28,15 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::error::Error;
 use faults::{Directive, Fault, FaultPlan, FaultRates, parse_directive};
 use replies::Endpoint;
+
+/// Why the mock server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("the mock server cannot listen on {addr}: {cause}")]
+    Bind { addr: String, cause: std::io::Error },
+}
 
 /// Ollama's message when its queue is full (two spaces, as in the original).
 pub const SERVER_BUSY_MESSAGE: &str =
@@ -163,15 +169,15 @@ pub struct MockServer {
 
 impl MockServer {
     /// Binds 127.0.0.1 and starts serving on the current tokio runtime.
-    pub async fn start(config: MockConfig) -> Result<MockServer, Error> {
+    pub async fn start(config: MockConfig) -> Result<MockServer, MockError> {
         let bind_address = SocketAddr::from(([127, 0, 0, 1], config.port));
         let listener = tokio::net::TcpListener::bind(bind_address)
             .await
-            .map_err(|cause| Error::MockBind {
+            .map_err(|cause| MockError::Bind {
                 addr: bind_address.to_string(),
                 cause,
             })?;
-        let address = listener.local_addr().map_err(|cause| Error::MockBind {
+        let address = listener.local_addr().map_err(|cause| MockError::Bind {
             addr: bind_address.to_string(),
             cause,
         })?;

@@ -107,6 +107,11 @@ pub enum ResultsError {
     Exists { path: PathBuf },
 
     #[error(
+        "--output writes Parquet: name the file *.parquet (for JSONL, redirect standard output), not {path}"
+    )]
+    NotParquet { path: PathBuf },
+
+    #[error(
         "{path} was made with other settings: {changes}. Mixing them in one table would corrupt an analysis: write to a new file, or pass --allow-config-change to resume anyway (the change is recorded in the file)"
     )]
     ConfigChanged { path: PathBuf, changes: String },

@@ -88,7 +88,7 @@ pub fn open(
         let rebuilt = rebuild(&mut sink, results, existing);
         rebuilt.map_err(|error| match error {
             SinkError::Results(error) => ErrorsFileError::Results(error),
-            SinkError::Io(cause) => io_error(cause),
+            SinkError::Io(cause) | SinkError::Thread(cause) => io_error(cause),
             SinkError::Closed => io_error(io::Error::from(io::ErrorKind::BrokenPipe)),
         })?;
         sink.file.sync_data().map_err(io_error)?;

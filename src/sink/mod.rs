@@ -21,7 +21,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::error::Error;
 use crate::record::Outcome;
 use crate::reply::ReplyFields;
 use crate::stats::RunStats;
@@ -36,6 +35,8 @@ pub enum SinkError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Results(#[from] checkpoint::ResultsError),
+    #[error("cannot start the output thread: {0}")]
+    Thread(io::Error),
 }
 
 impl SinkError {
@@ -88,7 +89,7 @@ pub fn spawn(
     mut outcomes: mpsc::Receiver<Vec<Outcome>>,
     runtime: tokio::runtime::Handle,
     stats: Arc<RunStats>,
-) -> Result<thread::JoinHandle<SinkReport>, Error> {
+) -> Result<thread::JoinHandle<SinkReport>, SinkError> {
     thread::Builder::new()
         .name("batchflow-sink".into())
         .spawn(move || {
@@ -112,7 +113,7 @@ pub fn spawn(
             };
             SinkReport { closed, error }
         })
-        .map_err(|error| Error::Internal(format!("cannot start the output thread: {error}")))
+        .map_err(SinkError::Thread)
 }
 
 fn write_all(

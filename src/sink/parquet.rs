@@ -14,7 +14,6 @@ use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, R
 use super::fingerprint::Fingerprint;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
-use crate::error::Error;
 use crate::record::{DoneSet, Outcome};
 use crate::reply::ReplyFields;
 use crate::shutdown::Shutdown;
@@ -67,16 +66,16 @@ pub struct PreparedOutput {
 
 /// Checks, before anything else happens, that the output can be used as asked: a `.parquet`
 /// name, and no existing file unless resuming or overwriting. Creates nothing.
-pub fn check_path(output: &ParquetOutput) -> Result<(), Error> {
+pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     let path = &output.path;
     if path
         .extension()
         .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
     {
-        return Err(Error::OutputNotParquet { path: path.clone() });
+        return Err(ResultsError::NotParquet { path: path.clone() });
     }
     if output.mode == OutputMode::New && path.symlink_metadata().is_ok() {
-        return Err(ResultsError::Exists { path: path.clone() }.into());
+        return Err(ResultsError::Exists { path: path.clone() });
     }
     Ok(())
 }

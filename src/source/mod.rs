@@ -18,13 +18,48 @@ use std::thread;
 
 use tokio::sync::mpsc;
 
-use crate::error::Error;
 use crate::record::{DoneSet, SourceItem};
 use crate::shutdown::Shutdown;
 use jsonl::{LineParser, LineReader};
 use parquet::ParquetRows;
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Why the input cannot be read. Every message names the input (and the line, row or column).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open input {path}: {cause}")]
+    OpenInput { path: PathBuf, cause: io::Error },
+
+    #[error("reading input {name} failed after line or row {line}: {cause}")]
+    ReadInput {
+        name: String,
+        line: u64,
+        cause: io::Error,
+    },
+
+    #[error("cannot read input {path} as Parquet: {reason}")]
+    ParquetInput { path: PathBuf, reason: String },
+
+    #[error(
+        "input {path} lacks the column(s) {missing} that every request needs; its columns are: {found}"
+    )]
+    ParquetColumns {
+        path: PathBuf,
+        missing: String,
+        found: String,
+    },
+
+    #[error("input {path}: column {column} cannot be read as JSON: {reason}")]
+    ParquetColumnType {
+        path: PathBuf,
+        column: String,
+        reason: String,
+    },
+
+    #[error("cannot start the input thread: {0}")]
+    Thread(io::Error),
+}
 
 /// Where input lines are read from.
 #[derive(Debug, Clone)]
@@ -146,13 +181,13 @@ enum Reader {
 ///
 /// `record_columns` is set for a pipeline reading records: a Parquet input then must have, and
 /// is read for, those columns instead of the request columns.
-pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput, Error> {
+pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput, SourceError> {
     let name = input.name();
     let reader = match input {
         Input::Stdin => Reader::Stdin,
         Input::Text(text) => Reader::Text(text),
         Input::File(path) => {
-            let open_error = |cause| Error::OpenInput {
+            let open_error = |cause| SourceError::OpenInput {
                 path: path.clone(),
                 cause,
             };
@@ -233,7 +268,7 @@ pub fn count_lines(file: &File) -> io::Result<u64> {
 
 /// Opens the input for `options`: a pipeline over records reads a Parquet input for the
 /// record's columns, anything else for the request columns.
-pub fn open_for(input: Input, options: &SourceOptions) -> Result<OpenedInput, Error> {
+pub fn open_for(input: Input, options: &SourceOptions) -> Result<OpenedInput, SourceError> {
     let record_columns = options
         .records
         .as_deref()
@@ -258,7 +293,7 @@ pub fn spawn(
     options: SourceOptions,
     items: mpsc::Sender<SourceItem>,
     shutdown: Shutdown,
-) -> Result<thread::JoinHandle<Result<SourceSummary, Error>>, Error> {
+) -> Result<thread::JoinHandle<Result<SourceSummary, SourceError>>, SourceError> {
     let OpenedInput { name, reader } = opened;
     let handle = thread::Builder::new()
         .name("batchflow-source".into())
@@ -284,7 +319,7 @@ pub fn spawn(
             }
             result
         })
-        .map_err(|error| Error::Internal(format!("cannot start the input thread: {error}")))?;
+        .map_err(SourceError::Thread)?;
     Ok(handle)
 }
 
@@ -293,7 +328,7 @@ fn read_lines(
     name: &str,
     options: SourceOptions,
     items: &mpsc::Sender<SourceItem>,
-) -> Result<SourceSummary, Error> {
+) -> Result<SourceSummary, SourceError> {
     let mut lines = LineReader::new(reader, options.max_line_bytes);
     let mut parser = parser(&options);
     forward(&options, items, || {
@@ -302,7 +337,7 @@ fn read_lines(
                 Ok(Some(raw)) => raw,
                 Ok(None) => return Ok(None),
                 Err(cause) => {
-                    return Err(Error::ReadInput {
+                    return Err(SourceError::ReadInput {
                         name: name.to_owned(),
                         line: lines.line_number(),
                         cause,
@@ -320,7 +355,7 @@ fn read_rows(
     mut rows: ParquetRows,
     options: SourceOptions,
     items: &mpsc::Sender<SourceItem>,
-) -> Result<SourceSummary, Error> {
+) -> Result<SourceSummary, SourceError> {
     let mut parser = parser(&options).with_text_bodies();
     forward(&options, items, || rows.next_item(&mut parser))
 }
@@ -339,8 +374,8 @@ fn parser(options: &SourceOptions) -> LineParser {
 fn forward(
     options: &SourceOptions,
     items: &mpsc::Sender<SourceItem>,
-    mut next: impl FnMut() -> Result<Option<SourceItem>, Error>,
-) -> Result<SourceSummary, Error> {
+    mut next: impl FnMut() -> Result<Option<SourceItem>, SourceError>,
+) -> Result<SourceSummary, SourceError> {
     let mut summary = SourceSummary::default();
     let mut room = BatchedSender::new(items);
     loop {

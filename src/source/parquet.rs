@@ -19,8 +19,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::Value;
 
+use super::SourceError;
 use super::jsonl::{LineParser, Position};
-use crate::error::Error;
 use crate::record::{ErrorCode, InvalidLine, SourceItem};
 
 /// The columns a request is made of; any others in the file are not read.
@@ -69,14 +69,18 @@ pub struct ParquetRows {
 impl ParquetRows {
     /// Reads the footer, checks that the request columns are there and can become JSON, and
     /// decodes the first batch.
-    pub fn open(path: &Path, file: File) -> Result<ParquetRows, Error> {
+    pub fn open(path: &Path, file: File) -> Result<ParquetRows, SourceError> {
         ParquetRows::open_columns(path, file, &REQUIRED_COLUMNS)
     }
 
     /// Like [`ParquetRows::open`], reading `columns` (a pipeline's record columns) instead of
     /// the request columns.
-    pub fn open_columns(path: &Path, file: File, columns: &[&str]) -> Result<ParquetRows, Error> {
-        let unreadable = |reason: String| Error::ParquetInput {
+    pub fn open_columns(
+        path: &Path,
+        file: File,
+        columns: &[&str],
+    ) -> Result<ParquetRows, SourceError> {
+        let unreadable = |reason: String| SourceError::ParquetInput {
             path: path.to_owned(),
             reason,
         };
@@ -91,7 +95,7 @@ impl ParquetRows {
             .collect();
         if !missing.is_empty() {
             let found: Vec<&str> = fields.iter().map(|field| field.name().as_str()).collect();
-            return Err(Error::ParquetColumns {
+            return Err(SourceError::ParquetColumns {
                 path: path.to_owned(),
                 missing: missing.join(", "),
                 found: if found.is_empty() {
@@ -139,12 +143,15 @@ impl ParquetRows {
     }
 
     /// The next row as a request or an invalid item, or `None` after the last row.
-    pub fn next_item(&mut self, parser: &mut LineParser) -> Result<Option<SourceItem>, Error> {
+    pub fn next_item(
+        &mut self,
+        parser: &mut LineParser,
+    ) -> Result<Option<SourceItem>, SourceError> {
         while self.next == self.ends.len() {
             let Some(batch) = self.batches.next() else {
                 return Ok(None);
             };
-            let batch = batch.map_err(|error| Error::ReadInput {
+            let batch = batch.map_err(|error| SourceError::ReadInput {
                 name: self.path.display().to_string(),
                 line: self.rows,
                 cause: io::Error::other(error),
@@ -172,7 +179,7 @@ impl ParquetRows {
         }))
     }
 
-    fn encode(&mut self, batch: RecordBatch) -> Result<(), Error> {
+    fn encode(&mut self, batch: RecordBatch) -> Result<(), SourceError> {
         self.encoded.clear();
         self.ends.clear();
         self.next = 0;
@@ -180,7 +187,7 @@ impl ParquetRows {
         let field: FieldRef = Arc::new(Field::new("row", rows.data_type().clone(), false));
         let options = EncoderOptions::default();
         let mut encoder =
-            make_encoder(&field, &rows, &options).map_err(|error| Error::ReadInput {
+            make_encoder(&field, &rows, &options).map_err(|error| SourceError::ReadInput {
                 name: self.path.display().to_string(),
                 line: self.rows,
                 cause: io::Error::other(error),
@@ -195,12 +202,12 @@ impl ParquetRows {
 
 /// Fails at open time for a column type the JSON encoder rejects (a union, a map with non-string
 /// keys), rather than on the first batch after requests have started.
-fn check_encodable(path: &Path, field: &FieldRef) -> Result<(), Error> {
+fn check_encodable(path: &Path, field: &FieldRef) -> Result<(), SourceError> {
     let empty = new_empty_array(field.data_type());
     let options = EncoderOptions::default();
     make_encoder(field, &empty, &options)
         .map(drop)
-        .map_err(|error| Error::ParquetColumnType {
+        .map_err(|error| SourceError::ParquetColumnType {
             path: path.to_owned(),
             column: field.name().clone(),
             reason: format!("its type {} is not supported ({error})", field.data_type()),
@@ -404,7 +411,7 @@ mod tests {
             .err()
             .expect("columns are missing");
         assert!(
-            matches!(&error, Error::ParquetColumns { missing, found, .. }
+            matches!(&error, SourceError::ParquetColumns { missing, found, .. }
                 if missing == "method, url" && found == "custom_id, body"),
             "{error:?}"
         );
@@ -419,7 +426,10 @@ mod tests {
         std::fs::write(&path, "{\"custom_id\":\"a\"}\n").expect("write the test file");
         let file = File::open(&path).expect("open the test file");
         let error = ParquetRows::open(&path, file).err().expect("not Parquet");
-        assert!(matches!(error, Error::ParquetInput { .. }), "{error:?}");
+        assert!(
+            matches!(error, SourceError::ParquetInput { .. }),
+            "{error:?}"
+        );
         assert!(
             error.to_string().contains(&path.display().to_string()),
             "{error}"
@@ -447,7 +457,10 @@ mod tests {
         let error = ParquetRows::open(&path, file)
             .err()
             .expect("the first page is damaged");
-        assert!(matches!(error, Error::ParquetInput { .. }), "{error:?}");
+        assert!(
+            matches!(error, SourceError::ParquetInput { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -500,7 +513,7 @@ mod tests {
             .err()
             .expect("integer map keys have no JSON form");
         assert!(
-            matches!(&error, Error::ParquetColumnType { column, .. } if column == "body"),
+            matches!(&error, SourceError::ParquetColumnType { column, .. } if column == "body"),
             "{error:?}"
         );
     }

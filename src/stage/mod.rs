@@ -26,9 +26,9 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::backend::BackendError;
 use crate::backend::preflight::ModelCatalog;
 use crate::backend::{AttemptFailure, Backend, FailureKind};
-use crate::error::Error;
 use crate::record::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody, Request, SourceItem};
 use crate::reply::ReplyFields;
 use crate::schema::OutputSchema;
@@ -91,7 +91,7 @@ pub struct StageReport {
     /// The sink stopped accepting outcomes (for instance a closed stdout pipe).
     pub sink_closed: bool,
     /// What stopped the run early, such as a model the server does not have.
-    pub fatal: Option<Error>,
+    pub fatal: Option<BackendError>,
 }
 
 /// State shared by every request of a run.
@@ -150,7 +150,7 @@ pub async fn run<B: Backend>(
             let context = Arc::clone(&context);
             async move { context.process(item).await }
         });
-    let mut results: BoxStream<'static, (Outcome, Option<Error>)> = if config.ordered {
+    let mut results: BoxStream<'static, (Outcome, Option<BackendError>)> = if config.ordered {
         requests.buffered(config.window()).boxed()
     } else {
         requests.buffer_unordered(config.window()).boxed()
@@ -203,7 +203,7 @@ pub async fn run<B: Backend>(
 impl<B: Backend> StageContext<B> {
     /// One item to one outcome, with a panic contained to this request. The second value is an
     /// error that should end the whole run.
-    async fn process(&self, item: SourceItem) -> (Outcome, Option<Error>) {
+    async fn process(&self, item: SourceItem) -> (Outcome, Option<BackendError>) {
         let request = match item {
             SourceItem::Invalid(invalid) => return (Outcome::from_invalid(invalid), None),
             SourceItem::Request(request) => request,
@@ -227,7 +227,7 @@ impl<B: Backend> StageContext<B> {
         }
     }
 
-    async fn execute(&self, request: Request) -> (Outcome, Option<Error>) {
+    async fn execute(&self, request: Request) -> (Outcome, Option<BackendError>) {
         let mut started = Instant::now();
         if let (Some(catalog), Some(model)) = (&self.catalog, &request.model) {
             if !catalog.has(model) {
@@ -296,7 +296,7 @@ impl<B: Backend> StageContext<B> {
                 Err(failure) => failure,
             };
             if failure.kind == FailureKind::ModelNotFound {
-                let error = Error::ModelRejected {
+                let error = BackendError::ModelRejected {
                     url: self.base_url.clone(),
                     model: request.model.clone().unwrap_or_default(),
                     message: failure.message.clone(),
@@ -327,7 +327,7 @@ impl<B: Backend> StageContext<B> {
 
     /// Records the first run-ending error and stops reading input. Only the first caller gets
     /// the error back, so it is reported once.
-    fn fail_run(&self, error: Error) -> Option<Error> {
+    fn fail_run(&self, error: BackendError) -> Option<BackendError> {
         if self.run_failed.swap(true, Ordering::SeqCst) {
             return None;
         }

@@ -1,7 +1,6 @@
 //! Shared test harness: an in-process mock Ollama server on 127.0.0.1:0, request-line
 //! builders, and a runner for the real `batchflow` binary.
 
-
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
