@@ -35,20 +35,19 @@
 //! - [`error`]: the error type and exit codes.
 
 pub mod backend;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod idset;
 pub mod mock;
+pub mod options;
 pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod record;
 pub mod reply;
 pub mod schema;
-pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

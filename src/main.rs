@@ -1,27 +1,28 @@
 //! The `batchflow` binary: parse flags, set up logging and the runtime, dispatch to the engine
 //! or the mock server, and map the outcome to an exit code. Everything else is in the library.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use batchflow::cli::{
-    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
-    ValidateArgs,
-};
+mod flags;
+
 use batchflow::config::{JsonlTarget, Pipeline};
 use batchflow::engine::{self, JsonlStream, RunConfig, RunReport};
 use batchflow::error::{Error, ExitStatus};
 use batchflow::mock::{MockConfig, MockServer};
+use batchflow::options::{Console, RunOptions, Workers};
 use batchflow::progress;
-use batchflow::settings;
 use batchflow::shutdown::Shutdown;
 use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
 use clap::Parser;
+use flags::{
+    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
+    ValidateArgs,
+};
 
 /// A results file's row group is built in buffers of megabytes that are freed at each
 /// checkpoint. glibc soon serves blocks that size from its heap (its mmap threshold rises with
@@ -102,7 +103,7 @@ fn init_logging(log: LogArgs) {
 
 async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        None => run_batch(cli.run, cli.log, None, shutdown).await,
+        None => run_batch(cli.run, cli.log, shutdown).await,
         Some(Command::MockServer(args)) => serve_mock(args).await,
         Some(Command::Demo(args)) => demo(args, cli.log, shutdown).await,
         Some(Command::Status(args)) => status(args),
@@ -112,9 +113,12 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
     }
 }
 
-async fn start_mock(slots: u32) -> anyhow::Result<MockServer> {
+/// Starts the built-in mock with as many slots as the run has workers per backend (with
+/// `--workers auto`, as many as the default).
+async fn start_mock(workers: Option<Workers>) -> anyhow::Result<MockServer> {
+    let default = RunOptions::default().workers;
     let config = MockConfig {
-        slots: slots as usize,
+        slots: workers.unwrap_or(default).count_or(default.count_or(1)) as usize,
         latency_spread: 0.5,
         ..MockConfig::default()
     };
@@ -123,9 +127,9 @@ async fn start_mock(slots: u32) -> anyhow::Result<MockServer> {
     Ok(mock)
 }
 
-fn console(log: LogArgs) -> settings::Console {
-    settings::Console {
-        log,
+fn console(log: LogArgs) -> Console {
+    Console {
+        quiet: log.quiet,
         stderr_is_terminal: io::stderr().is_terminal(),
     }
 }
@@ -134,26 +138,26 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-async fn run_batch(
-    args: RunArgs,
+async fn run_batch(args: RunArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
+    let stdout = args.output.is_none() || args.jsonl;
+    run_options(args.options(), args.mock, stdout, log, shutdown).await
+}
+
+/// Resolves `options` (against the built-in mock when `mock`) and runs them, with JSONL on
+/// standard output when `stdout`.
+async fn run_options(
+    options: RunOptions,
+    mock: bool,
+    stdout: bool,
     log: LogArgs,
-    embedded_input: Option<&'static str>,
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
-    let mock = match args.mock {
-        true => Some(start_mock(args.workers.count_or(8)).await?),
+    let mock = match mock {
+        true => Some(start_mock(Some(options.workers)).await?),
         false => None,
     };
-    let mut config =
-        settings::run_config(&args, console(log), mock.as_ref().map(MockServer::url), env)?;
-    if let Some(text) = embedded_input {
-        config.input = Input::Text(text.into());
-    }
-    let jsonl = if config.output.is_none() || args.jsonl {
-        Some(stdout_stream()?)
-    } else {
-        None
-    };
+    let config = options.resolve(console(log), mock.as_ref().map(MockServer::url), env)?;
+    let jsonl = if stdout { Some(stdout_stream()?) } else { None };
     execute(config, jsonl, log, shutdown).await
 }
 
@@ -203,33 +207,34 @@ struct PipelineRun {
     _mock: Option<MockServer>,
 }
 
-/// Loads and checks `args.file` and resolves it with `args`; problems with the file are
-/// printed and come back as the exit status. When the file or --mock asks for the built-in
-/// mock, `mock_slots` sizes it, or says not to start it.
+/// Loads and checks `file` with `sets`, lays `flags` over its options and resolves them;
+/// problems with the file are printed and come back as the exit status. When the file or
+/// `mock` asks for the built-in mock, `mock_workers` sizes it, or says not to start it.
 async fn pipeline_run(
-    args: &PipelineRunArgs,
+    file: &Path,
+    sets: &[String],
+    mock: bool,
+    mock_workers: impl FnOnce(&Pipeline) -> Option<Option<Workers>>,
+    flags: impl FnOnce(&mut RunOptions),
     log: LogArgs,
-    mock_slots: impl FnOnce(&Pipeline) -> Option<u32>,
 ) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
-    let (pipeline, extras) = match batchflow::pipeline::load_checked(&args.file, &args.set, env)? {
+    let (pipeline, extras) = match batchflow::pipeline::load_checked(file, sets, env)? {
         Ok(checked) => checked,
-        Err(problems) => return Ok(Err(report_problems(&args.file, &problems))),
+        Err(problems) => return Ok(Err(report_problems(file, &problems))),
     };
-    let slots = (args.mock || pipeline.backend.mock)
-        .then(|| mock_slots(&pipeline))
+    let workers = (mock || pipeline.backend.mock)
+        .then(|| mock_workers(&pipeline))
         .flatten();
-    let mock = match slots {
-        Some(slots) => Some(start_mock(slots).await?),
+    let mock = match workers {
+        Some(workers) => Some(start_mock(workers).await?),
         None => None,
     };
-    let config = settings::pipeline_config(
-        &pipeline,
-        args,
-        extras.clone(),
-        console(log),
-        mock.as_ref().map(MockServer::url),
-        env,
-    )?;
+    let mut options = RunOptions::default();
+    pipeline.apply(&mut options);
+    options.extras = extras.clone();
+    options.pipeline_file = Some(file.to_owned());
+    flags(&mut options);
+    let config = options.resolve(console(log), mock.as_ref().map(MockServer::url), env)?;
     Ok(Ok(PipelineRun {
         config,
         pipeline,
@@ -243,20 +248,18 @@ async fn run_pipeline(
     log: LogArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
-    let run = match pipeline_run(&args, log, |pipeline| {
-        (!args.dry_run).then(|| pipeline.workers.map_or(8, |workers| workers.count_or(8)))
-    })
-    .await?
-    {
-        Ok(run) => run,
-        Err(status) => return Ok(status),
-    };
+    let flags = |options: &mut RunOptions| args.lay_over(options);
+    let mock_workers = |pipeline: &Pipeline| (!args.dry_run).then_some(pipeline.workers);
+    let run = pipeline_run(&args.file, &args.set, args.mock, mock_workers, flags, log).await?;
     let PipelineRun {
         config,
         pipeline,
         extras,
         _mock,
-    } = run;
+    } = match run {
+        Ok(run) => run,
+        Err(status) => return Ok(status),
+    };
     if args.dry_run {
         let rendered = tokio::select! {
             _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
@@ -281,16 +284,9 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     // Kept alive for the whole measurement.
     let mut _mock = None;
     let config = match pipeline_file {
+        // The pipeline's own settings, as `run FILE [--mock]` would take them.
         Some(file) => {
-            // The pipeline's own settings, as `run FILE [--mock]` would take them.
-            let mut words = vec![OsString::from("batchflow"), "run".into(), file.into()];
-            if args.run.mock {
-                words.push("--mock".into());
-            }
-            let Some(Command::Run(flags)) = Cli::try_parse_from(words)?.command else {
-                anyhow::bail!("cannot read the pipeline file's path");
-            };
-            match pipeline_run(&flags, log, |_| Some(8)).await? {
+            match pipeline_run(&file, &[], args.run.mock, |_| Some(None), |_| {}, log).await? {
                 Ok(run) => {
                     _mock = run._mock;
                     run.config
@@ -300,14 +296,10 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
         }
         None => {
             if args.run.mock {
-                _mock = Some(start_mock(8).await?);
+                _mock = Some(start_mock(Some(args.run.workers)).await?);
             }
-            settings::run_config(
-                &args.run,
-                console(log),
-                _mock.as_ref().map(MockServer::url),
-                env,
-            )?
+            let url = _mock.as_ref().map(MockServer::url);
+            args.run.options().resolve(console(log), url, env)?
         }
     };
     let sample_requests = args.sample.max(1);
@@ -364,7 +356,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
 }
 
 async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {
-    let mock = MockServer::start(settings::mock_config(&args)).await?;
+    let mock = MockServer::start(args.config()).await?;
     println!("{}", mock.url());
     tracing::info!(
         "Mock Ollama server listening on {}; stop it with Ctrl-C.",
@@ -378,13 +370,13 @@ async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {
 }
 
 async fn demo(args: DemoArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
-    let workers = args.workers.to_string();
-    let mut argv = vec!["batchflow", "--mock", "--workers", &workers];
-    if args.ordered {
-        argv.push("--ordered");
-    }
-    let cli = Cli::try_parse_from(argv).context("demo settings")?;
-    run_batch(cli.run, log, Some(batchflow::DEMO_BATCH), shutdown).await
+    let options = RunOptions {
+        input: Input::Text(batchflow::DEMO_BATCH.into()),
+        workers: Workers::Fixed(args.workers),
+        ordered: args.ordered,
+        ..RunOptions::default()
+    };
+    run_options(options, true, true, log, shutdown).await
 }
 
 /// Standard output for JSONL results, with its file's metadata when it is one (so the engine

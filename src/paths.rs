@@ -33,8 +33,8 @@ impl NamedPath {
     }
 }
 
-/// How the user named each file of a run, for messages: flags on the command line, keys in a
-/// pipeline file.
+/// How the user named each knob of a run that messages mention: flags on the command line,
+/// keys in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Knobs {
     pub input: String,
@@ -43,6 +43,7 @@ pub struct Knobs {
     pub stats: String,
     pub errors: String,
     pub jsonl: String,
+    pub api_key_env: String,
 }
 
 impl Knobs {
@@ -54,19 +55,20 @@ impl Knobs {
             stats: "--stats".into(),
             errors: "--errors".into(),
             jsonl: "sink.jsonl".into(),
+            api_key_env: "--api-key-env".into(),
         }
     }
 
-    /// A pipeline's names; `stats_flag` and `errors_flag` tell that a flag overrode the key.
-    pub fn pipeline(stats_flag: bool, errors_flag: bool) -> Knobs {
-        let choose = |flag: bool, name: &str, key: &str| if flag { name } else { key }.to_owned();
+    /// A pipeline file's keys.
+    pub fn pipeline() -> Knobs {
         Knobs {
             input: "source.path".into(),
             pipeline: "the pipeline file".into(),
             output: "sink.parquet".into(),
-            stats: choose(stats_flag, "--stats", "sink.stats"),
-            errors: choose(errors_flag, "--errors", "sink.errors"),
+            stats: "sink.stats".into(),
+            errors: "sink.errors".into(),
             jsonl: "sink.jsonl".into(),
+            api_key_env: "backend.api_key_env".into(),
         }
     }
 }

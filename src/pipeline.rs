@@ -14,13 +14,12 @@ use serde_json::Value;
 
 use crate::backend::http::HttpBackend;
 use crate::backend::preflight;
-use crate::cli::{LogArgs, PipelineRunArgs};
 use crate::config::{self, ConfigError, Pipeline};
 use crate::engine::RunConfig;
 use crate::error::Error;
+use crate::options::{Console, RunOptions};
 use crate::record::SourceItem;
 use crate::schema::ColumnType;
-use crate::settings::{self, Console};
 use crate::sink::results::ExtraColumns;
 use crate::source;
 use crate::source::parquet::is_parquet;
@@ -260,35 +259,14 @@ pub async fn validate(
         Err(problems) => return Ok(Err(problems)),
     };
     if !offline && !pipeline.backend.mock {
-        let flags = PipelineRunArgs {
-            file: file.to_owned(),
-            set: Vec::new(),
-            resume: false,
-            retry_errors: false,
-            overwrite: false,
-            dry_run: false,
-            stats: None,
-            errors: None,
-            allow_config_change: false,
-            progress_interval: std::time::Duration::from_secs(10),
-            mock: false,
-            shard: None,
-        };
+        let mut options = RunOptions::default();
+        pipeline.apply(&mut options);
+        options.extras = extras.clone();
         let console = Console {
-            log: LogArgs {
-                quiet: true,
-                verbose: false,
-            },
+            quiet: true,
             stderr_is_terminal: false,
         };
-        let config = match settings::pipeline_config(
-            &pipeline,
-            &flags,
-            extras.clone(),
-            console,
-            None,
-            env,
-        ) {
+        let config = match options.resolve(console, None, env) {
             Ok(config) => config,
             Err(error) => return Ok(Err(vec![format!("backend: {error}")])),
         };

@@ -14,7 +14,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
+use batchflow::engine;
+use batchflow::error::ExitStatus;
 use batchflow::mock::MockConfig;
+use batchflow::options::{Console, RunOptions, Workers};
+use batchflow::shutdown::Shutdown;
+use batchflow::source::Input;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::{Mock, batchflow, chat_lines, parse_output, write_parquet};
 
@@ -373,4 +378,28 @@ fn the_same_job_as_flags_and_as_toml_gives_the_same_rows() {
     let from_flags = rows("flags.parquet");
     assert_eq!(from_flags.len(), 300);
     assert_eq!(from_flags, rows("toml.parquet"));
+
+    // The same run built in code, through the library alone.
+    let options = RunOptions {
+        input: Input::File(input.clone()),
+        model: Some("llama3.2".into()),
+        backends: vec![mock.url()],
+        workers: Workers::Fixed(4),
+        results: Some(dir.path().join("code.parquet")),
+        ..RunOptions::default()
+    };
+    let console = Console {
+        quiet: true,
+        stderr_is_terminal: false,
+    };
+    let config = options.resolve(console, None, |_| None).expect("resolves");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let report = runtime
+        .block_on(engine::run(config, None, Shutdown::new()))
+        .expect("runs");
+    assert_eq!(report.exit_status(), ExitStatus::Success);
+    assert_eq!(from_flags, rows("code.parquet"));
 }

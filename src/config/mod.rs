@@ -11,10 +11,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::{Workers, parse_duration};
+use crate::options::{RunOptions, Workers, parse_duration};
+use crate::paths::Knobs;
 use crate::schema::OutputSchema;
 use crate::sink::checkpoint::Codec;
 use crate::sink::results;
+use crate::source::Input;
 use crate::source::template::{RecordShape, Template};
 
 /// The endpoints a pipeline's `[request]` may target.
@@ -354,6 +356,41 @@ impl Pipeline {
         self.shape
             .as_deref()
             .and_then(|shape| shape.output.as_ref())
+    }
+
+    /// Lays the pipeline's values over `options` (what it leaves unset stays as it was), and
+    /// names the knobs by their keys for messages.
+    pub fn apply(&self, options: &mut RunOptions) {
+        let backend = &self.backend;
+        options.input = Input::from_arg(self.input.clone());
+        options.records = self.shape.clone();
+        options.model = self.model_override.clone();
+        options.output_retries = self.output_retries;
+        options.backends = backend.url.iter().chain(&backend.urls).cloned().collect();
+        options.api_key_env = backend.api_key_env.clone();
+        options.workers = self.workers.unwrap_or(options.workers);
+        options.timeout = self.timeout.unwrap_or(options.timeout);
+        options.connect_timeout = self.connect_timeout.unwrap_or(options.connect_timeout);
+        let retry = &mut options.retry;
+        retry.max_retries = backend.retries.unwrap_or(retry.max_retries);
+        retry.base_delay = self.retry_base.unwrap_or(retry.base_delay);
+        retry.max_delay = self.retry_max.unwrap_or(retry.max_delay);
+        options.preflight = backend.preflight.unwrap_or(options.preflight);
+        options.ordered = self.ordered;
+        options.results = self.parquet.clone();
+        options.checkpoint_rows = self.checkpoint_rows.unwrap_or(options.checkpoint_rows);
+        options.checkpoint_interval = self
+            .checkpoint_interval
+            .unwrap_or(options.checkpoint_interval);
+        options.codec = self.codec;
+        options.keep_raw = self.keep_raw;
+        options.jsonl_file = match &self.jsonl {
+            Some(JsonlTarget::File(path)) => Some(path.clone()),
+            Some(JsonlTarget::Stdout) | None => None,
+        };
+        options.stats_file = self.stats.clone().or(options.stats_file.take());
+        options.errors_file = self.errors.clone().or(options.errors_file.take());
+        options.knobs = Knobs::pipeline();
     }
 }
 

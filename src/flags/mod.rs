@@ -1,9 +1,17 @@
-//! Command-line definitions (clap) and their value parsers. Turning these into a run's
-//! configuration is `settings`' job.
+//! The command line (clap): flags, subcommands and their value parsers, and how they become the
+//! library's options (`options.rs` here). Only the binary sees this folder; the library never
+//! names a clap type. Every default shown in `--help` comes from the library's
+//! `RunOptions::default()` or `MockConfig::default()`.
 
+mod options;
+
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use batchflow::mock::MockConfig;
+use batchflow::options::{RunOptions, Workers, parse_duration};
+use batchflow::source::Shard;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
@@ -108,16 +116,16 @@ pub struct PipelineRunArgs {
     pub allow_config_change: bool,
 
     /// When standard error is not a terminal, log a progress line this often.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub progress_interval: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
+    pub progress_interval: FlagDuration,
 
     /// Use the built-in mock server as the backend.
     #[arg(long)]
     pub mock: bool,
 
     /// Process only shard I of N (see the main command's --shard).
-    #[arg(long, value_name = "I/N", value_parser = crate::source::Shard::parse)]
-    pub shard: Option<crate::source::Shard>,
+    #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
 }
 
 /// Flags of `tune`: the run flags (backend, model, timeouts…) plus the sample's size.
@@ -173,7 +181,7 @@ pub struct RunArgs {
     /// Requests in flight at once, per backend: a number matching the server's parallel slots
     /// (OLLAMA_NUM_PARALLEL, summed over its loaded models), or `auto` to find it while running
     /// (it grows while latency stays flat and backs off when requests queue or get 503/429).
-    #[arg(short, long, default_value = "8", value_parser = Workers::parse, value_name = "N|auto")]
+    #[arg(short, long, default_value_t = RunOptions::default().workers, value_parser = Workers::parse, value_name = "N|auto")]
     pub workers: Workers,
 
     /// Sets `model` in every request body, replacing any model the line names.
@@ -193,26 +201,26 @@ pub struct RunArgs {
 
     /// Limit for one attempt of one request, from connecting to the last byte of the answer
     /// (seconds, or a duration such as `90s`, `10m`). LLM calls on CPU can take minutes.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
-    pub timeout: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().timeout), value_parser = flag_duration, value_name = "DURATION")]
+    pub timeout: FlagDuration,
 
     /// Limit for opening a connection.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub connect_timeout: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().connect_timeout), value_parser = flag_duration, value_name = "DURATION")]
+    pub connect_timeout: FlagDuration,
 
     /// Attempts after the first, for connection errors, timeouts, 429, 500, 502, 503, 504 and
     /// malformed answers. Other 4xx answers are never retried.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = RunOptions::default().retry.max_retries, value_name = "N")]
     pub retries: u32,
 
     /// First backoff's upper bound; it doubles per failure (full jitter). A server's
     /// Retry-After takes precedence.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
-    pub retry_base: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().retry.base_delay), value_parser = flag_duration, value_name = "DURATION")]
+    pub retry_base: FlagDuration,
 
     /// Longest backoff between two attempts.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub retry_max: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().retry.max_delay), value_parser = flag_duration, value_name = "DURATION")]
+    pub retry_max: FlagDuration,
 
     /// Write results in input order (through a bounded reorder buffer) instead of completion
     /// order.
@@ -225,15 +233,15 @@ pub struct RunArgs {
 
     /// After SIGINT/SIGTERM, how long in-flight requests may take to finish. A second
     /// interrupt aborts at once.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub grace: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().grace), value_parser = flag_duration, value_name = "DURATION")]
+    pub grace: FlagDuration,
 
     /// Longer input lines are refused (with an error line) without being held in memory.
-    #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = RunOptions::default().max_line_bytes, value_name = "BYTES")]
     pub max_line_bytes: usize,
 
     /// Larger response bodies are refused and recorded as `invalid_response`.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = RunOptions::default().max_response_bytes, value_name = "BYTES")]
     pub max_response_bytes: usize,
 
     /// Write results to this Parquet file, checkpointed as it goes so that a crash loses at
@@ -267,12 +275,12 @@ pub struct RunArgs {
     pub allow_config_change: bool,
 
     /// Checkpoint the results file after this many new rows (or 8 MiB of them)...
-    #[arg(long, default_value_t = 10_000, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = RunOptions::default().checkpoint_rows, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_rows: u64,
 
     /// ...or after this long, whichever comes first.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub checkpoint_secs: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().checkpoint_interval), value_parser = flag_duration, value_name = "DURATION")]
+    pub checkpoint_secs: FlagDuration,
 
     /// Leave the raw response body out of the results file.
     #[arg(long, requires = "output")]
@@ -288,14 +296,14 @@ pub struct RunArgs {
     pub stats: Option<PathBuf>,
 
     /// When standard error is not a terminal, log a progress line this often.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    pub progress_interval: Duration,
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
+    pub progress_interval: FlagDuration,
 
     /// Process only shard I of N (`--shard 0/4`): the requests whose custom_id hashes to I.
     /// N machines given the same input and I = 0…N-1 split it exactly, without coordination;
     /// give each its own --output.
-    #[arg(long, value_name = "I/N", value_parser = crate::source::Shard::parse)]
-    pub shard: Option<crate::source::Shard>,
+    #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
 
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
     /// GPU). The mock has models llama3.2 and nomic-embed-text.
@@ -319,66 +327,66 @@ pub struct LogArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MockArgs {
     /// Port on 127.0.0.1; 0 picks a free one.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = MockConfig::default().port)]
     pub port: u16,
 
     /// Requests served at once, like OLLAMA_NUM_PARALLEL.
-    #[arg(long, env = "OLLAMA_NUM_PARALLEL", default_value_t = 4)]
+    #[arg(long, env = "OLLAMA_NUM_PARALLEL", default_value_t = MockConfig::default().slots)]
     pub slots: usize,
 
     /// Requests that may wait for a slot before new ones get 503, like OLLAMA_MAX_QUEUE.
-    #[arg(long, env = "OLLAMA_MAX_QUEUE", default_value_t = 512)]
+    #[arg(long, env = "OLLAMA_MAX_QUEUE", default_value_t = MockConfig::default().max_queue)]
     pub max_queue: usize,
 
     /// Time each request spends in its slot.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration, value_name = "DURATION")]
-    pub latency: Duration,
+    #[arg(long, default_value_t = FlagDuration(MockConfig::default().latency), value_parser = flag_duration, value_name = "DURATION")]
+    pub latency: FlagDuration,
 
     /// Random spread of the latency: 0.5 means uniform within ±50%.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = MockConfig::default().latency_spread, value_parser = parse_fraction)]
     pub spread: f64,
 
     /// Seed for fault injection.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = MockConfig::default().seed)]
     pub seed: u64,
 
     /// Fraction of requests answered HTTP 500.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.server_error, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_500: f64,
 
     /// Fraction of requests answered HTTP 429 with Retry-After.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.rate_limited, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_429: f64,
 
     /// Fraction of requests whose connection is cut mid-answer.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.reset, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_reset: f64,
 
     /// Fraction of requests that hang (see --hang).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.hang, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_hang: f64,
 
     /// Fraction of requests answered 200 with truncated JSON.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.truncated, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_truncated: f64,
 
     /// Fraction of requests answered 200 with text that ignores the requested output schema.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, value_name = "FRACTION")]
+    #[arg(long, default_value_t = MockConfig::default().faults.bad_output, value_parser = parse_fraction, value_name = "FRACTION")]
     pub fail_schema: f64,
 
     /// Retry-After sent with each 429.
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
-    pub retry_after: Duration,
+    #[arg(long, default_value_t = FlagDuration(MockConfig::default().retry_after), value_parser = flag_duration, value_name = "DURATION")]
+    pub retry_after: FlagDuration,
 
     /// How long a hanging request hangs.
-    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
-    pub hang: Duration,
+    #[arg(long, default_value_t = FlagDuration(MockConfig::default().hang), value_parser = flag_duration, value_name = "DURATION")]
+    pub hang: FlagDuration,
 
     /// Models the mock has (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "llama3.2:latest,nomic-embed-text:latest"
+        default_values_t = MockConfig::default().models
     )]
     pub models: Vec<String>,
 }
@@ -395,44 +403,19 @@ pub struct DemoArgs {
     pub ordered: bool,
 }
 
-/// `--workers`: a fixed count or `auto`.
+/// A duration flag: read by [`parse_duration`] (seconds or units), shown in `--help` as
+/// humantime writes it (`10m`, `500ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
-    Fixed(u32),
-    Auto,
-}
+pub struct FlagDuration(pub Duration);
 
-impl Workers {
-    /// The most concurrency `auto` will try, per backend.
-    pub const AUTO_MAX: u32 = 256;
-
-    pub fn parse(text: &str) -> Result<Workers, String> {
-        if text.trim().eq_ignore_ascii_case("auto") {
-            return Ok(Workers::Auto);
-        }
-        match text.trim().parse::<u32>() {
-            Ok(count @ 1..=4096) => Ok(Workers::Fixed(count)),
-            _ => Err(format!(
-                "{text:?} is not a number from 1 to 4096 or \"auto\""
-            )),
-        }
-    }
-
-    /// The fixed count, or `default` for `auto`.
-    pub fn count_or(self, default: u32) -> u32 {
-        match self {
-            Workers::Fixed(count) => count,
-            Workers::Auto => default,
-        }
+impl fmt::Display for FlagDuration {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", humantime::format_duration(self.0))
     }
 }
 
-/// A duration as plain seconds (`90`, `0.5`) or with units (`90s`, `10m`, `250ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"));
-    }
-    humantime::parse_duration(text.trim()).map_err(|error| format!("{text:?}: {error}"))
+fn flag_duration(text: &str) -> Result<FlagDuration, String> {
+    parse_duration(text).map(FlagDuration)
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
@@ -453,12 +436,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_seconds_or_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn help_shows_the_librarys_defaults() {
+        let defaults = RunOptions::default();
+        let cli = Cli::try_parse_from(["batchflow"]).expect("parses");
+        assert_eq!(cli.run.workers, defaults.workers);
+        assert_eq!(cli.run.timeout.0, defaults.timeout);
+        assert_eq!(cli.run.retry_base.0, defaults.retry.base_delay);
+        assert_eq!(cli.run.checkpoint_rows, defaults.checkpoint_rows);
+        assert_eq!(FlagDuration(Duration::from_secs(600)).to_string(), "10m");
     }
 
     #[test]
@@ -473,8 +458,6 @@ mod tests {
             Cli::try_parse_from(["batchflow", "in.jsonl", "-w", "3", "--ordered"]).expect("parses");
         assert!(cli.command.is_none());
         assert_eq!(cli.run.workers, Workers::Fixed(3));
-        assert_eq!(Workers::parse("auto"), Ok(Workers::Auto));
-        assert!(Workers::parse("0").is_err());
         let cli =
             Cli::try_parse_from(["batchflow", "mock-server", "--slots", "2"]).expect("parses");
         assert!(matches!(
