@@ -51,6 +51,9 @@ pub enum Error {
         cause: io::Error,
     },
 
+    #[error("resuming needs {knob}: only a results file records what is done")]
+    ResumeWithoutResults { knob: String },
+
     #[error("interrupted before the first request was sent")]
     Interrupted,
 

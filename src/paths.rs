@@ -308,13 +308,28 @@ pub struct CheckedPaths {
     pub targets: Vec<PathBuf>,
 }
 
-/// Checks `outputs` against `inputs` and each other, and each output on its own (see the
-/// module comment). `stdout`, when it is a file, counts as one more output: appending results
-/// to the input being read would never end.
+/// Standard input and output, when they are files: standard input read as the input is one
+/// more input, and standard output written with results one more output (appending results to
+/// the input being read would never end).
+#[derive(Debug, Clone, Default)]
+pub struct Streams {
+    pub stdin: Option<fs::Metadata>,
+    pub stdout: Option<fs::Metadata>,
+}
+
+fn inode(metadata: &fs::Metadata) -> Identity {
+    Identity::Inode {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+    }
+}
+
+/// Checks `outputs` against `inputs`, `streams` and each other, and each output on its own (see
+/// the module comment).
 pub fn check(
     inputs: &[NamedPath],
+    streams: &Streams,
     outputs: &[OutputPath],
-    stdout: Option<&fs::Metadata>,
 ) -> Result<CheckedPaths, PathError> {
     let mut seen: Vec<(Identity, String, bool)> = Vec::new();
     for input in inputs {
@@ -323,11 +338,15 @@ pub fn check(
             seen.push((resolved.identity, input.knob.clone(), true));
         }
     }
-    if let Some(metadata) = stdout.filter(|metadata| metadata.file_type().is_file()) {
-        let identity = Identity::Inode {
-            device: metadata.dev(),
-            inode: metadata.ino(),
-        };
+    if let Some(metadata) = streams.stdin.as_ref().filter(|metadata| metadata.is_file()) {
+        seen.push((inode(metadata), "standard input".into(), true));
+    }
+    if let Some(metadata) = streams
+        .stdout
+        .as_ref()
+        .filter(|metadata| metadata.is_file())
+    {
+        let identity = inode(metadata);
         if let Some((_, knob, _)) = seen.iter().find(|(seen, ..)| *seen == identity) {
             return Err(PathError::Clash {
                 first: "standard output".into(),
@@ -459,14 +478,22 @@ mod tests {
         fs::hard_link(&input, &hard).expect("hard link");
         let inputs = [NamedPath::new("INPUT", &input)];
         for path in [&input, &soft, &hard] {
-            let error = check(&inputs, &[output("--output", path)], None).expect_err("a clash");
+            let error = check(&inputs, &Streams::default(), &[output("--output", path)])
+                .expect_err("a clash");
             assert!(
                 matches!(&error, PathError::Clash { first, second, .. } if first == "--output" && second == "INPUT"),
                 "{error}"
             );
         }
         let spelled = dir.path().join(".").join("in.parquet");
-        assert!(check(&inputs, &[output("--output", &spelled)], None).is_err());
+        assert!(
+            check(
+                &inputs,
+                &Streams::default(),
+                &[output("--output", &spelled)]
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -475,21 +502,21 @@ mod tests {
         let results = dir.path().join("results.parquet");
         let error = check(
             &[],
+            &Streams::default(),
             &[
                 output("--output", &results),
                 output("--stats", &dir.path().join("sub/../results.parquet")),
             ],
-            None,
         );
         // `sub` does not exist, so its `..` cannot be followed: the folder is missing.
         assert!(matches!(error, Err(PathError::FolderMissing { .. })));
         let error = check(
             &[],
+            &Streams::default(),
             &[
                 output("--output", &results),
                 output("--stats", &dir.path().join("./results.parquet")),
             ],
-            None,
         )
         .expect_err("a clash");
         assert!(
@@ -501,7 +528,7 @@ mod tests {
         fs::write(&real, b"x").expect("write");
         let link = dir.path().join("link.parquet");
         std::os::unix::fs::symlink("real.parquet", &link).expect("symlink");
-        let checked = check(&[], &[output("--output", &link)], None).expect("fine");
+        let checked = check(&[], &Streams::default(), &[output("--output", &link)]).expect("fine");
         assert_eq!(
             checked.targets,
             vec![fs::canonicalize(&real).expect("canonical")]
@@ -511,7 +538,8 @@ mod tests {
     #[test]
     fn directories_and_fifos_are_refused_without_being_opened() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let error = check(&[], &[output("--stats", dir.path())], None).expect_err("a directory");
+        let error = check(&[], &Streams::default(), &[output("--stats", dir.path())])
+            .expect_err("a directory");
         assert!(
             matches!(
                 error,
@@ -526,10 +554,11 @@ mod tests {
         let text = std::ffi::CString::new(fifo.to_str().expect("UTF-8")).expect("no NUL");
         // SAFETY: a valid path string; mkfifo only creates the node.
         assert_eq!(unsafe { libc::mkfifo(text.as_ptr(), 0o600) }, 0);
-        let error = check(&[], &[output("--errors", &fifo)], None).expect_err("a FIFO");
+        let error =
+            check(&[], &Streams::default(), &[output("--errors", &fifo)]).expect_err("a FIFO");
         assert!(error.to_string().contains("FIFO"), "{error}");
         let stream = OutputPath::new(NamedPath::new("sink.jsonl", &fifo), Accept::Stream);
-        assert!(check(&[], &[stream], None).is_ok());
+        assert!(check(&[], &Streams::default(), &[stream]).is_ok());
     }
 
     #[test]
@@ -539,8 +568,12 @@ mod tests {
         fs::write(&input, b"lines").expect("write");
         let results = output("--output", &dir.path().join("results.parquet"))
             .with_side_file("its checkpoint marker", ".checkpoint");
-        let error = check(&[NamedPath::new("INPUT", &input)], &[results], None)
-            .expect_err("the marker would overwrite the input");
+        let error = check(
+            &[NamedPath::new("INPUT", &input)],
+            &Streams::default(),
+            &[results],
+        )
+        .expect_err("the marker would overwrite the input");
         assert!(
             error
                 .to_string()
@@ -553,7 +586,8 @@ mod tests {
     fn a_missing_folder_is_named() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("missing/results.parquet");
-        let error = check(&[], &[output("--output", &path)], None).expect_err("missing");
+        let error =
+            check(&[], &Streams::default(), &[output("--output", &path)]).expect_err("missing");
         assert!(error.to_string().contains("does not exist"), "{error}");
     }
 }

@@ -19,9 +19,23 @@ pub struct ResultsStatus {
     pub from_checkpoint: bool,
     /// What produced the file; `None` for a file written before fingerprints.
     pub fingerprint: Option<Fingerprint>,
+    /// The file's run was stopped before its first checkpoint: nothing to keep.
+    pub holds_nothing: bool,
 }
 
 pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
+    if checkpoint::holds_nothing(path)? {
+        return Ok(ResultsStatus {
+            rows: 0,
+            ok: 0,
+            errors: 0,
+            row_groups: 0,
+            state: None,
+            from_checkpoint: false,
+            fingerprint: None,
+            holds_nothing: true,
+        });
+    }
     let existing = checkpoint::inspect(path)?;
     let counts = checkpoint::count_statuses(path, &existing)?;
     Ok(ResultsStatus {
@@ -32,6 +46,7 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
         state: existing.state(),
         from_checkpoint: existing.from_marker,
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
+        holds_nothing: false,
     })
 }
 
@@ -39,6 +54,9 @@ impl ResultsStatus {
     /// The human-readable report printed by `batchflow status`.
     pub fn render(&self, path: &Path) -> String {
         let state = match (self.from_checkpoint, self.state) {
+            _ if self.holds_nothing => {
+                "holds no rows: its run was stopped before its first checkpoint"
+            }
             (true, _) => {
                 "stopped without closing (killed, crashed, or still running); the rows below are safe at the last checkpoint"
             }
@@ -50,6 +68,9 @@ impl ResultsStatus {
             (false, None) => "written by another tool or an older batchflow",
         };
         let next = match (self.from_checkpoint, self.state) {
+            _ if self.holds_nothing => {
+                "run the same command with --resume to start it again in place"
+            }
             (false, Some(FileState::Complete)) => {
                 "nothing to resume (--resume with a larger input sends only the missing requests)"
             }
@@ -79,6 +100,7 @@ impl ResultsStatus {
                     let _ = writeln!(report, "    {key}: {value}");
                 }
             }
+            None if self.holds_nothing => {}
             None => {
                 let _ = writeln!(report, "  made by:    not recorded (an older batchflow)");
             }

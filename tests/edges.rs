@@ -543,6 +543,13 @@ fn empty_and_magic_only_results_files_are_started_again_in_place_on_resume() {
         fs::write(&results, content).expect("write");
         let refused = run_to_end(&mock, &input, &results, &[]);
         assert_eq!(refused.code(), Some(2), "without --resume it is refused");
+        let status = batchflow()
+            .args(["status", utf8(&results)])
+            .output()
+            .expect("runs");
+        assert_eq!(status.status.code(), Some(0));
+        let status = String::from_utf8(status.stdout).expect("UTF-8");
+        assert!(status.contains("holds no rows"), "{status}");
         let resumed = run_to_end(&mock, &input, &results, &["--resume"]);
         assert_eq!(resumed.code(), Some(0), "{content:?}: {}", resumed.stderr);
         assert_each_id_once(&results, 40);
@@ -948,4 +955,245 @@ fn a_pipelines_jsonl_file_is_new_replaced_with_overwrite_and_appended_to_on_resu
     let mut expected: Vec<String> = (0..15).map(|index| format!("req-{index}")).collect();
     expected.sort();
     assert_eq!(ids(&jsonl), expected, "the five new results appended");
+}
+
+#[test]
+fn standard_input_redirected_from_a_file_is_an_input_no_output_may_name() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = write_input(dir.path(), &chat_lines(5));
+    let before = fs::read(&input).expect("read");
+    let results = dir.path().join("results.parquet");
+    let cases: [(&[&str], bool, &str); 3] = [
+        (
+            &["--stats", utf8(&input)],
+            false,
+            "--stats and standard input",
+        ),
+        (
+            &["--errors", utf8(&input), "--overwrite"],
+            false,
+            "--errors and standard input",
+        ),
+        (&[], true, "standard output and standard input"),
+    ];
+    for (flags, stdout_to_input, says) in cases {
+        let stdout = match stdout_to_input {
+            true => Stdio::from(
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&input)
+                    .expect("open"),
+            ),
+            false => Stdio::piped(),
+        };
+        let mut command = batchflow();
+        command
+            .args(["--backend", &mock.url(), "--quiet"])
+            .args(flags)
+            .stdin(fs::File::open(&input).expect("open the input"))
+            .stdout(stdout);
+        if !stdout_to_input {
+            command.args(["--output", utf8(&results)]);
+        }
+        let refused = parse_output(command.output().expect("runs"));
+        assert_eq!(refused.code(), Some(2), "{flags:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains(says),
+            "{flags:?}: {}",
+            refused.stderr
+        );
+        assert_eq!(fs::read(&input).expect("read"), before, "{flags:?}");
+        assert!(!results.exists());
+    }
+    assert_eq!(mock.server.stats().requests, 0);
+}
+
+#[test]
+fn sigterm_at_any_moment_of_a_retry_errors_start_closes_the_file_with_nothing_left_beside_it() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let count = 20_000;
+    let input = write_input(dir.path(), &lines_failing_once(count, 2));
+    let results = dir.path().join("results.parquet");
+    let first = run_to_end(&mock, &input, &results, &["--checkpoint-rows", "1000"]);
+    assert_eq!(first.code(), Some(1), "{}", first.stderr);
+    let retry = ["--resume", "--retry-errors", "--checkpoint-rows", "1000"];
+    let mut rng = fastrand::Rng::with_seed(11);
+    for stop in 0..8 {
+        let child = start(&mock, &input, &results, &retry);
+        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+        sigterm(&child);
+        let stopped = wait_at_most(child, Duration::from_secs(60));
+        assert!(
+            matches!(stopped.code(), Some(130 | 0 | 1)),
+            "stop {stop}: {:?} {}",
+            stopped.code(),
+            stopped.stderr
+        );
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new(), "stop {stop}");
+        let status = batchflow()
+            .args(["status", utf8(&results)])
+            .output()
+            .expect("runs");
+        assert_eq!(status.status.code(), Some(0), "stop {stop}: the file opens");
+    }
+    let finished = run_to_end(&mock, &input, &results, &retry);
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr);
+    assert_each_id_once(&results, count);
+}
+
+#[test]
+fn a_jsonl_fifo_is_opened_before_the_results_file_is_made_and_dev_null_needs_no_flag() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    write_input(dir.path(), &chat_lines(5));
+    let fifo = dir.path().join("out.jsonl");
+    mkfifo(&fifo);
+    let pipeline = |jsonl: &Path| {
+        let path = dir.path().join("pipe.toml");
+        fs::write(
+            &path,
+            format!(
+                "[source]\npath = \"input.jsonl\"\nformat = \"requests\"\n\n[backend]\nurl = \"{}\"\n\n[sink]\njsonl = \"{}\"\nparquet = \"results.parquet\"\n",
+                mock.url(),
+                utf8(jsonl)
+            ),
+        )
+        .expect("write the pipeline");
+        path
+    };
+    let child = batchflow()
+        .args(["run", utf8(&pipeline(&fifo)), "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !blocked_on_a_fifo(child.id()) {
+        assert!(Instant::now() < deadline, "never blocked opening the FIFO");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sigterm(&child);
+    let stopped = wait_at_most(child, Duration::from_secs(20));
+    assert_eq!(stopped.code(), Some(130), "{}", stopped.stderr);
+    assert!(
+        !dir.path().join("results.parquet").exists(),
+        "nothing was made"
+    );
+
+    let finished = run_pipeline(&pipeline(Path::new("/dev/null")), &[]);
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr);
+}
+
+#[test]
+fn resuming_needs_a_results_file_and_keeping_raw_responses_or_not_is_no_config_change() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = write_input(dir.path(), &chat_lines(20));
+    let pipeline = dir.path().join("pipe.toml");
+    fs::write(
+        &pipeline,
+        format!(
+            "[source]\npath = \"input.jsonl\"\nformat = \"requests\"\n\n[backend]\nurl = \"{}\"\n\n[sink]\njsonl = \"out.jsonl\"\n",
+            mock.url()
+        ),
+    )
+    .expect("write the pipeline");
+    let refused = run_pipeline(&pipeline, &["--resume"]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("resuming needs sink.parquet"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(mock.server.stats().requests, 0);
+
+    let results = dir.path().join("results.parquet");
+    let first = run_to_end(&mock, &input, &results, &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let resumed = run_to_end(&mock, &input, &results, &["--resume", "--no-raw"]);
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+}
+
+#[test]
+fn a_rewrite_removes_only_its_own_side_files() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = write_input(dir.path(), &lines_failing_once(30, 3));
+    let results = dir.path().join("results.parquet");
+    let first = run_to_end(&mock, &input, &results, &[]);
+    assert_eq!(first.code(), Some(1), "{}", first.stderr);
+    let precious = [
+        dir.path().join("results.parquet.rewrite.rewrite"),
+        dir.path()
+            .join("results.parquet.rewrite.rewrite.checkpoint"),
+    ];
+    for path in &precious {
+        fs::write(path, "precious").expect("write");
+    }
+    let retried = run_to_end(&mock, &input, &results, &["--resume", "--retry-errors"]);
+    assert_eq!(retried.code(), Some(0), "{}", retried.stderr);
+    for path in &precious {
+        assert_eq!(fs::read_to_string(path).expect("still there"), "precious");
+    }
+}
+
+/// Rewrites a results file as a batchflow without fingerprints wrote it: the same rows and
+/// layout, and no `batchflow.*` entry but the state.
+fn strip_the_fingerprint(path: &Path) {
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).expect("open"))
+        .expect("Parquet");
+    let schema = reader.schema().clone();
+    let batches: Vec<_> = reader
+        .build()
+        .expect("a reader")
+        .map(|batch| batch.expect("a batch"))
+        .collect();
+    let properties = WriterProperties::builder()
+        .set_offset_index_disabled(true)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            "batchflow.state".to_owned(),
+            "complete".to_owned(),
+        )]))
+        .build();
+    let file = fs::File::create(path).expect("create");
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).expect("a writer");
+    for batch in &batches {
+        writer.write(batch).expect("write");
+    }
+    writer.close().expect("close");
+}
+
+#[test]
+fn a_file_from_before_fingerprints_with_derived_ids_is_not_resumed_without_leave() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let records: String = (0..12)
+        .map(|index| format!("{{\"name\": \"candidate {index}\"}}\n"))
+        .collect();
+    fs::write(dir.path().join("records.jsonl"), records).expect("write records");
+    let pipeline = records_pipeline(dir.path(), &mock, "");
+    let results = dir.path().join("results.parquet");
+    let first = run_pipeline(&pipeline, &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    strip_the_fingerprint(&results);
+    let before = fs::read(&results).expect("read");
+    let refused = run_pipeline(&pipeline, &["--resume"]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("id_scheme was not recorded"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(fs::read(&results).expect("read"), before);
+    let allowed = run_pipeline(&pipeline, &["--resume", "--allow-config-change"]);
+    assert_eq!(allowed.code(), Some(0), "{}", allowed.stderr);
 }

@@ -322,12 +322,42 @@ impl ExistingResults {
         .map_err(parquet_error(path))
     }
 
+    /// The row groups that may hold error rows: those whose `error_code` chunk is not all
+    /// null by its statistics (a group without statistics counts as one that may).
+    pub fn groups_with_errors(&self) -> Vec<usize> {
+        let rows = |group: &parquet::file::metadata::RowGroupMetaData| {
+            u64::try_from(group.num_rows()).unwrap_or(u64::MAX)
+        };
+        (0..self.metadata.num_row_groups())
+            .filter(|index| {
+                let group = self.metadata.row_group(*index);
+                let nulls = group
+                    .columns()
+                    .iter()
+                    .find(|column| column.column_path().string() == "error_code")
+                    .and_then(|column| column.statistics())
+                    .and_then(|statistics| statistics.null_count_opt());
+                nulls.is_none_or(|nulls| nulls < rows(group))
+            })
+            .collect()
+    }
+
     /// A reader of the kept rows, `columns` only (all if empty). Works on a file whose tail is
     /// garbage, since it uses the checkpoint's footer rather than the file's end.
     pub fn reader(
         &self,
         path: &Path,
         columns: &[&str],
+    ) -> Result<ParquetRecordBatchReader, ResultsError> {
+        self.reader_of_groups(path, columns, None)
+    }
+
+    /// Like [`ExistingResults::reader`], of the row groups `groups` only (all if `None`).
+    pub fn reader_of_groups(
+        &self,
+        path: &Path,
+        columns: &[&str],
+        groups: Option<Vec<usize>>,
     ) -> Result<ParquetRecordBatchReader, ResultsError> {
         let file = File::open(path).map_err(io_error(path))?;
         let metadata =
@@ -338,6 +368,9 @@ impl ExistingResults {
         if !columns.is_empty() {
             let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
             builder = builder.with_projection(mask);
+        }
+        if let Some(groups) = groups {
+            builder = builder.with_row_groups(groups);
         }
         builder.build().map_err(parquet_error(path))
     }
@@ -529,9 +562,17 @@ impl ResultsWriter {
         codec: Codec,
         key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
+        let remove_marker = || match fs::remove_file(marker_path(path)) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(&marker_path(path))(error)),
+        };
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         if overwrite {
+            // The old marker goes before the file is emptied: a kill in between must not
+            // leave an empty file with a marker of rows it no longer has.
+            remove_marker()?;
             options.create(true).truncate(true);
         } else {
             options.create_new(true);
@@ -542,11 +583,7 @@ impl ResultsWriter {
             },
             _ => io_error(path)(error),
         })?;
-        match fs::remove_file(marker_path(path)) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error(&marker_path(path))(error)),
-        }
+        remove_marker()?;
         let mut writer = ResultsWriter::open(path, file, schema, &[], 0, codec, key_values)?;
         // The marker first: a run killed while the first footer is half written then leaves a
         // marker of zero rows, which says that nothing was done (see [`holds_nothing`]).
@@ -646,6 +683,10 @@ impl ResultsWriter {
 
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Rows safe on disk as of the last checkpoint.
@@ -764,7 +805,6 @@ impl ResultsWriter {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(&self.marker)(error)),
         }
-        remove_leftovers(&self.path)?;
         self.durable_rows = self.written_rows();
         Ok(self.durable_rows)
     }

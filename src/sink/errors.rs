@@ -122,7 +122,10 @@ fn rebuild(
             results.display()
         )))
     };
-    for batch in existing.reader(results, &columns)? {
+    // Row groups without an error row are passed over whole: the raw responses of the ok rows
+    // are most of the file.
+    let groups = existing.groups_with_errors();
+    for batch in existing.reader_of_groups(results, &columns, Some(groups))? {
         let batch = batch.map_err(unreadable)?;
         let strings = |name: &str| {
             batch

@@ -69,6 +69,7 @@ fn hash(text: &str) -> String {
 }
 
 const PER_LINE: &str = "(each input line's own)";
+const AS_GIVEN: &str = "custom_id as given";
 
 impl Fingerprint {
     pub fn of(recipe: &Recipe, facts: &RunFacts) -> Fingerprint {
@@ -93,10 +94,7 @@ impl Fingerprint {
                 recipe.output_schema.as_deref().unwrap_or("")
             )),
         );
-        put(
-            "id_scheme",
-            recipe.id_scheme.unwrap_or("custom_id as given").to_owned(),
-        );
+        put("id_scheme", recipe.id_scheme.unwrap_or(AS_GIVEN).to_owned());
         put("input", facts.input_name.clone());
         if let Some(bytes) = facts.input_bytes {
             put("input_bytes", bytes.to_string());
@@ -140,6 +138,18 @@ impl Fingerprint {
                 })
             })
             .collect()
+    }
+
+    /// How custom_ids are derived, or that they are taken as given.
+    pub fn id_scheme(&self) -> &str {
+        self.entries
+            .get("id_scheme")
+            .map_or(AS_GIVEN, String::as_str)
+    }
+
+    /// Whether custom_ids are derived from record content (and so depend on the scheme).
+    pub fn derives_ids(&self) -> bool {
+        self.id_scheme() != AS_GIVEN
     }
 
     /// Carries the file's record of allowed changes into this run's, adding `changes`.

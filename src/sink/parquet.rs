@@ -184,6 +184,12 @@ fn resume(
         Fingerprint::read(existing.metadata.file_metadata().key_value_metadata());
     let changes = match &file_fingerprint {
         Some(file) => file.changes(&fingerprint),
+        // Before fingerprints, derived ids came from std's hasher: this run's differ, and
+        // every record would be sent again beside its old row.
+        None if fingerprint.derives_ids() && existing.rows() > 0 => vec![format!(
+            "id_scheme was not recorded (an older batchflow, whose derived custom_ids differ) and is now {}",
+            fingerprint.id_scheme()
+        )],
         None => {
             tracing::info!(
                 "{} does not record what produced it (an older batchflow wrote it); its settings cannot be compared.",
@@ -327,7 +333,9 @@ impl Sink for ParquetSink {
             FileState::Complete
         };
         if let Some(writer) = self.writer.take() {
+            let path = writer.path().to_owned();
             writer.close(state)?;
+            checkpoint::remove_leftovers(&path)?;
         }
         Ok(())
     }

@@ -1,0 +1,260 @@
+//! One run, wired end to end: its start (`start`: files checked, input opened, preflight,
+//! outputs prepared), then the source thread, the stage and the sink thread connected by
+//! bounded channels. The binary, `tune`, the integration tests and library callers drive runs
+//! through [`run`].
+
+mod start;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::backend::http::HttpBackendConfig;
+use crate::error::{Error, ExitStatus};
+use crate::paths::Knobs;
+use crate::progress::{Probes, Progress, ProgressConfig};
+use crate::shutdown::Shutdown;
+use crate::sink;
+use crate::sink::parquet::{OutputMode, ParquetOutput};
+use crate::source::{self, Input, InputSize, Shard, SourceOptions, SourceSummary};
+use crate::stage::{self, StageConfig};
+use crate::stats::{RunStats, StatsSnapshot};
+
+/// Items buffered between the source thread and the stage. Enough to smooth bursts; small
+/// enough that memory does not depend on the input's length.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Outcome batches waiting for the writer thread.
+const OUTCOME_BATCHES: usize = 2;
+
+/// Everything a run needs, already resolved from defaults, files and flags.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: Input,
+    pub source: SourceOptions,
+    /// One or more backends; the batch is spread over them.
+    pub backends: Vec<HttpBackendConfig>,
+    /// Check the server and its models before reading input.
+    pub preflight: bool,
+    pub stage: StageConfig,
+    /// The Parquet results file, if any.
+    pub output: Option<ParquetOutput>,
+    /// A JSONL output file (a pipeline's `sink.jsonl` path), opened by the run.
+    pub jsonl_file: Option<PathBuf>,
+    /// The error file: every outcome that ends in error, as an output line.
+    pub errors_file: Option<PathBuf>,
+    /// What to do with an existing JSONL or error file (the Parquet output has its own mode).
+    pub existing_outputs: OutputMode,
+    /// The pipeline file the run was read from: an input no output may name.
+    pub pipeline_file: Option<PathBuf>,
+    /// How the user named each file, for messages.
+    pub knobs: Knobs,
+    pub progress: ProgressConfig,
+    /// After an interrupt, how long in-flight requests may take (used by the caller that
+    /// installs the signal handlers).
+    pub grace: Duration,
+}
+
+/// JSONL output to a stream the caller opened (standard output, a test buffer).
+pub struct JsonlStream {
+    pub writer: Box<dyn Write + Send>,
+    /// The stream's file, when it is one, so that it is checked against the input like any
+    /// output (`batchflow in.jsonl >> in.jsonl` would read its own results forever).
+    pub file: Option<std::fs::Metadata>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Figures of what reached the sinks, as of the end.
+    pub stats: StatsSnapshot,
+    pub backend_url: String,
+    pub interrupted: bool,
+    /// The output's reader went away (`| head`).
+    pub output_closed: bool,
+    /// What ended the run early, with everything already written kept.
+    pub fatal: Option<Error>,
+    pub elapsed: Duration,
+    /// The Parquet results file written, if any.
+    pub output: Option<PathBuf>,
+    /// Rows an earlier run left in the results file.
+    pub kept_rows: u64,
+    /// Error rows dropped by `--retry-errors`.
+    pub dropped_errors: u64,
+    /// Input lines skipped because the results file already had them.
+    pub skipped_lines: u64,
+    /// Kept rows whose custom_id (or line) is not in this input: a sign of resuming with a
+    /// different input. Only known when the whole input was read.
+    pub unknown_kept: Option<u64>,
+}
+
+impl RunReport {
+    pub fn exit_status(&self) -> ExitStatus {
+        if self.fatal.is_some() {
+            ExitStatus::Error
+        } else if self.interrupted {
+            ExitStatus::Interrupted
+        } else if self.stats.failed + self.stats.invalid > 0 {
+            ExitStatus::SomeFailed
+        } else {
+            ExitStatus::Success
+        }
+    }
+}
+
+/// Runs a batch to its end (or until `shutdown` stops it). Errors before the first request
+/// (configuration, clashing or unusable outputs, preflight, unopenable input) are returned as
+/// `Err`, and so is a stop before it ([`Error::Interrupted`]: start-up may block on a FIFO or
+/// a silent server); errors after it are in [`RunReport::fatal`], because by then results
+/// exist and are kept. `stdout` receives JSONL output lines when given.
+pub async fn run(
+    config: RunConfig,
+    stdout: Option<JsonlStream>,
+    shutdown: Shutdown,
+) -> Result<RunReport, Error> {
+    let started_at = Instant::now();
+    let started = start::start(config, stdout, shutdown.clone()).await?;
+    drive(started, started_at, shutdown).await
+}
+
+/// Runs a started batch: the source thread, the stage and the sink thread.
+async fn drive(
+    started: start::Started,
+    started_at: Instant,
+    shutdown: Shutdown,
+) -> Result<RunReport, Error> {
+    let start::Started {
+        config,
+        input,
+        pool,
+        base_url,
+        catalog,
+        ollama,
+        sinks,
+        source_options,
+        kept_rows,
+        dropped_errors,
+        done_count,
+    } = started;
+    let stats = Arc::new(RunStats::new(started_at));
+    count_expected(&input, done_count, &config.source, &stats);
+    let probes = Probes {
+        pool: Arc::clone(&pool),
+        ollama,
+    };
+    let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
+    let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
+    let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
+    // Batches of up to stage::OUTCOMES_HELD: one to fill while the writer drains another.
+    let (outcome_sender, outcomes) = mpsc::channel(OUTCOME_BATCHES);
+    let sink = sink::spawn(
+        sinks,
+        outcomes,
+        tokio::runtime::Handle::current(),
+        Arc::clone(&stats),
+    )?;
+
+    let mut stage_config = config.stage;
+    stage_config.workers *= pool.len();
+    stage_config.adaptive_max = stage_config.adaptive_max.map(|max| max * pool.len());
+    let target = stage::Target {
+        backend: pool,
+        base_url: base_url.clone(),
+        catalog,
+    };
+    let stage_report = stage::run(
+        target,
+        stage_config,
+        shutdown.clone(),
+        Arc::clone(&stats),
+        items,
+        outcome_sender,
+    )
+    .await;
+
+    let sink_report = tokio::task::spawn_blocking(move || sink.join())
+        .await
+        .map_err(|error| Error::Internal(format!("the output thread failed: {error}")))?
+        .map_err(|_| Error::Internal("the output thread panicked".into()))?;
+
+    let mut fatal = stage_report.fatal.map(Error::from);
+    if let Some(error) = sink_report.error {
+        fatal.get_or_insert(Error::Output(error));
+    }
+    // A source still blocked reading (say, an interactive stdin) after an early stop is left
+    // alone; it holds nothing that needs closing.
+    let mut source_summary: Option<SourceSummary> = None;
+    if stage_report.input_exhausted || source.is_finished() {
+        match tokio::task::spawn_blocking(move || source.join()).await {
+            Ok(Ok(Err(error))) => {
+                fatal.get_or_insert(error.into());
+            }
+            Ok(Ok(Ok(summary))) => source_summary = Some(summary),
+            Ok(Err(_)) | Err(_) => {
+                fatal.get_or_insert(Error::Internal("the input thread panicked".into()));
+            }
+        }
+    }
+    let final_stats = match progress.finish().await {
+        Some(snapshot) => snapshot,
+        None => stats.snapshot(Instant::now()),
+    };
+    Ok(RunReport {
+        stats: final_stats,
+        backend_url: base_url,
+        interrupted: shutdown.was_interrupted(),
+        output_closed: sink_report.closed || stage_report.sink_closed,
+        fatal,
+        elapsed: started_at.elapsed(),
+        output: config.output.map(|output| output.path),
+        kept_rows,
+        dropped_errors,
+        skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),
+        unknown_kept: source_summary
+            .filter(|summary| stage_report.input_exhausted && !summary.reached_limit)
+            .map(|summary| done_count.saturating_sub(summary.skipped_done)),
+    })
+}
+
+/// Sets the run's expected result count: known at once for Parquet and embedded input, counted
+/// on a side thread for a JSONL file (a fast byte scan), unknown for stdin. Lines already done
+/// on resume are not expected again.
+fn count_expected(
+    input: &source::OpenedInput,
+    done: u64,
+    options: &SourceOptions,
+    stats: &Arc<RunStats>,
+) {
+    let (shard, limit) = (options.shard, options.limit);
+    // A shard holds about 1/n of the input: close enough for progress.
+    let expected = move |items: u64| {
+        (items / shard.map_or(1, |shard: Shard| shard.count))
+            .saturating_sub(done)
+            .min(limit.unwrap_or(u64::MAX))
+    };
+    let size = input.size();
+    if let (Some(limit), InputSize::Countable(_)) = (limit, &size) {
+        // A sample of a file: not worth a scan of the whole file.
+        stats.set_total(limit);
+        return;
+    }
+    match size {
+        InputSize::Known(items) => stats.set_total(expected(items)),
+        InputSize::Countable(file) => {
+            let stats = Arc::clone(stats);
+            let counter = std::thread::Builder::new()
+                .name("batchflow-count".into())
+                .spawn(move || match source::count_lines(&file) {
+                    Ok(lines) => stats.set_total(expected(lines)),
+                    Err(error) => tracing::debug!("Cannot count input lines: {error}."),
+                });
+            if let Err(error) = counter {
+                tracing::debug!("Cannot start the line counter: {error}.");
+            }
+        }
+        InputSize::Unknown => {}
+    }
+}
