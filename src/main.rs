@@ -1,6 +1,11 @@
 //! The `batchflow` binary: parse flags, set up logging and the runtime, dispatch to the engine
 //! or the mock server, and map the outcome to an exit code. Everything else is in the library.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the binary writes its data (results, reports) to standard output"
+)]
+
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::path::Path;

@@ -78,6 +78,25 @@ fn wait_at_most(mut child: Child, limit: Duration) -> Run {
     panic!("still running after {limit:?}: {}", run.stderr);
 }
 
+/// Waits (bounded) until process `pid` catches SIGTERM (`SigCgt` in its /proc status): before
+/// that, in the instants between exec and batchflow's first steps, the kernel's default action
+/// would kill it.
+fn wait_until_it_catches_sigterm(pid: u32) {
+    let catches = || {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !catches() {
+        assert!(Instant::now() < deadline, "never caught SIGTERM");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn sigterm(child: &Child) {
     let pid = i32::try_from(child.id()).expect("a pid");
     // SAFETY: kill only sends a signal to the child this test started and has not reaped.
@@ -1022,6 +1041,7 @@ fn sigterm_at_any_moment_of_a_retry_errors_start_closes_the_file_with_nothing_le
     let mut rng = fastrand::Rng::with_seed(11);
     for stop in 0..8 {
         let child = start(&mock, &input, &results, &retry);
+        wait_until_it_catches_sigterm(child.id());
         std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
         sigterm(&child);
         let stopped = wait_at_most(child, Duration::from_secs(60));

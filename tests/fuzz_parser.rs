@@ -11,7 +11,8 @@ use std::collections::HashSet;
 use std::io::BufReader;
 
 use batchflow::record::{ErrorCode, SourceItem};
-use batchflow::source::jsonl::{LineParser, LineReader, MAX_CUSTOM_ID_BYTES, Position, RawLine};
+use batchflow::source::lines::{LineReader, RawLine};
+use batchflow::source::request::{MAX_CUSTOM_ID_BYTES, Position, RequestParser};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -108,7 +109,7 @@ proptest! {
     ) {
         let expected = pieces(&input);
         let mut reader = LineReader::new(BufReader::with_capacity(capacity, input.as_slice()), max);
-        let mut parser = LineParser::new(None);
+        let mut parser = RequestParser::new(None);
         let mut got = Vec::new();
         while let Some(raw) = reader.next_line().expect("reading a slice cannot fail") {
             let number = got.len() as u64 + 1;
@@ -151,7 +152,7 @@ proptest! {
         lines in prop::collection::vec(mangled_line(), 1..20),
         model in prop::option::of("[a-z0-9:.]{1,8}"),
     ) {
-        let mut parser = LineParser::new(model);
+        let mut parser = RequestParser::new(model);
         for (index, line) in lines.iter().enumerate() {
             let number = index as u64 + 1;
             let item = parser.parse(RawLine::Line { number, bytes: line });
@@ -164,7 +165,7 @@ proptest! {
         lines in prop::collection::vec(request_value(), 1..24),
         model in prop::option::of(prop_oneof!["llama3.2", "m:1", ""]),
     ) {
-        let mut parser = LineParser::new(model.clone());
+        let mut parser = RequestParser::new(model.clone());
         let mut rules = Rules { model, seen: HashSet::new() };
         for (index, value) in lines.into_iter().enumerate() {
             let number = index as u64 + 1;
@@ -179,7 +180,7 @@ proptest! {
     fn parquet_rows_with_text_bodies_get_the_same_verdicts_named_by_row(
         rows in prop::collection::vec((request_value(), any::<bool>()), 1..24),
     ) {
-        let mut parser = LineParser::new(None).with_text_bodies();
+        let mut parser = RequestParser::new(None).with_text_bodies();
         let mut rules = Rules { model: None, seen: HashSet::new() };
         for (index, (value, body_as_text)) in rows.into_iter().enumerate() {
             let number = index as u64 + 1;
@@ -497,7 +498,7 @@ fn check_verdict(
 
 #[test]
 fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
-    let mut parser = LineParser::new(None);
+    let mut parser = RequestParser::new(None);
     for (number, line) in [
         "[".repeat(200_000),
         "[".repeat(100_000) + &"]".repeat(100_000),
@@ -527,7 +528,7 @@ fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
 
 #[test]
 fn body_numbers_are_sent_as_written() {
-    let mut parser = LineParser::new(None);
+    let mut parser = RequestParser::new(None);
     let line = concat!(
         r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","#,
         r#""body":{"model":"m","temperature":132058065.63327253,"seed":18446744073709551616}}"#

@@ -21,6 +21,11 @@
 //! `inputs` (request files), `clients` (batchflow, the Python baseline, wrk), and one
 //! file per section.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the benchmark report goes to standard output"
+)]
+
 mod auto;
 mod backends;
 mod clients;

@@ -3,11 +3,13 @@
 //! bounded channel, so memory stays flat however long the input is and the first result can be
 //! written long before the input ends.
 //!
-//! Each format turns its input into items (`jsonl` line by line, `parquet` row by row, both
-//! through [`jsonl::LineParser`]); counting, the resume filter and sending are shared here.
+//! Each format turns its input into items (JSONL line by line through `lines`, Parquet row by
+//! row through `parquet`), both checked by [`request::RequestParser`]; `template` shapes records
+//! into requests first. Counting, the resume filter and sending are shared here.
 
-pub mod jsonl;
+pub mod lines;
 pub mod parquet;
+pub mod request;
 pub mod template;
 
 use std::fs::File;
@@ -20,8 +22,9 @@ use tokio::sync::mpsc;
 
 use crate::record::{DoneSet, SourceItem};
 use crate::shutdown::Shutdown;
-use jsonl::{LineParser, LineReader};
+use lines::LineReader;
 use parquet::ParquetRows;
+use request::RequestParser;
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -360,8 +363,8 @@ fn read_rows(
     forward(&options, items, || rows.next_item(&mut parser))
 }
 
-fn parser(options: &SourceOptions) -> LineParser {
-    let parser = LineParser::new(options.model_override.clone());
+fn parser(options: &SourceOptions) -> RequestParser {
+    let parser = RequestParser::new(options.model_override.clone());
     match &options.records {
         Some(shape) => parser.with_records(Arc::clone(shape)),
         None => parser,
@@ -449,7 +452,9 @@ impl<'a> BatchedSender<'a> {
 
 fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
     match item {
-        SourceItem::Request(request) => done.ids.contains(jsonl::id_hash(&request.custom_id)),
+        SourceItem::Request(request) => done
+            .ids
+            .contains(crate::record::id_hash(&request.custom_id)),
         SourceItem::Invalid(invalid) => done.invalid_lines.contains(&invalid.line),
     }
 }

@@ -4,7 +4,7 @@
 //! Opening reads the footer and checks the columns, so a wrong file fails before anything else
 //! starts. Reading goes one record batch at a time, projected to those four columns, so memory
 //! does not grow with the file. Each row is encoded as a JSON object (a null field is left out,
-//! as if missing) and handed to the same [`LineParser`] as a JSONL line, with its 1-based row
+//! as if missing) and handed to the same [`RequestParser`] as a JSONL line, with its 1-based row
 //! number as its position. Counting, the resume filter and sending belong to [`super`].
 
 use std::fs::File;
@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use serde_json::Value;
 
 use super::SourceError;
-use super::jsonl::{LineParser, Position};
+use super::request::{Position, RequestParser};
 use crate::record::{ErrorCode, InvalidLine, SourceItem};
 
 /// The columns a request is made of; any others in the file are not read.
@@ -145,7 +145,7 @@ impl ParquetRows {
     /// The next row as a request or an invalid item, or `None` after the last row.
     pub fn next_item(
         &mut self,
-        parser: &mut LineParser,
+        parser: &mut RequestParser,
     ) -> Result<Option<SourceItem>, SourceError> {
         while self.next == self.ends.len() {
             let Some(batch) = self.batches.next() else {
@@ -242,7 +242,7 @@ mod tests {
     fn read_all(path: &Path) -> Vec<SourceItem> {
         let file = File::open(path).expect("open the test file");
         let mut rows = ParquetRows::open(path, file).expect("a valid Parquet input");
-        let mut parser = LineParser::new(None).with_text_bodies();
+        let mut parser = RequestParser::new(None).with_text_bodies();
         let mut items = Vec::new();
         while let Some(item) = rows.next_item(&mut parser).expect("reading a local file") {
             items.push(item);

@@ -1,127 +1,24 @@
-//! OpenAI Batch API input lines: a bounded line reader and the parser that turns each line into a
-//! [`SourceItem`].
-//!
-//! The reader never holds more than `--max-line-bytes` of one line, so a 100 MB line costs no
-//! more memory than a short one. The parser checks every field and names the line in its
-//! message; it also owns duplicate `custom_id` detection and the body rewrites batchflow needs
+//! The request parser: an OpenAI Batch request, or a record to shape into one, from a JSONL
+//! line or a Parquet row, checked field by field with the line or row named in every message.
+//! It also owns duplicate `custom_id` detection and the body rewrites batchflow needs
 //! (`--model`, `"stream": false`). Its checks start from a parsed JSON value
-//! ([`LineParser::parse_value`]), so `source::parquet` hands its rows to the same parser.
+//! ([`RequestParser::parse_value`]), so `source::parquet` hands its rows to the same parser as
+//! `source::lines` hands its lines.
 
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::{self, BufRead};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::lines::RawLine;
 use super::template::{RecordShape, Shaped};
 use crate::idset::IdSet;
-use crate::record::{ErrorCode, InvalidLine, Request, SourceItem};
-
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+use crate::record::{ErrorCode, InvalidLine, Request, SourceItem, id_hash};
 
 /// Longest accepted `custom_id`, in bytes. Ids are stored in results and compared on resume;
 /// anything longer is almost certainly a mistake (a whole prompt pasted in the id).
 pub const MAX_CUSTOM_ID_BYTES: usize = 1024;
-
-/// One line as read, without its terminator (`\n` or `\r\n`) or a leading UTF-8 BOM.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RawLine<'a> {
-    Line {
-        number: u64,
-        bytes: &'a [u8],
-    },
-    /// The line exceeded the limit; its bytes were skipped, not kept.
-    TooLong {
-        number: u64,
-        bytes_seen: u64,
-    },
-}
-
-/// Splits a byte stream into lines while holding at most `max_line_bytes` of any one line.
-pub struct LineReader<R> {
-    inner: R,
-    max_line_bytes: usize,
-    line_number: u64,
-    line: Vec<u8>,
-}
-
-impl<R: BufRead> LineReader<R> {
-    pub fn new(inner: R, max_line_bytes: usize) -> Self {
-        LineReader {
-            inner,
-            max_line_bytes,
-            line_number: 0,
-            line: Vec::new(),
-        }
-    }
-
-    /// Number of the last line returned (1-based).
-    pub fn line_number(&self) -> u64 {
-        self.line_number
-    }
-
-    /// The next line, or `None` at the end of input. A last line without `\n` still counts.
-    pub fn next_line(&mut self) -> io::Result<Option<RawLine<'_>>> {
-        self.line.clear();
-        let mut bytes_seen: u64 = 0;
-        let mut too_long = false;
-        let mut read_anything = false;
-        loop {
-            let available = match self.inner.fill_buf() {
-                Ok(available) => available,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            if available.is_empty() {
-                if !read_anything {
-                    return Ok(None);
-                }
-                break;
-            }
-            read_anything = true;
-            let (chunk, consumed, complete) = match memchr::memchr(b'\n', available) {
-                Some(end) => (&available[..end], end + 1, true),
-                None => (available, available.len(), false),
-            };
-            // A CRLF line end is not part of the line, so its `\r` does not count to the limit.
-            let counted = if complete && chunk.ends_with(b"\r") {
-                chunk.len() - 1
-            } else {
-                chunk.len()
-            };
-            bytes_seen += counted as u64;
-            if !too_long {
-                if self.line.len() + counted > self.max_line_bytes {
-                    too_long = true;
-                    self.line = Vec::new();
-                } else {
-                    self.line.extend_from_slice(chunk);
-                }
-            }
-            self.inner.consume(consumed);
-            if complete {
-                break;
-            }
-        }
-        self.line_number += 1;
-        let number = self.line_number;
-        if too_long {
-            return Ok(Some(RawLine::TooLong { number, bytes_seen }));
-        }
-        let mut bytes = self.line.as_slice();
-        if let Some(stripped) = bytes.strip_suffix(b"\r") {
-            bytes = stripped;
-        }
-        if number == 1 {
-            if let Some(stripped) = bytes.strip_prefix(UTF8_BOM) {
-                bytes = stripped;
-            }
-        }
-        Ok(Some(RawLine::Line { number, bytes }))
-    }
-}
 
 /// Where an item sits in its input (1-based), so that every message names it the way the input
 /// counts: JSONL by line, Parquet by row.
@@ -155,7 +52,7 @@ impl fmt::Display for Position {
 
 /// Turns raw lines (or rows already made into JSON values) into requests. Stateful: it
 /// remembers every valid `custom_id` (as a 64-bit hash, 8 bytes each) to flag duplicates.
-pub struct LineParser {
+pub struct RequestParser {
     model_override: Option<String>,
     text_bodies: bool,
     /// Records mode: each value is a record to shape into a request first.
@@ -163,9 +60,9 @@ pub struct LineParser {
     seen_ids: IdSet,
 }
 
-impl LineParser {
+impl RequestParser {
     pub fn new(model_override: Option<String>) -> Self {
-        LineParser {
+        RequestParser {
             model_override,
             text_bodies: false,
             shape: None,
@@ -419,15 +316,6 @@ fn disable_streaming(url: &str, body: &mut Map<String, Value>) {
     }
 }
 
-/// Stable 64-bit hash of a custom_id. SipHash with fixed keys: the same on every run, so it can
-/// also key resume state. Two distinct ids collide with odds of about n²/2⁶⁵ (3·10⁻⁸ at a
-/// million ids).
-pub fn id_hash(custom_id: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    custom_id.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// serde_json's message without its own "at line L column C": the input's line is already
 /// named, and within a line only the column means anything.
 fn json_error(error: &serde_json::Error) -> String {
@@ -453,47 +341,7 @@ fn json_kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    fn lines(input: &[u8], max: usize) -> Vec<String> {
-        let mut reader = LineReader::new(input, max);
-        let mut out = Vec::new();
-        while let Some(line) = reader.next_line().expect("reading a slice cannot fail") {
-            out.push(match line {
-                RawLine::Line { number, bytes } => {
-                    format!("{number}:{}", String::from_utf8_lossy(bytes))
-                }
-                RawLine::TooLong { number, bytes_seen } => {
-                    format!("{number}:too long {bytes_seen}")
-                }
-            });
-        }
-        out
-    }
-
-    #[test]
-    fn reader_strips_crlf_bom_and_keeps_an_unterminated_last_line() {
-        assert_eq!(
-            lines(b"\xEF\xBB\xBFa\r\nb\n\nc", 100),
-            vec!["1:a", "2:b", "3:", "4:c"]
-        );
-    }
-
-    #[test]
-    fn reader_skips_an_overlong_line_and_goes_on() {
-        let input = [b"short\n".as_slice(), &[b'x'; 50], b"\nafter\n"].concat();
-        let mut reader = LineReader::new(io::BufReader::with_capacity(8, input.as_slice()), 10);
-        let mut got = Vec::new();
-        while let Some(line) = reader.next_line().expect("slice") {
-            got.push(format!("{line:?}"));
-        }
-        assert_eq!(got.len(), 3);
-        assert!(
-            got[1].contains("TooLong { number: 2, bytes_seen: 50 }"),
-            "{got:?}"
-        );
-        assert!(got[2].contains("number: 3"), "{got:?}");
-    }
-
-    fn parse(parser: &mut LineParser, text: &str) -> Option<SourceItem> {
+    fn parse(parser: &mut RequestParser, text: &str) -> Option<SourceItem> {
         parser.parse(RawLine::Line {
             number: 7,
             bytes: text.as_bytes(),
@@ -509,7 +357,7 @@ mod tests {
 
     #[test]
     fn parser_names_the_line_and_the_field() {
-        let mut parser = LineParser::new(None);
+        let mut parser = RequestParser::new(None);
         let cases = [
             ("not json", "not valid JSON"),
             ("[1]", "found an array"),
@@ -547,7 +395,7 @@ mod tests {
 
     #[test]
     fn parser_flags_duplicates_and_rewrites_the_body() {
-        let mut parser = LineParser::new(Some("m:1".into()));
+        let mut parser = RequestParser::new(Some("m:1".into()));
         let line = r#"{"custom_id":"a","method":"POST","url":"/api/chat","body":{"model":"x","stream":true}}"#;
         let Some(SourceItem::Request(request)) = parse(&mut parser, line) else {
             panic!("first line is valid");
@@ -574,7 +422,7 @@ mod tests {
         };
         let text_body = request(r#"{"model":"m","prompt":"p"}"#);
 
-        let mut lines = LineParser::new(None);
+        let mut lines = RequestParser::new(None);
         let (_, message) = invalid_message(Some(
             lines.parse_value(Position::Line(3), text_body.clone()),
         ));
@@ -583,7 +431,7 @@ mod tests {
             "line 3: body must be a JSON object, found a string"
         );
 
-        let mut rows = LineParser::new(None).with_text_bodies();
+        let mut rows = RequestParser::new(None).with_text_bodies();
         let SourceItem::Request(parsed) = rows.parse_value(Position::Row(4), text_body.clone())
         else {
             panic!("a text body is parsed for rows");
