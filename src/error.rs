@@ -1,7 +1,7 @@
 //! The one error type where the engine meets the binary, over each layer's own (source, backend,
 //! sink, paths, config, mock), and the process exit codes.
 //!
-//! Per-request failures are not errors here: they become [`crate::record::Outcome`]s and the batch
+//! Per-request failures are not errors here: they become [`crate::item::Outcome`]s and the batch
 //! goes on. [`Error`] is for what stops a whole run (bad configuration, an unreachable backend,
 //! unreadable input, unwritable output).
 

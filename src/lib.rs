@@ -12,27 +12,39 @@
 //!                           backend: Ollama / OpenAI API
 //! ```
 //!
-//! Module map:
-//! - [`source`]: input to requests, on their own thread: JSONL lines (`source::jsonl`) or
-//!   Parquet rows (`source::parquet`), both checked by the same parser.
-//! - [`stage`]: the concurrent stage and its retry policy (`stage::retry`).
-//! - [`backend`]: the `Backend` seam, the HTTP backend, failure classification, preflight.
-//! - [`sink`]: output writers on their own thread: `sink::jsonl`, and `sink::parquet` with
-//!   its crash-safe file format in `sink::checkpoint` and its columns in `sink::results`.
-//! - [`status`]: the `status` command, reading a results file without changing it.
-//! - [`tune`]: the `tune` command, measuring throughput at increasing worker counts.
-//! - [`record`]: what flows between them: requests, invalid lines, outcomes.
-//! - [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
-//! - [`reply`]: what is read from a server's answer (text, tokens, timings, embedding).
-//! - [`schema`]: structured output: the JSON Schema subset that maps to typed columns.
-//! - [`engine`]: wires one run together and reports how it ended.
-//! - [`shutdown`]: signals to stop/abort, passed into the engine.
-//! - [`cli`], [`config`], [`settings`]: flags and pipeline TOML files, and their resolution
-//!   into a run's configuration; [`pipeline`]: the checks and dry run of a pipeline file.
-//! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
+//! Module map (arrows point down: no layer imports one above it, and no two modules import each
+//! other; `tests/layout.rs` checks both):
+//! - [`engine`]: one run wired together (`engine::start`: files checked, input opened,
+//!   preflight, outputs prepared; `engine::resolve`: options into a [`engine::RunConfig`]),
+//!   and how it ended. [`error`]: the one error type where the engine meets the binary, over
+//!   each layer's own, and the exit codes.
+//! - [`options`]: [`options::RunOptions`], every knob of a run with its default.
+//!   [`config`]: pipeline TOML files (structure, `${ENV}` interpolation, `--set`, resolution
+//!   into a [`config::Pipeline`] that lays itself over options). [`validate`]: the checks of a
+//!   pipeline file that need I/O, and its dry run. [`tune`] and [`status`]: those commands.
+//! - [`source`]: input to requests, on their own thread: JSONL lines (`source::lines`) or
+//!   Parquet rows (`source::parquet`), both checked by `source::request`; records shaped into
+//!   requests by `source::template`.
+//! - [`stage`]: the concurrent stage, its adaptive limit (`stage::limit`) and retry policy
+//!   (`stage::retry`).
+//! - [`backend`]: the `Backend` seam, the HTTP backend, failure classification, preflight, the
+//!   pool of several backends.
+//! - [`sink`]: output writers on their own thread: `sink::jsonl`, the error file
+//!   (`sink::errors`), and `sink::parquet` with its crash-safe file format in
+//!   `sink::checkpoint`, its columns in `sink::results` and its fingerprint in
+//!   `sink::fingerprint`.
+//! - [`paths`]: every file a run writes, checked against its inputs and each other.
+//! - [`item`]: what flows between source, stage and sink: requests, invalid lines, outcomes.
+//!   [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
+//!   [`reply`]: what is read from a server's answer. [`schema`]: structured output's JSON
+//!   Schema subset.
+//! - [`shutdown`]: signals to stop and abort, passed into the engine.
 //! - [`stats`], [`progress`], [`gpu`]: run figures, their display on stderr and in the
 //!   `--stats` file, and GPU memory (NVML, Ollama's `/api/ps`).
-//! - [`error`]: the error type and exit codes.
+//! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
+//!
+//! The command line is the binary's alone (`src/main.rs` and `src/flags/`): no module here
+//! names clap.
 
 pub mod backend;
 pub mod config;
@@ -40,12 +52,11 @@ pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod idset;
+pub mod item;
 pub mod mock;
 pub mod options;
 pub mod paths;
-pub mod pipeline;
 pub mod progress;
-pub mod record;
 pub mod reply;
 pub mod schema;
 pub mod shutdown;
@@ -55,6 +66,7 @@ pub mod stage;
 pub mod stats;
 pub mod status;
 pub mod tune;
+pub mod validate;
 
 /// The sample batch that `batchflow demo` runs.
 pub const DEMO_BATCH: &str = include_str!("../examples/quickstart.jsonl");

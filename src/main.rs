@@ -223,7 +223,7 @@ async fn pipeline_run(
     flags: impl FnOnce(&mut RunOptions),
     log: LogArgs,
 ) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
-    let (pipeline, extras) = match batchflow::pipeline::load_checked(file, sets, env)? {
+    let (pipeline, extras) = match batchflow::validate::load_checked(file, sets, env)? {
         Ok(checked) => checked,
         Err(problems) => return Ok(Err(report_problems(file, &problems))),
     };
@@ -268,7 +268,7 @@ async fn run_pipeline(
     if args.dry_run {
         let rendered = tokio::select! {
             _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
-            rendered = batchflow::pipeline::dry_run(config, &extras) => rendered?,
+            rendered = batchflow::validate::dry_run(config, &extras) => rendered?,
         };
         print!("{rendered}");
         return Ok(ExitStatus::Success);
@@ -315,7 +315,7 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
 }
 
 async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
-    match batchflow::pipeline::validate(&args.file, &args.set, args.offline, env).await? {
+    match batchflow::validate::validate(&args.file, &args.set, args.offline, env).await? {
         Ok(summary) => {
             print!("{summary}");
             Ok(ExitStatus::Success)

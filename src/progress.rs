@@ -31,7 +31,7 @@ pub enum ProgressMode {
 #[derive(Debug, Clone)]
 pub struct ProgressConfig {
     pub mode: ProgressMode,
-    /// Where to keep the JSON figures, rewritten every [`STATS_FILE_INTERVAL`].
+    /// Where to keep the JSON figures, rewritten every 2 s (`STATS_FILE_INTERVAL`).
     pub stats_file: Option<PathBuf>,
 }
 

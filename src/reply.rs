@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::record::{Outcome, ReplyBody};
+use crate::item::{Outcome, ReplyBody};
 
 /// The fields of an answer that batchflow uses. Unknown fields are ignored; a body that does not
 /// parse gives all `None`.

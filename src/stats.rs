@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reply::ReplyFields;
 
-use crate::record::{ErrorCode, Outcome};
+use crate::item::{ErrorCode, Outcome};
 
 /// How far back the current rate looks. Long enough to smooth bursts, short enough to follow
 /// a real change of pace (a model reload, a slower part of the input).
@@ -335,7 +335,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::record::{HttpReply, OutcomeError, ReplyBody};
+    use crate::item::{HttpReply, OutcomeError, ReplyBody};
 
     #[test]
     fn rate_follows_a_change_of_pace_within_the_window() {

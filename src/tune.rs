@@ -87,7 +87,7 @@ pub async fn tune(
         let mut config = base.clone();
         config.input = sample.clone();
         config.source.limit = Some(sample_requests as u64);
-        config.output = None;
+        config.results = None;
         config.preflight = steps.is_empty() && base.preflight;
         config.stage.workers = workers;
         config.stage.adaptive_max = None;

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::io::BufReader;
 
-use batchflow::record::{ErrorCode, SourceItem};
+use batchflow::item::{ErrorCode, SourceItem};
 use batchflow::source::lines::{LineReader, RawLine};
 use batchflow::source::request::{MAX_CUSTOM_ID_BYTES, Position, RequestParser};
 use proptest::prelude::*;

@@ -8,6 +8,7 @@ mod bad_input;
 mod edges;
 mod fuzz_config;
 mod fuzz_parser;
+mod layout;
 mod misbehaviour;
 mod observe;
 mod parquet_input;

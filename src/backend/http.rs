@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::BackendError;
 use super::{AttemptFailure, Backend, FailureKind};
-use crate::record::{HttpReply, ReplyBody, Request};
+use crate::item::{HttpReply, ReplyBody, Request};
 
 /// Everything needed to build an [`HttpBackend`].
 #[derive(Debug, Clone)]

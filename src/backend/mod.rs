@@ -14,7 +14,7 @@ pub mod preflight;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::record::{ErrorCode, HttpReply, Request};
+use crate::item::{ErrorCode, HttpReply, Request};
 
 /// Why a backend cannot be used. Every message names the URL (and the model).
 #[derive(Debug, thiserror::Error)]

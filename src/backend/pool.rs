@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::http::HttpBackend;
 use super::preflight::ModelCatalog;
 use super::{AttemptFailure, Backend, FailureKind};
-use crate::record::{HttpReply, Request};
+use crate::item::{HttpReply, Request};
 
 /// Failures in a row that take a backend out.
 const EJECT_AFTER: u32 = 3;

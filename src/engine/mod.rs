@@ -3,6 +3,7 @@
 //! bounded channels. The binary, `tune`, the integration tests and library callers drive runs
 //! through [`run`].
 
+mod resolve;
 mod start;
 
 use std::io::Write;
@@ -41,7 +42,7 @@ pub struct RunConfig {
     pub preflight: bool,
     pub stage: StageConfig,
     /// The Parquet results file, if any.
-    pub output: Option<ParquetOutput>,
+    pub results: Option<ParquetOutput>,
     /// A JSONL output file (a pipeline's `sink.jsonl` path), opened by the run.
     pub jsonl_file: Option<PathBuf>,
     /// The error file: every outcome that ends in error, as an output line.
@@ -209,7 +210,7 @@ async fn drive(
         output_closed: sink_report.closed || stage_report.sink_closed,
         fatal,
         elapsed: started_at.elapsed(),
-        output: config.output.map(|output| output.path),
+        output: config.results.map(|output| output.path),
         kept_rows,
         dropped_errors,
         skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),

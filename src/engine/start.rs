@@ -19,9 +19,9 @@ use crate::backend::http::HttpBackend;
 use crate::backend::pool::BackendPool;
 use crate::backend::preflight::{self, ModelCatalog, ServerKind};
 use crate::error::Error;
+use crate::item::DoneSet;
 use crate::paths::{self, Accept, NamedPath, OutputPath};
 use crate::progress;
-use crate::record::DoneSet;
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
 use crate::sink::fingerprint::{Fingerprint, Recipe, RunFacts};
@@ -268,7 +268,7 @@ fn stdin_file(input: &Input) -> Option<fs::Metadata> {
 /// output at its checked target, so that a link stays a link.
 fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<(), Error> {
     let knobs = config.knobs.clone();
-    if matches!(config.existing_outputs, OutputMode::Resume { .. }) && config.output.is_none() {
+    if matches!(config.existing_outputs, OutputMode::Resume { .. }) && config.results.is_none() {
         return Err(Error::ResumeWithoutResults { knob: knobs.output });
     }
     let mut inputs = Vec::new();
@@ -279,7 +279,7 @@ fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<
         inputs.push(NamedPath::new(&knobs.pipeline, path));
     }
     let mut outputs = Vec::new();
-    if let Some(output) = &config.output {
+    if let Some(output) = &config.results {
         let mut results = OutputPath::new(
             NamedPath::new(&knobs.output, &output.path),
             Accept::RegularFile,
@@ -316,7 +316,7 @@ fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<
         .into_iter();
     // After the clash checks, so that a clash is named as one even when the file exists; and
     // before anything is created, so that a refusal leaves no new file behind.
-    if let Some(output) = &config.output {
+    if let Some(output) = &config.results {
         parquet_sink::check_path(output)?;
     }
     if config.existing_outputs == OutputMode::New {
@@ -339,7 +339,7 @@ fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<
             *path = target;
         }
     };
-    if let Some(output) = &mut config.output {
+    if let Some(output) = &mut config.results {
         next_target(&mut output.path);
     }
     if let Some(path) = &mut config.progress.stats_file {
@@ -363,7 +363,7 @@ fn open_outputs(
     mut facts: RunFacts,
     shutdown: Shutdown,
 ) -> impl FnOnce() -> Result<OpenedOutputs, Error> + Send + 'static {
-    let output = config.output.clone();
+    let output = config.results.clone();
     let recipe = recipe(&config.source);
     let errors_file = config.errors_file.clone();
     let mode = config.existing_outputs;

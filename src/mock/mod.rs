@@ -108,7 +108,7 @@ pub struct MockStats {
 
 /// A copy of [`MockStats`] at one moment.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
+pub struct MockCounts {
     pub requests: u64,
     pub succeeded: u64,
     pub busy: u64,
@@ -123,9 +123,9 @@ pub struct StatsSnapshot {
 }
 
 impl MockStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn snapshot(&self) -> MockCounts {
         let read = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
-        StatsSnapshot {
+        MockCounts {
             requests: read(&self.requests),
             succeeded: read(&self.succeeded),
             busy: read(&self.busy),
@@ -217,7 +217,7 @@ impl MockServer {
         format!("http://{}", self.address)
     }
 
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> MockCounts {
         self.stats.snapshot()
     }
 

@@ -21,7 +21,7 @@ use super::checkpoint::{ExistingResults, ResultsError};
 use super::jsonl::JsonlSink;
 use super::parquet::OutputMode;
 use super::{Sink, SinkError};
-use crate::record::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody};
+use crate::item::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody};
 use crate::reply::ReplyFields;
 
 /// Why the error file cannot be opened or rebuilt. Messages name the file.

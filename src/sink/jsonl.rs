@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{Sink, SinkError};
 use crate::backend::http::random_id;
-use crate::record::{Outcome, ReplyBody};
+use crate::item::{Outcome, ReplyBody};
 use crate::reply::ReplyFields;
 
 const BUFFER_BYTES: usize = 256 * 1024;
@@ -136,7 +136,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::record::{ErrorCode, HttpReply, OutcomeError};
+    use crate::item::{ErrorCode, HttpReply, OutcomeError};
 
     fn outcome(reply: Option<HttpReply>, error: Option<OutcomeError>) -> Outcome {
         Outcome {

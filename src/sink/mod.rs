@@ -21,7 +21,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::record::Outcome;
+use crate::item::Outcome;
 use crate::reply::ReplyFields;
 use crate::stats::RunStats;
 

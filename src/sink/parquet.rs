@@ -14,7 +14,7 @@ use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, R
 use super::fingerprint::Fingerprint;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
-use crate::record::{DoneSet, Outcome};
+use crate::item::{DoneSet, Outcome};
 use crate::reply::ReplyFields;
 use crate::shutdown::Shutdown;
 

@@ -16,7 +16,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use serde_json::{Map, Value};
 
-use crate::record::{Outcome, ReplyBody};
+use crate::item::{Outcome, ReplyBody};
 use crate::reply::ReplyFields;
 use crate::schema::{ColumnType, OutputField};
 
@@ -384,7 +384,7 @@ mod tests {
     use arrow_array::types::{Float32Type, Int64Type};
 
     use super::*;
-    use crate::record::{ErrorCode, HttpReply, OutcomeError};
+    use crate::item::{ErrorCode, HttpReply, OutcomeError};
 
     fn outcome(body: &str, error: Option<OutcomeError>) -> Outcome {
         Outcome {

@@ -20,7 +20,7 @@ use std::thread;
 
 use tokio::sync::mpsc;
 
-use crate::record::{DoneSet, SourceItem};
+use crate::item::{DoneSet, SourceItem};
 use crate::shutdown::Shutdown;
 use lines::LineReader;
 use parquet::ParquetRows;
@@ -452,9 +452,7 @@ impl<'a> BatchedSender<'a> {
 
 fn is_done(done: &DoneSet, item: &SourceItem) -> bool {
     match item {
-        SourceItem::Request(request) => done
-            .ids
-            .contains(crate::record::id_hash(&request.custom_id)),
+        SourceItem::Request(request) => done.ids.contains(crate::item::id_hash(&request.custom_id)),
         SourceItem::Invalid(invalid) => done.invalid_lines.contains(&invalid.line),
     }
 }
@@ -471,10 +469,10 @@ mod tests {
         }
         let shards: Vec<Shard> = (0..3).map(|index| Shard { index, count: 3 }).collect();
         for id in 0..300 {
-            let item = SourceItem::Invalid(crate::record::InvalidLine {
+            let item = SourceItem::Invalid(crate::item::InvalidLine {
                 line: id,
                 custom_id: None,
-                code: crate::record::ErrorCode::InvalidJson,
+                code: crate::item::ErrorCode::InvalidJson,
                 message: String::new(),
             });
             assert_eq!(shards.iter().filter(|shard| shard.holds(&item)).count(), 1);

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::SourceError;
 use super::request::{Position, RequestParser};
-use crate::record::{ErrorCode, InvalidLine, SourceItem};
+use crate::item::{ErrorCode, InvalidLine, SourceItem};
 
 /// The columns a request is made of; any others in the file are not read.
 pub const REQUIRED_COLUMNS: [&str; 4] = ["custom_id", "method", "url", "body"];

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::lines::RawLine;
 use super::template::{RecordShape, Shaped};
 use crate::idset::IdSet;
-use crate::record::{ErrorCode, InvalidLine, Request, SourceItem, id_hash};
+use crate::item::{ErrorCode, InvalidLine, Request, SourceItem, id_hash};
 
 /// Longest accepted `custom_id`, in bytes. Ids are stored in results and compared on resume;
 /// anything longer is almost certainly a mistake (a whole prompt pasted in the id).

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::backend::BackendError;
 use crate::backend::preflight::ModelCatalog;
 use crate::backend::{AttemptFailure, Backend, FailureKind};
-use crate::record::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody, Request, SourceItem};
+use crate::item::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody, Request, SourceItem};
 use crate::reply::ReplyFields;
 use crate::schema::OutputSchema;
 use crate::shutdown::Shutdown;

@@ -13,8 +13,8 @@ use super::existing::ExistingResults;
 use super::marker::sync_folder;
 use super::writer::{Codec, ResultsWriter};
 use super::{FileState, ResultsError, io_error, parquet_error};
+use crate::item::{DoneSet, ErrorCode, id_hash};
 use crate::paths::with_suffix;
-use crate::record::{DoneSet, ErrorCode, id_hash};
 
 /// Reads the custom_ids (and invalid line numbers) of the kept rows: three narrow columns,
 /// never the responses.

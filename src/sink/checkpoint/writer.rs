@@ -187,7 +187,7 @@ impl ResultsWriter {
         Ok(writer)
     }
 
-    /// Continues a file found by [`inspect`]: makes it valid at its last checkpoint, then
+    /// Continues a file found by [`super::inspect`]: makes it valid at its last checkpoint, then
     /// appends after the kept row groups.
     pub fn resume(
         path: &Path,

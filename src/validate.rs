@@ -17,8 +17,8 @@ use crate::backend::preflight;
 use crate::config::{self, ConfigError, Pipeline};
 use crate::engine::RunConfig;
 use crate::error::Error;
+use crate::item::SourceItem;
 use crate::options::{Console, RunOptions};
-use crate::record::SourceItem;
 use crate::schema::ColumnType;
 use crate::sink::results::ExtraColumns;
 use crate::source;
@@ -339,7 +339,7 @@ pub async fn dry_run(config: RunConfig, extras: &ExtraColumns) -> Result<String,
             }
         }
     }
-    match &config.output {
+    match &config.results {
         Some(output) => {
             let _ = writeln!(out, "Results: {}", output.path.display());
         }

@@ -1,0 +1,176 @@
+//! Options into a run: [`RunOptions::resolve`] turns every knob into the engine's
+//! [`RunConfig`], with the backend's address and API key taken from the environment where the
+//! options leave them open.
+
+use std::sync::Arc;
+
+use super::RunConfig;
+use crate::backend::http::HttpBackendConfig;
+use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
+use crate::error::Error;
+use crate::options::{Console, RunOptions, Workers};
+use crate::progress::{ProgressConfig, ProgressMode};
+use crate::sink::parquet::ParquetOutput;
+use crate::source::SourceOptions;
+use crate::stage::{OutputCheck, StageConfig};
+
+impl RunOptions {
+    /// The run these options describe. `backend_override` (the built-in mock's URL) beats
+    /// [`RunOptions::backends`], which beat `OLLAMA_HOST`, which beats the default. `env` reads
+    /// environment variables (a parameter, so that tests need not touch the process's).
+    pub fn resolve(
+        &self,
+        console: Console,
+        backend_override: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<RunConfig, Error> {
+        let addresses: Vec<String> = match backend_override {
+            Some(address) => vec![address],
+            None if !self.backends.is_empty() => self.backends.clone(),
+            None => vec![
+                env("OLLAMA_HOST")
+                    .filter(|host| !host.trim().is_empty())
+                    .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned()),
+            ],
+        };
+        let api_key = match &self.api_key_env {
+            Some(name) => Some(env(name).filter(|key| !key.is_empty()).ok_or_else(|| {
+                Error::ApiKeyMissing {
+                    name: name.clone(),
+                    knob: self.knobs.api_key_env.clone(),
+                }
+            })?),
+            None => None,
+        };
+        let (workers, adaptive_max) = match self.workers {
+            Workers::Fixed(count) => (count as usize, None),
+            Workers::Auto => (1, Some(Workers::AUTO_MAX as usize)),
+        };
+        let backends = addresses
+            .iter()
+            .map(|address| {
+                Ok(HttpBackendConfig {
+                    base_url: parse_base_url(address)?,
+                    api_key: api_key.clone(),
+                    timeout: self.timeout,
+                    connect_timeout: self.connect_timeout,
+                    max_response_bytes: self.max_response_bytes,
+                    pool_size: adaptive_max.unwrap_or(workers),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(RunConfig {
+            input: self.input.clone(),
+            source: SourceOptions {
+                model_override: self.model.clone(),
+                max_line_bytes: self.max_line_bytes,
+                done: None,
+                records: self.records.clone(),
+                shard: self.shard,
+                limit: None,
+            },
+            backends,
+            preflight: self.preflight,
+            stage: StageConfig {
+                workers,
+                adaptive_max,
+                ordered: self.ordered,
+                retry: self.retry,
+                output: self.output_schema().map(|schema| OutputCheck {
+                    schema: Arc::clone(schema),
+                    retries: self.output_retries,
+                }),
+            },
+            results: self.results.as_ref().map(|path| ParquetOutput {
+                path: path.clone(),
+                mode: self.existing,
+                keep_raw: self.keep_raw,
+                checkpoint_rows: usize::try_from(self.checkpoint_rows).unwrap_or(usize::MAX),
+                checkpoint_interval: self.checkpoint_interval,
+                extras: self.extras.clone(),
+                codec: self.codec,
+                allow_config_change: self.allow_config_change,
+            }),
+            jsonl_file: self.jsonl_file.clone(),
+            errors_file: self.errors_file.clone(),
+            existing_outputs: self.existing,
+            pipeline_file: self.pipeline_file.clone(),
+            knobs: self.knobs.clone(),
+            progress: ProgressConfig {
+                mode: if console.quiet {
+                    ProgressMode::Off
+                } else if console.stderr_is_terminal {
+                    ProgressMode::Bar
+                } else {
+                    ProgressMode::Log {
+                        interval: self.progress_interval,
+                    }
+                },
+                stats_file: self.stats_file.clone(),
+            },
+            grace: self.grace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paths::Knobs;
+
+    #[test]
+    fn backend_precedence_is_override_then_backends_then_ollama_host_then_default() {
+        let env = |name: &str| (name == "OLLAMA_HOST").then(|| "gpu-box:9999".to_owned());
+        let no_env = |_: &str| None;
+        let console = Console::default();
+        let url = |config: RunConfig| config.backends[0].base_url.clone();
+        let defaults = RunOptions::default();
+        let other = RunOptions {
+            backends: vec!["other".into()],
+            ..RunOptions::default()
+        };
+        assert_eq!(
+            url(defaults.resolve(console, None, no_env).expect("ok")),
+            "http://127.0.0.1:11434"
+        );
+        assert_eq!(
+            url(defaults.resolve(console, None, env).expect("ok")),
+            "http://gpu-box:9999"
+        );
+        assert_eq!(
+            url(other.resolve(console, None, env).expect("ok")),
+            "http://other:11434"
+        );
+        assert_eq!(
+            url(other
+                .resolve(console, Some("http://127.0.0.1:5".into()), env)
+                .expect("ok")),
+            "http://127.0.0.1:5"
+        );
+    }
+
+    #[test]
+    fn a_missing_api_key_variable_is_named_with_the_knob_that_named_it() {
+        let options = RunOptions {
+            api_key_env: Some("MY_KEY".into()),
+            ..RunOptions::default()
+        };
+        let error = options
+            .resolve(Console::default(), None, |_| None)
+            .expect_err("missing");
+        assert!(error.to_string().contains("MY_KEY"), "{error}");
+        assert!(error.to_string().contains("--api-key-env"), "{error}");
+        let under_a_pipeline = RunOptions {
+            knobs: Knobs::pipeline(),
+            ..options.clone()
+        };
+        let error = under_a_pipeline
+            .resolve(Console::default(), None, |_| None)
+            .expect_err("missing");
+        assert!(error.to_string().contains("backend.api_key_env"), "{error}");
+        let config = options
+            .resolve(Console::default(), None, |_| Some("s3cret".into()))
+            .expect("ok");
+        assert_eq!(config.backends[0].api_key.as_deref(), Some("s3cret"));
+    }
+}
