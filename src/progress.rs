@@ -101,110 +101,169 @@ async fn run_ticker(
     probes: Probes,
     stop: CancellationToken,
 ) -> StatsSnapshot {
-    let monitor = Arc::new(
-        tokio::task::spawn_blocking(GpuMonitor::load)
-            .await
-            .unwrap_or(GpuMonitor::disabled()),
-    );
-    if !monitor.is_available() && config.mode != ProgressMode::Off {
-        tracing::info!(
-            "GPU: n/a (no NVIDIA driver here); loaded models come from the backend's /api/ps."
-        );
-    }
-    let bar = match config.mode {
-        ProgressMode::Bar => Some(new_bar()),
-        ProgressMode::Log { .. } | ProgressMode::Off => None,
-    };
-    if let Some(bar) = &bar {
-        *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
-    }
-    let started = Instant::now();
-    let mut gpus: Option<Vec<GpuFigures>> = None;
-    let mut loaded: Vec<LoadedModel> = Vec::new();
-    let (mut next_gpu, mut next_ps, mut next_file) = (started, started, started);
-    let mut next_log = match config.mode {
-        ProgressMode::Log { interval } => Some(started + interval),
-        _ => None,
-    };
-    let mut warned_reloads = 0;
-    let tick = match config.mode {
-        ProgressMode::Log { interval } => TICK.min(interval).max(Duration::from_millis(10)),
-        ProgressMode::Bar | ProgressMode::Off => TICK,
-    };
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::start(config, probes).await;
+    let mut interval = tokio::time::interval(ticker.tick());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
-            _ = ticker.tick() => false,
+            _ = interval.tick() => false,
         };
         let now = Instant::now();
         stats.tick(now);
-        if (now >= next_gpu || stopping) && monitor.is_available() {
+        ticker.probe(now, stopping).await;
+        let snapshot = ticker.snapshot(&stats, now, stopping);
+        ticker.show(&snapshot, now, stopping);
+        ticker.write_file(&snapshot, now, stopping).await;
+        if stopping {
+            ticker.close();
+            return snapshot;
+        }
+    }
+}
+
+/// The ticker's state between ticks: what it shows on, what the probes last found, and when
+/// each is next due.
+struct Ticker {
+    config: ProgressConfig,
+    probes: Probes,
+    monitor: Arc<GpuMonitor>,
+    bar: Option<ProgressBar>,
+    gpus: Option<Vec<GpuFigures>>,
+    loaded: Vec<LoadedModel>,
+    next_gpu: Instant,
+    next_ps: Instant,
+    next_file: Instant,
+    next_log: Option<Instant>,
+    /// Model reloads already warned about.
+    warned_reloads: u64,
+}
+
+impl Ticker {
+    async fn start(config: ProgressConfig, probes: Probes) -> Ticker {
+        let monitor = Arc::new(
+            tokio::task::spawn_blocking(GpuMonitor::load)
+                .await
+                .unwrap_or(GpuMonitor::disabled()),
+        );
+        if !monitor.is_available() && config.mode != ProgressMode::Off {
+            tracing::info!(
+                "GPU: n/a (no NVIDIA driver here); loaded models come from the backend's /api/ps."
+            );
+        }
+        let bar = match config.mode {
+            ProgressMode::Bar => Some(new_bar()),
+            ProgressMode::Log { .. } | ProgressMode::Off => None,
+        };
+        if let Some(bar) = &bar {
+            *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+        }
+        let started = Instant::now();
+        let next_log = match config.mode {
+            ProgressMode::Log { interval } => Some(started + interval),
+            _ => None,
+        };
+        Ticker {
+            config,
+            probes,
+            monitor,
+            bar,
+            gpus: None,
+            loaded: Vec::new(),
+            next_gpu: started,
+            next_ps: started,
+            next_file: started,
+            next_log,
+            warned_reloads: 0,
+        }
+    }
+
+    fn tick(&self) -> Duration {
+        match self.config.mode {
+            ProgressMode::Log { interval } => TICK.min(interval).max(Duration::from_millis(10)),
+            ProgressMode::Bar | ProgressMode::Off => TICK,
+        }
+    }
+
+    /// Samples the GPUs and asks Ollama backends what they have loaded, when due.
+    async fn probe(&mut self, now: Instant, stopping: bool) {
+        if (now >= self.next_gpu || stopping) && self.monitor.is_available() {
             // NVML calls block for a moment on a real driver, and this runtime's one thread
             // also drives every request.
-            let monitor = Arc::clone(&monitor);
-            gpus = tokio::task::spawn_blocking(move || monitor.sample())
+            let monitor = Arc::clone(&self.monitor);
+            self.gpus = tokio::task::spawn_blocking(move || monitor.sample())
                 .await
                 .unwrap_or(None);
-            next_gpu = now + GPU_INTERVAL;
+            self.next_gpu = now + GPU_INTERVAL;
         }
-        if probes.ollama && (now >= next_ps || stopping) {
-            loaded.clear();
-            for backend in probes.pool.backends() {
-                loaded.extend(gpu::loaded_models(backend).await);
+        if self.probes.ollama && (now >= self.next_ps || stopping) {
+            self.loaded.clear();
+            for backend in self.probes.pool.backends() {
+                self.loaded.extend(gpu::loaded_models(backend).await);
             }
-            next_ps = now + BACKEND_PS_INTERVAL;
+            self.next_ps = now + BACKEND_PS_INTERVAL;
         }
+    }
+
+    fn snapshot(&self, stats: &RunStats, now: Instant, stopping: bool) -> StatsSnapshot {
         let mut snapshot = stats.snapshot(now);
-        snapshot.gpus = gpus.clone();
-        snapshot.loaded_models = loaded.clone();
-        if probes.pool.len() > 1 {
-            snapshot.backends = probes.pool.figures();
+        snapshot.gpus = self.gpus.clone();
+        snapshot.loaded_models = self.loaded.clone();
+        if self.probes.pool.len() > 1 {
+            snapshot.backends = self.probes.pool.figures();
         }
         snapshot.finished = stopping;
-        if snapshot.model_reloads > warned_reloads {
-            warned_reloads = snapshot.model_reloads;
+        snapshot
+    }
+
+    /// The bar or the log line, and a warning at each new model reload.
+    fn show(&mut self, snapshot: &StatsSnapshot, now: Instant, stopping: bool) {
+        if snapshot.model_reloads > self.warned_reloads {
+            self.warned_reloads = snapshot.model_reloads;
             tracing::warn!(
                 "The model was loaded again {} times during the run, which stalls every slot; keep it loaded with \"keep_alive\": -1 in the request bodies (or OLLAMA_KEEP_ALIVE=-1 on the server).",
                 snapshot.model_reloads
             );
         }
-        if let Some(bar) = &bar {
+        if let Some(bar) = &self.bar {
             if let Some(total) = snapshot.total {
                 bar.set_length(total);
             }
             bar.set_position(snapshot.done);
-            bar.set_message(progress_line(&snapshot));
+            bar.set_message(progress_line(snapshot));
         }
-        if let (Some(due), ProgressMode::Log { interval }) = (next_log, config.mode) {
+        if let (Some(due), ProgressMode::Log { interval }) = (self.next_log, self.config.mode) {
             if now >= due && !stopping {
-                tracing::info!("Progress: {}.", progress_line(&snapshot));
-                next_log = Some(now + interval);
+                tracing::info!("Progress: {}.", progress_line(snapshot));
+                self.next_log = Some(now + interval);
             }
         }
-        if let Some(path) = config
-            .stats_file
-            .as_deref()
-            .filter(|_| now >= next_file || stopping)
-        {
-            // Off the runtime's one thread, which also drives every request.
-            let (target, written) = (path.to_owned(), snapshot.clone());
-            let outcome = tokio::task::spawn_blocking(move || write_stats_file(&target, &written))
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
-            if let Err(error) = outcome {
-                tracing::warn!("Cannot write the stats file {}: {error}.", path.display());
-            }
-            next_file = now + STATS_FILE_INTERVAL;
+    }
+
+    /// Rewrites the stats file when due, off the runtime's one thread (which also drives
+    /// every request).
+    async fn write_file(&mut self, snapshot: &StatsSnapshot, now: Instant, stopping: bool) {
+        let Some(path) = self.config.stats_file.clone() else {
+            return;
+        };
+        if now < self.next_file && !stopping {
+            return;
         }
-        if stopping {
-            if let Some(bar) = &bar {
-                bar.finish_and_clear();
-            }
-            *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return snapshot;
+        let (target, written) = (path.clone(), snapshot.clone());
+        let outcome = tokio::task::spawn_blocking(move || write_stats_file(&target, &written))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        if let Err(error) = outcome {
+            tracing::warn!("Cannot write the stats file {}: {error}.", path.display());
         }
+        self.next_file = now + STATS_FILE_INTERVAL;
+    }
+
+    fn close(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 

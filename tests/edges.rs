@@ -19,7 +19,7 @@ use batchflow::sink::checkpoint;
 use serde_json::Value;
 use support::{
     Mock, Run, batchflow, chat_line, chat_lines, parse_output, result_rows, text_body_batch,
-    write_input, write_parquet,
+    wait_until, write_input, write_parquet,
 };
 
 fn fast_mock() -> Mock {
@@ -90,11 +90,7 @@ fn wait_until_it_catches_sigterm(pid: u32) {
             .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
             .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !catches() {
-        assert!(Instant::now() < deadline, "never caught SIGTERM");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the child catches SIGTERM", catches);
 }
 
 fn sigterm(child: &Child) {
@@ -474,11 +470,7 @@ fn sigterm_while_opening_a_fifo_input_that_has_no_writer_exits_130() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !blocked_on_a_fifo(child.id()) {
-        assert!(Instant::now() < deadline, "never blocked opening the FIFO");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("blocked opening the FIFO", || blocked_on_a_fifo(child.id()));
     sigterm(&child);
     let stopped = wait_at_most(child, Duration::from_secs(20));
     assert_eq!(stopped.code(), Some(130), "{}", stopped.stderr);
@@ -832,11 +824,9 @@ fn the_error_file_holds_exactly_the_error_rows_after_a_kill_and_a_resume_too() {
     let errors = dir.path().join("errors.jsonl");
     let flags = ["--checkpoint-rows", "20", "--errors", utf8(&errors)];
     let mut child = start(&mock, &input, &results, &flags);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !checkpoint::inspect(&results).is_ok_and(|existing| existing.rows() > 40) {
-        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("a checkpoint beyond 40 rows", || {
+        checkpoint::inspect(&results).is_ok_and(|existing| existing.rows() > 40)
+    });
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     let resumed = run_to_end(
@@ -1090,11 +1080,7 @@ fn a_jsonl_fifo_is_opened_before_the_results_file_is_made_and_dev_null_needs_no_
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !blocked_on_a_fifo(child.id()) {
-        assert!(Instant::now() < deadline, "never blocked opening the FIFO");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("blocked opening the FIFO", || blocked_on_a_fifo(child.id()));
     sigterm(&child);
     let stopped = wait_at_most(child, Duration::from_secs(20));
     assert_eq!(stopped.code(), Some(130), "{}", stopped.stderr);

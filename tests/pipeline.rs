@@ -479,9 +479,9 @@ fn a_second_sigint_aborts_in_flight_requests_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    while mock.server.stats().requests < 2 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::wait_until("two requests in flight", || {
+        mock.server.stats().requests >= 2
+    });
     let interrupt = |pid: u32| {
         let status = std::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])

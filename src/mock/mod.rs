@@ -367,56 +367,10 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
     let arrived = Instant::now();
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    let body_key = key_of(&body);
-    let respond = |status: StatusCode, message: &str| {
-        state.record(body_key, arrived, status.as_u16());
-        json_response(status, &replies::error(Some(endpoint), message))
+    let call = match admit(&state, endpoint, &body, arrived) {
+        Ok(call) => call,
+        Err(refusal) => return *refusal,
     };
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(request @ Value::Object(_)) => request,
-        _ => {
-            stats.client_errors.fetch_add(1, Ordering::SeqCst);
-            return respond(
-                StatusCode::BAD_REQUEST,
-                "invalid character in request body: not a JSON object",
-            );
-        }
-    };
-    let Some(model) = request["model"].as_str().map(str::to_owned) else {
-        stats.client_errors.fetch_add(1, Ordering::SeqCst);
-        return respond(StatusCode::BAD_REQUEST, "model is required");
-    };
-    if !state.has_model(&model) {
-        stats.client_errors.fetch_add(1, Ordering::SeqCst);
-        return respond(
-            StatusCode::NOT_FOUND,
-            &format!("model \"{model}\" not found, try pulling it first"),
-        );
-    }
-    let directive = parse_directive(&replies::prompt_text(endpoint, &request));
-    let fault = state.plan.choose(body_key, directive);
-    if fault == Some(Fault::Status(429)) {
-        stats.rate_limited.fetch_add(1, Ordering::SeqCst);
-        state.record(body_key, arrived, 429);
-        let retry_after = state.config.retry_after.as_secs_f64().ceil().to_string();
-        let body = replies::error(Some(endpoint), "rate limit exceeded, retry later");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [
-                (header::CONTENT_TYPE, "application/json".to_owned()),
-                (header::RETRY_AFTER, retry_after),
-            ],
-            body.to_string(),
-        )
-            .into_response();
-    }
-    // Like Ollama, only requests that must wait for a slot count against the queue.
-    if state.slots.available_permits() == 0
-        && stats.waiting.load(Ordering::SeqCst) >= state.config.max_queue as u64
-    {
-        stats.busy.fetch_add(1, Ordering::SeqCst);
-        return respond(StatusCode::SERVICE_UNAVAILABLE, SERVER_BUSY_MESSAGE);
-    }
     let permit = {
         stats.waiting.fetch_add(1, Ordering::SeqCst);
         // A client that gives up while queued drops this future here: the guard still counts it out.
@@ -424,7 +378,11 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         state.slots.acquire().await
     };
     let Ok(_permit) = permit else {
-        return respond(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+        return call.respond(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        );
     };
     let in_slots = stats.in_slots.fetch_add(1, Ordering::SeqCst) + 1;
     stats.max_in_slots.fetch_max(in_slots, Ordering::SeqCst);
@@ -433,16 +391,131 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         .loaded
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(model.clone());
+        .insert(call.model.clone());
 
     let started = Instant::now();
-    if fault == Some(Fault::Hang) {
+    if call.fault == Some(Fault::Hang) {
         stats.hangs.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(state.config.hang).await;
     } else {
-        tokio::time::sleep(state.latency(directive)).await;
+        tokio::time::sleep(state.latency(call.directive)).await;
     }
-    match fault {
+    answer(&state, &call, started)
+}
+
+/// A request the mock took: what it asked, and what the fault plan has in store for it.
+struct Call {
+    endpoint: Endpoint,
+    arrived: Instant,
+    body_key: u64,
+    request: Value,
+    model: String,
+    directive: Option<Directive>,
+    fault: Option<Fault>,
+}
+
+impl Call {
+    /// An error answer in the endpoint's error shape, recorded.
+    fn respond(&self, state: &MockState, status: StatusCode, message: &str) -> Response {
+        state.record(self.body_key, self.arrived, status.as_u16());
+        json_response(status, &replies::error(Some(self.endpoint), message))
+    }
+
+    /// A successful reply to `request` (the call's own, or an altered copy).
+    fn reply(&self, state: &MockState, request: &Value, started: Instant) -> Value {
+        replies::success(
+            self.endpoint,
+            &self.model,
+            request,
+            started.elapsed(),
+            state.config.embedding_dimensions,
+        )
+    }
+}
+
+/// What is answered before a slot is taken: a body that is not a JSON object or names no
+/// model (400), an unknown model (404), a scripted 429, and Ollama's 503 when the queue is full.
+fn admit(
+    state: &MockState,
+    endpoint: Endpoint,
+    body: &Bytes,
+    arrived: Instant,
+) -> Result<Call, Box<Response>> {
+    let stats = &state.stats;
+    let body_key = key_of(body);
+    let refuse = |status: StatusCode, message: &str| {
+        state.record(body_key, arrived, status.as_u16());
+        json_response(status, &replies::error(Some(endpoint), message))
+    };
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(request @ Value::Object(_)) => request,
+        _ => {
+            stats.client_errors.fetch_add(1, Ordering::SeqCst);
+            return Err(Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid character in request body: not a JSON object",
+            )));
+        }
+    };
+    let Some(model) = request["model"].as_str().map(str::to_owned) else {
+        stats.client_errors.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "model is required",
+        )));
+    };
+    if !state.has_model(&model) {
+        stats.client_errors.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(refuse(
+            StatusCode::NOT_FOUND,
+            &format!("model \"{model}\" not found, try pulling it first"),
+        )));
+    }
+    let directive = parse_directive(&replies::prompt_text(endpoint, &request));
+    let fault = state.plan.choose(body_key, directive);
+    if fault == Some(Fault::Status(429)) {
+        stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+        state.record(body_key, arrived, 429);
+        let retry_after = state.config.retry_after.as_secs_f64().ceil().to_string();
+        let body = replies::error(Some(endpoint), "rate limit exceeded, retry later");
+        return Err(Box::new(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (header::RETRY_AFTER, retry_after),
+                ],
+                body.to_string(),
+            )
+                .into_response(),
+        ));
+    }
+    // Like Ollama, only requests that must wait for a slot count against the queue.
+    if state.slots.available_permits() == 0
+        && stats.waiting.load(Ordering::SeqCst) >= state.config.max_queue as u64
+    {
+        stats.busy.fetch_add(1, Ordering::SeqCst);
+        return Err(Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_BUSY_MESSAGE,
+        )));
+    }
+    Ok(Call {
+        endpoint,
+        arrived,
+        body_key,
+        request,
+        model,
+        directive,
+        fault,
+    })
+}
+
+/// The answer once the call has had its slot: the reply, or the fault it was chosen for.
+fn answer(state: &MockState, call: &Call, started: Instant) -> Response {
+    let stats = &state.stats;
+    let recorded = |status: u16| state.record(call.body_key, call.arrived, status);
+    match call.fault {
         Some(Fault::Status(status)) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             if status.is_server_error() {
@@ -450,15 +523,19 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
             } else {
                 stats.client_errors.fetch_add(1, Ordering::SeqCst);
             }
-            respond(status, &format!("mock fault: HTTP {}", status.as_u16()))
+            call.respond(
+                state,
+                status,
+                &format!("mock fault: HTTP {}", status.as_u16()),
+            )
         }
         Some(Fault::Html) => {
-            state.record(body_key, arrived, 200);
+            recorded(200);
             let page = "<html><body><h1>502 Bad Gateway</h1>nginx</body></html>";
             (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], page).into_response()
         }
         Some(Fault::Redirect) => {
-            state.record(body_key, arrived, 302);
+            recorded(302);
             (
                 StatusCode::FOUND,
                 [(header::LOCATION, "http://other-host.invalid/api/chat")],
@@ -467,7 +544,7 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
                 .into_response()
         }
         Some(Fault::Huge) => {
-            state.record(body_key, arrived, 200);
+            recorded(200);
             // 8 MiB in 64 KiB chunks, without a Content-Length, as a streaming proxy sends it.
             let chunk = Bytes::from(vec![b' '; 64 * 1024]);
             let chunks = futures::stream::iter(
@@ -476,7 +553,7 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
             Response::new(Body::from_stream(chunks))
         }
         Some(Fault::Slowloris) => {
-            state.record(body_key, arrived, 200);
+            recorded(200);
             let trickle = futures::stream::unfold((), |()| async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 Some((Ok::<Bytes, std::io::Error>(Bytes::from_static(b" ")), ()))
@@ -485,7 +562,7 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         }
         Some(Fault::Reset) => {
             stats.resets.fetch_add(1, Ordering::SeqCst);
-            state.record(body_key, arrived, 0);
+            recorded(0);
             let broken = futures::stream::once(async {
                 Err::<Bytes, std::io::Error>(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
@@ -496,15 +573,8 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         }
         Some(Fault::Truncated) => {
             stats.truncated.fetch_add(1, Ordering::SeqCst);
-            state.record(body_key, arrived, 200);
-            let reply = replies::success(
-                endpoint,
-                &model,
-                &request,
-                started.elapsed(),
-                state.config.embedding_dimensions,
-            )
-            .to_string();
+            recorded(200);
+            let reply = call.reply(state, &call.request, started).to_string();
             let cut = reply.len() / 2;
             (
                 StatusCode::OK,
@@ -515,32 +585,18 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
         }
         Some(Fault::BadOutput) => {
             stats.bad_outputs.fetch_add(1, Ordering::SeqCst);
-            state.record(body_key, arrived, 200);
-            let mut unstructured = request.clone();
+            recorded(200);
+            let mut unstructured = call.request.clone();
             if let Value::Object(fields) = &mut unstructured {
                 fields.remove("format");
                 fields.remove("response_format");
             }
-            let reply = replies::success(
-                endpoint,
-                &model,
-                &unstructured,
-                started.elapsed(),
-                state.config.embedding_dimensions,
-            );
-            json_response(StatusCode::OK, &reply)
+            json_response(StatusCode::OK, &call.reply(state, &unstructured, started))
         }
         Some(Fault::Hang) | None => {
             stats.succeeded.fetch_add(1, Ordering::SeqCst);
-            state.record(body_key, arrived, 200);
-            let reply = replies::success(
-                endpoint,
-                &model,
-                &request,
-                started.elapsed(),
-                state.config.embedding_dimensions,
-            );
-            json_response(StatusCode::OK, &reply)
+            recorded(200);
+            json_response(StatusCode::OK, &call.reply(state, &call.request, started))
         }
     }
 }

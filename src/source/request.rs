@@ -156,147 +156,38 @@ impl RequestParser {
     }
 
     fn parse_request(&mut self, position: Position, value: Value) -> Result<Request, InvalidLine> {
-        let unit = position.unit();
-        let invalid = |custom_id: Option<&str>, code: ErrorCode, what: String| InvalidLine {
+        let invalid = |custom_id: Option<&str>, (code, what): Refusal| InvalidLine {
             line: position.number(),
             custom_id: custom_id.map(str::to_owned),
             code,
             message: format!("{position}: {what}"),
         };
         let Value::Object(mut fields) = value else {
-            return Err(invalid(
-                None,
-                ErrorCode::InvalidRequest,
-                format!(
-                    "expected a JSON object with custom_id, method, url and body, found {}",
-                    json_kind(&value)
-                ),
-            ));
+            let what = format!(
+                "expected a JSON object with custom_id, method, url and body, found {}",
+                json_kind(&value)
+            );
+            return Err(invalid(None, (ErrorCode::InvalidRequest, what)));
         };
-        let custom_id = match fields.remove("custom_id") {
-            None => {
-                return Err(invalid(
-                    None,
-                    ErrorCode::InvalidRequest,
-                    "missing custom_id".into(),
-                ));
-            }
-            Some(Value::String(id)) if id.is_empty() => {
-                return Err(invalid(
-                    None,
-                    ErrorCode::InvalidRequest,
-                    "custom_id is empty".into(),
-                ));
-            }
-            Some(Value::String(id)) if id.len() > MAX_CUSTOM_ID_BYTES => {
-                return Err(invalid(
-                    None,
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "custom_id is {} bytes, longer than the limit of {MAX_CUSTOM_ID_BYTES}",
-                        id.len()
-                    ),
-                ));
-            }
-            Some(Value::String(id)) => id,
-            Some(other) => {
-                return Err(invalid(
-                    None,
-                    ErrorCode::InvalidRequest,
-                    format!("custom_id must be a string, found {}", json_kind(&other)),
-                ));
-            }
-        };
+        let custom_id = take_custom_id(&mut fields).map_err(|why| invalid(None, why))?;
         let id = Some(custom_id.as_str());
-        match fields.get("method") {
-            Some(Value::String(method)) if method.eq_ignore_ascii_case("POST") => {}
-            Some(other) => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    format!("method must be \"POST\", found {other}"),
-                ));
-            }
-            None => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    "missing method (must be \"POST\")".into(),
-                ));
-            }
-        }
-        let url = match fields.remove("url") {
-            Some(Value::String(url)) if url.starts_with('/') && !url.starts_with("//") => url,
-            Some(other) => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "url must be a path on the backend such as \"/v1/chat/completions\", found {other}"
-                    ),
-                ));
-            }
-            None => return Err(invalid(id, ErrorCode::InvalidRequest, "missing url".into())),
-        };
-        let body = match fields.remove("body") {
-            Some(Value::String(text)) if self.text_bodies => serde_json::from_str::<Value>(&text)
-                .map(Some)
-                .map_err(|error| {
-                    invalid(
-                        id,
-                        ErrorCode::InvalidJson,
-                        format!("body is text but not valid JSON ({error})"),
-                    )
-                })?,
-            other => other,
-        };
-        let mut body = match body {
-            Some(Value::Object(body)) => body,
-            Some(other) => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    format!("body must be a JSON object, found {}", json_kind(&other)),
-                ));
-            }
-            None => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    "missing body".into(),
-                ));
-            }
-        };
-        if let Some(model) = &self.model_override {
-            body.insert("model".into(), Value::String(model.clone()));
-        }
-        let model = match body.get("model") {
-            Some(Value::String(model)) if !model.is_empty() => Some(model.clone()),
-            Some(other) => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    format!("body.model must be a non-empty string, found {other}"),
-                ));
-            }
-            None => {
-                return Err(invalid(
-                    id,
-                    ErrorCode::InvalidRequest,
-                    format!("body.model is missing (set it in the {unit} or pass --model)"),
-                ));
-            }
-        };
+        let refused = |why| invalid(id, why);
+        check_method(&fields).map_err(refused)?;
+        let url = take_url(&mut fields).map_err(refused)?;
+        let mut body = self.take_body(&mut fields).map_err(refused)?;
+        let model = self
+            .body_model(&mut body, position.unit())
+            .map_err(refused)?;
         disable_streaming(&url, &mut body);
         if !self.seen_ids.insert(id_hash(&custom_id)) {
-            return Err(invalid(
-                id,
-                ErrorCode::DuplicateCustomId,
-                format!("custom_id {custom_id:?} is already used by an earlier {unit}"),
-            ));
+            let what = format!(
+                "custom_id {custom_id:?} is already used by an earlier {}",
+                position.unit()
+            );
+            return Err(refused((ErrorCode::DuplicateCustomId, what)));
         }
         let body = serde_json::to_vec(&Value::Object(body))
-            .map_err(|error| invalid(id, ErrorCode::InvalidRequest, format!("body: {error}")))?;
+            .map_err(|error| refused((ErrorCode::InvalidRequest, format!("body: {error}"))))?;
         Ok(Request {
             passthrough: Vec::new(),
             line: position.number(),
@@ -305,6 +196,93 @@ impl RequestParser {
             model,
             body: Bytes::from(body),
         })
+    }
+
+    /// `body`: a JSON object (or, from Parquet, JSON text of one).
+    fn take_body(&self, fields: &mut Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
+        let body = match fields.remove("body") {
+            Some(Value::String(text)) if self.text_bodies => serde_json::from_str::<Value>(&text)
+                .map(Some)
+                .map_err(|error| {
+                    let what = format!("body is text but not valid JSON ({error})");
+                    (ErrorCode::InvalidJson, what)
+                })?,
+            other => other,
+        };
+        match body {
+            Some(Value::Object(body)) => Ok(body),
+            Some(other) => Err(request_error(format!(
+                "body must be a JSON object, found {}",
+                json_kind(&other)
+            ))),
+            None => Err(request_error("missing body".into())),
+        }
+    }
+
+    /// `body.model`, set first by `--model` when given.
+    fn body_model(
+        &self,
+        body: &mut Map<String, Value>,
+        unit: &str,
+    ) -> Result<Option<String>, Refusal> {
+        if let Some(model) = &self.model_override {
+            body.insert("model".into(), Value::String(model.clone()));
+        }
+        match body.get("model") {
+            Some(Value::String(model)) if !model.is_empty() => Ok(Some(model.clone())),
+            Some(other) => Err(request_error(format!(
+                "body.model must be a non-empty string, found {other}"
+            ))),
+            None => Err(request_error(format!(
+                "body.model is missing (set it in the {unit} or pass --model)"
+            ))),
+        }
+    }
+}
+
+/// Why a field refuses the request: the error code and what to say.
+type Refusal = (ErrorCode, String);
+
+fn request_error(what: String) -> Refusal {
+    (ErrorCode::InvalidRequest, what)
+}
+
+/// `custom_id`: a non-empty string of at most [`MAX_CUSTOM_ID_BYTES`].
+fn take_custom_id(fields: &mut Map<String, Value>) -> Result<String, Refusal> {
+    match fields.remove("custom_id") {
+        None => Err(request_error("missing custom_id".into())),
+        Some(Value::String(id)) if id.is_empty() => Err(request_error("custom_id is empty".into())),
+        Some(Value::String(id)) if id.len() > MAX_CUSTOM_ID_BYTES => Err(request_error(format!(
+            "custom_id is {} bytes, longer than the limit of {MAX_CUSTOM_ID_BYTES}",
+            id.len()
+        ))),
+        Some(Value::String(id)) => Ok(id),
+        Some(other) => Err(request_error(format!(
+            "custom_id must be a string, found {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// `method`: `POST`, in any case.
+fn check_method(fields: &Map<String, Value>) -> Result<(), Refusal> {
+    match fields.get("method") {
+        Some(Value::String(method)) if method.eq_ignore_ascii_case("POST") => Ok(()),
+        Some(other) => Err(request_error(format!(
+            "method must be \"POST\", found {other}"
+        ))),
+        None => Err(request_error("missing method (must be \"POST\")".into())),
+    }
+}
+
+/// `url`: a path on the backend, never an absolute URL (which could send the key elsewhere).
+fn take_url(fields: &mut Map<String, Value>) -> Result<String, Refusal> {
+    match fields.remove("url") {
+        Some(Value::String(url)) if url.starts_with('/') && !url.starts_with("//") => Ok(url),
+        Some(other) => Err(request_error(format!(
+            "url must be a path on the backend such as \"/v1/chat/completions\", found {other}"
+        ))),
+        None => Err(request_error("missing url".into())),
     }
 }
 

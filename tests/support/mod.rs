@@ -241,3 +241,16 @@ pub fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
     ])
     .expect("columns of equal length")
 }
+
+/// Polls `condition` every few milliseconds until it holds; panics naming `what` after 60 s, so
+/// that no test waits for ever on an event that never comes.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
