@@ -44,6 +44,8 @@ pub struct Knobs {
     pub errors: String,
     pub jsonl: String,
     pub api_key_env: String,
+    pub model: String,
+    pub no_preflight: String,
 }
 
 impl Knobs {
@@ -56,6 +58,8 @@ impl Knobs {
             errors: "--errors".into(),
             jsonl: "sink.jsonl".into(),
             api_key_env: "--api-key-env".into(),
+            model: "--model".into(),
+            no_preflight: "--no-preflight".into(),
         }
     }
 
@@ -69,6 +73,8 @@ impl Knobs {
             errors: "sink.errors".into(),
             jsonl: "sink.jsonl".into(),
             api_key_env: "backend.api_key_env".into(),
+            model: "request.model".into(),
+            no_preflight: "backend.preflight = false".into(),
         }
     }
 }

@@ -276,7 +276,7 @@ pub async fn validate(
             let url = backend_config.base_url.clone();
             match HttpBackend::new(backend_config) {
                 Err(error) => problems.push(format!("backend: {error}")),
-                Ok(backend) => match preflight::check(&backend).await {
+                Ok(backend) => match preflight::check(&backend, &config.knobs).await {
                     Err(error) => problems.push(format!("backend: {error}")),
                     Ok(catalog) => {
                         if let Some(model) = model.as_deref().filter(|model| !catalog.has(model)) {

@@ -1203,3 +1203,41 @@ fn a_file_from_before_fingerprints_with_derived_ids_is_not_resumed_without_leave
     let allowed = run_pipeline(&pipeline, &["--resume", "--allow-config-change"]);
     assert_eq!(allowed.code(), Some(0), "{}", allowed.stderr);
 }
+
+#[test]
+fn under_a_pipeline_messages_name_the_toml_key_not_the_flag() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    fs::write(
+        dir.path().join("input.jsonl"),
+        "{\"custom_id\":\"a\",\"method\":\"POST\",\"url\":\"/api/chat\",\"body\":{\"messages\":[]}}\n",
+    )
+    .expect("write");
+    let pipeline = dir.path().join("pipe.toml");
+    let write = |extra: &str| {
+        fs::write(
+            &pipeline,
+            format!(
+                "[source]\npath = \"input.jsonl\"\nformat = \"requests\"\n\n[backend]\nurl = \"{}\"\n{extra}",
+                mock.url()
+            ),
+        )
+        .expect("write the pipeline");
+    };
+    write("");
+    let run = run_pipeline(&pipeline, &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let line = &run.lines[0];
+    let message = line["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("give request.model"), "{message}");
+    assert!(!message.contains("--model"), "{message}");
+
+    write("api_key_env = \"BATCHFLOW_TEST_UNSET_KEY\"\n");
+    let refused = run_pipeline(&pipeline, &[]);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("named by backend.api_key_env"),
+        "{}",
+        refused.stderr
+    );
+}

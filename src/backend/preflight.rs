@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::BackendError;
 use super::http::HttpBackend;
+use crate::paths::Knobs;
 
 /// What kind of server answers at the backend URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +73,8 @@ impl ModelCatalog {
 }
 
 /// Identifies the server and fetches its model list.
-pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, BackendError> {
-    let kind = detect(backend).await?;
+pub async fn check(backend: &HttpBackend, knobs: &Knobs) -> Result<ModelCatalog, BackendError> {
+    let kind = detect(backend, knobs).await?;
     let (path, list_key, name_key) = match kind {
         ServerKind::Ollama { .. } => ("/api/tags", "models", "name"),
         ServerKind::OpenAiCompatible => ("/v1/models", "data", "id"),
@@ -100,7 +101,7 @@ pub async fn check(backend: &HttpBackend) -> Result<ModelCatalog, BackendError> 
     Ok(ModelCatalog { kind, names })
 }
 
-async fn detect(backend: &HttpBackend) -> Result<ServerKind, BackendError> {
+async fn detect(backend: &HttpBackend, knobs: &Knobs) -> Result<ServerKind, BackendError> {
     let url = backend.base_url().to_owned();
     let (ollama_status, body) =
         backend
@@ -132,13 +133,15 @@ async fn detect(backend: &HttpBackend) -> Result<ServerKind, BackendError> {
         401 | 403 => Err(BackendError::Unrecognised {
             url,
             detail: format!(
-                "GET /v1/models answered HTTP {openai_status}: the API key is missing or refused (see --api-key-env)"
+                "GET /v1/models answered HTTP {openai_status}: the API key is missing or refused (see {})",
+                knobs.api_key_env
             ),
         }),
         _ => Err(BackendError::Unrecognised {
             url,
             detail: format!(
-                "GET /api/version answered HTTP {ollama_status} and GET /v1/models HTTP {openai_status} (use --no-preflight to send anyway)"
+                "GET /api/version answered HTTP {ollama_status} and GET /v1/models HTTP {openai_status} (turn preflight off with {} to send anyway)",
+                knobs.no_preflight
             ),
         }),
     }

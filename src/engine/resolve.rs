@@ -68,6 +68,7 @@ impl RunOptions {
                 records: self.records.clone(),
                 shard: self.shard,
                 limit: None,
+                model_knob: self.knobs.model.clone(),
             },
             backends,
             preflight: self.preflight,

@@ -160,7 +160,7 @@ async fn check_backends(
     }
     let named_model = config.source.named_model();
     for (index, backend) in pool.backends().enumerate() {
-        let checked = preflight::check(backend).await?;
+        let checked = preflight::check(backend, &config.knobs).await?;
         let url = backend.base_url();
         match checked.kind() {
             ServerKind::Ollama { version } => {

@@ -106,6 +106,8 @@ pub struct SourceOptions {
     pub shard: Option<Shard>,
     /// Stop after this many items (`tune`'s sample of the real input).
     pub limit: Option<u64>,
+    /// How the user sets the model for every line (`--model`, `request.model`), for messages.
+    pub model_knob: String,
 }
 
 /// One of `count` disjoint parts of an input, chosen by a hash of the custom_id that is the
@@ -364,7 +366,8 @@ fn read_rows(
 }
 
 fn parser(options: &SourceOptions) -> RequestParser {
-    let parser = RequestParser::new(options.model_override.clone());
+    let parser =
+        RequestParser::new(options.model_override.clone()).with_model_knob(&options.model_knob);
     match &options.records {
         Some(shape) => parser.with_records(Arc::clone(shape)),
         None => parser,

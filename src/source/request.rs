@@ -58,6 +58,8 @@ pub struct RequestParser {
     /// Records mode: each value is a record to shape into a request first.
     shape: Option<Arc<RecordShape>>,
     seen_ids: IdSet,
+    /// How the user sets the model for every line, for messages (`--model`, `request.model`).
+    model_knob: String,
 }
 
 impl RequestParser {
@@ -67,7 +69,14 @@ impl RequestParser {
             text_bodies: false,
             shape: None,
             seen_ids: IdSet::new(),
+            model_knob: "--model".into(),
         }
+    }
+
+    /// Names the knob that sets the model for every line in messages.
+    pub fn with_model_knob(mut self, knob: &str) -> Self {
+        self.model_knob = knob.to_owned();
+        self
     }
 
     /// Reads records (any JSON objects) and shapes each into a request with `shape`.
@@ -234,7 +243,8 @@ impl RequestParser {
                 "body.model must be a non-empty string, found {other}"
             ))),
             None => Err(request_error(format!(
-                "body.model is missing (set it in the {unit} or pass --model)"
+                "body.model is missing (set it in the {unit} or give {})",
+                self.model_knob
             ))),
         }
     }
