@@ -107,7 +107,7 @@ impl OutputPath {
         }
     }
 
-    /// Also checks `target + suffix`, described as `what` (“its checkpoint marker”).
+    /// Also checks `target + suffix`, described as `what` (“its staging file”).
     pub fn with_side_file(mut self, what: &'static str, suffix: &'static str) -> OutputPath {
         self.side_files.push((what, suffix));
         self
@@ -570,20 +570,20 @@ mod tests {
     #[test]
     fn a_side_file_that_is_the_input_clashes() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let input = dir.path().join("results.parquet.checkpoint");
+        let input = dir.path().join("results.parquet.tmp");
         fs::write(&input, b"lines").expect("write");
         let results = output("--output", &dir.path().join("results.parquet"))
-            .with_side_file("its checkpoint marker", ".checkpoint");
+            .with_side_file("its staging file", ".tmp");
         let error = check(
             &[NamedPath::new("INPUT", &input)],
             &Streams::default(),
             &[results],
         )
-        .expect_err("the marker would overwrite the input");
+        .expect_err("the staging file would overwrite the input");
         assert!(
             error
                 .to_string()
-                .contains("--output (its checkpoint marker) and INPUT"),
+                .contains("--output (its staging file) and INPUT"),
             "{error}"
         );
     }

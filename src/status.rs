@@ -15,8 +15,6 @@ pub struct ResultsStatus {
     pub errors: u64,
     pub row_groups: usize,
     pub state: Option<FileState>,
-    /// The last run was killed: the file is valid up to its last checkpoint only once resumed.
-    pub from_checkpoint: bool,
     /// What produced the file; `None` for a file written before fingerprints.
     pub fingerprint: Option<Fingerprint>,
     /// The file's run was stopped before its first checkpoint: nothing to keep.
@@ -31,7 +29,6 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
             errors: 0,
             row_groups: 0,
             state: None,
-            from_checkpoint: false,
             fingerprint: None,
             holds_nothing: true,
         });
@@ -44,7 +41,6 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
         errors: counts.error,
         row_groups: existing.metadata.num_row_groups(),
         state: existing.state(),
-        from_checkpoint: existing.from_marker,
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
         holds_nothing: false,
     })
@@ -53,25 +49,24 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
 impl ResultsStatus {
     /// The human-readable report printed by `batchflow status`.
     pub fn render(&self, path: &Path) -> String {
-        let state = match (self.from_checkpoint, self.state) {
+        let state = match self.state {
             _ if self.holds_nothing => {
                 "holds no rows: its run was stopped before its first checkpoint"
             }
-            (true, _) => {
+            Some(FileState::InProgress) => {
                 "stopped without closing (killed, crashed, or still running); the rows below are safe at the last checkpoint"
             }
-            (false, Some(FileState::Complete)) => "complete: the run reached the end of its input",
-            (false, Some(FileState::Interrupted)) => {
+            Some(FileState::Complete) => "complete: the run reached the end of its input",
+            Some(FileState::Interrupted) => {
                 "interrupted: closed cleanly before the end of its input"
             }
-            (false, Some(FileState::InProgress)) => "checkpointed by a run that did not close it",
-            (false, None) => "written by another tool or an older batchflow",
+            None => "written by another tool or an older batchflow",
         };
-        let next = match (self.from_checkpoint, self.state) {
+        let next = match self.state {
             _ if self.holds_nothing => {
                 "run the same command with --resume to start it again in place"
             }
-            (false, Some(FileState::Complete)) => {
+            Some(FileState::Complete) => {
                 "nothing to resume (--resume with a larger input sends only the missing requests)"
             }
             _ => "run the same command with --resume to continue where it stopped",

@@ -759,7 +759,10 @@ fn an_output_in_a_missing_folder_or_that_is_a_directory_is_refused_and_left_alon
         );
         let entries = std::fs::read_dir(&folder).expect("list").count();
         assert_eq!(entries, 1, "{mode:?} added nothing to the folder");
-        assert!(!checkpoint::marker_path(&folder).exists(), "{mode:?}");
+        assert!(
+            !batchflow::paths::with_suffix(&folder, checkpoint::STAGING_SUFFIX).exists(),
+            "{mode:?}"
+        );
     }
     assert_eq!(mock.server.stats().requests, 0);
 }

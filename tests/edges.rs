@@ -1133,8 +1133,7 @@ fn a_rewrite_removes_only_its_own_side_files() {
     assert_eq!(first.code(), Some(1), "{}", first.stderr);
     let precious = [
         dir.path().join("results.parquet.rewrite.rewrite"),
-        dir.path()
-            .join("results.parquet.rewrite.rewrite.checkpoint"),
+        dir.path().join("results.parquet.tmp.tmp"),
     ];
     for path in &precious {
         fs::write(path, "precious").expect("write");

@@ -13,7 +13,8 @@ use std::time::Duration;
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use batchflow::mock::MockConfig;
-use batchflow::sink::checkpoint::{self, marker_path};
+use batchflow::paths::with_suffix;
+use batchflow::sink::checkpoint::{self, STAGING_SUFFIX};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::{Mock, Run, batchflow, chat_line, chat_lines, parse_output, write_input};
 
@@ -151,13 +152,17 @@ fn sigkill_at_random_moments_then_resume_gives_each_custom_id_exactly_once() {
         );
     }
     assert!(
-        !marker_path(&output).exists(),
-        "a clean close removes the marker"
+        !with_suffix(&output, STAGING_SUFFIX).exists(),
+        "a clean close leaves no staging file"
+    );
+    assert_eq!(
+        checkpoint::inspect(&output).expect("whole").state(),
+        Some(checkpoint::FileState::Complete)
     );
 }
 
 #[test]
-fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_refused() {
+fn a_torn_staging_file_after_a_kill_is_discarded_and_a_cut_into_the_published_file_is_refused() {
     let mock = Mock::start(MockConfig {
         slots: 4,
         latency: Duration::from_millis(3),
@@ -167,6 +172,7 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
     let count = 1500;
     let input = write_input(dir.path(), &chat_lines(count));
     let output = dir.path().join("results.parquet");
+    let staging = with_suffix(&output, STAGING_SUFFIX);
     let mut rng = fastrand::Rng::with_seed(7);
     for round in 0..6 {
         let before = checkpoint::inspect(&output).map_or(0, |existing| existing.rows());
@@ -180,21 +186,24 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
         std::thread::sleep(Duration::from_millis(rng.u64(0..100)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
-        let existing = checkpoint::inspect(&output).expect("resumable after a kill");
+        let published = sha(&output);
+        let existing = checkpoint::inspect(&output).expect("whole after a kill");
+        // A kill or a power cut leaves the next checkpoint's staging file cut at a random
+        // byte, or ending in garbage: the published file never depends on it.
         let file = std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
-            .open(&output)
+            .open(&staging)
             .expect("open");
         let length = file.metadata().expect("len").len();
         if round % 2 == 0 {
-            // A power cut: the tail past the checkpoint is lost at a random byte.
-            file.set_len(rng.u64(existing.data_end..=length))
-                .expect("truncate");
+            file.set_len(rng.u64(0..=length)).expect("truncate");
         } else {
-            // Or it holds garbage.
             use std::io::Write;
             (&file).write_all(&[0xAB; 977]).expect("garbage");
         }
+        assert_eq!(sha(&output), published, "the kill left the published file");
+        assert!(existing.rows() >= before, "rows never go down");
     }
     let existing = checkpoint::inspect(&output).expect("still resumable");
     assert!(existing.rows() > 0);
@@ -202,7 +211,6 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
     // Cutting into checkpointed data cannot be recovered: refused, and the file is untouched.
     let damaged = dir.path().join("damaged.parquet");
     std::fs::copy(&output, &damaged).expect("copy");
-    std::fs::copy(marker_path(&output), marker_path(&damaged)).expect("copy marker");
     File::options()
         .write(true)
         .open(&damaged)
@@ -222,6 +230,10 @@ fn a_torn_tail_after_a_kill_is_recovered_and_a_cut_into_checkpointed_data_is_ref
     let finish = run_to_end(&input, &output, &mock, &["--resume"]);
     assert_eq!(finish.code(), Some(0), "{}", finish.stderr);
     assert_eq!(statuses(&output).len(), count);
+    assert!(
+        !staging.exists(),
+        "the resume removed the torn staging file"
+    );
 }
 
 #[test]
@@ -306,8 +318,9 @@ fn sigint_closes_a_readable_file_with_every_finished_row() {
         "every finished row is in the file"
     );
     assert!(rows.len() < 400);
-    assert!(
-        !marker_path(&output).exists(),
+    assert_eq!(
+        checkpoint::inspect(&output).expect("whole").state(),
+        Some(checkpoint::FileState::Interrupted),
         "closed, not just checkpointed"
     );
     let status = batchflow()
@@ -391,7 +404,7 @@ fn a_closed_stdout_still_closes_the_results_file() {
     drop(stdout);
     child.wait().expect("exits");
     assert!(
-        !marker_path(&output).exists(),
+        !with_suffix(&output, STAGING_SUFFIX).exists(),
         "closed, not left at a checkpoint"
     );
     let existing = checkpoint::inspect(&output).expect("readable");

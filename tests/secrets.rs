@@ -1,6 +1,6 @@
 //! An API key given through `--api-key-env` never leaves the process except in the
 //! `Authorization` header: not on stdout, not on stderr at the most verbose level, not in the
-//! stats file, the results file (raw bytes or decoded values) or its checkpoint marker, whether
+//! stats file, the results file (raw bytes or decoded values) or its staging file, whether
 //! requests succeed, fail, are retried, or the backend cannot be reached at all.
 
 use crate::support;
@@ -101,9 +101,9 @@ fn run_with_key(dir: &Path, backend: &str, input: &str, extra: &[&str]) -> Run {
     if stats.exists() {
         outputs.push(("stats file", std::fs::read(&stats).expect("read")));
     }
-    let marker = checkpoint::marker_path(&results);
-    if marker.exists() {
-        outputs.push(("checkpoint marker", std::fs::read(&marker).expect("read")));
+    let staging = batchflow::paths::with_suffix(&results, checkpoint::STAGING_SUFFIX);
+    if staging.exists() {
+        outputs.push(("staging file", std::fs::read(&staging).expect("read")));
     }
     if results.exists() {
         outputs.push(("results file", std::fs::read(&results).expect("read")));

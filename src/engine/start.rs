@@ -236,7 +236,7 @@ async fn prepare(checked: Checked, shutdown: Shutdown) -> Result<Started, Error>
 }
 
 /// Closes the outputs of a run stopped before its first request: the results file is closed
-/// as interrupted (resumable, no marker), the others flushed.
+/// as interrupted (resumable), the others flushed.
 fn close_unstarted(sinks: Vec<Box<dyn Sink>>) {
     for mut sink in sinks {
         if let Err(error) = sink.finish() {

@@ -149,7 +149,7 @@ fn resume(
 ) -> Result<(ResultsWriter, DoneSet, u64, Option<ExistingResults>), ResultsError> {
     let path = &output.path;
     let mut existing = checkpoint::inspect(path)?;
-    let how = if existing.from_marker {
+    let how = if existing.unclosed() {
         "from the last checkpoint of a run that did not finish"
     } else {
         "from a closed file"
@@ -215,9 +215,6 @@ fn resume(
     let key_values = fingerprint.key_values();
     let mut dropped = 0;
     if retry_errors {
-        ResultsWriter::resume(path, &existing, output.codec, key_values.clone())?
-            .close(FileState::Interrupted)?;
-        existing = checkpoint::inspect(path)?;
         dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values.clone())?;
         existing = checkpoint::inspect(path)?;
         tracing::info!("Dropped {dropped} error rows to send those requests again.");
@@ -267,12 +264,14 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// After a failed write, leaves the file as of its last checkpoint rather than ending in a
+    /// After a failed write, leaves the file as of its last checkpoint rather than publishing a
     /// torn row group.
-    fn restore_after_failure(&self) {
-        if let Some(writer) = &self.writer {
+    fn restore_after_failure(&mut self) {
+        if let Some(writer) = &mut self.writer {
             if let Err(restore) = writer.restore_last_checkpoint() {
-                tracing::warn!("Cannot put back the last checkpoint's footer: {restore}.");
+                tracing::warn!(
+                    "Cannot remove the rows staged since the last checkpoint: {restore}."
+                );
             }
         }
     }

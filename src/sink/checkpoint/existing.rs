@@ -1,5 +1,5 @@
-//! A results file found on disk, checked but not modified: its last checkpoint (from the marker,
-//! or the file's own footer), its schema, and readers of its kept rows.
+//! A results file found on disk, checked but not modified: its footer (the last checkpoint),
+//! its schema, and readers of its kept rows.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,10 +12,8 @@ use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::{ProjectionMask, parquet_to_arrow_schema};
-use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
-use super::marker::{marker_path, read_marker};
 use super::{FileState, PARQUET_MAGIC, ResultsError, STATE_KEY, io_error, parquet_error};
 
 /// A results file found on disk, checked but not modified.
@@ -23,13 +21,16 @@ pub struct ExistingResults {
     pub metadata: Arc<ParquetMetaData>,
     /// End of the last kept row group.
     pub data_end: u64,
-    /// The file was left by a run that did not close it (killed, power cut).
-    pub from_marker: bool,
 }
 
 impl ExistingResults {
     pub fn rows(&self) -> u64 {
         u64::try_from(self.metadata.file_metadata().num_rows()).unwrap_or(0)
+    }
+
+    /// The file was left by a run that did not close it (killed, power cut).
+    pub fn unclosed(&self) -> bool {
+        self.state() == Some(FileState::InProgress)
     }
 
     pub fn state(&self) -> Option<FileState> {
@@ -106,8 +107,8 @@ impl ExistingResults {
     }
 }
 
-/// Reads what is on disk: the marker's checkpoint if there is one, else the file's own footer.
-/// Fails with [`ResultsError::Damaged`] when neither gives a consistent file.
+/// Reads what is on disk. Fails with [`ResultsError::Damaged`] when it is not a whole results
+/// file.
 pub fn inspect(path: &Path) -> Result<ExistingResults, ResultsError> {
     let damaged = |reason: String| ResultsError::Damaged {
         path: path.to_owned(),
@@ -116,37 +117,19 @@ pub fn inspect(path: &Path) -> Result<ExistingResults, ResultsError> {
     let file = File::open(path).map_err(io_error(path))?;
     let length = file.metadata().map_err(io_error(path))?.len();
     let mut magic = [0u8; 4];
-    if length < 4 || file.read_exact_at(&mut magic, 0).is_err() || &magic != PARQUET_MAGIC {
+    if length < 12 || file.read_exact_at(&mut magic, 0).is_err() || &magic != PARQUET_MAGIC {
         return Err(damaged("it is not a Parquet file".into()));
     }
-    let (metadata, data_end, from_marker) = match read_marker(&marker_path(path))? {
-        Some(marker) => {
-            if length < marker.data_end {
-                return Err(damaged(format!(
-                    "it is {length} bytes long, shorter than its last checkpoint ({} bytes)",
-                    marker.data_end
-                )));
-            }
-            let metadata = decode_footer(&marker.footer).map_err(|error| {
-                damaged(format!("its checkpoint marker is unreadable ({error})"))
-            })?;
-            (metadata, marker.data_end, true)
-        }
-        None => {
-            let metadata = ParquetMetaDataReader::new()
-                .parse_and_finish(&file)
-                .map_err(|error| {
-                    damaged(format!(
-                        "it has no readable Parquet footer and no checkpoint marker ({error})"
-                    ))
-                })?;
-            let mut tail = [0u8; 8];
-            file.read_exact_at(&mut tail, length - 8)
-                .map_err(io_error(path))?;
-            let footer_length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
-            (metadata, length - 8 - footer_length, false)
-        }
-    };
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|error| damaged(format!("it has no readable Parquet footer ({error})")))?;
+    let mut tail = [0u8; 8];
+    file.read_exact_at(&mut tail, length - 8)
+        .map_err(io_error(path))?;
+    let footer_length = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let data_end = (length - 8)
+        .checked_sub(footer_length)
+        .ok_or_else(|| damaged("its footer is longer than the file".into()))?;
     let chunks_end = metadata
         .row_groups()
         .iter()
@@ -192,15 +175,5 @@ pub fn inspect(path: &Path) -> Result<ExistingResults, ResultsError> {
     Ok(ExistingResults {
         metadata: Arc::new(metadata),
         data_end,
-        from_marker,
     })
-}
-
-/// Decodes footer bytes as written by [`ParquetMetaDataWriter`] (metadata, length, magic).
-pub(super) fn decode_footer(footer: &[u8]) -> Result<ParquetMetaData, ParquetError> {
-    let body_length = footer
-        .len()
-        .checked_sub(8)
-        .ok_or_else(|| ParquetError::General("footer too short".into()))?;
-    ParquetMetaDataReader::decode_metadata(&footer[..body_length])
 }

@@ -1,33 +1,32 @@
-//! A Parquet results file that is a valid, readable Parquet file after every checkpoint and can
-//! be resumed after a crash at any instant.
+//! A Parquet results file that a reader can open at any instant of a run, and after a crash,
+//! and find whole: every row of the last checkpoint, never a torn footer.
 //!
-//! Parquet puts its footer (the index of every row group) at the end of the file and the
-//! parquet crate cannot reopen a file for appending. The design:
+//! Parquet puts its footer (the index of every row group) at the end of the file, so a file
+//! being appended to in place has no footer while a row group is written. The design:
 //!
-//! 1. Each checkpoint writes the buffered rows as one row group, then a footer describing every
-//!    row group so far at the data end, and fsyncs. Readers (DuckDB, Polars, pyarrow) can open
-//!    the file while the run goes on.
-//! 2. Then a small sidecar marker (`<output>.checkpoint`: data end, row count, footer bytes) is
-//!    replaced atomically (write, fsync, rename, fsync the folder). The marker is what makes a
-//!    checkpoint durable: the next row group overwrites the old footer, so after a crash the
-//!    marker's footer is the truth.
-//! 3. Resume truncates the file to the marker's data end and puts its footer back. To append
-//!    in place, a new writer re-registers the kept row groups' column chunks (metadata only: the
-//!    bytes are already at exactly the offsets the writer computes, so it discards them instead
-//!    of writing them) and then continues after them.
-//! 4. A clean close writes the final footer and removes the marker.
+//! 1. The published file (the path readers open) is never written to. Each checkpoint stages a
+//!    new version beside it (`<output>.tmp`): a kernel-side copy of the published file's row
+//!    groups, then the new row groups and a footer of all of them; it fsyncs the staging file,
+//!    renames it over the published one and fsyncs the folder. A reader holds the old version
+//!    or the new one, whole; a crash leaves the last published version and a staging file to
+//!    remove.
+//! 2. A new file is published at once with no rows, carrying the run's fingerprint.
+//! 3. Resume opens the published file and, to append, a new writer re-registers the kept row
+//!    groups' column chunks (metadata only: the bytes are copied into the staging file by the
+//!    kernel, so the writer discards them instead of writing them) and continues after them.
+//! 4. A clean close publishes the final footer with the run's end state.
 //!
 //! Page indexes and bloom filters are off so that nothing but column chunks lies between the
 //! file's magic and the footer; that layout is what re-registration relies on, and it is
 //! checked (the re-registered length must equal the data end) before anything is written.
 //!
-//! The parts: `marker` (the sidecar marker and the other files beside the results), `existing`
-//! (a file found on disk, checked but not modified), `writer` (appending and checkpointing) and
+//! The parts: `side_files` (the staging and rewrite files beside the results), `existing` (a
+//! file found on disk, checked but not modified), `writer` (appending and checkpointing) and
 //! `rows` (whole-file passes: what is done, counts by status, the `--retry-errors` rewrite).
 
 mod existing;
-mod marker;
 mod rows;
+mod side_files;
 mod writer;
 
 use std::io;
@@ -36,8 +35,8 @@ use std::path::{Path, PathBuf};
 use parquet::errors::ParquetError;
 
 pub use existing::{ExistingResults, inspect};
-pub use marker::{SIDE_FILES, holds_nothing, marker_path, remove_leftovers};
 pub use rows::{StatusCounts, count_statuses, drop_error_rows, read_done};
+pub use side_files::{SIDE_FILES, STAGING_SUFFIX, holds_nothing, remove_leftovers};
 pub use writer::{Codec, ResultsWriter};
 
 pub(super) const PARQUET_MAGIC: &[u8; 4] = b"PAR1";

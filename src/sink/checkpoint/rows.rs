@@ -10,7 +10,7 @@ use arrow_array::cast::AsArray;
 use parquet::file::metadata::KeyValue;
 
 use super::existing::ExistingResults;
-use super::marker::sync_folder;
+use super::side_files::sync_folder;
 use super::writer::{Codec, ResultsWriter};
 use super::{FileState, ResultsError, io_error, parquet_error};
 use crate::item::{DoneSet, ErrorCode, id_hash};
@@ -78,8 +78,7 @@ pub fn count_statuses(
 }
 
 /// Rewrites the file without its error rows (for `--retry-errors`), re-encoding what is kept.
-/// The file must be closed (no marker: see [`ResultsWriter::close`]), so that until the new
-/// file atomically replaces it, the old one is complete on its own. Returns how many rows were
+/// The new file replaces the old one by an atomic rename once it is complete. Returns how many rows were
 /// dropped.
 pub fn drop_error_rows(
     path: &Path,

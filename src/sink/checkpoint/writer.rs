@@ -1,9 +1,9 @@
-//! Appending row groups to a results file in place and checkpointing them: a footer for every
-//! row group so far at the data end, then the marker. Resuming re-registers the kept column
-//! chunks from their metadata instead of copying them.
+//! Appending row groups to a results file and checkpointing them: each checkpoint stages the
+//! published file's data plus the new row groups and a footer, then renames the staging file
+//! over the published one. Resuming re-registers the kept column chunks from their metadata.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,9 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use super::existing::ExistingResults;
-use super::marker::{marker_path, sync_folder, write_marker};
+use super::side_files::{STAGING_SUFFIX, sync_folder};
 use super::{FileState, PARQUET_MAGIC, ResultsError, STATE_KEY, io_error, parquet_error};
+use crate::paths::with_suffix;
 
 /// Compression of the results' column chunks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,15 +82,64 @@ fn writer_properties(codec: Codec) -> WriterProperties {
     builder.build()
 }
 
-/// The writer's sink: positions below `skip_until` are already on disk (kept row groups being
-/// re-registered), so bytes for them are dropped; later bytes are written at their position.
-struct AppendFile {
-    file: File,
+/// The writer's sink. The published file (at `path`) is never written to: new bytes go to a
+/// staging file (`<path>.tmp`) that starts as a copy of the published file's data and replaces
+/// the published file by an atomic rename at the next checkpoint, so a reader opening the path
+/// at any instant finds a whole file. Positions below `skip_until` are kept row groups being
+/// re-registered (already in the published file), so their bytes are dropped.
+struct StagedFile {
+    path: PathBuf,
+    staging_path: PathBuf,
+    /// Open from the first byte written after a checkpoint until the next one.
+    staging: Option<File>,
+    /// Where the published file's row groups end: what a new staging file starts with.
+    published_data_end: u64,
     position: u64,
     skip_until: u64,
 }
 
-impl Write for AppendFile {
+impl StagedFile {
+    /// The staging file, made on first use from a copy of the published file's data (in the
+    /// kernel: `io::copy` between files is `copy_file_range` on Linux, a reflink where the
+    /// file system has them).
+    fn staging(&mut self) -> io::Result<&File> {
+        if let Some(ref staging) = self.staging {
+            return Ok(staging);
+        }
+        let mut staging = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.staging_path)?;
+        if self.published_data_end > 0 {
+            let published = File::open(&self.path)?;
+            let copied = io::copy(&mut published.take(self.published_data_end), &mut staging)?;
+            if copied != self.published_data_end {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} ended after {copied} bytes, before its last checkpoint's {}",
+                        self.path.display(),
+                        self.published_data_end
+                    ),
+                ));
+            }
+        }
+        Ok(self.staging.insert(staging))
+    }
+
+    /// Drops the staging file: the published file stays as it was.
+    fn discard(&mut self) -> io::Result<()> {
+        self.staging = None;
+        match fs::remove_file(&self.staging_path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Write for StagedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let end = self.position + buf.len() as u64;
         if end <= self.skip_until {
@@ -97,8 +147,8 @@ impl Write for AppendFile {
             return Ok(buf.len());
         }
         let skipped = self.skip_until.saturating_sub(self.position) as usize;
-        self.file
-            .write_all_at(&buf[skipped..], self.position + skipped as u64)?;
+        let at = self.position + skipped as u64;
+        self.staging()?.write_all_at(&buf[skipped..], at)?;
         self.position = end;
         Ok(buf.len())
     }
@@ -133,21 +183,21 @@ impl ChunkReader for KeptBytes {
 /// Appends row groups to a results file, checkpointing on request.
 pub struct ResultsWriter {
     path: PathBuf,
-    marker: PathBuf,
-    writer: SerializedFileWriter<AppendFile>,
+    writer: SerializedFileWriter<StagedFile>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
-    /// Second handle on the file, for the footer and fsync outside the writer's stream.
-    file: File,
     durable_rows: u64,
-    /// Data end and footer of the last checkpoint, to put back after a failed write.
-    last_checkpoint: Option<(u64, Vec<u8>)>,
+    /// A write failed: what is written since the last checkpoint is torn and must never be
+    /// published.
+    failed: bool,
     /// Written in every footer beside the state: what produced the file.
     key_values: Vec<KeyValue>,
 }
 
 impl ResultsWriter {
-    /// Starts a new file. It must not exist unless `overwrite`. `key_values` go in every
+    /// Starts a new file, published at once with no rows (so that readers and `--resume` find
+    /// a valid file from the first instant). It must not exist unless `overwrite`, and an
+    /// existing file stays whole until the empty one replaces it. `key_values` go in every
     /// footer.
     pub fn create(
         path: &Path,
@@ -156,39 +206,17 @@ impl ResultsWriter {
         codec: Codec,
         key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
-        let remove_marker = || match fs::remove_file(marker_path(path)) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(io_error(&marker_path(path))(error)),
-        };
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        if overwrite {
-            // The old marker goes before the file is emptied: a kill in between must not
-            // leave an empty file with a marker of rows it no longer has.
-            remove_marker()?;
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        let file = options.open(path).map_err(|error| match error.kind() {
-            io::ErrorKind::AlreadyExists => ResultsError::Exists {
+        if !overwrite && path.symlink_metadata().is_ok() {
+            return Err(ResultsError::Exists {
                 path: path.to_owned(),
-            },
-            _ => io_error(path)(error),
-        })?;
-        remove_marker()?;
-        let mut writer = ResultsWriter::open(path, file, schema, &[], 0, codec, key_values)?;
-        // The marker first: a run killed while the first footer is half written then leaves a
-        // marker of zero rows, which says that nothing was done (see [`holds_nothing`]).
-        let footer = writer.footer(FileState::InProgress)?;
-        write_marker(&writer.marker, PARQUET_MAGIC.len() as u64, &footer)?;
+            });
+        }
+        let mut writer = ResultsWriter::open(path, schema, &[], 0, codec, key_values)?;
         writer.checkpoint()?;
         Ok(writer)
     }
 
-    /// Continues a file found by [`super::inspect`]: makes it valid at its last checkpoint, then
-    /// appends after the kept row groups.
+    /// Continues a file found by [`super::inspect`], appending after its row groups.
     pub fn resume(
         path: &Path,
         existing: &ExistingResults,
@@ -196,15 +224,9 @@ impl ResultsWriter {
         key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
         let schema = existing.schema(path)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_error(path))?;
         let row_groups = existing.metadata.row_groups();
         let mut writer = ResultsWriter::open(
             path,
-            file,
             schema,
             row_groups,
             existing.data_end,
@@ -212,22 +234,22 @@ impl ResultsWriter {
             key_values,
         )?;
         writer.durable_rows = existing.rows();
-        writer.checkpoint()?;
         Ok(writer)
     }
 
     fn open(
         path: &Path,
-        file: File,
         schema: SchemaRef,
         kept: &[RowGroupMetaData],
         data_end: u64,
         codec: Codec,
         key_values: Vec<KeyValue>,
     ) -> Result<ResultsWriter, ResultsError> {
-        let handle = file.try_clone().map_err(io_error(path))?;
-        let sink = AppendFile {
-            file,
+        let sink = StagedFile {
+            path: path.to_owned(),
+            staging_path: with_suffix(path, STAGING_SUFFIX),
+            staging: None,
+            published_data_end: data_end,
             position: 0,
             skip_until: data_end,
         };
@@ -264,13 +286,11 @@ impl ResultsWriter {
         }
         Ok(ResultsWriter {
             path: path.to_owned(),
-            marker: marker_path(path),
             writer,
             factory,
             schema,
-            file: handle,
             durable_rows: 0,
-            last_checkpoint: None,
+            failed: false,
             key_values,
         })
     }
@@ -352,54 +372,51 @@ impl ResultsWriter {
         Ok(footer)
     }
 
-    /// Writes the footer after the data and fsyncs; returns the footer.
-    fn seal(&mut self, state: FileState) -> Result<Vec<u8>, ResultsError> {
+    /// Writes the footer after the data in the staging file, fsyncs it and renames it over the
+    /// published file: from then on a reader opening the path sees these rows.
+    fn publish(&mut self, state: FileState) -> Result<(), ResultsError> {
         self.writer.flush().map_err(io_error(&self.path))?;
         let data_end = self.writer.bytes_written() as u64;
         let footer = self.footer(state)?;
-        let io = io_error(&self.path);
-        self.file.write_all_at(&footer, data_end).map_err(&io)?;
-        self.file
+        let path = self.path.clone();
+        let sink = self.writer.inner_mut();
+        let staging_path = sink.staging_path.clone();
+        let io = io_error(&staging_path);
+        let staging = sink.staging().map_err(&io)?;
+        staging.write_all_at(&footer, data_end).map_err(&io)?;
+        staging
             .set_len(data_end + footer.len() as u64)
             .map_err(&io)?;
-        self.file.sync_data().map_err(&io)?;
-        Ok(footer)
-    }
-
-    /// Makes every row group written so far durable. After this returns, a crash at any
-    /// instant loses none of these rows.
-    pub fn checkpoint(&mut self) -> Result<(), ResultsError> {
-        let footer = self.seal(FileState::InProgress)?;
-        let data_end = self.writer.bytes_written() as u64;
-        write_marker(&self.marker, data_end, &footer)?;
+        staging.sync_data().map_err(&io)?;
+        fs::rename(&staging_path, &path).map_err(io_error(&path))?;
+        sink.staging = None;
+        sink.published_data_end = data_end;
+        sync_folder(&path)?;
         self.durable_rows = self.written_rows();
-        self.last_checkpoint = Some((data_end, footer));
         Ok(())
     }
 
-    /// After a failed write (a full disk), makes the file what it was at the last checkpoint:
-    /// readable as it is, and resumable. Writes nothing beyond the file's current length.
-    pub fn restore_last_checkpoint(&self) -> Result<(), ResultsError> {
-        let Some((data_end, footer)) = &self.last_checkpoint else {
-            return Ok(());
-        };
-        let io = io_error(&self.path);
-        self.file
-            .set_len(data_end + footer.len() as u64)
-            .map_err(&io)?;
-        self.file.write_all_at(footer, *data_end).map_err(&io)?;
-        self.file.sync_data().map_err(&io)
+    /// Makes every row group written so far durable and visible. After this returns, a crash
+    /// at any instant loses none of these rows.
+    pub fn checkpoint(&mut self) -> Result<(), ResultsError> {
+        self.publish(FileState::InProgress)
     }
 
-    /// Seals the file for good and removes the marker. Returns the row count.
+    /// After a failed write (a full disk), drops what was staged since the last checkpoint: the
+    /// published file is that checkpoint, readable and resumable as it is.
+    pub fn restore_last_checkpoint(&mut self) -> Result<(), ResultsError> {
+        self.failed = true;
+        let sink = self.writer.inner_mut();
+        let staging_path = sink.staging_path.clone();
+        sink.discard().map_err(io_error(&staging_path))
+    }
+
+    /// Publishes the file for good with `state` in its footer. Returns the row count. After a
+    /// failed write it publishes nothing: the last checkpoint stays, resumable.
     pub fn close(mut self, state: FileState) -> Result<u64, ResultsError> {
-        self.seal(state)?;
-        match fs::remove_file(&self.marker) {
-            Ok(()) => sync_folder(&self.marker)?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error(&self.marker)(error)),
+        if !self.failed {
+            self.publish(state)?;
         }
-        self.durable_rows = self.written_rows();
         Ok(self.durable_rows)
     }
 }
