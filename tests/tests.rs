@@ -14,6 +14,7 @@ mod observe;
 mod parquet_input;
 mod pipeline;
 mod pipelines;
+mod readers;
 mod resume;
 mod scale;
 mod secrets;
