@@ -1,5 +1,5 @@
 //! Readers of the results while a run goes on: a reader opening the file with the parquet
-//! crate (as DuckDB, Polars or pyarrow would: footer from the file's end) at every moment of a
+//! crate (as any Parquet reader does: the footer from the file's end) at every moment of a
 //! run killed at seeded random instants and resumed, never failing and never seeing fewer rows
 //! than before.
 
