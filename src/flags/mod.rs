@@ -394,8 +394,8 @@ pub struct MockArgs {
 /// Flags of the demo.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Requests in flight at once.
-    #[arg(short, long, default_value_t = 4)]
+    /// Requests in flight at once (1 to 4096, as for a run).
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: u32,
 
     /// Write results in input order.
@@ -444,6 +444,17 @@ mod tests {
         assert_eq!(cli.run.retry_base.0, defaults.retry.base_delay);
         assert_eq!(cli.run.checkpoint_rows, defaults.checkpoint_rows);
         assert_eq!(FlagDuration(Duration::from_secs(600)).to_string(), "10m");
+    }
+
+    #[test]
+    fn the_demo_refuses_zero_workers_instead_of_hanging() {
+        let error = Cli::try_parse_from(["batchflow", "demo", "-w", "0"]).expect_err("refused");
+        assert!(error.to_string().contains("1..=4096"), "{error}");
+        let cli = Cli::try_parse_from(["batchflow", "demo", "-w", "4096"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Demo(DemoArgs { workers: 4096, .. }))
+        ));
     }
 
     #[test]
