@@ -182,7 +182,6 @@ impl ChunkReader for KeptBytes {
 
 /// Appends row groups to a results file, checkpointing on request.
 pub struct ResultsWriter {
-    path: PathBuf,
     writer: SerializedFileWriter<StagedFile>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
@@ -285,7 +284,6 @@ impl ResultsWriter {
             });
         }
         Ok(ResultsWriter {
-            path: path.to_owned(),
             writer,
             factory,
             schema,
@@ -299,8 +297,9 @@ impl ResultsWriter {
         Arc::clone(&self.schema)
     }
 
+    /// The published file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.writer.inner().path
     }
 
     /// Rows safe on disk as of the last checkpoint.
@@ -318,7 +317,7 @@ impl ResultsWriter {
 
     /// Writes `batch` as one row group (not yet durable: see [`ResultsWriter::checkpoint`]).
     pub fn write_row_group(&mut self, batch: &RecordBatch) -> Result<(), ResultsError> {
-        let path = self.path.clone();
+        let path = self.path().to_owned();
         let index = self.writer.flushed_row_groups().len();
         let mut column_writers = self
             .factory
@@ -368,17 +367,17 @@ impl ResultsWriter {
         let mut footer = Vec::new();
         ParquetMetaDataWriter::new(&mut footer, &metadata)
             .finish()
-            .map_err(parquet_error(&self.path))?;
+            .map_err(parquet_error(self.path()))?;
         Ok(footer)
     }
 
     /// Writes the footer after the data in the staging file, fsyncs it and renames it over the
     /// published file: from then on a reader opening the path sees these rows.
     fn publish(&mut self, state: FileState) -> Result<(), ResultsError> {
-        self.writer.flush().map_err(io_error(&self.path))?;
+        let path = self.path().to_owned();
+        self.writer.flush().map_err(io_error(&path))?;
         let data_end = self.writer.bytes_written() as u64;
         let footer = self.footer(state)?;
-        let path = self.path.clone();
         let sink = self.writer.inner_mut();
         let staging_path = sink.staging_path.clone();
         let io = io_error(&staging_path);
