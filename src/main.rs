@@ -355,7 +355,7 @@ fn log_resume_notes(report: &RunReport) {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    let status = batchflow::status::read(&args.path)?;
+    let status = batchflow::status::find(&args.path)?;
     print!("{}", status.render(&args.path));
     Ok(ExitStatus::Success)
 }

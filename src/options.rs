@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::paths::Knobs;
 use crate::schema::OutputSchema;
 use crate::sink::checkpoint::Codec;
+use crate::sink::dataset;
 use crate::sink::parquet::OutputMode;
 use crate::sink::results::ExtraColumns;
 use crate::source::template::RecordShape;
@@ -48,7 +49,7 @@ pub struct RunOptions {
     pub max_line_bytes: usize,
     pub max_response_bytes: usize,
     pub shard: Option<Shard>,
-    /// The Parquet results file.
+    /// The Parquet results file, or a dataset directory when the path ends in `/`.
     pub results: Option<PathBuf>,
     /// What to do with existing outputs.
     pub existing: OutputMode,
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub keep_raw: bool,
     pub checkpoint_rows: u64,
     pub checkpoint_interval: Duration,
+    /// Row groups that seal a part of a dataset output (`results` ending in `/`).
+    pub part_row_groups: usize,
     pub codec: Codec,
     /// A pipeline's passthrough and output columns.
     pub extras: ExtraColumns,
@@ -97,6 +100,7 @@ impl Default for RunOptions {
             keep_raw: true,
             checkpoint_rows: 10_000,
             checkpoint_interval: Duration::from_secs(30),
+            part_row_groups: dataset::PART_ROW_GROUPS,
             codec: Codec::default(),
             extras: ExtraColumns::default(),
             jsonl_file: None,

@@ -87,6 +87,9 @@ pub enum Accept {
     RegularFile,
     /// Also a FIFO or a character device (`/dev/null`): a stream that is only appended to.
     Stream,
+    /// Only a directory (or none yet): a results dataset, which no other file of the run may
+    /// lie in.
+    Directory,
 }
 
 /// An output to check: its path, what it may be, and the files written beside it (named by
@@ -152,6 +155,21 @@ pub enum PathError {
         path: PathBuf,
         folder: PathBuf,
         cause: io::Error,
+    },
+
+    #[error("{knob} {path} is {}, not a directory (a dataset output ends in /)", .kind.map_or("a regular file".to_owned(), |kind| kind.to_string()))]
+    NotDirectory {
+        knob: String,
+        path: PathBuf,
+        kind: Option<FileKind>,
+    },
+
+    #[error("{inner} {path} lies inside the dataset directory of {dataset}, which holds only its part files: {}", clash_advice(.inner_is_input))]
+    InsideDataset {
+        dataset: String,
+        inner: String,
+        path: PathBuf,
+        inner_is_input: bool,
     },
 
     #[error("{knob} {path} is not writable ({cause})")]
@@ -338,10 +356,13 @@ pub fn check(
     outputs: &[OutputPath],
 ) -> Result<CheckedPaths, PathError> {
     let mut seen: Vec<(Identity, String, bool)> = Vec::new();
+    // Where each file lies, to find those inside a dataset directory.
+    let mut placed: Vec<(PathBuf, &NamedPath, bool)> = Vec::new();
     for input in inputs {
         // An input that cannot be looked at is the input reader's to report.
         if let Ok(resolved) = resolve(input) {
             seen.push((resolved.identity, input.knob.clone(), true));
+            placed.push((resolved.target, input, true));
         }
     }
     if let Some(metadata) = streams.stdin.as_ref().filter(|metadata| metadata.is_file()) {
@@ -373,7 +394,24 @@ pub fn check(
             );
             check_one(&side, Accept::RegularFile, &mut seen)?;
         }
+        placed.push((resolved.target.clone(), &output.named, false));
         targets.push(resolved.target);
+    }
+    for (dataset, output) in targets.iter().zip(outputs) {
+        if output.accept != Accept::Directory {
+            continue;
+        }
+        let inside = placed
+            .iter()
+            .find(|(path, _, _)| path != dataset && path.starts_with(dataset));
+        if let Some((_, named, is_input)) = inside {
+            return Err(PathError::InsideDataset {
+                dataset: output.named.knob.clone(),
+                inner: named.knob.clone(),
+                path: named.path.clone(),
+                inner_is_input: *is_input,
+            });
+        }
     }
     Ok(CheckedPaths { targets })
 }
@@ -411,6 +449,18 @@ fn path_of(paths: &[NamedPath], knob: &str) -> PathBuf {
 }
 
 fn check_kind(named: &NamedPath, accept: Accept, resolved: &Resolved) -> Result<(), PathError> {
+    let is_new = matches!(resolved.identity, Identity::Planned(_));
+    if accept == Accept::Directory {
+        return match resolved.kind {
+            Some(FileKind::Directory) => Ok(()),
+            _ if is_new => Ok(()),
+            kind => Err(PathError::NotDirectory {
+                knob: named.knob.clone(),
+                path: named.path.clone(),
+                kind,
+            }),
+        };
+    }
     let Some(kind) = resolved.kind else {
         return Ok(());
     };
@@ -428,6 +478,17 @@ fn check_kind(named: &NamedPath, accept: Accept, resolved: &Resolved) -> Result<
 /// An existing file must be writable; a new one needs a writable folder. Every output writes
 /// temporary files beside itself, so the folder must be writable in both cases.
 fn check_writable(named: &NamedPath, resolved: &Resolved) -> Result<(), PathError> {
+    if resolved.kind == Some(FileKind::Directory) {
+        // A dataset directory: its parts are created in it.
+        return access_for_writing(&resolved.target).map_err(|cause| {
+            PathError::FolderNotWritable {
+                knob: named.knob.clone(),
+                path: named.path.clone(),
+                folder: resolved.target.clone(),
+                cause,
+            }
+        });
+    }
     if resolved.kind.is_some() {
         return Ok(());
     }

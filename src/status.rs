@@ -1,11 +1,80 @@
-//! The `status` command: what a Parquet results file holds and whether it can be resumed,
-//! read without running or modifying anything.
+//! The `status` command: what a Parquet results file (or each shard of a results dataset)
+//! holds and whether it can be resumed, read without running or modifying anything.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::sink::checkpoint::{self, FileState, ResultsError};
+use crate::sink::dataset::{self, PartOwner};
 use crate::sink::fingerprint::Fingerprint;
+
+/// What `status` found: one results file, or a dataset's shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    File(ResultsStatus),
+    /// Each shard's parts taken together, in shard order.
+    Dataset(Vec<(PartOwner, usize, ResultsStatus)>),
+}
+
+/// Reads a results file, or a dataset directory's parts.
+pub fn find(path: &Path) -> Result<Found, ResultsError> {
+    if !path.is_dir() {
+        return read(path).map(Found::File);
+    }
+    let mut shards = Vec::new();
+    for owner in dataset::owners(path)? {
+        let parts = dataset::list_parts(path, owner)?;
+        let mut total: Option<ResultsStatus> = None;
+        for part in &parts {
+            let status = read(&part.path)?;
+            total = Some(match total {
+                None => status,
+                Some(sum) => ResultsStatus {
+                    rows: sum.rows + status.rows,
+                    ok: sum.ok + status.ok,
+                    errors: sum.errors + status.errors,
+                    row_groups: sum.row_groups + status.row_groups,
+                    // How the run ended is in its last part.
+                    state: status.state.or(sum.state),
+                    fingerprint: status.fingerprint.or(sum.fingerprint),
+                    holds_nothing: sum.holds_nothing && status.holds_nothing,
+                },
+            });
+        }
+        if let Some(total) = total {
+            shards.push((owner, parts.len(), total));
+        }
+    }
+    Ok(Found::Dataset(shards))
+}
+
+impl Found {
+    /// The human-readable report printed by `batchflow status`.
+    pub fn render(&self, path: &Path) -> String {
+        match self {
+            Found::File(status) => status.render(path),
+            Found::Dataset(shards) if shards.is_empty() => format!(
+                "{}\n  a dataset directory with no part files yet\n",
+                path.display()
+            ),
+            Found::Dataset(shards) => {
+                let mut report = String::new();
+                let rows: u64 = shards.iter().map(|(_, _, status)| status.rows).sum();
+                let _ = writeln!(
+                    report,
+                    "{}: dataset, {} shard(s), {rows} rows in all",
+                    path.display(),
+                    shards.len()
+                );
+                for (owner, parts, status) in shards {
+                    let name = format!("{} ({parts} parts)", owner.describe());
+                    report.push_str(&status.render(Path::new(&name)));
+                }
+                report
+            }
+        }
+    }
+}
 
 /// A results file's state, as counted from the file itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod dataset;
 mod edges;
 mod fuzz_config;
 mod fuzz_parser;

@@ -10,6 +10,7 @@ use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
 use crate::error::Error;
 use crate::options::{Console, RunOptions, Workers};
 use crate::progress::{ProgressConfig, ProgressMode};
+use crate::sink::dataset::{self, PartOwner};
 use crate::sink::parquet::ParquetOutput;
 use crate::source::SourceOptions;
 use crate::stage::{OutputCheck, StageConfig};
@@ -84,6 +85,13 @@ impl RunOptions {
             },
             results: self.results.as_ref().map(|path| ParquetOutput {
                 path: path.clone(),
+                dataset: dataset::names_dataset(path).then(|| {
+                    self.shard.map_or(PartOwner::UNSHARDED, |shard| PartOwner {
+                        index: shard.index,
+                        count: shard.count,
+                    })
+                }),
+                part_row_groups: self.part_row_groups,
                 mode: self.existing,
                 keep_raw: self.keep_raw,
                 checkpoint_rows: usize::try_from(self.checkpoint_rows).unwrap_or(usize::MAX),

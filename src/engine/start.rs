@@ -280,14 +280,19 @@ fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<
     }
     let mut outputs = Vec::new();
     if let Some(output) = &config.results {
-        let mut results = OutputPath::new(
-            NamedPath::new(&knobs.output, &output.path),
-            Accept::RegularFile,
-        );
-        for (what, suffix) in checkpoint::SIDE_FILES {
-            results = results.with_side_file(what, suffix);
+        if output.dataset.is_some() {
+            // Without its trailing `/`, so that a file in its place is named as one.
+            let folder: PathBuf = output.path.components().collect();
+            let named = NamedPath::new(&knobs.output, folder);
+            outputs.push(OutputPath::new(named, Accept::Directory));
+        } else {
+            let named = NamedPath::new(&knobs.output, &output.path);
+            let mut results = OutputPath::new(named, Accept::RegularFile);
+            for (what, suffix) in checkpoint::SIDE_FILES {
+                results = results.with_side_file(what, suffix);
+            }
+            outputs.push(results);
         }
-        outputs.push(results);
     }
     if let Some(path) = &config.progress.stats_file {
         outputs.push(
@@ -371,7 +376,7 @@ fn open_outputs(
     move || {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         let (mut kept_rows, mut dropped_errors, mut done) = (0, 0, DoneSet::default());
-        let mut kept = None;
+        let mut kept = Vec::new();
         if let Some(output) = &output {
             // Whether raw responses are kept is how a row is stored, not what it holds.
             facts.results_schema = results::schema(false, &output.extras)
@@ -385,16 +390,11 @@ fn open_outputs(
             kept_rows = prepared.kept_rows;
             dropped_errors = prepared.dropped_errors;
             done = prepared.done;
-            kept = prepared
-                .kept
-                .map(|existing| (output.path.clone(), existing));
+            kept = prepared.kept;
             sinks.push(Box::new(prepared.sink));
         }
         if let Some(path) = &errors_file {
-            let kept = kept
-                .as_ref()
-                .map(|(path, existing)| (path.as_path(), existing));
-            sinks.push(Box::new(errors::open(&errors_knob, path, mode, kept)?));
+            sinks.push(Box::new(errors::open(&errors_knob, path, mode, &kept)?));
         }
         Ok((sinks, kept_rows, dropped_errors, done))
     }

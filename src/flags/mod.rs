@@ -12,6 +12,7 @@ use std::time::Duration;
 use batchflow::mock::MockConfig;
 use batchflow::options::{RunOptions, Workers, parse_duration};
 use batchflow::source::Shard;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
@@ -67,8 +68,8 @@ pub enum Command {
     /// The input is a JSONL or Parquet file, a pipe, stdin, or a pipeline file (`.toml`: its
     /// source, template and backend, or --mock).
     Tune(TuneArgs),
-    /// Show what a Parquet results file holds (rows done, ok, failed) and whether it is
-    /// complete or resumable, without running anything.
+    /// Show what a Parquet results file (or each shard of a dataset directory) holds (rows
+    /// done, ok, failed) and whether it is complete or resumable, without running anything.
     Status(StatusArgs),
 }
 
@@ -163,8 +164,8 @@ pub struct ValidateArgs {
 /// Flags of `status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// A results file written with --output.
-    #[arg(value_name = "RESULTS.parquet")]
+    /// A results file or dataset directory written with --output.
+    #[arg(value_name = "RESULTS.parquet|DIR")]
     pub path: PathBuf,
 }
 
@@ -245,9 +246,11 @@ pub struct RunArgs {
     pub max_response_bytes: usize,
 
     /// Write results to this Parquet file, checkpointed as it goes so that a crash loses at
-    /// most the rows since the last checkpoint. Standard output then gets no JSONL unless
-    /// --jsonl is given.
-    #[arg(short, long, value_name = "RESULTS.parquet")]
+    /// most the rows since the last checkpoint; readers opening it at any moment see the last
+    /// checkpoint whole. A path ending in `/` names a dataset directory instead: part files
+    /// `part-<i>-of-<n>-<seq>.parquet` (read with `DIR/*.parquet`), which --shard runs can
+    /// share. Standard output then gets no JSONL unless --jsonl is given.
+    #[arg(short, long, value_name = "RESULTS.parquet|DIR/")]
     pub output: Option<PathBuf>,
 
     /// Continue an existing --output file: keep its rows and send only the requests it lacks.
@@ -281,6 +284,11 @@ pub struct RunArgs {
     /// ...or after this long, whichever comes first.
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().checkpoint_interval), value_parser = flag_duration, value_name = "DURATION")]
     pub checkpoint_secs: FlagDuration,
+
+    /// In a dataset directory (--output DIR/), start a new part file after this many row
+    /// groups (checkpoints), or once a part holds 8 MiB.
+    #[arg(long, default_value_t = RunOptions::default().part_row_groups, value_name = "GROUPS", value_parser = clap::value_parser!(u64).range(1..=4096).map(|groups| groups as usize))]
+    pub part_row_groups: usize,
 
     /// Leave the raw response body out of the results file.
     #[arg(long, requires = "output")]

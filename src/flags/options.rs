@@ -52,6 +52,7 @@ impl RunArgs {
             keep_raw: !self.no_raw,
             checkpoint_rows: self.checkpoint_rows,
             checkpoint_interval: self.checkpoint_secs.0,
+            part_row_groups: self.part_row_groups,
             errors_file: self.errors.clone(),
             stats_file: self.stats.clone(),
             progress_interval: self.progress_interval.0,

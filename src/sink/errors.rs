@@ -50,13 +50,14 @@ pub struct ErrorsSink {
     file: File,
 }
 
-/// Opens the error file at `path` for a run whose outputs are opened as `mode`. `kept` is the
-/// results file being resumed, whose error rows the error file is rebuilt from.
+/// Opens the error file at `path` for a run whose outputs are opened as `mode`. `kept` are the
+/// results files being resumed (one, or a dataset's parts), whose error rows the error file is
+/// rebuilt from.
 pub fn open(
     knob: &str,
     path: &Path,
     mode: OutputMode,
-    kept: Option<(&Path, &ExistingResults)>,
+    kept: &[(PathBuf, ExistingResults)],
 ) -> Result<ErrorsSink, ErrorsFileError> {
     let io_error = |cause: io::Error| ErrorsFileError::Io {
         knob: knob.to_owned(),
@@ -84,8 +85,11 @@ pub fn open(
         lines: JsonlSink::new(file),
         file: handle,
     };
-    if let Some((results, existing)) = kept {
-        let rebuilt = rebuild(&mut sink, results, existing);
+    if !kept.is_empty() {
+        let rebuilt = kept
+            .iter()
+            .try_for_each(|(results, existing)| rebuild(&mut sink, results, existing))
+            .and_then(|()| sink.lines.finish());
         rebuilt.map_err(|error| match error {
             SinkError::Results(error) => ErrorsFileError::Results(error),
             SinkError::Io(cause) | SinkError::Thread(cause) => io_error(cause),
@@ -178,7 +182,7 @@ fn rebuild(
             sink.lines.write(&outcome, &ReplyFields::default())?;
         }
     }
-    sink.lines.finish()
+    Ok(())
 }
 
 /// The response body as it was received: JSON when it parses, else the text; nothing when the

@@ -7,6 +7,7 @@
 //! for a sink's deadline (a time-based checkpoint, a delayed flush).
 
 pub mod checkpoint;
+pub mod dataset;
 pub mod errors;
 pub mod fingerprint;
 pub mod jsonl;

@@ -7,10 +7,13 @@
 //! checkpoint writes the footer of all row groups so far: row groups of thousands of rows keep
 //! both small however long the run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use parquet::file::metadata::KeyValue;
+
 use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, ResultsWriter};
+use super::dataset::{self, PartOwner};
 use super::fingerprint::Fingerprint;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
@@ -36,7 +39,12 @@ pub enum OutputMode {
 /// The Parquet output of a run.
 #[derive(Debug, Clone)]
 pub struct ParquetOutput {
+    /// The results file, or the dataset directory when `dataset` is set.
     pub path: PathBuf,
+    /// `Some` when `path` names a dataset directory: whose parts this run writes there.
+    pub dataset: Option<PartOwner>,
+    /// Row groups that seal a dataset part (see [`dataset`]).
+    pub part_row_groups: usize,
     pub mode: OutputMode,
     /// Keep each response body as JSON text in `raw_response`.
     pub keep_raw: bool,
@@ -59,15 +67,26 @@ pub struct PreparedOutput {
     pub kept_rows: u64,
     /// Error rows dropped by `--retry-errors`.
     pub dropped_errors: u64,
-    /// The rows kept from an earlier run, as resumed (after `--retry-errors` dropped its error
-    /// rows); `None` for a file started anew.
-    pub kept: Option<ExistingResults>,
+    /// The files whose rows are kept from an earlier run, as resumed (after `--retry-errors`
+    /// dropped their error rows); empty for output started anew.
+    pub kept: Vec<(PathBuf, ExistingResults)>,
 }
 
 /// Checks, before anything else happens, that the output can be used as asked: a `.parquet`
-/// name, and no existing file unless resuming or overwriting. Creates nothing.
+/// name (or a dataset directory), and no existing file (no part of this run's shard) unless
+/// resuming or overwriting. Creates nothing.
 pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     let path = &output.path;
+    if let Some(owner) = output.dataset {
+        if output.mode == OutputMode::New {
+            if let Some(part) = dataset::list_parts(path, owner)?.first() {
+                return Err(ResultsError::Exists {
+                    path: part.path.clone(),
+                });
+            }
+        }
+        return Ok(());
+    }
     if path
         .extension()
         .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
@@ -80,16 +99,51 @@ pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     Ok(())
 }
 
-/// Opens the output according to its mode; `fingerprint` is written in the file. Nothing is
-/// modified unless the mode allows it and the existing file (if any) checks out, its
+/// The output as opened: its writer and what it already held.
+struct Opened {
+    writer: ResultsWriter,
+    done: DoneSet,
+    dropped_errors: u64,
+    kept: Vec<(PathBuf, ExistingResults)>,
+    /// For a dataset: where the part after the writer's goes.
+    next_part: Option<NextPart>,
+}
+
+/// Opens the output according to its mode; `fingerprint` is written in the file (in every part).
+/// Nothing is modified unless the mode allows it and the existing file (if any) checks out, its
 /// fingerprint included.
 pub fn prepare(
     output: &ParquetOutput,
     fingerprint: Fingerprint,
     shutdown: Shutdown,
 ) -> Result<PreparedOutput, ResultsError> {
+    let opened = match output.dataset {
+        Some(owner) => open_dataset(output, owner, fingerprint)?,
+        None => open_file(output, fingerprint)?,
+    };
+    let kept_rows = opened.kept.iter().map(|(_, kept)| kept.rows()).sum();
+    let rows = RowBuilder::new(opened.writer.schema(), &output.extras);
+    Ok(PreparedOutput {
+        sink: ParquetSink {
+            writer: Some(opened.writer),
+            next_part: opened.next_part,
+            rows,
+            checkpoint_rows: output.checkpoint_rows.max(1),
+            checkpoint_interval: output.checkpoint_interval,
+            last_checkpoint: Instant::now(),
+            shutdown,
+            abandoned: false,
+        },
+        done: opened.done,
+        kept_rows,
+        dropped_errors: opened.dropped_errors,
+        kept: opened.kept,
+    })
+}
+
+/// Opens a single results file.
+fn open_file(output: &ParquetOutput, fingerprint: Fingerprint) -> Result<Opened, ResultsError> {
     let path = &output.path;
-    let schema = results::schema(output.keep_raw, &output.extras);
     let exists = path.symlink_metadata().is_ok();
     // `Some(overwrite)`: a file is started anew; `None`: the existing one is resumed.
     let start_anew = match output.mode {
@@ -112,42 +166,137 @@ pub fn prepare(
         }
         OutputMode::Resume { .. } => None,
     };
-    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
-    let (writer, done, dropped_errors, kept) = match start_anew {
-        Some(overwrite) => {
-            let key_values = fingerprint.key_values();
-            let writer = ResultsWriter::create(path, schema, overwrite, output.codec, key_values)?;
-            (writer, DoneSet::default(), 0, None)
-        }
-        None => resume(output, fingerprint, retry_errors)?,
-    };
-    let kept_rows = writer.durable_rows();
-    let rows = RowBuilder::new(writer.schema(), &output.extras);
-    Ok(PreparedOutput {
-        sink: ParquetSink {
-            writer: Some(writer),
-            rows,
-            checkpoint_rows: output.checkpoint_rows.max(1),
-            checkpoint_interval: output.checkpoint_interval,
-            last_checkpoint: Instant::now(),
-            shutdown,
-            abandoned: false,
-        },
+    if let Some(overwrite) = start_anew {
+        let schema = results::schema(output.keep_raw, &output.extras);
+        let key_values = fingerprint.key_values();
+        let writer = ResultsWriter::create(path, schema, overwrite, output.codec, key_values)?;
+        return Ok(Opened {
+            writer,
+            done: DoneSet::default(),
+            dropped_errors: 0,
+            kept: Vec::new(),
+            next_part: None,
+        });
+    }
+    let mut done = DoneSet::default();
+    let (existing, dropped_errors, fingerprint) = keep(output, path, fingerprint, &mut done)?;
+    let writer = ResultsWriter::resume(path, &existing, output.codec, fingerprint.key_values())?;
+    Ok(Opened {
+        writer,
         done,
-        kept_rows,
         dropped_errors,
-        kept,
+        kept: vec![(path.clone(), existing)],
+        next_part: None,
     })
 }
 
-/// Continues an existing results file, after checking its columns and fingerprint against
-/// this run's (and, with `retry_errors`, dropping its error rows).
-fn resume(
+/// Opens `owner`'s parts of a dataset directory: resumes its last part (or starts the next one
+/// when that is sealed), after reading what every earlier part holds.
+fn open_dataset(
     output: &ParquetOutput,
+    owner: PartOwner,
     mut fingerprint: Fingerprint,
-    retry_errors: bool,
-) -> Result<(ResultsWriter, DoneSet, u64, Option<ExistingResults>), ResultsError> {
-    let path = &output.path;
+) -> Result<Opened, ResultsError> {
+    let dir = &output.path;
+    dataset::create_dir(dir)?;
+    dataset::remove_leftovers(dir, owner)?;
+    let mut parts = dataset::list_parts(dir, owner)?;
+    match output.mode {
+        OutputMode::New => {
+            if let Some(part) = parts.first() {
+                return Err(ResultsError::Exists {
+                    path: part.path.clone(),
+                });
+            }
+        }
+        OutputMode::Overwrite => {
+            dataset::remove_parts(dir, owner)?;
+            parts.clear();
+        }
+        OutputMode::Resume { .. } if parts.is_empty() => tracing::info!(
+            "Nothing of {} to resume in {}: starting its first part.",
+            owner.describe(),
+            dir.display()
+        ),
+        OutputMode::Resume { .. } => tracing::info!(
+            "Resuming {} in {}: {} parts.",
+            owner.describe(),
+            dir.display(),
+            parts.len()
+        ),
+    }
+    let mut done = DoneSet::default();
+    let mut kept = Vec::new();
+    let mut dropped_errors = 0;
+    // A last part with no rows (its run was stopped before its first checkpoint) is started
+    // again in place rather than left as an empty file.
+    let mut reuse_last = None;
+    let last_seq = parts.last().map(|part| part.seq);
+    for part in &parts {
+        if checkpoint::holds_nothing(&part.path)? {
+            if Some(part.seq) == last_seq {
+                reuse_last = Some(part.seq);
+            }
+            continue;
+        }
+        let (existing, dropped, checked) =
+            keep(output, &part.path, fingerprint.clone(), &mut done)?;
+        fingerprint = checked;
+        dropped_errors += dropped;
+        kept.push((part.path.clone(), existing));
+    }
+    let key_values = fingerprint.key_values();
+    let full = |existing: &ExistingResults| {
+        existing.data_end >= dataset::PART_BYTES
+            || existing.metadata.num_row_groups() >= output.part_row_groups
+    };
+    let schema = results::schema(output.keep_raw, &output.extras);
+    let last_part = parts.last().map(|part| (part.path.as_path(), part.seq));
+    let continued = match (kept.last(), last_part) {
+        (Some((path, existing)), Some((last_path, seq)))
+            if path == last_path && !full(existing) =>
+        {
+            Some((path, existing, seq))
+        }
+        _ => None,
+    };
+    let (writer, seq) = if let Some((path, existing, seq)) = continued {
+        let writer = ResultsWriter::resume(path, existing, output.codec, key_values.clone())?;
+        (writer, seq)
+    } else {
+        // A new part, or the empty last one started again in place.
+        let seq = reuse_last.unwrap_or_else(|| last_part.map_or(0, |(_, seq)| seq + 1));
+        let path = dir.join(owner.part_name(seq));
+        let overwrite = reuse_last.is_some();
+        let writer =
+            ResultsWriter::create(&path, schema, overwrite, output.codec, key_values.clone())?;
+        (writer, seq)
+    };
+    Ok(Opened {
+        writer,
+        done,
+        dropped_errors,
+        kept,
+        next_part: Some(NextPart {
+            dir: dir.clone(),
+            owner,
+            seq: seq + 1,
+            row_groups: output.part_row_groups.max(1),
+            codec: output.codec,
+            key_values,
+        }),
+    })
+}
+
+/// Checks an existing results file against this run (columns and fingerprint), drops its error
+/// rows if asked, and adds what it holds to `done`. Returns the file as kept, the error rows
+/// dropped, and this run's fingerprint with the file's record of changes carried over.
+fn keep(
+    output: &ParquetOutput,
+    path: &Path,
+    mut fingerprint: Fingerprint,
+    done: &mut DoneSet,
+) -> Result<(ExistingResults, u64, Fingerprint), ResultsError> {
     let mut existing = checkpoint::inspect(path)?;
     let how = if existing.unclosed() {
         "from the last checkpoint of a run that did not finish"
@@ -159,27 +308,7 @@ fn resume(
         path.display(),
         existing.rows()
     );
-    let file_schema = existing.schema(path)?;
-    let file_has_raw = file_schema.field_with_name(RAW_RESPONSE).is_ok();
-    let expected = results::schema(file_has_raw, &output.extras);
-    if file_schema.fields() != expected.fields() {
-        let names = |schema: &arrow_schema::SchemaRef| {
-            schema
-                .fields()
-                .iter()
-                .map(|field| field.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(ResultsError::Damaged {
-            path: path.clone(),
-            reason: format!(
-                "its columns ({}) are not the ones this run writes ({}); write to a new file",
-                names(&file_schema),
-                names(&expected)
-            ),
-        });
-    }
+    let file_has_raw = check_columns(output, path, &existing)?;
     let file_fingerprint =
         Fingerprint::read(existing.metadata.file_metadata().key_value_metadata());
     let changes = match &file_fingerprint {
@@ -200,7 +329,7 @@ fn resume(
     };
     if !changes.is_empty() && !output.allow_config_change {
         return Err(ResultsError::ConfigChanged {
-            path: path.clone(),
+            path: path.to_owned(),
             changes: changes.join("; "),
         });
     }
@@ -212,14 +341,17 @@ fn resume(
         );
     }
     fingerprint.record_changes(file_fingerprint.as_ref(), &changes);
-    let key_values = fingerprint.key_values();
+    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
     let mut dropped = 0;
-    if retry_errors {
-        dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values.clone())?;
+    if retry_errors && !existing.groups_with_errors().is_empty() {
+        let key_values = fingerprint.key_values();
+        dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values)?;
         existing = checkpoint::inspect(path)?;
-        tracing::info!("Dropped {dropped} error rows to send those requests again.");
+        tracing::info!(
+            "Dropped {dropped} error rows of {} to send those requests again.",
+            path.display()
+        );
     }
-    let writer = ResultsWriter::resume(path, &existing, output.codec, key_values)?;
     if file_has_raw != output.keep_raw {
         tracing::warn!(
             "The results file {} was written {} the raw_response column; keeping it that way.",
@@ -227,14 +359,58 @@ fn resume(
             if file_has_raw { "with" } else { "without" }
         );
     }
-    let done = checkpoint::read_done(path, &existing)?;
-    Ok((writer, done, dropped, Some(existing)))
+    checkpoint::read_done(path, &existing, done)?;
+    Ok((existing, dropped, fingerprint))
+}
+
+/// Checks that a kept file has the columns this run writes; returns whether it keeps raw
+/// responses (which is how a row is stored, not what it holds).
+fn check_columns(
+    output: &ParquetOutput,
+    path: &Path,
+    existing: &ExistingResults,
+) -> Result<bool, ResultsError> {
+    let file_schema = existing.schema(path)?;
+    let file_has_raw = file_schema.field_with_name(RAW_RESPONSE).is_ok();
+    let expected = results::schema(file_has_raw, &output.extras);
+    if file_schema.fields() == expected.fields() {
+        return Ok(file_has_raw);
+    }
+    let names = |schema: &arrow_schema::SchemaRef| {
+        schema
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(ResultsError::Damaged {
+        path: path.to_owned(),
+        reason: format!(
+            "its columns ({}) are not the ones this run writes ({}); write to a new file",
+            names(&file_schema),
+            names(&expected)
+        ),
+    })
+}
+
+/// Where a dataset's next part goes once the current one is sealed.
+struct NextPart {
+    dir: PathBuf,
+    owner: PartOwner,
+    seq: u64,
+    /// Row groups that seal a part.
+    row_groups: usize,
+    codec: Codec,
+    key_values: Vec<KeyValue>,
 }
 
 /// Writes outcomes as rows of the results file.
 pub struct ParquetSink {
     /// `None` once closed.
     writer: Option<ResultsWriter>,
+    /// For a dataset: the part that follows the writer's once it is sealed.
+    next_part: Option<NextPart>,
     rows: RowBuilder,
     checkpoint_rows: usize,
     checkpoint_interval: Duration,
@@ -260,7 +436,27 @@ impl ParquetSink {
             .rows
             .finish()
             .map_err(|error| SinkError::Io(std::io::Error::other(error)))?;
+        self.seal_full_part()?;
         self.writer()?.write_row_group(&batch)?;
+        Ok(())
+    }
+
+    /// In a dataset, starts the next part when the current one is full. The current part is
+    /// left as published at its last checkpoint (row groups are only written right before a
+    /// checkpoint), so sealing it writes nothing.
+    fn seal_full_part(&mut self) -> Result<(), SinkError> {
+        let (Some(next), Some(writer)) = (&mut self.next_part, &self.writer) else {
+            return Ok(());
+        };
+        if writer.data_bytes() < dataset::PART_BYTES && writer.row_groups() < next.row_groups {
+            return Ok(());
+        }
+        let path = next.dir.join(next.owner.part_name(next.seq));
+        let schema = writer.schema();
+        let writer =
+            ResultsWriter::create(&path, schema, false, next.codec, next.key_values.clone())?;
+        next.seq += 1;
+        self.writer = Some(writer);
         Ok(())
     }
 

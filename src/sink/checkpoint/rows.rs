@@ -16,10 +16,13 @@ use super::{FileState, ResultsError, io_error, parquet_error};
 use crate::item::{DoneSet, ErrorCode, id_hash};
 use crate::paths::with_suffix;
 
-/// Reads the custom_ids (and invalid line numbers) of the kept rows: three narrow columns,
-/// never the responses.
-pub fn read_done(path: &Path, existing: &ExistingResults) -> Result<DoneSet, ResultsError> {
-    let mut done = DoneSet::default();
+/// Adds the custom_ids (and invalid line numbers) of the kept rows to `done`: three narrow
+/// columns, never the responses.
+pub fn read_done(
+    path: &Path,
+    existing: &ExistingResults,
+    done: &mut DoneSet,
+) -> Result<(), ResultsError> {
     for batch in existing.reader(path, &["custom_id", "request_line", "error_code"])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;
         let (Some(ids), Some(lines), Some(codes)) = (
@@ -42,7 +45,7 @@ pub fn read_done(path: &Path, existing: &ExistingResults) -> Result<DoneSet, Res
             }
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 fn is_invalid_input_code(code: &str) -> bool {

@@ -307,6 +307,16 @@ impl ResultsWriter {
         self.durable_rows
     }
 
+    /// Bytes of row groups written so far (what the next checkpoint's staging file copies).
+    pub fn data_bytes(&self) -> u64 {
+        self.writer.bytes_written() as u64
+    }
+
+    /// Row groups written so far, kept ones included.
+    pub fn row_groups(&self) -> usize {
+        self.writer.flushed_row_groups().len()
+    }
+
     fn written_rows(&self) -> u64 {
         self.writer
             .flushed_row_groups()

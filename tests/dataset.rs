@@ -1,0 +1,279 @@
+//! Results datasets (`--output DIR/`): part files sealed as they fill, shards sharing one
+//! directory without touching each other's parts, resume and `--retry-errors` across parts, the
+//! error file rebuilt from every part, and the paths a dataset refuses.
+
+use crate::support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use batchflow::mock::MockConfig;
+use support::{
+    Mock, ResultRow, batchflow, chat_line, chat_lines, parse_output, result_rows, write_input,
+};
+
+/// `dir/name/`, spelled with its trailing slash.
+fn dataset_path(dir: &Path, name: &str) -> PathBuf {
+    PathBuf::from(format!("{}/{name}/", dir.display()))
+}
+
+fn part_names(dataset: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dataset)
+        .expect("the dataset exists")
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every row of every part, read with the parquet crate alone.
+fn dataset_rows(dataset: &Path) -> Vec<ResultRow> {
+    let mut rows: Vec<ResultRow> = part_names(dataset)
+        .iter()
+        .filter(|name| name.ends_with(".parquet"))
+        .flat_map(|name| result_rows(&dataset.join(name)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn run(input: &Path, mock: &Mock, args: &[&str]) -> support::Run {
+    let output = batchflow()
+        .arg(input)
+        .args(["--backend", &mock.url(), "--quiet"])
+        .args(args)
+        .output()
+        .expect("runs");
+    parse_output(output)
+}
+
+fn fast_mock() -> Mock {
+    Mock::start(MockConfig {
+        slots: 8,
+        latency: Duration::from_millis(1),
+        ..MockConfig::default()
+    })
+}
+
+#[test]
+fn shards_write_their_own_parts_into_one_dataset_and_each_id_lands_once() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 300;
+    let input = write_input(dir.path(), &chat_lines(count));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    for shard in ["0/3", "1/3", "2/3"] {
+        let args = [
+            "--output",
+            output,
+            "--shard",
+            shard,
+            "--checkpoint-rows",
+            "10",
+            "--part-row-groups",
+            "3",
+        ];
+        let done = run(&input, &mock, &args);
+        assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    }
+    let names = part_names(&dataset);
+    for shard in ["0-of-3", "1-of-3", "2-of-3"] {
+        let parts = names
+            .iter()
+            .filter(|name| name.starts_with(&format!("part-{shard}-")))
+            .count();
+        assert!(
+            parts >= 3,
+            "shard {shard} sealed parts as they filled: {names:?}"
+        );
+    }
+    assert!(
+        names.iter().all(|name| name.ends_with(".parquet")),
+        "nothing but parts: {names:?}"
+    );
+    let rows = dataset_rows(&dataset);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (id, _, error) in &rows {
+        assert_eq!(error, &None);
+        *seen.entry(id.clone().expect("an id")).or_default() += 1;
+    }
+    assert_eq!(rows.len(), count);
+    assert_eq!(
+        seen.len(),
+        count,
+        "each custom_id once across shards and parts"
+    );
+
+    let status = batchflow()
+        .args(["status"])
+        .arg(&dataset)
+        .output()
+        .expect("status runs");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(report.contains("3 shard(s), 300 rows in all"), "{report}");
+    assert_eq!(
+        report.matches("complete: the run reached").count(),
+        3,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_new_run_refuses_its_shards_parts_and_overwrite_replaces_only_them() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_input(dir.path(), &chat_lines(40));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    for shard in ["0/2", "1/2"] {
+        let done = run(&input, &mock, &["--output", output, "--shard", shard]);
+        assert_eq!(done.code(), Some(0), "{}", done.stderr);
+    }
+    let before = part_names(&dataset);
+    let other_shard = std::fs::read(dataset.join("part-1-of-2-00000.parquet")).expect("a part");
+
+    let again = run(&input, &mock, &["--output", output, "--shard", "0/2"]);
+    assert_eq!(again.code(), Some(2));
+    assert!(
+        again
+            .stderr
+            .contains("part-0-of-2-00000.parquet already exists")
+            && again.stderr.contains("--resume"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(part_names(&dataset), before, "a refusal changes nothing");
+
+    let replaced = run(
+        &input,
+        &mock,
+        &["--output", output, "--shard", "0/2", "--overwrite"],
+    );
+    assert_eq!(replaced.code(), Some(0), "{}", replaced.stderr);
+    assert_eq!(
+        std::fs::read(dataset.join("part-1-of-2-00000.parquet")).expect("a part"),
+        other_shard,
+        "the other shard's part is untouched"
+    );
+    assert_eq!(dataset_rows(&dataset).len(), 40);
+}
+
+#[test]
+fn retry_errors_redoes_failed_rows_in_every_part_and_the_error_file_holds_the_rest() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut lines: Vec<String> = Vec::new();
+    for index in 0..60 {
+        // Every sixth request fails all attempts of the first run, then succeeds; every
+        // fifteenth always fails.
+        let prompt = if index % 15 == 0 {
+            format!("[mock:status=500] broken {index}")
+        } else if index % 6 == 0 {
+            format!("[mock:fail=2:500] flaky {index}")
+        } else {
+            format!("fine {index}")
+        };
+        lines.push(chat_line(&format!("id-{index}"), &prompt));
+    }
+    let input = write_input(dir.path(), &(lines.join("\n") + "\n"));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let errors = dir.path().join("errors.jsonl");
+    let errors_arg = errors.to_str().expect("a UTF-8 path");
+    let common = [
+        "--output",
+        output,
+        "--errors",
+        errors_arg,
+        "--checkpoint-rows",
+        "5",
+        "--part-row-groups",
+        "2",
+        "--retries",
+        "1",
+        "--retry-base",
+        "1ms",
+        "--workers",
+        "1",
+    ];
+    let first = run(&input, &mock, &common);
+    assert_eq!(first.code(), Some(1), "{}", first.stderr);
+    let failed = |rows: &[ResultRow]| rows.iter().filter(|row| row.2.is_some()).count();
+    let rows = dataset_rows(&dataset);
+    assert_eq!(rows.len(), 60);
+    // Ids 0, 15, 30, 45 always fail; 6, 12, 18, 24, 36, 42, 48, 54 fail twice.
+    assert_eq!(failed(&rows), 12);
+    let parts = part_names(&dataset).len();
+    assert!(parts >= 5, "{parts} parts");
+
+    let mut retry = common.to_vec();
+    retry.extend(["--resume", "--retry-errors"]);
+    let retried = run(&input, &mock, &retry);
+    assert_eq!(retried.code(), Some(1), "{}", retried.stderr);
+    let rows = dataset_rows(&dataset);
+    assert_eq!(rows.len(), 60, "one row per custom_id");
+    assert_eq!(failed(&rows), 4, "only the always-failing ones");
+
+    let plain = run(&input, &mock, &[&common[..], &["--resume"]].concat());
+    assert_eq!(plain.code(), Some(0), "{}", plain.stderr);
+    let error_lines: Vec<String> = std::fs::read_to_string(&errors)
+        .expect("the error file")
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            value["custom_id"].as_str().expect("an id").to_owned()
+        })
+        .collect();
+    let mut error_ids = error_lines.clone();
+    error_ids.sort();
+    assert_eq!(
+        error_ids,
+        ["id-0", "id-15", "id-30", "id-45"],
+        "rebuilt from every part's error rows"
+    );
+}
+
+#[test]
+fn a_dataset_refuses_an_input_inside_it_and_a_file_in_its_place() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let dataset = dataset_path(dir.path(), "results");
+    std::fs::create_dir(&dataset).expect("a folder");
+    let input = write_input(&dataset, &chat_lines(5));
+    let inside = run(
+        &input,
+        &mock,
+        &["--output", dataset.to_str().expect("a UTF-8 path")],
+    );
+    assert_eq!(inside.code(), Some(2));
+    assert!(
+        inside.stderr.contains("lies inside the dataset directory"),
+        "{}",
+        inside.stderr
+    );
+    assert_eq!(
+        part_names(&dataset).len(),
+        1,
+        "nothing written beside the input"
+    );
+
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"keep me").expect("a file");
+    let outside = write_input(dir.path(), &chat_lines(5));
+    let clash = run(
+        &outside,
+        &mock,
+        &["--output", &format!("{}/", file.display())],
+    );
+    assert_eq!(clash.code(), Some(2));
+    assert!(clash.stderr.contains("not a directory"), "{}", clash.stderr);
+    assert_eq!(std::fs::read(&file).expect("kept"), b"keep me");
+}
