@@ -36,6 +36,9 @@ pub enum Error {
     #[error(transparent)]
     Mock(#[from] crate::mock::MockError),
 
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+
     #[error("environment variable {name} (named by {knob}) is not set or not valid text")]
     ApiKeyMissing { name: String, knob: String },
 

@@ -65,6 +65,8 @@ pub mod source;
 pub mod stage;
 pub mod stats;
 pub mod status;
+pub mod storage;
+pub mod tls;
 pub mod tune;
 pub mod validate;
 

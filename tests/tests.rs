@@ -11,6 +11,7 @@ mod fuzz_config;
 mod fuzz_parser;
 mod layout;
 mod misbehaviour;
+mod object_storage;
 mod observe;
 mod parquet_input;
 mod pipeline;

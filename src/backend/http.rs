@@ -46,12 +46,7 @@ const KEPT_ENDPOINT_URLS: usize = 16;
 
 impl HttpBackend {
     pub fn new(config: HttpBackendConfig) -> Result<HttpBackend, BackendError> {
-        if config.base_url.starts_with("https://") && !cfg!(feature = "tls") {
-            return Err(BackendError::Url {
-                value: config.base_url,
-                reason: "this build has no HTTPS support; rebuild with `--features tls`".into(),
-            });
-        }
+        crate::tls::install_crypto_provider();
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {

@@ -2,6 +2,7 @@
 //! [`RunConfig`], with the backend's address and API key taken from the environment where the
 //! options leave them open.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::RunConfig;
@@ -12,8 +13,9 @@ use crate::options::{Console, RunOptions, Workers};
 use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::dataset::{self, PartOwner};
 use crate::sink::parquet::ParquetOutput;
-use crate::source::SourceOptions;
+use crate::source::{Input, SourceOptions};
 use crate::stage::{OutputCheck, StageConfig};
+use crate::storage::{self, StorageError};
 
 impl RunOptions {
     /// The run these options describe. `backend_override` (the built-in mock's URL) beats
@@ -61,7 +63,7 @@ impl RunOptions {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(RunConfig {
-            input: self.input.clone(),
+            input: self.local_input()?,
             source: SourceOptions {
                 model_override: self.model.clone(),
                 max_line_bytes: self.max_line_bytes,
@@ -83,23 +85,11 @@ impl RunOptions {
                     retries: self.output_retries,
                 }),
             },
-            results: self.results.as_ref().map(|path| ParquetOutput {
-                path: path.clone(),
-                dataset: dataset::names_dataset(path).then(|| {
-                    self.shard.map_or(PartOwner::UNSHARDED, |shard| PartOwner {
-                        index: shard.index,
-                        count: shard.count,
-                    })
-                }),
-                part_row_groups: self.part_row_groups,
-                mode: self.existing,
-                keep_raw: self.keep_raw,
-                checkpoint_rows: usize::try_from(self.checkpoint_rows).unwrap_or(usize::MAX),
-                checkpoint_interval: self.checkpoint_interval,
-                extras: self.extras.clone(),
-                codec: self.codec,
-                allow_config_change: self.allow_config_change,
-            }),
+            results: self
+                .results
+                .as_deref()
+                .map(|path| self.results_output(path))
+                .transpose()?,
             jsonl_file: self.jsonl_file.clone(),
             errors_file: self.errors_file.clone(),
             existing_outputs: self.existing,
@@ -118,6 +108,66 @@ impl RunOptions {
                 stats_file: self.stats_file.clone(),
             },
             grace: self.grace,
+        })
+    }
+}
+
+impl RunOptions {
+    /// The input, a `file://` URL read as the path it names.
+    fn local_input(&self) -> Result<Input, Error> {
+        if let Input::File(path) = &self.input {
+            if let Some(local) = path.to_str().and_then(storage::local_path) {
+                return Ok(Input::File(local?));
+            }
+        }
+        Ok(self.input.clone())
+    }
+
+    /// The results output at `path`: a file, a dataset directory (ending in `/`), or a dataset
+    /// on object storage, written through a local staging directory of its own.
+    fn results_output(&self, path: &Path) -> Result<ParquetOutput, Error> {
+        let owner = self.shard.map_or(PartOwner::UNSHARDED, |shard| PartOwner {
+            index: shard.index,
+            count: shard.count,
+        });
+        let text = path.to_str().unwrap_or_default();
+        let (path, remote) = if storage::is_url(text) {
+            if !text.ends_with('/') {
+                return Err(StorageError::Url {
+                    url: text.to_owned(),
+                    reason: format!(
+                        "object storage takes a results dataset: end {} with / (as in s3://bucket/results/)",
+                        self.knobs.output
+                    ),
+                }
+                .into());
+            }
+            let staging = std::env::temp_dir().join(format!(
+                "batchflow-{:016x}",
+                xxhash_rust::xxh3::xxh3_64(
+                    format!("{text} {}/{}", owner.index, owner.count).as_bytes()
+                )
+            ));
+            let staging = PathBuf::from(format!("{}/", staging.display()));
+            (staging, Some(storage::Remote::open(text)?))
+        } else {
+            match storage::local_path(text) {
+                Some(local) => (local?, None),
+                None => (path.to_owned(), None),
+            }
+        };
+        Ok(ParquetOutput {
+            dataset: dataset::names_dataset(&path).then_some(owner),
+            path,
+            remote,
+            part_row_groups: self.part_row_groups,
+            mode: self.existing,
+            keep_raw: self.keep_raw,
+            checkpoint_rows: usize::try_from(self.checkpoint_rows).unwrap_or(usize::MAX),
+            checkpoint_interval: self.checkpoint_interval,
+            extras: self.extras.clone(),
+            codec: self.codec,
+            allow_config_change: self.allow_config_change,
         })
     }
 }

@@ -29,6 +29,7 @@ use crate::sink::jsonl::JsonlSink;
 use crate::sink::parquet::{self as parquet_sink, OutputMode};
 use crate::sink::{checkpoint, errors, results};
 use crate::source::{self, Input, SourceOptions, template};
+use crate::storage;
 
 /// A run between its start and its first request: everything checked, opened and prepared.
 pub(super) struct Started {
@@ -90,6 +91,18 @@ pub(super) async fn start(
 
 /// The checking phase.
 async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Checked, Error> {
+    let downloaded = match &config.input {
+        Input::File(path) => match path.to_str().filter(|text| storage::is_url(text)) {
+            Some(url) => {
+                let url = url.to_owned();
+                let local = blocking(move || download_input(&url)).await?;
+                config.input = Input::File(local.clone());
+                Some(local)
+            }
+            None => None,
+        },
+        _ => None,
+    };
     let file_of_stdout = stdout.as_ref().and_then(|stream| stream.file.clone());
     check_files(&mut config, file_of_stdout.as_ref())?;
     let input = {
@@ -134,6 +147,14 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
         },
         results_schema: String::new(),
     };
+    if let Some(local) = downloaded {
+        // The source holds the file open: its name can go, and with it the disk it takes
+        // once the run ends, however the run ends.
+        let _ = fs::remove_file(&local);
+        if let Some(folder) = local.parent() {
+            let _ = fs::remove_dir(folder);
+        }
+    }
     Ok(Checked {
         config,
         input,
@@ -262,6 +283,25 @@ fn stdin_file(input: &Input) -> Option<fs::Metadata> {
     use std::os::fd::AsFd;
     let handle = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
     File::from(handle).metadata().ok()
+}
+
+/// Downloads an input object to a folder of its own in the temporary directory, under the
+/// object's name (which the results record as the input's).
+fn download_input(url: &str) -> Result<PathBuf, Error> {
+    let (remote, name) = storage::Remote::open_object(url)?;
+    let folder = std::env::temp_dir().join(format!(
+        "batchflow-input-{}-{:016x}",
+        std::process::id(),
+        xxhash_rust::xxh3::xxh3_64(url.as_bytes())
+    ));
+    fs::create_dir_all(&folder).map_err(|cause| storage::StorageError::Local {
+        path: folder.clone(),
+        cause,
+    })?;
+    let local = folder.join(&name);
+    let bytes = remote.download(&name, &local)?;
+    tracing::info!("Downloaded the input {url} ({bytes} bytes).");
+    Ok(local)
 }
 
 /// Checks every file of the run against the others (see [`crate::paths`]), then points each

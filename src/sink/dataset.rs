@@ -65,6 +65,11 @@ impl PartOwner {
         Some((seq, suffix))
     }
 
+    /// Whether `name` is one of this owner's published parts.
+    pub fn owns_part(self, name: &str) -> bool {
+        matches!(self.seq_of(name), Some((_, "")))
+    }
+
     pub fn describe(self) -> String {
         format!("shard {}/{}", self.index, self.count)
     }

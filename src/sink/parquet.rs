@@ -20,6 +20,7 @@ use super::{Sink, SinkError};
 use crate::item::{DoneSet, Outcome};
 use crate::reply::ReplyFields;
 use crate::shutdown::Shutdown;
+use crate::storage::Remote;
 
 /// Buffered rows that make a checkpoint however few they are, so that long rows (raw
 /// responses, embeddings) cannot fill memory before `--checkpoint-rows` is reached.
@@ -45,6 +46,9 @@ pub struct ParquetOutput {
     pub dataset: Option<PartOwner>,
     /// Row groups that seal a dataset part (see [`dataset`]).
     pub part_row_groups: usize,
+    /// For a dataset on object storage: where each part is uploaded at every checkpoint.
+    /// `path` is then a local staging directory, a cache of the remote parts.
+    pub remote: Option<Remote>,
     pub mode: OutputMode,
     /// Keep each response body as JSON text in `raw_response`.
     pub keep_raw: bool,
@@ -77,6 +81,11 @@ pub struct PreparedOutput {
 /// resuming or overwriting. Creates nothing.
 pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     let path = &output.path;
+    if output.remote.is_some() {
+        // What the remote holds is listed when the output is prepared (this runs on the async
+        // runtime, which must not wait on a store); a refusal there still precedes any write.
+        return Ok(());
+    }
     if let Some(owner) = output.dataset {
         if output.mode == OutputMode::New {
             if let Some(part) = dataset::list_parts(path, owner)?.first() {
@@ -107,6 +116,8 @@ struct Opened {
     kept: Vec<(PathBuf, ExistingResults)>,
     /// For a dataset: where the part after the writer's goes.
     next_part: Option<NextPart>,
+    /// Kept files that `--retry-errors` rewrote.
+    rewritten: Vec<PathBuf>,
 }
 
 /// Opens the output according to its mode; `fingerprint` is written in the file (in every part).
@@ -117,9 +128,19 @@ pub fn prepare(
     fingerprint: Fingerprint,
     shutdown: Shutdown,
 ) -> Result<PreparedOutput, ResultsError> {
-    let opened = match output.dataset {
-        Some(owner) => open_dataset(output, owner, fingerprint)?,
-        None => open_file(output, fingerprint)?,
+    let opened = match (output.dataset, &output.remote) {
+        (Some(owner), Some(remote)) => {
+            fetch_remote_parts(output, owner, remote)?;
+            let opened = open_dataset(output, owner, fingerprint)?;
+            // Parts rewritten by --retry-errors replace their remote objects now, before any
+            // new row (the requests they lost are sent again).
+            for path in &opened.rewritten {
+                upload(remote, path)?;
+            }
+            opened
+        }
+        (Some(owner), None) => open_dataset(output, owner, fingerprint)?,
+        (None, _) => open_file(output, fingerprint)?,
     };
     let kept_rows = opened.kept.iter().map(|(_, kept)| kept.rows()).sum();
     let rows = RowBuilder::new(opened.writer.schema(), &output.extras);
@@ -127,6 +148,7 @@ pub fn prepare(
         sink: ParquetSink {
             writer: Some(opened.writer),
             next_part: opened.next_part,
+            remote: output.remote.clone(),
             rows,
             checkpoint_rows: output.checkpoint_rows.max(1),
             checkpoint_interval: output.checkpoint_interval,
@@ -176,6 +198,7 @@ fn open_file(output: &ParquetOutput, fingerprint: Fingerprint) -> Result<Opened,
             dropped_errors: 0,
             kept: Vec::new(),
             next_part: None,
+            rewritten: Vec::new(),
         });
     }
     let mut done = DoneSet::default();
@@ -187,6 +210,7 @@ fn open_file(output: &ParquetOutput, fingerprint: Fingerprint) -> Result<Opened,
         dropped_errors,
         kept: vec![(path.clone(), existing)],
         next_part: None,
+        rewritten: Vec::new(),
     })
 }
 
@@ -228,6 +252,7 @@ fn open_dataset(
     let mut done = DoneSet::default();
     let mut kept = Vec::new();
     let mut dropped_errors = 0;
+    let mut rewritten = Vec::new();
     // A last part with no rows (its run was stopped before its first checkpoint) is started
     // again in place rather than left as an empty file.
     let mut reuse_last = None;
@@ -243,6 +268,9 @@ fn open_dataset(
             keep(output, &part.path, fingerprint.clone(), &mut done)?;
         fingerprint = checked;
         dropped_errors += dropped;
+        if dropped > 0 {
+            rewritten.push(part.path.clone());
+        }
         kept.push((part.path.clone(), existing));
     }
     let key_values = fingerprint.key_values();
@@ -277,6 +305,7 @@ fn open_dataset(
         done,
         dropped_errors,
         kept,
+        rewritten,
         next_part: Some(NextPart {
             dir: dir.clone(),
             owner,
@@ -286,6 +315,74 @@ fn open_dataset(
             key_values,
         }),
     })
+}
+
+/// The names of `owner`'s published parts in a remote dataset.
+fn remote_parts(remote: &Remote, owner: PartOwner) -> Result<Vec<String>, ResultsError> {
+    let mut names: Vec<String> = remote
+        .list()?
+        .into_iter()
+        .filter(|name| owner.owns_part(name))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Makes the local staging directory a copy of `owner`'s remote parts, the remote being what is
+/// durable: local parts of an earlier run are dropped, remote ones downloaded (or, with
+/// `--overwrite`, deleted).
+fn fetch_remote_parts(
+    output: &ParquetOutput,
+    owner: PartOwner,
+    remote: &Remote,
+) -> Result<(), ResultsError> {
+    let dir = &output.path;
+    dataset::create_dir(dir)?;
+    dataset::remove_leftovers(dir, owner)?;
+    dataset::remove_parts(dir, owner)?;
+    let names = remote_parts(remote, owner)?;
+    match output.mode {
+        OutputMode::New => {
+            if let Some(name) = names.first() {
+                return Err(ResultsError::Exists {
+                    path: PathBuf::from(remote.url_of(name)),
+                });
+            }
+        }
+        OutputMode::Overwrite => {
+            for name in &names {
+                remote.delete(name)?;
+            }
+        }
+        OutputMode::Resume { .. } => {
+            for name in &names {
+                let bytes = remote.download(name, &dir.join(name))?;
+                tracing::debug!(part = %name, bytes, "Downloaded a part to resume.");
+            }
+            if !names.is_empty() {
+                tracing::info!(
+                    "Downloaded {} parts of {} from {} to resume.",
+                    names.len(),
+                    owner.describe(),
+                    remote.url()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Uploads a published local part over its remote object.
+fn upload(remote: &Remote, path: &Path) -> Result<(), ResultsError> {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| ResultsError::Damaged {
+            path: path.to_owned(),
+            reason: "a part's name is not text".into(),
+        })?;
+    remote.upload(path, name)?;
+    Ok(())
 }
 
 /// Checks an existing results file against this run (columns and fingerprint), drops its error
@@ -303,11 +400,16 @@ fn keep(
     } else {
         "from a closed file"
     };
-    tracing::info!(
-        "Resuming {} {how}: {} rows kept.",
-        path.display(),
-        existing.rows()
-    );
+    if output.dataset.is_some() {
+        // One line per part would say little; the dataset's line says how many.
+        tracing::debug!(part = %path.display(), rows = existing.rows(), "Kept a part.");
+    } else {
+        tracing::info!(
+            "Resuming {} {how}: {} rows kept.",
+            path.display(),
+            existing.rows()
+        );
+    }
     let file_has_raw = check_columns(output, path, &existing)?;
     let file_fingerprint =
         Fingerprint::read(existing.metadata.file_metadata().key_value_metadata());
@@ -411,6 +513,8 @@ pub struct ParquetSink {
     writer: Option<ResultsWriter>,
     /// For a dataset: the part that follows the writer's once it is sealed.
     next_part: Option<NextPart>,
+    /// For a dataset on object storage: where each published part is uploaded.
+    remote: Option<Remote>,
     rows: RowBuilder,
     checkpoint_rows: usize,
     checkpoint_interval: Duration,
@@ -456,7 +560,13 @@ impl ParquetSink {
         let writer =
             ResultsWriter::create(&path, schema, false, next.codec, next.key_values.clone())?;
         next.seq += 1;
-        self.writer = Some(writer);
+        let sealed = self.writer.replace(writer);
+        if let (Some(sealed), Some(_)) = (sealed, &self.remote) {
+            // Uploaded at its last checkpoint: the local copy is only a cache.
+            let path = sealed.path().to_owned();
+            drop(sealed);
+            std::fs::remove_file(&path).map_err(SinkError::Io)?;
+        }
         Ok(())
     }
 
@@ -472,10 +582,19 @@ impl ParquetSink {
         }
     }
 
+    /// Uploads the current part as published (a dataset on object storage only).
+    fn upload_current(&self) -> Result<(), SinkError> {
+        if let (Some(remote), Some(writer)) = (&self.remote, &self.writer) {
+            upload(remote, writer.path())?;
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         let written = self
             .write_buffered_rows()
-            .and_then(|()| Ok(self.writer()?.checkpoint()?));
+            .and_then(|()| Ok(self.writer()?.checkpoint()?))
+            .and_then(|()| self.upload_current());
         if let Err(error) = written {
             self.restore_after_failure();
             return Err(error);
@@ -531,6 +650,10 @@ impl Sink for ParquetSink {
             let path = writer.path().to_owned();
             writer.close(state)?;
             checkpoint::remove_leftovers(&path)?;
+            if let Some(remote) = &self.remote {
+                upload(remote, &path)?;
+                std::fs::remove_file(&path).map_err(SinkError::Io)?;
+            }
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Shared test harness: an in-process mock Ollama server on 127.0.0.1:0, request-line
 //! builders, and a runner for the real `batchflow` binary.
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;

@@ -87,6 +87,9 @@ pub enum ResultsError {
     #[error("{path} cannot be resumed: {reason}. It was left untouched")]
     Damaged { path: PathBuf, reason: String },
 
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
 

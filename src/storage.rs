@@ -1,0 +1,400 @@
+//! Object storage: `s3://`, `gs://` and `az://` URLs (and their aliases) through the
+//! `object_store` crate, for results datasets and inputs. A `file://` URL is a local path and
+//! never reaches here (see [`local_path`]): a local dataset keeps its atomic renames.
+//!
+//! What it owns: a URL to a store (credentials from each cloud's standard environment variables
+//! and, for S3, its shared credentials and config files; never logged), and the four blocking
+//! operations the sink and the engine need: list a prefix's objects, download one to a file,
+//! upload a file as one object (a PUT is atomic: a reader gets the old object or the new one,
+//! whole), delete one. Each [`Remote`] runs its requests on a runtime of its own, so the sink's
+//! thread and the engine's blocking tasks can call it without an async context; transient
+//! failures (5xx, connection refused while a server restarts, timeouts) are retried by the
+//! store's client with exponential backoff for up to [`RETRY_TIMEOUT`].
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+/// The URL schemes read as object storage.
+const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
+
+/// How long one operation is retried before it fails.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What can go wrong with object storage. Messages name the URL, never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{url}: {reason}")]
+    Url { url: String, reason: String },
+
+    #[error("{url}: {cause}")]
+    Store {
+        url: String,
+        cause: object_store::Error,
+    },
+
+    #[error("{path}: {cause}")]
+    Local { path: PathBuf, cause: io::Error },
+}
+
+/// Whether `text` is an object-storage URL (`s3://…`, `gs://…`, `az://…`).
+pub fn is_url(text: &str) -> bool {
+    text.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// The local path of a `file://` URL, its trailing `/` kept (a dataset); `None` for any other
+/// text.
+pub fn local_path(text: &str) -> Option<Result<PathBuf, StorageError>> {
+    let rest = text.strip_prefix("file://")?;
+    let parsed = url::Url::parse(text)
+        .ok()
+        .and_then(|url| url.to_file_path().ok());
+    Some(
+        parsed
+            .map(|path| {
+                if rest.ends_with('/') {
+                    PathBuf::from(format!("{}/", path.display()))
+                } else {
+                    path
+                }
+            })
+            .ok_or_else(|| StorageError::Url {
+                url: text.to_owned(),
+                reason: "not a file URL of an absolute local path (file:///folder/…)".into(),
+            }),
+    )
+}
+
+/// A folder of objects (a prefix) in a store.
+#[derive(Clone)]
+pub struct Remote {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// The URL as given, for messages (it holds no credential: those come from the
+    /// environment).
+    url: String,
+    /// `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids; nothing is left running.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Remote")
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// The store and prefix of a folder URL such as `s3://bucket/results/`.
+    pub fn open(url_text: &str) -> Result<Remote, StorageError> {
+        crate::tls::install_crypto_provider();
+        let url_error = |reason: String| StorageError::Url {
+            url: url_text.to_owned(),
+            reason,
+        };
+        let url = url::Url::parse(url_text).map_err(|error| url_error(error.to_string()))?;
+        let store = build_store(&url).map_err(|cause| StorageError::Store {
+            url: url_text.to_owned(),
+            cause,
+        })?;
+        let prefix = ObjectPath::from_url_path(url.path())
+            .map_err(|error| url_error(format!("its path: {error}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|cause| StorageError::Local {
+                path: PathBuf::from(url_text),
+                cause,
+            })?;
+        Ok(Remote {
+            inner: Arc::new(Inner {
+                store,
+                prefix,
+                url: url_text.to_owned(),
+                runtime: Some(runtime),
+            }),
+        })
+    }
+
+    /// The folder and the object name of an object URL such as `s3://bucket/in/requests.jsonl`.
+    pub fn open_object(url_text: &str) -> Result<(Remote, String), StorageError> {
+        let (folder, name) = url_text
+            .rsplit_once('/')
+            .filter(|(folder, name)| !name.is_empty() && folder.contains("://"))
+            .ok_or_else(|| StorageError::Url {
+                url: url_text.to_owned(),
+                reason: "names no object (it ends in /)".into(),
+            })?;
+        Ok((Remote::open(&format!("{folder}/"))?, name.to_owned()))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The URL of the object `name` in this folder.
+    pub fn url_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.inner.url.trim_end_matches('/'))
+    }
+
+    fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the remote is dropped")
+            .block_on(work)
+    }
+
+    fn store_error(&self, name: &str) -> impl Fn(object_store::Error) -> StorageError + '_ {
+        let url = self.url_of(name);
+        move |cause| StorageError::Store {
+            url: url.clone(),
+            cause,
+        }
+    }
+
+    /// The names of the objects directly in this folder.
+    pub fn list(&self) -> Result<Vec<String>, StorageError> {
+        let inner = &self.inner;
+        let listed = self
+            .block_on(inner.store.list_with_delimiter(Some(&inner.prefix)))
+            .map_err(|cause| StorageError::Store {
+                url: inner.url.clone(),
+                cause,
+            })?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|object| object.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Downloads the object `name` to `to` (written beside it first, then renamed, so that a
+    /// torn download never passes for the object). Returns its size.
+    pub fn download(&self, name: &str, to: &Path) -> Result<u64, StorageError> {
+        let location = self.inner.prefix.clone().join(name);
+        let partial = crate::paths::with_suffix(to, ".download");
+        let local_error = |path: &Path| {
+            let path = path.to_owned();
+            move |cause| StorageError::Local {
+                path: path.clone(),
+                cause,
+            }
+        };
+        let size = self.block_on(async {
+            let got = self
+                .inner
+                .store
+                .get(&location)
+                .await
+                .map_err(self.store_error(name))?;
+            let mut file = File::create(&partial).map_err(local_error(&partial))?;
+            let mut stream = got.into_stream();
+            let mut size = 0;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(self.store_error(name))?;
+                file.write_all(&chunk).map_err(local_error(&partial))?;
+                size += chunk.len() as u64;
+            }
+            file.sync_all().map_err(local_error(&partial))?;
+            Ok::<u64, StorageError>(size)
+        })?;
+        fs::rename(&partial, to).map_err(local_error(to))?;
+        Ok(size)
+    }
+
+    /// Uploads the file `from` as the object `name`, replacing it whole.
+    pub fn upload(&self, from: &Path, name: &str) -> Result<(), StorageError> {
+        let bytes = fs::read(from).map_err(|cause| StorageError::Local {
+            path: from.to_owned(),
+            cause,
+        })?;
+        let location = self.inner.prefix.clone().join(name);
+        let payload = PutPayload::from(bytes);
+        self.block_on(self.inner.store.put(&location, payload))
+            .map_err(self.store_error(name))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let location = self.inner.prefix.clone().join(name);
+        self.block_on(self.inner.store.delete(&location))
+            .map_err(self.store_error(name))
+    }
+}
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 15,
+        retry_timeout: RETRY_TIMEOUT,
+        ..RetryConfig::default()
+    }
+}
+
+/// The store of `url`'s scheme, configured from the environment.
+fn build_store(url: &url::Url) -> object_store::Result<Box<dyn ObjectStore>> {
+    Ok(match url.scheme() {
+        "gs" => Box::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry())
+                .build()?,
+        ),
+        "s3" | "s3a" => Box::new(s3_builder(url).build()?),
+        _ => {
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retry());
+            if std::env::var("AZURE_STORAGE_ENDPOINT")
+                .is_ok_and(|endpoint| endpoint.starts_with("http://"))
+            {
+                builder = builder.with_allow_http(true);
+            }
+            Box::new(builder.build()?)
+        }
+    })
+}
+
+/// S3 from `AWS_*` variables, then the shared credentials and config files (`AWS_PROFILE`, or
+/// `default`) for what the variables leave out. An endpoint given as `http://` (a local or
+/// in-cluster S3-protocol server) is allowed plain HTTP.
+fn s3_builder(url: &url::Url) -> object_store::aws::AmazonS3Builder {
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_url(url.as_str())
+        .with_retry(retry());
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
+    let home = env("HOME").map(PathBuf::from);
+    if env("AWS_ACCESS_KEY_ID").is_none() {
+        let file = env("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|home| home.join(".aws/credentials")));
+        let section = file.and_then(|file| ini_section(&file, &profile));
+        if let Some(section) = section {
+            for (key, value) in section {
+                builder = match key.as_str() {
+                    "aws_access_key_id" => builder.with_access_key_id(value),
+                    "aws_secret_access_key" => builder.with_secret_access_key(value),
+                    "aws_session_token" => builder.with_token(value),
+                    _ => builder,
+                };
+            }
+        }
+    }
+    if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+        let file = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|home| home.join(".aws/config")));
+        let section_name = if profile == "default" {
+            profile.clone()
+        } else {
+            format!("profile {profile}")
+        };
+        let region = file
+            .and_then(|file| ini_section(&file, &section_name))
+            .and_then(|section| section.into_iter().find(|(key, _)| key == "region"));
+        if let Some((_, region)) = region {
+            builder = builder.with_region(region);
+        }
+    }
+    let endpoint = env("AWS_ENDPOINT_URL_S3")
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .or_else(|| env("AWS_ENDPOINT"));
+    if endpoint.is_some_and(|endpoint| endpoint.starts_with("http://")) {
+        builder = builder.with_allow_http(true);
+    }
+    builder
+}
+
+/// The `key = value` pairs of section `[name]` of an INI file (the AWS files' format); `None`
+/// if the file or the section is missing.
+fn ini_section(path: &Path, name: &str) -> Option<Vec<(String, String)>> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut found = None;
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(header) = line
+            .strip_prefix('[')
+            .and_then(|line| line.strip_suffix(']'))
+        {
+            in_section = header.trim() == name;
+            if in_section {
+                found.get_or_insert_with(Vec::new);
+            }
+        } else if in_section {
+            if let Some((key, value)) = line.split_once('=') {
+                if let Some(pairs) = found.as_mut() {
+                    pairs.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        assert!(is_url("s3://bucket/results/"));
+        assert!(is_url("GS://bucket/in.jsonl"));
+        assert!(is_url("az://container/x/"));
+        assert!(!is_url("results/"));
+        assert!(!is_url("file:///tmp/results/"));
+        assert!(!is_url("http://127.0.0.1:11434"));
+        assert_eq!(
+            local_path("file:///tmp/results/").map(|path| path.ok()),
+            Some(Some(PathBuf::from("/tmp/results/")))
+        );
+        assert_eq!(
+            local_path("file:///tmp/in.jsonl").map(|path| path.ok()),
+            Some(Some(PathBuf::from("/tmp/in.jsonl")))
+        );
+        assert!(local_path("file://host/x").is_some_and(|path| path.is_err()));
+        assert!(local_path("/tmp/x").is_none());
+    }
+
+    #[test]
+    fn the_profile_section_of_a_credentials_file_is_read() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let file = dir.path().join("credentials");
+        fs::write(
+            &file,
+            "[default]\naws_access_key_id = A\n\n[work]\nAWS_Access_Key_Id=B\naws_secret_access_key = s=c\n",
+        )
+        .expect("written");
+        assert_eq!(
+            ini_section(&file, "work"),
+            Some(vec![
+                ("aws_access_key_id".to_owned(), "B".to_owned()),
+                ("aws_secret_access_key".to_owned(), "s=c".to_owned()),
+            ])
+        );
+        assert_eq!(ini_section(&file, "missing"), None);
+    }
+}
