@@ -173,6 +173,19 @@ impl BackendPool {
         }
     }
 
+    /// Whether each backend looks healthy at `now`, in [`BackendPool::figures`] order: not taken
+    /// out, and not in a streak of failures long enough to take it out (a lone backend is
+    /// never taken out, since there is nowhere else to send its requests).
+    pub fn health(&self, now: Instant) -> Vec<bool> {
+        self.members
+            .iter()
+            .map(|member| {
+                member.available(now)
+                    && member.consecutive_failures.load(Ordering::Relaxed) < EJECT_AFTER
+            })
+            .collect()
+    }
+
     pub fn figures(&self) -> Vec<BackendFigures> {
         self.members
             .iter()
