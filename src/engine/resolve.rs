@@ -8,6 +8,7 @@ use super::RunConfig;
 use crate::backend::http::HttpBackendConfig;
 use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
 use crate::error::Error;
+use crate::metrics::MetricsConfig;
 use crate::options::{Console, RunOptions, Workers};
 use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::parquet::ParquetOutput;
@@ -110,6 +111,10 @@ impl RunOptions {
                 stats_file: self.stats_file.clone(),
             },
             grace: self.grace,
+            metrics: self.metrics.map(|addr| MetricsConfig {
+                addr,
+                linger: self.metrics_linger,
+            }),
         })
     }
 }
