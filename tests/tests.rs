@@ -9,6 +9,7 @@ mod edges;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;
+mod metrics;
 mod misbehaviour;
 mod observe;
 mod parquet_input;
