@@ -194,6 +194,7 @@ async fn execute(
     }
     let status = report.exit_status();
     if let Some(metrics) = report.metrics {
+        shutdown.run_ended();
         metrics.close(shutdown.stopping()).await;
     }
     Ok(status)
