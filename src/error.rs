@@ -1,5 +1,5 @@
 //! The one error type where the engine meets the binary, over each layer's own (source, backend,
-//! sink, paths, config, mock), and the process exit codes.
+//! sink, paths, config, mock, metrics), and the process exit codes.
 //!
 //! Per-request failures are not errors here: they become [`crate::item::Outcome`]s and the batch
 //! goes on. [`Error`] is for what stops a whole run (bad configuration, an unreachable backend,
@@ -38,6 +38,9 @@ pub enum Error {
 
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 
     #[error("environment variable {name} (named by {knob}) is not set or not valid text")]
     ApiKeyMissing { name: String, knob: String },

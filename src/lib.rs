@@ -39,8 +39,9 @@
 //!   [`reply`]: what is read from a server's answer. [`schema`]: structured output's JSON
 //!   Schema subset.
 //! - [`shutdown`]: signals to stop and abort, passed into the engine.
-//! - [`stats`], [`progress`], [`gpu`]: run figures, their display on stderr and in the
-//!   `--stats` file, and GPU memory (NVML, Ollama's `/api/ps`).
+//! - [`stats`], [`progress`], [`gpu`], [`metrics`]: run figures, their display on stderr and
+//!   in the `--stats` file, GPU memory (NVML, Ollama's `/api/ps`), and the Prometheus endpoint
+//!   (`--metrics`, its text format in `metrics::text`).
 //! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
 //!
 //! The command line is the binary's alone (`src/main.rs` and `src/flags/`): no module here
@@ -53,6 +54,7 @@ pub mod error;
 pub mod gpu;
 pub mod idset;
 pub mod item;
+pub mod metrics;
 pub mod mock;
 pub mod options;
 pub mod paths;

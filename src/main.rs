@@ -175,7 +175,7 @@ async fn execute(
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
     shutdown.set_grace(config.grace);
-    let report = match engine::run(config, jsonl, shutdown).await {
+    let report = match engine::run(config, jsonl, shutdown.clone()).await {
         Ok(report) => report,
         Err(Error::Interrupted) => {
             eprintln!(
@@ -192,7 +192,12 @@ async fn execute(
     if let Some(fatal) = &report.fatal {
         eprintln!("batchflow: {fatal}");
     }
-    Ok(report.exit_status())
+    let status = report.exit_status();
+    if let Some(metrics) = report.metrics {
+        shutdown.run_ended();
+        metrics.close(shutdown.stopping()).await;
+    }
+    Ok(status)
 }
 
 /// Prints each problem of a pipeline file on its own line; the exit status for it.

@@ -5,6 +5,7 @@
 //! over the ones before (defaults, then a pipeline file, then flags). This module imports no
 //! engine: the config loader builds options without a circle.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,10 @@ pub struct RunOptions {
     pub stats_file: Option<PathBuf>,
     /// Off a terminal, a progress log line this often.
     pub progress_interval: Duration,
+    /// Serve the run's figures for Prometheus here (`GET /metrics`) while it runs.
+    pub metrics: Option<SocketAddr>,
+    /// How long the metrics endpoint stays up after the run, for a last scrape.
+    pub metrics_linger: Duration,
     /// The pipeline file the run was read from, which no output may name.
     pub pipeline_file: Option<PathBuf>,
     /// How the user named each knob, for messages.
@@ -107,6 +112,8 @@ impl Default for RunOptions {
             errors_file: None,
             stats_file: None,
             progress_interval: Duration::from_secs(10),
+            metrics: None,
+            metrics_linger: Duration::ZERO,
             pipeline_file: None,
             knobs: Knobs::flags(),
         }

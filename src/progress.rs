@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::pool::BackendPool;
 use crate::gpu::{self, GpuMonitor};
-use crate::stats::{GpuFigures, LoadedModel, RunStats, StatsSnapshot};
+use crate::stats::{GpuFigures, RunStats, StatsSnapshot};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ async fn run_ticker(
         };
         let now = Instant::now();
         stats.tick(now);
-        ticker.probe(now, stopping).await;
+        ticker.probe(&stats, now, stopping).await;
         let snapshot = ticker.snapshot(&stats, now, stopping);
         ticker.show(&snapshot, now, stopping);
         ticker.write_file(&snapshot, now, stopping).await;
@@ -129,8 +129,6 @@ struct Ticker {
     probes: Probes,
     monitor: Arc<GpuMonitor>,
     bar: Option<ProgressBar>,
-    gpus: Option<Vec<GpuFigures>>,
-    loaded: Vec<LoadedModel>,
     next_gpu: Instant,
     next_ps: Instant,
     next_file: Instant,
@@ -168,8 +166,6 @@ impl Ticker {
             probes,
             monitor,
             bar,
-            gpus: None,
-            loaded: Vec::new(),
             next_gpu: started,
             next_ps: started,
             next_file: started,
@@ -185,30 +181,31 @@ impl Ticker {
         }
     }
 
-    /// Samples the GPUs and asks Ollama backends what they have loaded, when due.
-    async fn probe(&mut self, now: Instant, stopping: bool) {
+    /// Samples the GPUs and asks Ollama backends what they have loaded, when due; the findings
+    /// go into `stats`, where the snapshot and the metrics endpoint read them.
+    async fn probe(&mut self, stats: &RunStats, now: Instant, stopping: bool) {
         if (now >= self.next_gpu || stopping) && self.monitor.is_available() {
             // NVML calls block for a moment on a real driver, and this runtime's one thread
             // also drives every request.
             let monitor = Arc::clone(&self.monitor);
-            self.gpus = tokio::task::spawn_blocking(move || monitor.sample())
+            let gpus = tokio::task::spawn_blocking(move || monitor.sample())
                 .await
                 .unwrap_or(None);
+            stats.set_gpus(gpus);
             self.next_gpu = now + GPU_INTERVAL;
         }
         if self.probes.ollama && (now >= self.next_ps || stopping) {
-            self.loaded.clear();
+            let mut loaded = Vec::new();
             for backend in self.probes.pool.backends() {
-                self.loaded.extend(gpu::loaded_models(backend).await);
+                loaded.extend(gpu::loaded_models(backend).await);
             }
+            stats.set_loaded_models(loaded);
             self.next_ps = now + BACKEND_PS_INTERVAL;
         }
     }
 
     fn snapshot(&self, stats: &RunStats, now: Instant, stopping: bool) -> StatsSnapshot {
         let mut snapshot = stats.snapshot(now);
-        snapshot.gpus = self.gpus.clone();
-        snapshot.loaded_models = self.loaded.clone();
         if self.probes.pool.len() > 1 {
             snapshot.backends = self.probes.pool.figures();
         }

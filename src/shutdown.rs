@@ -21,6 +21,9 @@ pub struct Shutdown {
     /// How long in-flight requests may finish after a signal, in milliseconds; 0 until
     /// [`Shutdown::set_grace`] (then [`DEFAULT_GRACE`] applies).
     grace_millis: Arc<AtomicU64>,
+    /// The run is over: a signal now only ends what the caller does after it (a metrics
+    /// endpoint lingering for a last scrape), with nothing in flight to drain.
+    ended: Arc<AtomicBool>,
 }
 
 /// The grace period before a run has said its own (`--grace`'s default).
@@ -73,6 +76,11 @@ impl Shutdown {
         self.grace_millis.store(millis, Ordering::SeqCst);
     }
 
+    /// Says the run is over, so that a signal is no longer announced as draining requests.
+    pub fn run_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
     fn grace(&self) -> Duration {
         match self.grace_millis.load(Ordering::SeqCst) {
             0 => DEFAULT_GRACE,
@@ -98,6 +106,11 @@ impl Shutdown {
         };
         tokio::spawn(async move {
             signals.next().await;
+            if shutdown.ended.load(Ordering::SeqCst) {
+                tracing::info!("Interrupted after the run: stopping.");
+                shutdown.interrupt();
+                return;
+            }
             let grace = shutdown.grace();
             tracing::warn!(
                 "Interrupted: reading no more input, finishing in-flight requests for up to {}s; interrupt again to abort now.",

@@ -1,7 +1,8 @@
 //! Run statistics: counters fed by the stage (in flight, retries) and the sink thread (finished
-//! results, tokens, latency), and the figures derived from them: a rate over a recent window,
-//! an ETA, latency percentiles. A [`StatsSnapshot`] is what the progress line, the summary and
-//! the `--stats` JSON file show.
+//! results, tokens, latency), what the progress ticker last probed (GPUs, loaded models), and
+//! the figures derived from them: a rate over a recent window, an ETA, latency percentiles and
+//! buckets. A [`StatsSnapshot`] is what the progress line, the summary and the `--stats` JSON
+//! file show; [`LatencyBuckets`] is the latency histogram the metrics endpoint serves.
 //!
 //! Time is passed in (`Instant` arguments) rather than read inside, so the windowed rate and
 //! the ETA are tested with a fake clock.
@@ -75,8 +76,13 @@ struct Finished {
     errors_by_code: BTreeMap<&'static str, u64>,
     prompt_tokens: u64,
     completion_tokens: u64,
-    /// Client latency in microseconds.
+    /// Client latency in microseconds, for percentiles (3 significant digits).
     latency: Histogram<u64>,
+    /// Exact latency counts per bucket of [`LATENCY_BUCKETS_SECS`] (not cumulative; the last
+    /// slot is above every bound), and their exact sum: a Prometheus bucket must count what
+    /// is at or below its bound, which the percentile histogram's ranges only approximate.
+    latency_buckets: [u64; LATENCY_BUCKETS_SECS.len() + 1],
+    latency_sum_micros: u64,
     model_reloads: u64,
     /// An answer since the last load came with a short load time: the model was resident.
     /// Concurrent requests that all waited for one load then count as one reload.
@@ -85,6 +91,13 @@ struct Finished {
 
 /// Latencies above a day are recorded as a day.
 const LATENCY_CEILING_MICROS: u64 = 86_400_000_000;
+
+/// Upper bounds of the latency histogram's buckets, in seconds: from a mock's milliseconds to
+/// a CPU model's minutes (requests time out at 10 minutes by default).
+pub const LATENCY_BUCKETS_SECS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0,
+];
 
 /// A model load longer than this during a run means Ollama unloaded the model and loaded it
 /// again (its `keep_alive` expired, or another model pushed it out).
@@ -102,6 +115,9 @@ pub struct RunStats {
     finished: Mutex<Finished>,
     retries_by_cause: Mutex<BTreeMap<&'static str, u64>>,
     window: Mutex<RateWindow>,
+    /// What the progress ticker last sampled; `None` without an NVIDIA driver.
+    gpus: Mutex<Option<Vec<GpuFigures>>>,
+    loaded_models: Mutex<Vec<LoadedModel>>,
 }
 
 impl RunStats {
@@ -120,12 +136,26 @@ impl RunStats {
                 completion_tokens: 0,
                 latency: Histogram::new_with_bounds(1, LATENCY_CEILING_MICROS, 3)
                     .expect("1 µs to a day at 3 significant digits are valid histogram bounds"),
+                latency_buckets: [0; LATENCY_BUCKETS_SECS.len() + 1],
+                latency_sum_micros: 0,
                 model_reloads: 0,
                 model_warm: false,
             }),
             retries_by_cause: Mutex::new(BTreeMap::new()),
             window: Mutex::new(RateWindow::new(RATE_WINDOW)),
+            gpus: Mutex::new(None),
+            loaded_models: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The GPUs' latest sample (`None`: no NVIDIA driver).
+    pub fn set_gpus(&self, gpus: Option<Vec<GpuFigures>>) {
+        *lock(&self.gpus) = gpus;
+    }
+
+    /// The models the backends said they have loaded, at their latest probe.
+    pub fn set_loaded_models(&self, models: Vec<LoadedModel>) {
+        *lock(&self.loaded_models) = models;
     }
 
     /// Sets how many results the run should produce (input lines not already done).
@@ -187,6 +217,13 @@ impl RunStats {
         if outcome.attempts > 0 {
             let micros = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
             finished.latency.saturating_record(micros.max(1));
+            let seconds = outcome.latency.as_secs_f64();
+            let bucket = LATENCY_BUCKETS_SECS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(LATENCY_BUCKETS_SECS.len());
+            finished.latency_buckets[bucket] += 1;
+            finished.latency_sum_micros = finished.latency_sum_micros.saturating_add(micros);
         }
     }
 
@@ -203,7 +240,26 @@ impl RunStats {
 
     /// Every figure at `now`.
     pub fn snapshot(&self, now: Instant) -> StatsSnapshot {
+        self.snapshot_with_latency(now).0
+    }
+
+    /// Every figure at `now`, and the latency histogram counted with the same results.
+    pub fn snapshot_with_latency(&self, now: Instant) -> (StatsSnapshot, LatencyBuckets) {
         let finished = lock(&self.finished);
+        let mut running = 0;
+        let cumulative = finished
+            .latency_buckets
+            .iter()
+            .map(|count| {
+                running += count;
+                running
+            })
+            .collect();
+        let buckets = LatencyBuckets {
+            bounds_secs: &LATENCY_BUCKETS_SECS,
+            cumulative,
+            sum_secs: finished.latency_sum_micros as f64 / 1e6,
+        };
         let retries_by_cause: BTreeMap<String, u64> = lock(&self.retries_by_cause)
             .iter()
             .map(|(cause, count)| ((*cause).to_owned(), *count))
@@ -223,7 +279,7 @@ impl RunStats {
             (!finished.latency.is_empty())
                 .then(|| finished.latency.value_at_quantile(q) as f64 / 1e3)
         };
-        StatsSnapshot {
+        let snapshot = StatsSnapshot {
             elapsed_secs: elapsed,
             total,
             done,
@@ -255,11 +311,29 @@ impl RunStats {
                 max: (!finished.latency.is_empty()).then(|| finished.latency.max() as f64 / 1e3),
             },
             model_reloads: finished.model_reloads,
-            gpus: None,
-            loaded_models: Vec::new(),
+            gpus: lock(&self.gpus).clone(),
+            loaded_models: lock(&self.loaded_models).clone(),
             backends: Vec::new(),
             finished: false,
-        }
+        };
+        (snapshot, buckets)
+    }
+}
+
+/// The latency histogram: how many results took at most each bound, and in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyBuckets {
+    /// Upper bounds in seconds, rising ([`LATENCY_BUCKETS_SECS`]).
+    pub bounds_secs: &'static [f64],
+    /// Results at or below each bound, then every result (one more entry than the bounds).
+    pub cumulative: Vec<u64>,
+    pub sum_secs: f64,
+}
+
+impl LatencyBuckets {
+    /// Every result counted.
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
     }
 }
 
@@ -454,6 +528,44 @@ mod tests {
         assert_eq!(
             stalled.eta_secs, None,
             "no honest ETA while nothing finishes"
+        );
+    }
+
+    #[test]
+    fn latency_buckets_count_each_result_at_or_below_each_bound() {
+        let start = Instant::now();
+        let stats = RunStats::new(start);
+        for latency_ms in [10, 11, 100, 2_000, 4_000_000] {
+            finish(&stats, &outcome("{}", None, latency_ms));
+        }
+        let mut not_sent = outcome("{}", Some(ErrorCode::InvalidJson), 0);
+        not_sent.attempts = 0;
+        finish(&stats, &not_sent);
+        let (snapshot, buckets) = stats.snapshot_with_latency(start);
+        assert_eq!(snapshot.done, 6);
+        assert_eq!(buckets.count(), 5, "a line never sent has no latency");
+        assert_eq!(buckets.cumulative.len(), LATENCY_BUCKETS_SECS.len() + 1);
+        let at_most = |bound: f64| {
+            let index = LATENCY_BUCKETS_SECS
+                .iter()
+                .position(|each| *each == bound)
+                .expect("a bound");
+            buckets.cumulative[index]
+        };
+        assert_eq!(at_most(0.005), 0);
+        assert_eq!(at_most(0.01), 1, "a bound counts what equals it");
+        assert_eq!(at_most(0.025), 2);
+        assert_eq!(at_most(0.1), 3);
+        assert_eq!(at_most(2.5), 4);
+        assert_eq!(at_most(1800.0), 4, "over an hour is above every bound");
+        assert!(
+            (buckets.sum_secs - 4_002.121).abs() < 1e-9,
+            "{}",
+            buckets.sum_secs
+        );
+        assert!(
+            buckets.cumulative.windows(2).all(|pair| pair[0] <= pair[1]),
+            "cumulative"
         );
     }
 

@@ -95,6 +95,8 @@ pub async fn tune(
         config.progress.stats_file = None;
         config.errors_file = None;
         config.jsonl_file = None;
+        // Each step is a run of its own: none may hold the address of the next.
+        config.metrics = None;
         for backend in &mut config.backends {
             backend.pool_size = workers;
         }

@@ -10,6 +10,7 @@ mod edges;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;
+mod metrics;
 mod misbehaviour;
 mod object_storage;
 mod observe;

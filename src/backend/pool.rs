@@ -173,6 +173,19 @@ impl BackendPool {
         }
     }
 
+    /// Whether each backend looks healthy at `now`, in [`BackendPool::figures`] order: not taken
+    /// out, and not in a streak of failures long enough to take it out (a lone backend is
+    /// never taken out, since there is nowhere else to send its requests).
+    pub fn health(&self, now: Instant) -> Vec<bool> {
+        self.members
+            .iter()
+            .map(|member| {
+                member.available(now)
+                    && member.consecutive_failures.load(Ordering::Relaxed) < EJECT_AFTER
+            })
+            .collect()
+    }
+
     pub fn figures(&self) -> Vec<BackendFigures> {
         self.members
             .iter()
@@ -205,5 +218,60 @@ impl Backend for BackendPool {
         let result = member.backend.send(request).await;
         self.record(member, result.as_ref().err().map(|failure| failure.kind));
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::http::HttpBackendConfig;
+
+    fn pool(urls: &[&str]) -> BackendPool {
+        let backends = urls
+            .iter()
+            .map(|url| {
+                HttpBackend::new(HttpBackendConfig {
+                    base_url: (*url).to_owned(),
+                    api_key: None,
+                    timeout: Duration::from_secs(1),
+                    connect_timeout: Duration::from_secs(1),
+                    max_response_bytes: 1 << 20,
+                    pool_size: 1,
+                })
+                .expect("a backend")
+            })
+            .collect();
+        BackendPool::new(backends, 1)
+    }
+
+    #[test]
+    fn a_backend_is_unhealthy_while_taken_out_or_in_a_long_failure_streak() {
+        let now = Instant::now();
+        let two = pool(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        for _ in 0..EJECT_AFTER {
+            two.record(&two.members[0], Some(FailureKind::Connection));
+        }
+        assert_eq!(two.health(now), vec![false, true], "taken out");
+        let after = Instant::now() + EJECTION;
+        assert_eq!(two.health(after), vec![true, true], "back in");
+
+        let one = pool(&["http://127.0.0.1:1"]);
+        one.record(&one.members[0], Some(FailureKind::Status(404)));
+        for _ in 1..EJECT_AFTER {
+            one.record(&one.members[0], Some(FailureKind::Timeout));
+        }
+        assert_eq!(
+            one.health(now),
+            vec![true],
+            "a 404 says nothing of the server"
+        );
+        one.record(&one.members[0], Some(FailureKind::Timeout));
+        assert_eq!(
+            one.health(now),
+            vec![false],
+            "never taken out, still unwell"
+        );
+        one.record(&one.members[0], None);
+        assert_eq!(one.health(now), vec![true]);
     }
 }

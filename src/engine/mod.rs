@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::http::HttpBackendConfig;
 use crate::error::{Error, ExitStatus};
+use crate::metrics::{MetricsConfig, MetricsEndpoint, MetricsListener};
 use crate::paths::Knobs;
 use crate::progress::{Probes, Progress, ProgressConfig};
 use crate::shutdown::Shutdown;
@@ -57,6 +58,8 @@ pub struct RunConfig {
     /// After an interrupt, how long in-flight requests may take (used by the caller that
     /// installs the signal handlers).
     pub grace: Duration,
+    /// The Prometheus endpoint, if any.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// JSONL output to a stream the caller opened (standard output, a test buffer).
@@ -90,6 +93,9 @@ pub struct RunReport {
     /// Kept rows whose custom_id (or line) is not in this input: a sign of resuming with a
     /// different input. Only known when the whole input was read.
     pub unknown_kept: Option<u64>,
+    /// The metrics endpoint, still serving the final figures: dropping it stops it,
+    /// [`MetricsEndpoint::close`] lingers first.
+    pub metrics: Option<MetricsEndpoint>,
 }
 
 impl RunReport {
@@ -117,8 +123,14 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<RunReport, Error> {
     let started_at = Instant::now();
+    // Before anything else, preflight included: a port in use must stop the run before it
+    // sends a request.
+    let metrics = match config.metrics {
+        Some(metrics) => Some(MetricsListener::bind(metrics).await?),
+        None => None,
+    };
     let started = start::start(config, stdout, shutdown.clone()).await?;
-    drive(started, started_at, shutdown).await
+    drive(started, started_at, shutdown, metrics).await
 }
 
 /// Runs a started batch: the source thread, the stage and the sink thread.
@@ -126,6 +138,7 @@ async fn drive(
     started: start::Started,
     started_at: Instant,
     shutdown: Shutdown,
+    metrics: Option<MetricsListener>,
 ) -> Result<RunReport, Error> {
     let start::Started {
         config,
@@ -142,6 +155,7 @@ async fn drive(
     } = started;
     let stats = Arc::new(RunStats::new(started_at));
     count_expected(&input, done_count, &config.source, &stats);
+    let metrics = metrics.map(|listener| listener.serve(Arc::clone(&stats), Arc::clone(&pool)));
     let probes = Probes {
         pool: Arc::clone(&pool),
         ollama,
@@ -203,6 +217,9 @@ async fn drive(
         Some(snapshot) => snapshot,
         None => stats.snapshot(Instant::now()),
     };
+    if let Some(metrics) = &metrics {
+        metrics.finished(&final_stats);
+    }
     Ok(RunReport {
         stats: final_stats,
         backend_url: base_url,
@@ -217,6 +234,7 @@ async fn drive(
         unknown_kept: source_summary
             .filter(|summary| stage_report.input_exhausted && !summary.reached_limit)
             .map(|summary| done_count.saturating_sub(summary.skipped_done)),
+        metrics,
     })
 }
 

@@ -9,6 +9,7 @@ use super::RunConfig;
 use crate::backend::http::HttpBackendConfig;
 use crate::backend::{DEFAULT_OLLAMA_HOST, parse_base_url};
 use crate::error::Error;
+use crate::metrics::MetricsConfig;
 use crate::options::{Console, RunOptions, Workers};
 use crate::progress::{ProgressConfig, ProgressMode};
 use crate::sink::dataset::{self, PartOwner};
@@ -108,6 +109,10 @@ impl RunOptions {
                 stats_file: self.stats_file.clone(),
             },
             grace: self.grace,
+            metrics: self.metrics.map(|addr| MetricsConfig {
+                addr,
+                linger: self.metrics_linger,
+            }),
         })
     }
 }

@@ -6,6 +6,7 @@
 mod options;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -127,6 +128,18 @@ pub struct PipelineRunArgs {
     /// Process only shard I of N (see the main command's --shard).
     #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
     pub shard: Option<Shard>,
+
+    /// Serve the run's figures for Prometheus at http://ADDR/metrics while it runs (requests
+    /// by outcome, retries by cause, in flight, worker limit, latency, tokens, backend health,
+    /// GPU memory), e.g. `127.0.0.1:9464`; port 0 picks a free one (logged). An address in use
+    /// stops the run before its first request.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Keep the metrics endpoint up this long after the run (with the final figures and
+    /// batchflow_run_finished 1), for a last scrape; an interrupt ends it sooner.
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().metrics_linger), value_parser = flag_duration, value_name = "DURATION", requires = "metrics")]
+    pub metrics_linger: FlagDuration,
 }
 
 /// Flags of `tune`: the run flags (backend, model, timeouts…) plus the sample's size.
@@ -306,6 +319,18 @@ pub struct RunArgs {
     /// When standard error is not a terminal, log a progress line this often.
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
     pub progress_interval: FlagDuration,
+
+    /// Serve the run's figures for Prometheus at http://ADDR/metrics while it runs (requests
+    /// by outcome, retries by cause, in flight, worker limit, latency, tokens, backend health,
+    /// GPU memory), e.g. `127.0.0.1:9464`; port 0 picks a free one (logged). An address in use
+    /// stops the run before its first request.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Keep the metrics endpoint up this long after the run (with the final figures and
+    /// batchflow_run_finished 1), for a last scrape; an interrupt ends it sooner.
+    #[arg(long, default_value_t = FlagDuration(RunOptions::default().metrics_linger), value_parser = flag_duration, value_name = "DURATION", requires = "metrics")]
+    pub metrics_linger: FlagDuration,
 
     /// Process only shard I of N (`--shard 0/4`): the requests whose custom_id hashes to I.
     /// N machines given the same input and I = 0…N-1 split it exactly, without coordination;

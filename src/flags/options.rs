@@ -56,6 +56,8 @@ impl RunArgs {
             errors_file: self.errors.clone(),
             stats_file: self.stats.clone(),
             progress_interval: self.progress_interval.0,
+            metrics: self.metrics,
+            metrics_linger: self.metrics_linger.0,
             ..defaults
         }
     }
@@ -76,6 +78,8 @@ impl PipelineRunArgs {
         }
         options.progress_interval = self.progress_interval.0;
         options.shard = self.shard.or(options.shard);
+        options.metrics = self.metrics.or(options.metrics);
+        options.metrics_linger = self.metrics_linger.0;
         options.pipeline_file = Some(self.file.clone());
     }
 }

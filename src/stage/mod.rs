@@ -130,14 +130,18 @@ pub async fn run<B: Backend>(
         base_url,
         catalog,
     } = target;
+    let limit = match config.adaptive_max {
+        Some(max) => ConcurrencyLimit::adaptive(config.workers, max),
+        None => ConcurrencyLimit::fixed(config.workers),
+    };
+    // Known from the start, not only once the first attempt ends: the figures (the progress
+    // line, the stats file, a metrics scrape) must not say 0 meanwhile.
+    stats.set_workers(limit.current());
     let context = Arc::new(StageContext {
         backend,
         base_url,
         catalog,
-        limit: match config.adaptive_max {
-            Some(max) => ConcurrencyLimit::adaptive(config.workers, max),
-            None => ConcurrencyLimit::fixed(config.workers),
-        },
+        limit,
         retry: config.retry,
         output: config.output.clone(),
         shutdown: shutdown.clone(),

@@ -256,3 +256,45 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// The tests' Python: `$BATCHFLOW_TEST_PYTHON`, else the venv `.venv` that `.ci/run` makes
+/// from `tests/requirements.txt`, so that a test can check batchflow's output with the real
+/// tools of other ecosystems (a Prometheus text parser, an S3 server). A missing one fails the
+/// test, saying how to make it: a silent skip would pass without checking anything.
+pub fn python() -> Command {
+    let path = std::env::var_os("BATCHFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "no test Python at {}: run .ci/run, which makes the venv .venv from tests/requirements.txt (or set BATCHFLOW_TEST_PYTHON to an interpreter that has those packages)",
+        path.display()
+    );
+    Command::new(path)
+}
+
+/// Runs `script` with the tests' Python, `input` on its standard input; its standard output.
+/// Panics with its standard error if it fails.
+pub fn run_python(script: &str, input: &[u8]) -> String {
+    let mut child = python()
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tests' Python starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("the tests' Python runs");
+    writer
+        .join()
+        .expect("the writer thread")
+        .expect("the script reads its input");
+    assert!(
+        output.status.success(),
+        "the Python script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("the script prints UTF-8")
+}

@@ -12,16 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The interpreter's folder of the test venv: `$BATCHFLOW_TEST_VENV`, else `.venv` at the
-/// repository root, as `.ci/run` makes it.
+/// A program of the test venv: beside `$BATCHFLOW_TEST_PYTHON` when it is set, else in the
+/// venv `.venv` that `.ci/run` makes.
 pub fn venv_bin(program: &str) -> PathBuf {
-    let venv = std::env::var_os("BATCHFLOW_TEST_VENV")
+    let bin = std::env::var_os("BATCHFLOW_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let path = venv.join("bin").join(program);
+        .and_then(|python| python.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin"));
+    let path = bin.join(program);
     assert!(
         path.exists(),
-        "{} is missing: run .ci/run once, which creates the test venv with tests/requirements.txt",
+        "{} is missing: run .ci/run, which makes the venv .venv from tests/requirements.txt",
         path.display()
     );
     path

@@ -1,0 +1,219 @@
+//! The run's figures for Prometheus: `GET /metrics` in the text format (`metrics::text`),
+//! served on the run's own runtime while it runs (`--metrics ADDR`).
+//!
+//! The address is bound when the run starts, before the first request (preflight included),
+//! so that a port in use stops the run before it sends anything. Serving begins once the
+//! run's counters exist; until then a scrape waits in the listen queue. Each scrape reads the
+//! counters afresh ([`RunStats`], the pool's health); the GPUs and loaded models are the
+//! progress ticker's latest sample. When the run has ended, `batchflow_run_finished` turns 1
+//! and the endpoint stays up for the linger time (or until a signal) so that a scraper can
+//! read the final figures, the same as the stats file's. What the run counts is `stats`'
+//! business; when the run ends is the engine's.
+
+pub mod text;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::pool::BackendPool;
+use crate::stats::{RunStats, StatsSnapshot};
+
+/// Where to serve metrics, and for how long after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub addr: SocketAddr,
+    /// How long the endpoint stays up once the run has ended.
+    pub linger: Duration,
+}
+
+/// Why metrics cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot serve metrics on {addr}: {cause}")]
+    Bind {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+}
+
+/// How long closing waits for scrapes under way.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The endpoint's address, bound and not yet served.
+pub struct MetricsListener {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    linger: Duration,
+}
+
+impl MetricsListener {
+    /// Binds `config.addr` (port 0 picks a free port, logged with the address).
+    pub async fn bind(config: MetricsConfig) -> Result<MetricsListener, MetricsError> {
+        let bind_error = |cause| MetricsError::Bind {
+            addr: config.addr,
+            cause,
+        };
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        tracing::info!(%addr, "Serving metrics at /metrics.");
+        Ok(MetricsListener {
+            listener,
+            addr,
+            linger: config.linger,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the figures of `stats` and `pool` on the current runtime until the endpoint is
+    /// closed or dropped.
+    pub fn serve(self, stats: Arc<RunStats>, pool: Arc<BackendPool>) -> MetricsEndpoint {
+        let source = Arc::new(Source {
+            stats,
+            pool,
+            last: Mutex::new(None),
+        });
+        let stop = CancellationToken::new();
+        let router = axum::Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(Arc::clone(&source));
+        let (addr, until) = (self.addr, stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(self.listener, router)
+                .with_graceful_shutdown(until)
+                .await
+            {
+                tracing::warn!(%addr, "The metrics endpoint stopped: {error}.");
+            }
+        });
+        MetricsEndpoint {
+            addr,
+            linger: self.linger,
+            source,
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+/// What a scrape reads.
+struct Source {
+    stats: Arc<RunStats>,
+    pool: Arc<BackendPool>,
+    /// The run's last figures, once it has ended: the stats file's, served as they are (the
+    /// elapsed time included) rather than read again.
+    last: Mutex<Option<StatsSnapshot>>,
+}
+
+impl Source {
+    fn render(&self, now: Instant) -> String {
+        let (live, latency) = self.stats.snapshot_with_latency(now);
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let finished = last.is_some();
+        let stats = last.unwrap_or(live);
+        let backends: Vec<_> = self
+            .pool
+            .figures()
+            .into_iter()
+            .zip(self.pool.health(now))
+            .collect();
+        text::render(&text::Figures {
+            stats: &stats,
+            latency: &latency,
+            backends: &backends,
+            finished,
+        })
+    }
+}
+
+async fn scrape(State(source): State<Arc<Source>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
+        source.render(Instant::now()),
+    )
+}
+
+/// The endpoint being served. Dropping it stops serving at once;
+/// [`MetricsEndpoint::close`] lingers first.
+pub struct MetricsEndpoint {
+    addr: SocketAddr,
+    linger: Duration,
+    source: Arc<Source>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for MetricsEndpoint {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("MetricsEndpoint")
+            .field("addr", &self.addr)
+            .field("linger", &self.linger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsEndpoint {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The run has ended and `last` are its figures, already written: they are served from
+    /// now on, with `batchflow_run_finished` 1.
+    pub fn finished(&self, last: &StatsSnapshot) {
+        *self
+            .source
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(last.clone());
+    }
+
+    /// Keeps serving for the linger time or until `interrupted` resolves, whichever is first,
+    /// then stops.
+    pub async fn close(mut self, interrupted: impl Future<Output = ()>) {
+        if !self.linger.is_zero() {
+            tracing::info!(
+                addr = %self.addr,
+                "Serving the final metrics for {}; interrupt to stop sooner.",
+                humantime::format_duration(self.linger)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(self.linger) => {}
+                _ = interrupted => {}
+            }
+        }
+        self.stop.cancel();
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
