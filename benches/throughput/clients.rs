@@ -18,6 +18,8 @@ pub enum Output {
     Jsonl,
     /// `--output results.parquet` in the scratch folder.
     Parquet,
+    /// `--output results/`, a dataset directory of part files, in the scratch folder.
+    Dataset,
 }
 
 impl Output {
@@ -25,6 +27,7 @@ impl Output {
         match self {
             Output::Jsonl => "JSONL -> JSONL",
             Output::Parquet => "JSONL -> Parquet",
+            Output::Dataset => "JSONL -> dataset",
         }
     }
 }
@@ -153,11 +156,19 @@ pub fn batchflow_on(
         .args(["--workers", workers])
         .env_remove("OLLAMA_HOST");
     let parquet = scratch.join("results.parquet");
+    let dataset = scratch.join("results");
+    let _ = fs::remove_file(&parquet);
+    let _ = fs::remove_dir_all(&dataset);
     let expected_lines = match output {
         Output::Jsonl => Some(requests),
         Output::Parquet => {
-            let _ = fs::remove_file(&parquet);
             command.arg("--output").arg(&parquet);
+            Some(0)
+        }
+        Output::Dataset => {
+            command
+                .arg("--output")
+                .arg(format!("{}/", dataset.display()));
             Some(0)
         }
     };
@@ -170,6 +181,7 @@ pub fn batchflow_on(
         tools.limit,
     );
     let _ = fs::remove_file(&parquet);
+    let _ = fs::remove_dir_all(&dataset);
     run
 }
 

@@ -1,5 +1,5 @@
 //! Client cost: a zero-latency mock with unlimited slots on the same cores, 100,000
-//! requests through batchflow (JSONL and Parquet out) and through the Python asyncio +
+//! requests through batchflow (JSONL, a Parquet file and a dataset directory out) and through the Python asyncio +
 //! aiohttp baseline at the same concurrency. CPU per request is the client process's own
 //! user+sys time; the mock's CPU meanwhile is printed beside it, since it shares the cores.
 //! The three clients take turns for a few rounds and the medians are compared, so that a
@@ -85,7 +85,8 @@ pub fn run(plan: &Plan) -> io::Result<()> {
             plan.tools.python
         );
     }
-    let mut ours = [Output::Jsonl, Output::Parquet].map(|output| Client {
+    const OUTPUTS: [Output; 3] = [Output::Jsonl, Output::Parquet, Output::Dataset];
+    let mut ours = OUTPUTS.map(|output| Client {
         label: output.label(),
         runs: Vec::new(),
     });
@@ -94,7 +95,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
         runs: Vec::new(),
     };
     for round in 1..=plan.rounds {
-        for (client, output) in ours.iter_mut().zip([Output::Jsonl, Output::Parquet]) {
+        for (client, output) in ours.iter_mut().zip(OUTPUTS) {
             let run = clients::batchflow(
                 &plan.tools,
                 &mock,

@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -10,6 +10,8 @@
 //! - `cost` (client cost): requests/s and CPU per request (the client process's own
 //!   user+sys) against a zero-latency mock, batchflow beside `benches/baseline_client.py`.
 //! - `memory`: batchflow's peak RSS at 10,000, 170,000 and 1,000,000 requests.
+//! - `shards`: four `--shard i/4` runs into one dataset, each on a mock of its own, over one.
+//! - `objectstore`: results to `s3://` on moto's server over results to a local dataset.
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
@@ -34,6 +36,8 @@ mod inputs;
 mod measure;
 mod memory;
 mod mock;
+mod objectstore;
+mod shards;
 mod slots;
 
 use std::path::PathBuf;
@@ -59,7 +63,15 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 5] = ["slots", "auto", "backends", "cost", "memory"];
+const SECTIONS: [&str; 7] = [
+    "slots",
+    "auto",
+    "backends",
+    "cost",
+    "memory",
+    "shards",
+    "objectstore",
+];
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; flags are not section names.
@@ -119,6 +131,8 @@ fn main() -> ExitCode {
             "auto" => auto::run(&plan),
             "backends" => backends::run(&plan),
             "cost" => cost::run(&plan),
+            "shards" => shards::run(&plan),
+            "objectstore" => objectstore::run(&plan),
             _ => memory::run(&plan),
         };
         if let Err(error) = result {

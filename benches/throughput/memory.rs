@@ -1,5 +1,5 @@
 //! Memory: batchflow's peak RSS (wait4's maxrss) at 10,000, 170,000 and 1,000,000 requests
-//! against the zero-latency mock, JSONL and Parquet out. Each input is generated in a
+//! against the zero-latency mock, JSONL, a Parquet file and a dataset directory out. Each input is generated in a
 //! scratch folder and deleted once measured.
 
 use std::fs;
@@ -10,6 +10,7 @@ use crate::{Plan, cost, inputs, verdict};
 
 const SIZES: [u64; 3] = [10_000, 170_000, 1_000_000];
 const TARGET_BYTES: u64 = 64 * 1024 * 1024;
+const OUTPUTS: [Output; 3] = [Output::Jsonl, Output::Parquet, Output::Dataset];
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -28,7 +29,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
         let requests = plan.count(full);
         let input = scratch.path().join(format!("requests-{requests}.jsonl"));
         inputs::write_requests(&input, requests)?;
-        for output in [Output::Jsonl, Output::Parquet] {
+        for output in OUTPUTS {
             let run = clients::batchflow(
                 &plan.tools,
                 &mock,
@@ -49,7 +50,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
         }
         fs::remove_file(&input)?;
     }
-    for output in [Output::Jsonl, Output::Parquet] {
+    for output in OUTPUTS {
         let of_output: Vec<(u64, u64)> = peaks
             .iter()
             .filter(|(kind, _, _)| *kind == output)
