@@ -277,3 +277,31 @@ fn a_dataset_refuses_an_input_inside_it_and_a_file_in_its_place() {
     assert!(clash.stderr.contains("not a directory"), "{}", clash.stderr);
     assert_eq!(std::fs::read(&file).expect("kept"), b"keep me");
 }
+
+#[test]
+fn a_pipeline_files_sink_may_name_a_dataset_beside_it() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    write_input(dir.path(), &chat_lines(30));
+    let pipeline = dir.path().join("job.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[source]\npath = \"input.jsonl\"\nformat = \"requests\"\n\n[request]\nmodel = \"llama3.2\"\n\n[backend]\nurl = \"{}\"\n\n[sink]\nparquet = \"results/\"\ncheckpoint_rows = 10\n",
+            mock.url()
+        ),
+    )
+    .expect("written");
+    let output = batchflow()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--quiet")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("runs");
+    let run = parse_output(output);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let dataset = dir.path().join("results");
+    assert_eq!(part_names(&dataset), ["part-0-of-1-00000.parquet"]);
+    assert_eq!(dataset_rows(&dataset).len(), 30);
+}

@@ -101,7 +101,8 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
     let mut problems = Vec::new();
     let path = |text: &str| {
         let path = PathBuf::from(text);
-        if path.is_absolute() {
+        // A URL (object storage, file://) is where it says, whatever folder the file is in.
+        if path.is_absolute() || text.contains("://") {
             path
         } else {
             folder.join(path)
@@ -342,12 +343,17 @@ fn resolve_sink(
     };
     let parquet = sink.parquet.as_deref().map(path);
     if let Some(parquet) = &parquet {
-        if parquet
-            .extension()
-            .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
+        let names_dataset = sink
+            .parquet
+            .as_deref()
+            .is_some_and(|text| text.ends_with('/'));
+        if !names_dataset
+            && parquet
+                .extension()
+                .is_none_or(|extension| !extension.eq_ignore_ascii_case("parquet"))
         {
             problems.push(format!(
-                "sink.parquet: {} must end in .parquet",
+                "sink.parquet: {} must end in .parquet (or in / for a dataset directory)",
                 parquet.display()
             ));
         }
