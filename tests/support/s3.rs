@@ -110,6 +110,17 @@ impl Moto {
         keys
     }
 
+    /// The bytes stored under `prefix` in `bucket`: a listing only, cheap to poll.
+    pub fn stored_bytes(&self, bucket: &str, prefix: &str) -> u64 {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let client = self.client(bucket);
+        let prefix = object_store::path::Path::from(prefix);
+        let listed: Vec<object_store::ObjectMeta> =
+            Moto::block_on(client.list(Some(&prefix)).try_collect()).expect("listed");
+        listed.iter().map(|object| object.size).sum()
+    }
+
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         use object_store::ObjectStoreExt;
         let client = self.client(bucket);
