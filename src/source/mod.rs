@@ -108,6 +108,9 @@ pub struct SourceOptions {
     pub limit: Option<u64>,
     /// How the user sets the model for every line (`--model`, `request.model`), for messages.
     pub model_knob: String,
+    /// Log a warning for each invalid line: a run writes it as an error line and says so;
+    /// `verify` reads the input only to know what the results owe.
+    pub log_invalid: bool,
 }
 
 /// One of `count` disjoint parts of an input, chosen by a hash of the custom_id that is the
@@ -404,7 +407,9 @@ fn forward(
             summary.skipped_done += 1;
             continue;
         }
-        if let SourceItem::Invalid(invalid) = &item {
+        if let SourceItem::Invalid(invalid) = &item
+            && options.log_invalid
+        {
             tracing::warn!(
                 "Invalid input, written as an error line: {}.",
                 invalid.message
