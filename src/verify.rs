@@ -167,8 +167,9 @@ impl Summary {
         } else {
             "NOT complete"
         };
+        let files = if self.files == 1 { "file" } else { "files" };
         format!(
-            "{} input lines ({} invalid), {} rows in {} files: {} missing, {} duplicated, {} unexpected; {verdict}.",
+            "{} input lines ({} invalid), {} rows in {} {files}: {} missing, {} duplicated, {} unexpected; {verdict}.",
             self.input_lines,
             self.invalid_lines,
             self.rows,
