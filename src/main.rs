@@ -383,7 +383,7 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     }
     options.model = args.model.or(options.model);
     options.max_line_bytes = args.max_line_bytes;
-    // Reading the input blocks on its thread's channel, which is not done on the runtime.
+    // Blocking file reads and a few seconds of CPU: off the runtime's one thread.
     let verified = tokio::task::spawn_blocking(move || {
         let mut out = io::BufWriter::new(io::stdout().lock());
         let summary = batchflow::verify::verify(&args.results, &options, |problem| {

@@ -214,8 +214,8 @@ pub struct VerifyArgs {
     #[arg(value_name = "RESULTS")]
     pub results: PathBuf,
 
-    /// The input the runs read: JSONL or Parquet requests (`-` for standard input), or the
-    /// pipeline file (`.toml`) they ran.
+    /// The input file the runs read: JSONL or Parquet requests, or the pipeline file (`.toml`)
+    /// they ran. It is read twice when there are problems to name, so not standard input.
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
 
