@@ -1,6 +1,7 @@
 //! `batchflow verify` through the real binary: shard runs of one input written into one
-//! folder prove complete; then a deleted part, a copied part, rows of another input, and
-//! files that are not results are each named.
+//! folder (a file each, or the parts of one `--output DIR/` dataset) prove complete; then a
+//! deleted part, a copied part, rows of lines another input lacks, and files that are not
+//! results are each named.
 
 use crate::support;
 
@@ -17,12 +18,24 @@ const SHARDS: usize = 3;
 /// An input line's identity in a problem line: custom_id (if any) and line.
 type Owner = (Option<String>, i64);
 
-/// Runs every shard of `input` into its own file in `dataset`: `s0.parquet`, `s1.parquet`, …
-fn shard_runs(mock: &Mock, input: &Path, dataset: &Path) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dataset).expect("the dataset folder");
+/// How shard runs share one folder.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Each its own `--output FOLDER/s<i>.parquet`.
+    FilePerShard,
+    /// All `--output FOLDER/`: a dataset, each shard writing its own part files.
+    Dataset,
+}
+
+/// Runs every shard of `input` into `folder`; the results file of each shard.
+fn shard_runs(mock: &Mock, input: &Path, folder: &Path, layout: Layout) -> Vec<PathBuf> {
+    std::fs::create_dir_all(folder).expect("the folder");
     (0..SHARDS)
         .map(|index| {
-            let output = dataset.join(format!("s{index}.parquet"));
+            let output = match layout {
+                Layout::FilePerShard => folder.join(format!("s{index}.parquet")).into_os_string(),
+                Layout::Dataset => format!("{}/", folder.display()).into(),
+            };
             let run = parse_output(
                 batchflow()
                     .arg(input)
@@ -35,9 +48,29 @@ fn shard_runs(mock: &Mock, input: &Path, dataset: &Path) -> Vec<PathBuf> {
             );
             // 1: the shard holding the invalid line.
             assert!(matches!(run.code(), Some(0 | 1)), "{}", run.stderr);
-            output
+            match layout {
+                Layout::FilePerShard => PathBuf::from(output),
+                Layout::Dataset => only_part_of(folder, index),
+            }
         })
         .collect()
+}
+
+/// The one part file shard `index` wrote into a dataset (a small shard fills no more).
+fn only_part_of(dataset: &Path, index: usize) -> PathBuf {
+    let prefix = format!("part-{index}-of-{SHARDS}-");
+    let parts: Vec<PathBuf> = std::fs::read_dir(dataset)
+        .expect("the dataset lists")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| {
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned());
+            name.is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".parquet"))
+        })
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    parts.into_iter().next().expect("one part")
 }
 
 fn verify(results: &Path, input: &Path) -> Run {
@@ -84,10 +117,24 @@ fn setup() -> (Mock, tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+fn shards_into_one_folder_verify_clean_then_a_deleted_and_a_copied_file_are_named() {
+    deleted_and_copied(Layout::FilePerShard);
+}
+
+#[test]
 fn shards_into_one_dataset_verify_clean_then_a_deleted_and_a_copied_part_are_named() {
+    deleted_and_copied(Layout::Dataset);
+}
+
+fn file_name(path: &Path) -> String {
+    let name = path.file_name().expect("a file name");
+    name.to_string_lossy().into_owned()
+}
+
+fn deleted_and_copied(layout: Layout) {
     let (mock, dir, input) = setup();
     let dataset = dir.path().join("dataset");
-    let parts = shard_runs(&mock, &input, &dataset);
+    let parts = shard_runs(&mock, &input, &dataset, layout);
     let clean = verify(&dataset, &input);
     assert_eq!(clean.code(), Some(0), "{}", clean.stderr);
     assert_eq!(clean.stdout, "", "no problems");
@@ -113,22 +160,20 @@ fn shards_into_one_dataset_verify_clean_then_a_deleted_and_a_copied_part_are_nam
     );
 
     let copied = rows_of(&parts[0]);
-    std::fs::copy(&parts[0], dataset.join("s3.parquet")).expect("a part copied");
+    let copy = dataset.join("z-copy.parquet");
+    std::fs::copy(&parts[0], &copy).expect("a part copied");
     let doubled = verify(&dataset, &input);
     assert_eq!(doubled.code(), Some(1), "{}", doubled.stderr);
     assert_eq!(owners(&doubled, "duplicated"), copied);
     assert_eq!(owners(&doubled, "missing"), deleted);
+    let both = serde_json::json!([file_name(&parts[0]), file_name(&copy)]);
     for line in doubled
         .lines
         .iter()
         .filter(|line| line["problem"] == "duplicated")
     {
         assert_eq!(line["count"], 2, "{line}");
-        assert_eq!(
-            line["files"],
-            serde_json::json!(["s0.parquet", "s3.parquet"]),
-            "{line}"
-        );
+        assert_eq!(line["files"], both, "{line}");
     }
 }
 
