@@ -1,7 +1,7 @@
-//! Verify: `batchflow verify` over a dataset of 1,000,000 rows, the files of four shard runs
-//! (each a real run against the zero-latency mock, into its own file of one folder): wall
-//! time and peak RSS of the whole process, clean, then with one part deleted so that a
-//! quarter of the ids are named as missing.
+//! Verify: `batchflow verify` over a dataset of 1,000,000 rows, the parts of four shard runs
+//! (each a real run against the zero-latency mock, all with `--output DATASET/`): wall time
+//! and peak RSS of the whole process, clean, then with the last shard's parts deleted so that
+//! a quarter of the ids are named as missing.
 
 use std::fs::{self, File};
 use std::io;
@@ -24,7 +24,7 @@ fn mib(bytes: u64) -> f64 {
 pub fn run(plan: &Plan) -> io::Result<()> {
     let rows = plan.count(ROWS);
     println!();
-    println!("== verify: `batchflow verify` over {rows} rows in {SHARDS} shard files");
+    println!("== verify: `batchflow verify` over {rows} rows of {SHARDS} shards in one dataset");
     let scratch = tempfile::tempdir()?;
     let input = scratch.path().join("requests.jsonl");
     inputs::write_requests(&input, rows)?;
@@ -40,7 +40,7 @@ pub fn run(plan: &Plan) -> io::Result<()> {
             .arg("--shard")
             .arg(format!("{index}/{SHARDS}"))
             .arg("--output")
-            .arg(dataset.join(format!("s{index}.parquet")))
+            .arg(format!("{}/", dataset.display()))
             .env_remove("OLLAMA_HOST")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -70,12 +70,22 @@ pub fn run(plan: &Plan) -> io::Result<()> {
         mib(median.max_rss_bytes),
         median.wall.as_secs_f64() * 1e6 / rows as f64
     );
-    let deleted = dataset.join(format!("s{}.parquet", SHARDS - 1));
-    let deleted_rows = rows_in(&deleted)?;
-    fs::remove_file(&deleted)?;
+    let files = fs::read_dir(&dataset)?.count();
+    let last_shard = format!("part-{}-of-{SHARDS}-", SHARDS - 1);
+    let mut deleted_rows = 0;
+    for entry in fs::read_dir(&dataset)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        if name.is_some_and(|name| name.starts_with(&last_shard)) {
+            deleted_rows += rows_in(&path)?;
+            fs::remove_file(&path)?;
+        }
+    }
     let missing = verify(plan, &dataset, &input, deleted_rows, scratch.path())?;
     println!(
-        "part deleted: {:.2}s wall, peak RSS {:.1} MiB, {deleted_rows} ids named missing",
+        "parts deleted: {:.2}s wall, peak RSS {:.1} MiB, {deleted_rows} ids named missing ({files} part files before)",
         missing.wall.as_secs_f64(),
         mib(missing.max_rss_bytes)
     );
