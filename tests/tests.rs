@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod dataset;
+mod deploy;
 mod edges;
 mod fuzz_config;
 mod fuzz_parser;
