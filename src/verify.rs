@@ -43,6 +43,7 @@ use crate::item::{ErrorCode, SourceItem};
 use crate::options::RunOptions;
 use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
 use crate::source::{self, Input, SourceError, SourceOptions};
+use crate::storage;
 
 /// Why verification could not be done (as opposed to problems found). Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,11 @@ pub enum VerifyError {
         "verify reads the input again to name what is missing: give it the input file, not standard input"
     )]
     Stdin,
+
+    #[error(
+        "{url} is on object storage, and verify reads local files: copy it here first (aws s3 sync, gcloud storage rsync, azcopy sync)"
+    )]
+    ObjectStorage { url: String },
 
     #[error("writing the report failed: {0}")]
     Report(io::Error),
@@ -234,8 +240,16 @@ pub fn verify(
     options: &RunOptions,
     mut report: impl FnMut(Problem) -> io::Result<()>,
 ) -> Result<Summary, VerifyError> {
-    if matches!(options.input, Input::Stdin) {
-        return Err(VerifyError::Stdin);
+    let input = match &options.input {
+        Input::Stdin => return Err(VerifyError::Stdin),
+        Input::File(input) => Some(input.as_path()),
+        Input::Text(_) => None,
+    };
+    for path in input.into_iter().chain([results]) {
+        let text = path.to_string_lossy();
+        if storage::is_url(&text) {
+            return Err(VerifyError::ObjectStorage { url: text.into() });
+        }
     }
     let files = open_all(results)?;
     // The results are read beside the input: both are a core's worth of decoding.
@@ -770,7 +784,7 @@ mod tests {
     }
 
     #[test]
-    fn standard_input_is_refused_as_it_cannot_be_read_twice() {
+    fn standard_input_and_object_storage_are_refused_with_what_to_do() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("results.parquet");
         write_results(&path, &COMPLETE);
@@ -780,6 +794,12 @@ mod tests {
         };
         let error = verify(&path, &options, |_| Ok(())).expect_err("refused");
         assert!(matches!(error, VerifyError::Stdin), "{error}");
+        let bucket = Path::new("s3://bucket/results/");
+        let error = verify(bucket, &input(), |_| Ok(())).expect_err("refused");
+        assert!(
+            error.to_string().contains("s3://bucket/results/"),
+            "{error}"
+        );
     }
 
     #[test]
