@@ -22,6 +22,7 @@
 //!   [`config`]: pipeline TOML files (structure, `${ENV}` interpolation, `--set`, resolution
 //!   into a [`config::Pipeline`] that lays itself over options). [`validate`]: the checks of a
 //!   pipeline file that need I/O, and its dry run. [`tune`] and [`status`]: those commands.
+//!   [`verify`]: proof that results files (shards, parts) hold one row for every input line.
 //! - [`source`]: input to requests, on their own thread: JSONL lines (`source::lines`) or
 //!   Parquet rows (`source::parquet`), both checked by `source::request`; records shaped into
 //!   requests by `source::template`.
@@ -73,6 +74,7 @@ pub mod storage;
 pub mod tls;
 pub mod tune;
 pub mod validate;
+pub mod verify;
 
 /// The sample batch that `batchflow demo` runs.
 pub const DEMO_BATCH: &str = include_str!("../examples/quickstart.jsonl");

@@ -7,7 +7,7 @@
 )]
 
 use std::fs::File;
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -26,7 +26,7 @@ use batchflow::source::Input;
 use clap::Parser;
 use flags::{
     Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
-    ValidateArgs,
+    ValidateArgs, VerifyArgs,
 };
 
 /// A results file's row group is built in buffers of megabytes that are freed at each
@@ -115,6 +115,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
         Some(Command::Run(args)) => run_pipeline(args, cli.log, shutdown).await,
         Some(Command::Validate(args)) => validate(args).await,
         Some(Command::Tune(args)) => tune(args, cli.log).await,
+        Some(Command::Verify(args)) => verify(args, cli.log).await,
     }
 }
 
@@ -363,6 +364,55 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let status = batchflow::status::find(&args.path)?;
     print!("{}", status.render(&args.path));
     Ok(ExitStatus::Success)
+}
+
+/// `verify`: problems as JSON lines on standard output, the summary on standard error.
+async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let mut options = RunOptions::default();
+    let is_pipeline = args
+        .input
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"));
+    if is_pipeline {
+        match batchflow::validate::load_checked(&args.input, &[], env)? {
+            Ok((pipeline, _)) => pipeline.apply(&mut options),
+            Err(problems) => return Ok(report_problems(&args.input, &problems)),
+        }
+    } else {
+        options.input = Input::from_arg(Some(args.input));
+    }
+    options.model = args.model.or(options.model);
+    options.max_line_bytes = args.max_line_bytes;
+    // Blocking file reads and a few seconds of CPU: off the runtime's one thread.
+    let verified = tokio::task::spawn_blocking(move || {
+        let mut out = io::BufWriter::new(io::stdout().lock());
+        let summary = batchflow::verify::verify(&args.results, &options, |problem| {
+            writeln!(out, "{}", problem.to_json())
+        });
+        summary.and_then(|summary| {
+            out.flush()
+                .map(|()| summary)
+                .map_err(batchflow::verify::VerifyError::Report)
+        })
+    })
+    .await?;
+    let summary = match verified {
+        Ok(summary) => summary,
+        // A reader that stopped early (`| head`) was being shown problems.
+        Err(batchflow::verify::VerifyError::Report(error))
+            if error.kind() == io::ErrorKind::BrokenPipe =>
+        {
+            return Ok(ExitStatus::SomeFailed);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if !summary.is_clean() || !log.quiet {
+        eprintln!("batchflow verify: {}", summary.render());
+    }
+    Ok(match summary.is_clean() {
+        true => ExitStatus::Success,
+        false => ExitStatus::SomeFailed,
+    })
 }
 
 async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {

@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod dataset;
+mod deploy;
 mod edges;
 mod fuzz_config;
 mod fuzz_parser;
@@ -21,3 +22,4 @@ mod readers;
 mod resume;
 mod scale;
 mod secrets;
+mod verify;

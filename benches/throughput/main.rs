@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -12,6 +12,8 @@
 //! - `memory`: batchflow's peak RSS at 10,000, 170,000 and 1,000,000 requests.
 //! - `shards`: four `--shard i/4` runs into one dataset, each on a mock of its own, over one.
 //! - `objectstore`: results to `s3://` on moto's server over results to a local dataset.
+//! - `verify` (issue 14): `batchflow verify` over the 1,000,000 rows of four shard runs in one
+//!   folder, clean and with a part deleted: wall time (target under 5 s) and peak RSS.
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
@@ -39,6 +41,7 @@ mod mock;
 mod objectstore;
 mod shards;
 mod slots;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,7 +66,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "slots",
     "auto",
     "backends",
@@ -71,6 +74,7 @@ const SECTIONS: [&str; 7] = [
     "memory",
     "shards",
     "objectstore",
+    "verify",
 ];
 
 fn main() -> ExitCode {
@@ -133,7 +137,8 @@ fn main() -> ExitCode {
             "cost" => cost::run(&plan),
             "shards" => shards::run(&plan),
             "objectstore" => objectstore::run(&plan),
-            _ => memory::run(&plan),
+            "memory" => memory::run(&plan),
+            _ => verify::run(&plan),
         };
         if let Err(error) = result {
             eprintln!("throughput: section `{section}` failed: {error}");

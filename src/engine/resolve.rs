@@ -73,6 +73,7 @@ impl RunOptions {
                 shard: self.shard,
                 limit: None,
                 model_knob: self.knobs.model.clone(),
+                log_invalid: true,
             },
             backends,
             preflight: self.preflight,

@@ -29,7 +29,26 @@ Examples:
   batchflow requests.jsonl --output results.parquet      # crash-safe Parquet results
   batchflow requests.jsonl --output results.parquet --resume   # continue after a crash
   batchflow status results.parquet
+  batchflow verify results/ --input requests.jsonl   # one row per input line, across shards
   batchflow demo                  # a sample batch against a built-in mock server";
+
+const VERIFY_EXIT_CODES: &str = "\
+Standard output gets one JSON line per problem:
+  {\"custom_id\":\"a\",\"line\":3,\"problem\":\"missing\"}
+  {\"custom_id\":\"b\",\"line\":4,\"problem\":\"duplicated\",\"count\":2,\"files\":[\"s0.parquet\",\"s1.parquet\"]}
+  {\"custom_id\":\"c\",\"line\":9,\"problem\":\"unexpected\",\"file\":\"s2.parquet\"}
+(line: the input's line or row; for an unexpected row, its request_line). A summary line goes
+to standard error.
+
+Exit codes:
+  0    every input line has exactly one row
+  1    some lines have no row or several, or some rows belong to no line (listed)
+  2    usage or I/O error (unreadable input, a file that is not a batchflow results file)
+
+Examples:
+  batchflow verify results.parquet --input requests.jsonl
+  batchflow verify /results/dataset/ --input requests.jsonl --model llama3.2
+  batchflow verify /results/dataset/ --input pipeline.toml";
 
 /// Run large batches of independent LLM requests against Ollama or any OpenAI-compatible
 /// server, keeping every parallel slot of the server busy.
@@ -72,6 +91,11 @@ pub enum Command {
     /// Show what a Parquet results file (or each shard of a dataset directory) holds (rows
     /// done, ok, failed) and whether it is complete or resumable, without running anything.
     Status(StatusArgs),
+    /// Prove that results hold exactly one row for every input line: a results file, or a
+    /// dataset directory of them (the shards and parts of one input). Lists every line with
+    /// no row or several, and every row no line owns; exits 1 if there is any.
+    #[command(after_help = VERIFY_EXIT_CODES)]
+    Verify(VerifyArgs),
 }
 
 /// Flags of `run FILE`. Command-line values win over the file's.
@@ -180,6 +204,29 @@ pub struct StatusArgs {
     /// A results file or dataset directory written with --output.
     #[arg(value_name = "RESULTS.parquet|DIR")]
     pub path: PathBuf,
+}
+
+/// Flags of `verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// A results file written with --output, or a directory of them: every `*.parquet` file
+    /// directly inside it (hidden files and `*.tmp` staging files are not read).
+    #[arg(value_name = "RESULTS")]
+    pub results: PathBuf,
+
+    /// The input file the runs read: JSONL or Parquet requests, or the pipeline file (`.toml`)
+    /// they ran. It is read twice when there are problems to name, so not standard input.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// The --model the runs were given, if any: it decides whether a line without a model
+    /// was a request or an invalid line.
+    #[arg(short, long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// The --max-line-bytes the runs were given: longer lines were invalid lines.
+    #[arg(long, default_value_t = RunOptions::default().max_line_bytes, value_name = "BYTES")]
+    pub max_line_bytes: usize,
 }
 
 /// Flags of a batch run.

@@ -1,7 +1,8 @@
-//! Sources: where requests come from. A source runs on its own thread (parsing JSON is CPU work
-//! that should not sit on the async runtime) and hands [`SourceItem`]s to the stage through a
-//! bounded channel, so memory stays flat however long the input is and the first result can be
-//! written long before the input ends.
+//! Sources: where requests come from. In a run a source has its own thread (parsing JSON is CPU
+//! work that should not sit on the async runtime) and hands [`SourceItem`]s to the stage through
+//! a bounded channel ([`spawn`]), so memory stays flat however long the input is and the first
+//! result can be written long before the input ends. A reader that only looks at the items
+//! (`verify`) takes them on its own thread instead ([`read`]).
 //!
 //! Each format turns its input into items (JSONL line by line through `lines`, Parquet row by
 //! row through `parquet`), both checked by [`request::RequestParser`]; `template` shapes records
@@ -14,6 +15,7 @@ pub mod template;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -108,6 +110,9 @@ pub struct SourceOptions {
     pub limit: Option<u64>,
     /// How the user sets the model for every line (`--model`, `request.model`), for messages.
     pub model_knob: String,
+    /// Log a warning for each invalid line: a run writes it as an error line and says so;
+    /// `verify` reads the input only to know what the results owe.
+    pub log_invalid: bool,
 }
 
 /// One of `count` disjoint parts of an input, chosen by a hash of the custom_id that is the
@@ -299,26 +304,14 @@ pub fn spawn(
     items: mpsc::Sender<SourceItem>,
     shutdown: Shutdown,
 ) -> Result<thread::JoinHandle<Result<SourceSummary, SourceError>>, SourceError> {
-    let OpenedInput { name, reader } = opened;
     let handle = thread::Builder::new()
         .name("batchflow-source".into())
         .spawn(move || {
-            let buffered = |read: Box<dyn io::Read>| -> Box<dyn BufRead> {
-                Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, read))
-            };
-            let result = match reader {
-                Reader::Parquet(rows) => read_rows(rows, options, &items),
-                Reader::Text(text) => read_lines(
-                    Box::new(io::Cursor::new(TextBytes(text))),
-                    &name,
-                    options,
-                    &items,
-                ),
-                Reader::Jsonl(file) => read_lines(buffered(Box::new(file)), &name, options, &items),
-                Reader::Stdin => {
-                    read_lines(buffered(Box::new(io::stdin())), &name, options, &items)
-                }
-            };
+            let mut room = BatchedSender::new(&items);
+            let result = read(opened, &options, |item| match room.send(item) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            });
             if result.is_err() {
                 shutdown.stop();
             }
@@ -328,15 +321,44 @@ pub fn spawn(
     Ok(handle)
 }
 
+/// Reads the input on the calling thread, handing each item to `each` in input order, the way
+/// [`spawn`] hands them to a run, until the input ends or `each` breaks. For a reader that
+/// only looks at the items (`verify`), with no thread or channel between.
+pub fn read(
+    opened: OpenedInput,
+    options: &SourceOptions,
+    mut each: impl FnMut(SourceItem) -> ControlFlow<()>,
+) -> Result<SourceSummary, SourceError> {
+    let OpenedInput { name, reader } = opened;
+    let buffered = |read: Box<dyn io::Read>| -> Box<dyn BufRead> {
+        Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, read))
+    };
+    let each = &mut each as &mut dyn FnMut(SourceItem) -> ControlFlow<()>;
+    match reader {
+        Reader::Parquet(rows) => read_rows(rows, options, each),
+        Reader::Text(text) => read_lines(
+            Box::new(io::Cursor::new(TextBytes(text))),
+            &name,
+            options,
+            each,
+        ),
+        Reader::Jsonl(file) => read_lines(buffered(Box::new(file)), &name, options, each),
+        Reader::Stdin => read_lines(buffered(Box::new(io::stdin())), &name, options, each),
+    }
+}
+
+/// Where a source's items go; `Break` when no one takes them any more.
+type Each<'a> = &'a mut dyn FnMut(SourceItem) -> ControlFlow<()>;
+
 fn read_lines(
     reader: Box<dyn BufRead>,
     name: &str,
-    options: SourceOptions,
-    items: &mpsc::Sender<SourceItem>,
+    options: &SourceOptions,
+    each: Each<'_>,
 ) -> Result<SourceSummary, SourceError> {
     let mut lines = LineReader::new(reader, options.max_line_bytes);
-    let mut parser = parser(&options);
-    forward(&options, items, || {
+    let mut parser = parser(options);
+    forward(options, each, || {
         loop {
             let raw = match lines.next_line() {
                 Ok(Some(raw)) => raw,
@@ -358,11 +380,11 @@ fn read_lines(
 
 fn read_rows(
     mut rows: ParquetRows,
-    options: SourceOptions,
-    items: &mpsc::Sender<SourceItem>,
+    options: &SourceOptions,
+    each: Each<'_>,
 ) -> Result<SourceSummary, SourceError> {
-    let mut parser = parser(&options).with_text_bodies();
-    forward(&options, items, || rows.next_item(&mut parser))
+    let mut parser = parser(options).with_text_bodies();
+    forward(options, each, || rows.next_item(&mut parser))
 }
 
 fn parser(options: &SourceOptions) -> RequestParser {
@@ -375,15 +397,14 @@ fn parser(options: &SourceOptions) -> RequestParser {
 }
 
 /// What every source does with its items, whatever the format: count them, skip those an
-/// earlier run finished, log the invalid ones and send the rest, until `next` runs out or the
-/// receiver is gone.
+/// earlier run finished, log the invalid ones and hand on the rest, until `next` runs out or
+/// `each` breaks.
 fn forward(
     options: &SourceOptions,
-    items: &mpsc::Sender<SourceItem>,
+    each: Each<'_>,
     mut next: impl FnMut() -> Result<Option<SourceItem>, SourceError>,
 ) -> Result<SourceSummary, SourceError> {
     let mut summary = SourceSummary::default();
-    let mut room = BatchedSender::new(items);
     loop {
         if options.limit.is_some_and(|limit| summary.sent >= limit) {
             summary.reached_limit = true;
@@ -404,13 +425,15 @@ fn forward(
             summary.skipped_done += 1;
             continue;
         }
-        if let SourceItem::Invalid(invalid) = &item {
+        if let SourceItem::Invalid(invalid) = &item
+            && options.log_invalid
+        {
             tracing::warn!(
                 "Invalid input, written as an error line: {}.",
                 invalid.message
             );
         }
-        if room.send(item).is_err() {
+        if each(item).is_break() {
             break;
         }
         summary.sent += 1;

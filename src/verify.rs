@@ -1,0 +1,836 @@
+//! The `verify` command: proof that results (one Parquet results file, or a dataset directory
+//! of them: shards, parts) hold exactly one row for every line of the input, with every line
+//! that has none, or more than one, and every row that belongs to no line, named.
+//!
+//! A line is known the way `--resume` knows it: a request by its custom_id, an invalid line
+//! (which may have no id, or a duplicated one) by its line number. The input is read by the
+//! source module, exactly as a run reads it, so generated ids and invalid lines come out the
+//! same; the options that decide which lines are valid (`--model`, `--max-line-bytes`, a
+//! pipeline's template) must be the run's.
+//!
+//! Memory is 16 bytes an input line and results row, not the rows: each is reduced to a
+//! 64-bit hash of its key. Up to three passes, the later ones only when there is something to
+//! name:
+//!
+//! 1. the results (three narrow columns: custom_id, request_line, error_code) on one thread
+//!    and the input on another, each into a sorted vector of hashes; a merge of the two finds
+//!    the keys with no row, several rows, or no line;
+//! 2. the input again, when lines are missing or duplicated: their ids and line numbers, in
+//!    input order (so the input must be a file, not standard input);
+//! 3. the results again, when rows are unexpected or lines duplicated: those rows, and the
+//!    files of each duplicated line.
+//!
+//! Sorting and merging, rather than looking each line up in a table of rows, keeps every pass
+//! a sequential scan: a lookup per line in a table of a million missed the cache at nearly
+//! every probe and took a third of the time.
+//!
+//! Two distinct keys share a hash with odds of about n²/2⁶⁵ (3·10⁻⁸ at a million); they would
+//! show as a line duplicated, never as one silently complete. Printing the problems, and the
+//! exit code, are the caller's.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+
+use crate::item::{ErrorCode, SourceItem};
+use crate::options::RunOptions;
+use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
+use crate::source::{self, Input, SourceError, SourceOptions};
+use crate::storage;
+
+/// Why verification could not be done (as opposed to problems found). Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read results {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+
+    #[error("{path} holds no results files (*.parquet)")]
+    NoResultsFiles { path: PathBuf },
+
+    #[error("{path} is not a batchflow results file: {reason}")]
+    NotResults { path: PathBuf, reason: String },
+
+    #[error(transparent)]
+    Results(ResultsError),
+
+    #[error(transparent)]
+    Source(#[from] SourceError),
+
+    #[error(
+        "verify reads the input again to name what is missing: give it the input file, not standard input"
+    )]
+    Stdin,
+
+    #[error(
+        "{url} is on object storage, and verify reads local files: copy it here first (aws s3 sync, gcloud storage rsync, azcopy sync)"
+    )]
+    ObjectStorage { url: String },
+
+    #[error("writing the report failed: {0}")]
+    Report(io::Error),
+
+    #[error("verify failed: {0}")]
+    Thread(String),
+}
+
+impl From<ResultsError> for VerifyError {
+    /// A file that is whole but not results (another Parquet file, a text file) is named as
+    /// such, not as a results file that "cannot be resumed".
+    fn from(error: ResultsError) -> VerifyError {
+        match error {
+            ResultsError::Damaged { path, reason } => VerifyError::NotResults { path, reason },
+            other => VerifyError::Results(other),
+        }
+    }
+}
+
+/// What is wrong with one input line, or with one row that belongs to none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// No results row.
+    Missing,
+    /// `count` rows, in these files (one entry a row).
+    Duplicated { count: u64, files: Vec<String> },
+    /// A row in `file` that no input line owns.
+    Unexpected { file: String },
+}
+
+/// A problem with its line: the input's line (or row) number for missing and duplicated, the
+/// row's `request_line` for unexpected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub custom_id: Option<String>,
+    pub line: u64,
+    pub kind: ProblemKind,
+}
+
+impl Problem {
+    /// One JSON line: `{"custom_id","line","problem"}`, with `count` and `files` for a
+    /// duplicate and `file` for an unexpected row.
+    pub fn to_json(&self) -> String {
+        /// The line's fields, in this order.
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            custom_id: Option<&'a str>,
+            line: u64,
+            problem: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            count: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            files: Option<&'a [String]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            file: Option<&'a str>,
+        }
+        let mut line = Line {
+            custom_id: self.custom_id.as_deref(),
+            line: self.line,
+            problem: "missing",
+            count: None,
+            files: None,
+            file: None,
+        };
+        match &self.kind {
+            ProblemKind::Missing => {}
+            ProblemKind::Duplicated { count, files } => {
+                line.problem = "duplicated";
+                line.count = Some(*count);
+                line.files = Some(files);
+            }
+            ProblemKind::Unexpected { file } => {
+                line.problem = "unexpected";
+                line.file = Some(file);
+            }
+        }
+        serde_json::to_string(&line).expect("a struct of strings and numbers serialises")
+    }
+}
+
+/// What was read and found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Input lines (or rows), each owed one results row.
+    pub input_lines: u64,
+    /// Of those, invalid ones (owed an error row).
+    pub invalid_lines: u64,
+    pub rows: u64,
+    pub files: usize,
+    pub missing: u64,
+    /// Input lines with more than one row.
+    pub duplicated: u64,
+    /// Rows that no input line owns.
+    pub unexpected: u64,
+}
+
+impl Summary {
+    pub fn is_clean(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0
+    }
+
+    /// One line for standard error.
+    pub fn render(&self) -> String {
+        let verdict = if self.is_clean() {
+            "every input line has exactly one row"
+        } else {
+            "NOT complete"
+        };
+        let files = if self.files == 1 { "file" } else { "files" };
+        format!(
+            "{} input lines ({} invalid), {} rows in {} {files}: {} missing, {} duplicated, {} unexpected; {verdict}.",
+            self.input_lines,
+            self.invalid_lines,
+            self.rows,
+            self.files,
+            self.missing,
+            self.duplicated,
+            self.unexpected
+        )
+    }
+}
+
+/// The results files at `path`: the file itself, or every `*.parquet` file directly inside a
+/// directory, by name. Hidden files and writers' staging files (`*.tmp`) are not results.
+pub fn results_files(path: &Path) -> Result<Vec<PathBuf>, VerifyError> {
+    let read_error = |cause| VerifyError::Read {
+        path: path.to_owned(),
+        cause,
+    };
+    if !fs::metadata(path).map_err(read_error)?.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let parquet = name.len() > ".parquet".len()
+            && name
+                .get(name.len() - ".parquet".len()..)
+                .is_some_and(|end| end.eq_ignore_ascii_case(".parquet"));
+        if name.starts_with('.') || !parquet {
+            continue;
+        }
+        // Through a link, as a reader globbing the folder would.
+        let file = entry.path();
+        if fs::metadata(&file).is_ok_and(|metadata| metadata.is_file()) {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(VerifyError::NoResultsFiles {
+            path: path.to_owned(),
+        });
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Checks the results at `results` against the input of `options` (its input, records
+/// template, model and line limit; not its shard: the whole input is owed). Each problem goes
+/// to `report`: missing lines in input order, then unexpected rows in file order, then
+/// duplicated lines in input order. A failing `report` stops the check.
+pub fn verify(
+    results: &Path,
+    options: &RunOptions,
+    mut report: impl FnMut(Problem) -> io::Result<()>,
+) -> Result<Summary, VerifyError> {
+    let input = match &options.input {
+        Input::Stdin => return Err(VerifyError::Stdin),
+        Input::File(input) => Some(input.as_path()),
+        Input::Text(_) => None,
+    };
+    for path in input.into_iter().chain([results]) {
+        let text = path.to_string_lossy();
+        if storage::is_url(&text) {
+            return Err(VerifyError::ObjectStorage { url: text.into() });
+        }
+    }
+    let files = open_all(results)?;
+    // The results are read beside the input: both are a core's worth of decoding.
+    let (rows, (lines, invalid_lines)) = thread::scope(|scope| {
+        let rows = scope.spawn(|| row_keys(&files));
+        let lines = input_keys(options);
+        let rows = rows
+            .join()
+            .map_err(|_| VerifyError::Thread("the results reader panicked".into()))?;
+        Ok::<_, VerifyError>((rows?, lines?))
+    })?;
+    let verdicts = compare(&lines, &rows);
+    let summary = Summary {
+        input_lines: lines.len() as u64,
+        invalid_lines,
+        rows: rows.len() as u64,
+        files: files.len(),
+        missing: verdicts.missing.len() as u64,
+        duplicated: verdicts.duplicated.len() as u64,
+        unexpected: verdicts.unexpected_rows,
+    };
+    drop((lines, rows));
+    let duplicates = name_lines(options, &verdicts, &mut report)?;
+    if !verdicts.unexpected.is_empty() || !duplicates.is_empty() {
+        name_rows(&files, &verdicts.unexpected, duplicates, &mut report)?;
+    }
+    Ok(summary)
+}
+
+/// What the merge of input and results found, as sorted keys.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdicts {
+    /// Lines with no row.
+    missing: Vec<u64>,
+    /// Lines with several rows, and how many.
+    duplicated: Vec<(u64, u64)>,
+    /// Keys of rows that no line owns.
+    unexpected: Vec<u64>,
+    unexpected_rows: u64,
+}
+
+/// Merges the sorted keys of the input's lines and of the results' rows.
+fn compare(lines: &[u64], rows: &[u64]) -> Verdicts {
+    let mut verdicts = Verdicts::default();
+    let (mut line, mut row) = (0, 0);
+    while line < lines.len() || row < rows.len() {
+        let key = match (lines.get(line), rows.get(row)) {
+            (Some(&a), Some(&b)) => a.min(b),
+            (Some(&a), None) => a,
+            (None, Some(&b)) => b,
+            (None, None) => break,
+        };
+        let run =
+            |keys: &[u64], at: usize| keys[at..].iter().take_while(|&&other| other == key).count();
+        let (owners, found) = (run(lines, line), run(rows, row));
+        match (owners, found) {
+            (0, found) => {
+                verdicts.unexpected.push(key);
+                verdicts.unexpected_rows += found as u64;
+            }
+            (_, 0) => verdicts.missing.push(key),
+            (_, 1) => {}
+            (_, found) => verdicts.duplicated.push((key, found as u64)),
+        }
+        line += owners;
+        row += found;
+    }
+    verdicts
+}
+
+/// A duplicated line, named, with the files of its rows once they are found.
+struct Duplicate {
+    key: u64,
+    custom_id: Option<String>,
+    line: u64,
+    count: u64,
+    files: Vec<String>,
+}
+
+/// Pass 2, when lines are missing or duplicated: reports the missing ones, and names the
+/// duplicated ones for [`name_rows`], in input order.
+fn name_lines(
+    options: &RunOptions,
+    verdicts: &Verdicts,
+    report: &mut impl FnMut(Problem) -> io::Result<()>,
+) -> Result<Vec<Duplicate>, VerifyError> {
+    let mut duplicates = Vec::new();
+    if verdicts.missing.is_empty() && verdicts.duplicated.is_empty() {
+        return Ok(duplicates);
+    }
+    read_input(options, |item| {
+        let (custom_id, line, key) = item_key(item);
+        let custom_id = || custom_id.map(str::to_owned);
+        if verdicts.missing.binary_search(&key).is_ok() {
+            let kind = ProblemKind::Missing;
+            let custom_id = custom_id();
+            return report(Problem {
+                custom_id,
+                line,
+                kind,
+            });
+        }
+        if let Ok(at) = verdicts
+            .duplicated
+            .binary_search_by_key(&key, |&(key, _)| key)
+        {
+            let count = verdicts.duplicated[at].1;
+            let custom_id = custom_id();
+            let files = Vec::new();
+            duplicates.push(Duplicate {
+                key,
+                custom_id,
+                line,
+                count,
+                files,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(duplicates)
+}
+
+/// Pass 3: reports the rows no line owns, then each duplicated line with its files.
+fn name_rows(
+    files: &[ResultsFile],
+    unexpected: &[u64],
+    mut duplicates: Vec<Duplicate>,
+    report: &mut impl FnMut(Problem) -> io::Result<()>,
+) -> Result<(), VerifyError> {
+    let by_key: HashMap<u64, usize> = duplicates
+        .iter()
+        .enumerate()
+        .map(|(index, duplicate)| (duplicate.key, index))
+        .collect();
+    for file in files {
+        let mut failed = None;
+        file.for_each_row(|row| {
+            let key = row.key();
+            if let Some(&index) = by_key.get(&key) {
+                duplicates[index].files.push(file.name.clone());
+            } else if failed.is_none() && unexpected.binary_search(&key).is_ok() {
+                let problem = Problem {
+                    custom_id: row.custom_id.map(str::to_owned),
+                    line: row.line.unwrap_or(0),
+                    kind: ProblemKind::Unexpected {
+                        file: file.name.clone(),
+                    },
+                };
+                failed = report(problem).err();
+            }
+        })?;
+        if let Some(error) = failed {
+            return Err(VerifyError::Report(error));
+        }
+    }
+    for duplicate in duplicates {
+        report(Problem {
+            custom_id: duplicate.custom_id,
+            line: duplicate.line,
+            kind: ProblemKind::Duplicated {
+                count: duplicate.count,
+                files: duplicate.files,
+            },
+        })
+        .map_err(VerifyError::Report)?;
+    }
+    Ok(())
+}
+
+/// Every results row's key, sorted.
+fn row_keys(files: &[ResultsFile]) -> Result<Vec<u64>, VerifyError> {
+    let mut keys = Vec::new();
+    for file in files {
+        file.for_each_row(|row| keys.push(row.key()))?;
+    }
+    keys.sort_unstable();
+    Ok(keys)
+}
+
+/// Every input line's key, sorted, and how many lines are invalid.
+fn input_keys(options: &RunOptions) -> Result<(Vec<u64>, u64), VerifyError> {
+    let mut keys = Vec::new();
+    let mut invalid = 0;
+    read_input(options, |item| {
+        invalid += u64::from(matches!(item, SourceItem::Invalid(_)));
+        keys.push(item_key(item).2);
+        Ok(())
+    })?;
+    keys.sort_unstable();
+    Ok((keys, invalid))
+}
+
+/// The key of a request (its custom_id) or of an invalid line (its number), hashed.
+fn id_key(custom_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(custom_id.as_bytes())
+}
+
+/// Line numbers hash under their own seed, apart from ids.
+fn line_key(line: u64) -> u64 {
+    const LINE_SEED: u64 = 0x6c69_6e65;
+    xxhash_rust::xxh3::xxh3_64_with_seed(&line.to_le_bytes(), LINE_SEED)
+}
+
+/// An input item's id (if any), line and key.
+fn item_key(item: &SourceItem) -> (Option<&str>, u64, u64) {
+    match item {
+        SourceItem::Request(request) => (
+            Some(request.custom_id.as_str()),
+            request.line,
+            id_key(&request.custom_id),
+        ),
+        SourceItem::Invalid(invalid) => (
+            invalid.custom_id.as_deref(),
+            invalid.line,
+            line_key(invalid.line),
+        ),
+    }
+}
+
+/// One row of a results file, as far as verification reads it.
+struct Row<'a> {
+    custom_id: Option<&'a str>,
+    line: Option<u64>,
+    /// The row is an invalid input line's (its error code says so).
+    invalid_input: bool,
+}
+
+impl Row<'_> {
+    /// As `--resume` tells rows apart: an invalid line's by its number, a request's by its id.
+    fn key(&self) -> u64 {
+        match (self.invalid_input, self.custom_id, self.line) {
+            (false, Some(custom_id), _) => id_key(custom_id),
+            (_, _, Some(line)) => line_key(line),
+            // Neither: no input line can own it, so it shows as unexpected.
+            (true, Some(custom_id), None) => id_key(custom_id),
+            (_, None, None) => line_key(0),
+        }
+    }
+}
+
+/// A results file, opened and checked.
+struct ResultsFile {
+    path: PathBuf,
+    /// How problems name it: the file name within a dataset, the path as given otherwise.
+    name: String,
+    /// `None`: a file that holds no row (its run stopped before its first checkpoint).
+    existing: Option<ExistingResults>,
+}
+
+/// Opens every results file before the input is read, so that a bad one fails at once.
+fn open_all(results: &Path) -> Result<Vec<ResultsFile>, VerifyError> {
+    let in_dataset = fs::metadata(results).is_ok_and(|metadata| metadata.is_dir());
+    results_files(results)?
+        .into_iter()
+        .map(|path| {
+            let name = match (in_dataset, path.file_name()) {
+                (true, Some(name)) => name.to_string_lossy().into_owned(),
+                _ => path.display().to_string(),
+            };
+            let existing = match checkpoint::holds_nothing(&path)? {
+                true => None,
+                false => Some(checkpoint::inspect(&path)?),
+            };
+            Ok(ResultsFile {
+                path,
+                name,
+                existing,
+            })
+        })
+        .collect()
+}
+
+impl ResultsFile {
+    /// Calls `each` with every row, batch by batch, reading only the three narrow columns.
+    fn for_each_row(&self, mut each: impl FnMut(Row<'_>)) -> Result<(), VerifyError> {
+        let Some(existing) = &self.existing else {
+            return Ok(());
+        };
+        let path = &self.path;
+        let reader = existing.reader(path, &["custom_id", "request_line", "error_code"])?;
+        for batch in reader {
+            let batch = batch.map_err(|error| ResultsError::Parquet {
+                path: path.clone(),
+                cause: error.into(),
+            })?;
+            // `inspect` checked the three columns and their types.
+            let column = |name| {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| VerifyError::NotResults {
+                        path: path.clone(),
+                        reason: format!("a batch lacks its {name} column"),
+                    })
+            };
+            let ids = column("custom_id")?.as_string::<i32>();
+            let lines = column("request_line")?.as_primitive::<Int64Type>();
+            let codes = column("error_code")?.as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                let invalid_input = codes.is_valid(row)
+                    && ErrorCode::from_name(codes.value(row))
+                        .is_some_and(ErrorCode::is_invalid_input);
+                each(Row {
+                    custom_id: ids.is_valid(row).then(|| ids.value(row)),
+                    line: lines
+                        .is_valid(row)
+                        .then(|| u64::try_from(lines.value(row)).ok())
+                        .flatten(),
+                    invalid_input,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the whole input of `options` through the source module, on this thread, handing
+/// each item to `each` in order. A failing `each` stops the reading.
+fn read_input(
+    options: &RunOptions,
+    mut each: impl FnMut(&SourceItem) -> io::Result<()>,
+) -> Result<(), VerifyError> {
+    let source_options = SourceOptions {
+        model_override: options.model.clone(),
+        max_line_bytes: options.max_line_bytes,
+        done: None,
+        records: options.records.clone(),
+        shard: None,
+        limit: None,
+        model_knob: options.knobs.model.clone(),
+        log_invalid: false,
+    };
+    let opened = source::open_for(options.input.clone(), &source_options)?;
+    let mut failed = None;
+    source::read(opened, &source_options, |item| match each(&item) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(error) => {
+            failed = Some(error);
+            ControlFlow::Break(())
+        }
+    })?;
+    match failed {
+        Some(error) => Err(VerifyError::Report(error)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::item::{Outcome, OutcomeError};
+    use crate::reply::ReplyFields;
+    use crate::sink::checkpoint::{Codec, FileState, ResultsWriter};
+    use crate::sink::results::{ExtraColumns, RowBuilder, schema};
+
+    /// A results row: custom_id, input line, error code.
+    type Row = (Option<&'static str>, u64, Option<ErrorCode>);
+
+    /// Writes `rows` as a results file through the run's own writer.
+    fn write_results(path: &Path, rows: &[Row]) {
+        let extras = ExtraColumns::default();
+        let schema = schema(false, &extras);
+        let mut builder = RowBuilder::new(Arc::clone(&schema), &extras);
+        for (custom_id, line, code) in rows {
+            let outcome = Outcome {
+                line: *line,
+                custom_id: custom_id.map(str::to_owned),
+                model: None,
+                reply: None,
+                error: code.map(|code| OutcomeError {
+                    code,
+                    message: "test".into(),
+                }),
+                attempts: 0,
+                latency: Duration::ZERO,
+                finished_at: SystemTime::now(),
+                passthrough: Vec::new(),
+            };
+            builder.push(&outcome, &ReplyFields::of(&outcome));
+        }
+        let mut writer =
+            ResultsWriter::create(path, schema, false, Codec::default(), Vec::new()).expect("new");
+        writer
+            .write_row_group(&builder.finish().expect("a batch"))
+            .expect("a row group");
+        writer.close(FileState::Complete).expect("closed");
+    }
+
+    /// Lines 1-3 requests a, b, c; line 4 not JSON; line 5 a second `a`.
+    fn input() -> RunOptions {
+        let line = |id: &str| {
+            format!(
+                r#"{{"custom_id":"{id}","method":"POST","url":"/api/chat","body":{{"model":"m"}}}}"#
+            )
+        };
+        let text = [line("a"), line("b"), line("c"), "{oops".into(), line("a")].join("\n");
+        RunOptions {
+            input: Input::Text(text.into()),
+            ..RunOptions::default()
+        }
+    }
+
+    /// What a complete run of [`input`] writes.
+    const COMPLETE: [Row; 5] = [
+        (Some("a"), 1, None),
+        (Some("b"), 2, Some(ErrorCode::ServerError)),
+        (Some("c"), 3, None),
+        (None, 4, Some(ErrorCode::InvalidJson)),
+        (Some("a"), 5, Some(ErrorCode::DuplicateCustomId)),
+    ];
+
+    fn check(results: &Path, options: &RunOptions) -> (Summary, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let summary = verify(results, options, |problem| {
+            problems.push(problem);
+            Ok(())
+        })
+        .expect("verified");
+        (summary, problems)
+    }
+
+    #[test]
+    fn one_row_per_line_is_clean_even_for_invalid_and_repeated_lines() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("results.parquet");
+        write_results(&path, &COMPLETE);
+        let (summary, problems) = check(&path, &input());
+        assert_eq!(problems, []);
+        assert!(summary.is_clean());
+        assert_eq!((summary.input_lines, summary.invalid_lines), (5, 2));
+        assert_eq!((summary.rows, summary.files), (5, 1));
+    }
+
+    #[test]
+    fn a_dataset_names_missing_duplicated_and_unexpected_rows() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        write_results(&dir.path().join("p0.parquet"), &COMPLETE[..2]);
+        // Line 4 is missing; `c` is there twice; `z` and line 9 belong to no line.
+        write_results(
+            &dir.path().join("p1.parquet"),
+            &[
+                COMPLETE[2],
+                COMPLETE[4],
+                (Some("c"), 3, None),
+                (Some("z"), 7, None),
+                (None, 9, Some(ErrorCode::InvalidJson)),
+            ],
+        );
+        // Not results files: hidden, staging, other names.
+        for ignored in [".p2.parquet", "p3.parquet.tmp", "notes.txt"] {
+            fs::write(dir.path().join(ignored), "junk").expect("written");
+        }
+        let (summary, problems) = check(dir.path(), &input());
+        let unexpected = |custom_id: Option<&str>, line| Problem {
+            custom_id: custom_id.map(str::to_owned),
+            line,
+            kind: ProblemKind::Unexpected {
+                file: "p1.parquet".into(),
+            },
+        };
+        assert_eq!(
+            problems,
+            [
+                Problem {
+                    custom_id: None,
+                    line: 4,
+                    kind: ProblemKind::Missing
+                },
+                unexpected(Some("z"), 7),
+                unexpected(None, 9),
+                Problem {
+                    custom_id: Some("c".into()),
+                    line: 3,
+                    kind: ProblemKind::Duplicated {
+                        count: 2,
+                        files: vec!["p1.parquet".into(), "p1.parquet".into()]
+                    }
+                },
+            ]
+        );
+        assert_eq!(
+            (summary.missing, summary.duplicated, summary.unexpected),
+            (1, 1, 2)
+        );
+        assert_eq!((summary.rows, summary.files), (7, 2));
+        assert_eq!(
+            problems[3].to_json(),
+            r#"{"custom_id":"c","line":3,"problem":"duplicated","count":2,"files":["p1.parquet","p1.parquet"]}"#
+        );
+        assert_eq!(
+            problems[0].to_json(),
+            r#"{"custom_id":null,"line":4,"problem":"missing"}"#
+        );
+    }
+
+    #[test]
+    fn the_runs_model_decides_which_lines_were_requests() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("results.parquet");
+        write_results(&path, &[(Some("a"), 1, None)]);
+        let options = RunOptions {
+            input: Input::Text(
+                r#"{"custom_id":"a","method":"POST","url":"/v1/x","body":{}}"#.into(),
+            ),
+            ..RunOptions::default()
+        };
+        let (summary, _) = check(&path, &options);
+        assert_eq!((summary.missing, summary.unexpected), (1, 1));
+        let with_model = RunOptions {
+            model: Some("m".into()),
+            ..options
+        };
+        assert!(check(&path, &with_model).0.is_clean());
+    }
+
+    #[test]
+    fn the_merge_finds_missing_duplicated_and_unexpected_keys() {
+        let verdicts = compare(&[1, 3, 5, 7, 9], &[0, 0, 3, 5, 5, 5, 9, 10]);
+        assert_eq!(
+            verdicts,
+            Verdicts {
+                missing: vec![1, 7],
+                duplicated: vec![(5, 3)],
+                unexpected: vec![0, 10],
+                unexpected_rows: 3,
+            }
+        );
+        assert_eq!(compare(&[], &[]), Verdicts::default());
+        assert_eq!(compare(&[2], &[]).missing, [2]);
+    }
+
+    #[test]
+    fn standard_input_and_object_storage_are_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("results.parquet");
+        write_results(&path, &COMPLETE);
+        let options = RunOptions {
+            input: Input::Stdin,
+            ..RunOptions::default()
+        };
+        let error = verify(&path, &options, |_| Ok(())).expect_err("refused");
+        assert!(matches!(error, VerifyError::Stdin), "{error}");
+        let bucket = Path::new("s3://bucket/results/");
+        let error = verify(bucket, &input(), |_| Ok(())).expect_err("refused");
+        assert!(
+            error.to_string().contains("s3://bucket/results/"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn what_is_not_results_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let text = dir.path().join("results.parquet");
+        fs::write(&text, "not parquet at all").expect("written");
+        let error = verify(&text, &input(), |_| Ok(())).expect_err("refused");
+        assert!(matches!(error, VerifyError::NotResults { .. }), "{error}");
+        assert!(error.to_string().contains("results.parquet"), "{error}");
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).expect("a folder");
+        let error = verify(&empty, &input(), |_| Ok(())).expect_err("refused");
+        assert!(
+            error.to_string().contains("holds no results files"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_failing_report_stops_the_check() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("results.parquet");
+        write_results(&path, &[]);
+        let mut calls = 0;
+        let error = verify(&path, &input(), |_| {
+            calls += 1;
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        })
+        .expect_err("stopped");
+        assert!(matches!(error, VerifyError::Report(_)), "{error}");
+        assert_eq!(calls, 1);
+    }
+}
