@@ -21,3 +21,4 @@ mod readers;
 mod resume;
 mod scale;
 mod secrets;
+mod serve;

@@ -4,6 +4,7 @@
 //! `RunOptions::default()` or `MockConfig::default()`.
 
 mod options;
+mod serve;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use batchflow::options::{RunOptions, Workers, parse_duration};
 use batchflow::source::Shard;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
+pub use serve::ServeArgs;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -72,6 +74,10 @@ pub enum Command {
     /// Show what a Parquet results file (or each shard of a dataset directory) holds (rows
     /// done, ok, failed) and whether it is complete or resumable, without running anything.
     Status(StatusArgs),
+    /// Serve the OpenAI Files and Batches API (under /v1) in front of the backends: upload a
+    /// JSONL file, create a batch, poll it, download its output and error files, with the
+    /// engine's concurrency, retries and crash-safe results underneath.
+    Serve(ServeArgs),
 }
 
 /// Flags of `run FILE`. Command-line values win over the file's.
