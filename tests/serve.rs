@@ -2,7 +2,7 @@
 //! real binary in front of the in-process mock: the Files API, then batches from create to
 //! completed with their output and error files, listed page by page.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,17 +12,25 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Mock};
 
-/// A running `batchflow serve`, killed when dropped.
-struct Server {
-    child: Child,
+/// A running `batchflow serve`, killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
     /// `http://127.0.0.1:PORT`, read from its log line.
-    url: String,
+    pub url: String,
     log: Arc<Mutex<String>>,
+    /// The bearer key the scripts send.
+    pub key: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path, mock: &Mock, args: &[&str]) -> Server {
+    pub fn start(data_dir: &Path, mock: &Mock, args: &[&str]) -> Server {
+        Server::start_with(data_dir, mock, args, &[])
+    }
+
+    /// Starts it with `env` set.
+    pub fn start_with(data_dir: &Path, mock: &Mock, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = support::batchflow()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(["--backend", &mock.url()])
@@ -53,22 +61,39 @@ impl Server {
             }
         };
         let rest = Arc::clone(&log);
+        // Line by line, so that the log so far can be read while the server runs.
         std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            rest.lock().expect("log").push_str(&text);
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|read| read > 0) {
+                rest.lock().expect("log").push_str(&line);
+                line.clear();
+            }
         });
-        Server { child, url, log }
+        Server {
+            child,
+            url,
+            log,
+            key: "unused".into(),
+        }
     }
 
-    /// Runs `script` with `client` (an `openai.OpenAI` on this server) and `args` (JSON) in
-    /// scope; what it prints, as JSON.
-    fn python(&self, script: &str, args: Value) -> Value {
+    /// Runs `script` with `client` (an `openai.OpenAI` on this server, sending [`Server::key`]),
+    /// `wait(batch_id, until)` (polls until `until(batch)` holds) and `args` (JSON) in scope;
+    /// what it prints, as JSON.
+    pub fn python(&self, script: &str, args: Value) -> Value {
         let prelude = "import json, sys, time, openai\n\
             given = json.loads(sys.stdin.read())\n\
-            client = openai.OpenAI(base_url=given['url'] + '/v1', api_key='unused', max_retries=0)\n\
-            args = given['args']\n";
-        let input = json!({"url": self.url, "args": args}).to_string();
+            client = openai.OpenAI(base_url=given['url'] + '/v1', api_key=given['key'], max_retries=0)\n\
+            args = given['args']\n\
+            def wait(batch_id, until):\n\
+            \x20   deadline = time.time() + 60\n\
+            \x20   while True:\n\
+            \x20       batch = client.batches.retrieve(batch_id)\n\
+            \x20       if until(batch):\n\
+            \x20           return batch\n\
+            \x20       assert time.time() < deadline, batch\n\
+            \x20       time.sleep(0.05)\n";
+        let input = json!({"url": self.url, "key": self.key, "args": args}).to_string();
         let output = support::run_python(&format!("{prelude}{script}"), input.as_bytes());
         serde_json::from_str(&output).unwrap_or_else(|error| {
             panic!(
@@ -78,7 +103,7 @@ impl Server {
         })
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
     }
 }
@@ -108,7 +133,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// `count` chat lines for `/v1/chat/completions` with ids `req-0…`.
-fn openai_lines(count: usize) -> String {
+pub fn openai_lines(count: usize) -> String {
     (0..count)
         .map(|index| {
             json!({

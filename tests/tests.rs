@@ -22,3 +22,4 @@ mod resume;
 mod scale;
 mod secrets;
 mod serve;
+mod serve_faults;

@@ -49,6 +49,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().grace), value_parser = flag_duration, value_name = "DURATION")]
     pub grace: FlagDuration,
 
+    /// Checkpoint each batch's results after this many new rows (or 8 MiB of them, or 30
+    /// seconds): what a killed server's batch resumes from.
+    #[arg(long, default_value_t = RunOptions::default().checkpoint_rows, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_rows: u64,
+
     /// Listen on a non-loopback address without --api-key-env.
     #[arg(long)]
     pub allow_open: bool,
@@ -72,6 +77,7 @@ impl ServeArgs {
                 backends: self.backend.clone(),
                 workers: self.workers,
                 grace: self.grace.0,
+                checkpoint_rows: self.checkpoint_rows,
                 ..RunOptions::default()
             },
             api_key,
