@@ -217,8 +217,6 @@ fn with_a_key_every_request_needs_it_and_it_is_never_logged() {
     );
     assert_eq!(out.trim(), "401");
     assert!(!server.log().contains(key));
-    let stored = std::fs::read_dir(dir.path().join("data")).expect("the data dir");
-    assert!(stored.count() > 0);
 }
 
 #[test]

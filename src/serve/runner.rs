@@ -325,6 +325,14 @@ impl Runner {
             stats_file: dir.join("stats.json"),
             kept,
         });
+        // A cancel that came before the batch was current found nothing to stop.
+        if self
+            .load(id)
+            .await
+            .is_some_and(|batch| batch.status == BatchStatus::Cancelling)
+        {
+            shutdown.stop();
+        }
         let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
         let outcome = engine::run(config, None, shutdown).await;
         follow.abort();
