@@ -2,7 +2,7 @@
 //! lines, written from the dataset (not from a stream of the run) so that a batch resumed
 //! after a crash lists each custom_id exactly once. The error file is the engine's own
 //! (`--errors`), which a resumed run rebuilds from the same dataset. Both become stored Files
-//! through the store.
+//! through the store ([`result_files`]).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -14,7 +14,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use serde_json::value::RawValue;
 
-use super::store::StoreError;
+use super::store::{Store, StoreError};
 use crate::item::{HttpReply, Outcome, ReplyBody};
 use crate::sink::checkpoint::{self, ResultsError};
 use crate::sink::{dataset, jsonl, results};
@@ -157,5 +157,80 @@ fn reply_body(text: &str) -> ReplyBody {
     match RawValue::from_string(text.to_owned()) {
         Ok(json) => ReplyBody::Json(json),
         Err(_) => ReplyBody::Text(text.to_owned()),
+    }
+}
+
+/// The batch's output file (its ok rows) and error file as stored Files, `None` where a file
+/// would be empty; and the rows counted.
+pub fn result_files(
+    store: &Store,
+    id: &str,
+) -> Result<(Option<String>, Option<String>, RowCounts), FinalizeError> {
+    let dir = store.batch_dir(id)?;
+    let ids = store.result_file_ids(id)?;
+    let output = dir.join("output.jsonl");
+    let counts = write_output(&dir.join("results"), &output)?;
+    let output_id = if store.file(&ids.output)?.is_some() {
+        Some(ids.output)
+    } else if counts.ok > 0 {
+        let name = format!("{id}_output.jsonl");
+        Some(
+            store
+                .adopt_file(&ids.output, &output, &name, "batch_output")?
+                .id,
+        )
+    } else {
+        None
+    };
+    let errors = dir.join("errors.jsonl");
+    let error_bytes = std::fs::metadata(&errors).map_or(0, |metadata| metadata.len());
+    let errors_id = if store.file(&ids.error)?.is_some() {
+        Some(ids.error)
+    } else if error_bytes > 0 {
+        let name = format!("{id}_error.jsonl");
+        Some(
+            store
+                .adopt_file(&ids.error, &errors, &name, "batch_output")?
+                .id,
+        )
+    } else {
+        None
+    };
+    // What was not adopted (an empty file, or one made again after a crash) is not kept.
+    for leftover in [output, errors] {
+        if leftover.exists() {
+            std::fs::remove_file(&leftover).map_err(|cause| StoreError::Io {
+                path: leftover.clone(),
+                cause,
+            })?;
+        }
+    }
+    Ok((output_id, errors_id, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalizing_again_after_a_crash_makes_no_second_pair_of_files() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let id = store
+            .new_id(crate::serve::store::BATCH_PREFIX)
+            .expect("an id");
+        let errors = store
+            .batch_dir(&id)
+            .expect("its folder")
+            .join("errors.jsonl");
+        std::fs::write(&errors, "{\"custom_id\": \"a\"}\n").expect("written");
+        let first = result_files(&store, &id).expect("finalized");
+        assert!(first.0.is_none() && first.1.is_some(), "{first:?}");
+        // The engine's resume rebuilds the error file before finalizing runs again.
+        std::fs::write(&errors, "{\"custom_id\": \"a\"}\n").expect("written");
+        let second = result_files(&store, &id).expect("finalized");
+        assert_eq!(first.1, second.1);
+        assert_eq!(store.files().expect("listed").len(), 1);
+        assert!(!errors.exists());
     }
 }

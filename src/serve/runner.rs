@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::check;
-use super::finalize::{self, FinalizeError, RowCounts};
+use super::finalize::{self, RowCounts};
 use super::store::{Store, StoreError};
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
 use crate::engine;
@@ -375,7 +375,8 @@ impl Runner {
             .await;
         let Some(batch) = finalizing else { return };
         let (store, owned) = (self.store.clone(), id.to_owned());
-        let files = tokio::task::spawn_blocking(move || result_files(&store, &owned)).await;
+        let files =
+            tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned)).await;
         let (output, errors, counts) = match files {
             Ok(Ok(files)) => files,
             Ok(Err(error)) => {
@@ -426,36 +427,6 @@ async fn follow_server(server: Shutdown, batch: Shutdown) {
     batch.stop();
     server.aborting().await;
     batch.abort();
-}
-
-/// The batch's output file (its ok rows) and error file as stored Files, `None` where a file
-/// would be empty; and the rows counted.
-fn result_files(
-    store: &Store,
-    id: &str,
-) -> Result<(Option<String>, Option<String>, RowCounts), FinalizeError> {
-    let dir = store.batch_dir(id)?;
-    let output = dir.join("output.jsonl");
-    let counts = finalize::write_output(&dir.join("results"), &output)?;
-    let output_id = match counts.ok {
-        0 => None,
-        _ => Some(
-            store
-                .adopt_file(&output, &format!("{id}_output.jsonl"), "batch_output")?
-                .id,
-        ),
-    };
-    let errors = dir.join("errors.jsonl");
-    let error_bytes = std::fs::metadata(&errors).map_or(0, |metadata| metadata.len());
-    let errors_id = match error_bytes {
-        0 => None,
-        _ => Some(
-            store
-                .adopt_file(&errors, &format!("{id}_error.jsonl"), "batch_output")?
-                .id,
-        ),
-    };
-    Ok((output_id, errors_id, counts))
 }
 
 fn problem(code: &str, message: &str) -> BatchError {

@@ -69,6 +69,13 @@ pub struct StoredBatch {
     pub order: u64,
 }
 
+/// The ids reserved for a batch's output and error files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultFileIds {
+    pub output: String,
+    pub error: String,
+}
+
 /// The data directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -190,19 +197,25 @@ impl Store {
         }
     }
 
-    /// Stores the file at `source` (in the data directory, so a rename) as a new file.
+    /// Stores the file at `source` (in the data directory, so a rename) as the file `id`, an
+    /// id from [`Store::result_file_ids`].
     pub fn adopt_file(
         &self,
+        id: &str,
         source: &Path,
         filename: &str,
         purpose: &str,
     ) -> Result<FileObject, StoreError> {
-        let (id, staged) = self.staging()?;
+        let Some(dir) = self.file_dir(id) else {
+            unreachable!("result file ids are made by Store::new_id");
+        };
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let staged = dir.join(format!("content{TEMPORARY_SUFFIX}"));
         fs::rename(source, &staged).map_err(io_error(&staged))?;
         let bytes = fs::metadata(&staged).map_err(io_error(&staged))?.len();
         let stored = StoredFile {
             file: FileObject {
-                id,
+                id: id.to_owned(),
                 object: "file".into(),
                 bytes,
                 created_at: super::wire::unix_now(),
@@ -214,6 +227,23 @@ impl Store {
         };
         self.commit_file(&stored)?;
         Ok(stored.file)
+    }
+
+    /// The ids of a batch's output and error files, drawn once and kept beside its results,
+    /// so that finalizing again after a crash makes the same two files, never a second pair.
+    pub fn result_file_ids(&self, batch_id: &str) -> Result<ResultFileIds, StoreError> {
+        let path = self.batch_dir(batch_id)?.join("file_ids.json");
+        if let Some(ids) = read_json::<ResultFileIds>(&path)? {
+            if is_id(FILE_PREFIX, &ids.output) && is_id(FILE_PREFIX, &ids.error) {
+                return Ok(ids);
+            }
+        }
+        let ids = ResultFileIds {
+            output: self.new_id(FILE_PREFIX)?,
+            error: self.new_id(FILE_PREFIX)?,
+        };
+        write_json(&path, &ids)?;
+        Ok(ids)
     }
 
     /// The file `id`, if it exists (an id of another format never does).
