@@ -45,6 +45,8 @@
 //! - [`stats`], [`progress`], [`gpu`], [`metrics`]: run figures, their display on stderr and
 //!   in the `--stats` file, GPU memory (NVML, Ollama's `/api/ps`), and the Prometheus endpoint
 //!   (`--metrics`, its text format in `metrics::text`).
+//! - [`serve`]: `batchflow serve`, the OpenAI Files and Batches API over the engine, its
+//!   state in plain files (`serve::store`).
 //! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
 //!
 //! The command line is the binary's alone (`src/main.rs` and `src/flags/`): no module here
@@ -64,6 +66,7 @@ pub mod paths;
 pub mod progress;
 pub mod reply;
 pub mod schema;
+pub mod serve;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

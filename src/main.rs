@@ -25,8 +25,8 @@ use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
 use clap::Parser;
 use flags::{
-    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, StatusArgs, TuneArgs,
-    ValidateArgs, VerifyArgs,
+    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, ServeArgs, StatusArgs,
+    TuneArgs, ValidateArgs, VerifyArgs,
 };
 
 /// A results file's row group is built in buffers of megabytes that are freed at each
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     // keep the default handling.
     if matches!(
         cli.command,
-        None | Some(Command::Run(_)) | Some(Command::Demo(_))
+        None | Some(Command::Run(_)) | Some(Command::Demo(_)) | Some(Command::Serve(_))
     ) {
         let _runtime = runtime.enter();
         shutdown.listen_for_signals();
@@ -116,7 +116,17 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
         Some(Command::Validate(args)) => validate(args).await,
         Some(Command::Tune(args)) => tune(args, cli.log).await,
         Some(Command::Verify(args)) => verify(args, cli.log).await,
+        Some(Command::Serve(args)) => serve(args, shutdown).await,
     }
+}
+
+/// Serves the Batch API until a signal stops it (then the running batch drains and stays
+/// resumable).
+async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
+    let options = args.options(env)?;
+    shutdown.set_grace(options.run.grace);
+    batchflow::serve::serve(options, shutdown).await?;
+    Ok(ExitStatus::Success)
 }
 
 /// Starts the built-in mock with as many slots as the run has workers per backend (with

@@ -22,4 +22,6 @@ mod readers;
 mod resume;
 mod scale;
 mod secrets;
+mod serve;
+mod serve_faults;
 mod verify;

@@ -4,6 +4,7 @@
 //! `RunOptions::default()` or `MockConfig::default()`.
 
 mod options;
+mod serve;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use batchflow::options::{RunOptions, Workers, parse_duration};
 use batchflow::source::Shard;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
+pub use serve::ServeArgs;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -96,6 +98,10 @@ pub enum Command {
     /// no row or several, and every row no line owns; exits 1 if there is any.
     #[command(after_help = VERIFY_EXIT_CODES)]
     Verify(VerifyArgs),
+    /// Serve the OpenAI Files and Batches API (under /v1) in front of the backends: upload a
+    /// JSONL file, create a batch, poll it, download its output and error files, with the
+    /// engine's concurrency, retries and crash-safe results underneath.
+    Serve(ServeArgs),
 }
 
 /// Flags of `run FILE`. Command-line values win over the file's.

@@ -1,0 +1,196 @@
+//! The Batches API handlers: create (the request checked, the batch recorded as `validating`
+//! and queued), retrieve (with live counts while it runs), list (newest first, `after` and
+//! `limit`) and cancel. What happens to a batch after it is queued is the runner's.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path as UrlPath, Query, State};
+use serde::Deserialize;
+
+use super::check::ENDPOINTS;
+use super::store::{BATCH_PREFIX, StoredBatch};
+use super::wire::{ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, unix_now};
+use super::{AppState, blocking};
+
+/// The one completion window OpenAI offers; batchflow has no deadline of its own.
+const COMPLETION_WINDOW: &str = "24h";
+const WINDOW_SECS: u64 = 24 * 3600;
+/// OpenAI's limit on metadata pairs.
+const MAX_METADATA: usize = 16;
+
+pub async fn create(
+    State(state): State<AppState>,
+    request: Result<Json<CreateBatch>, JsonRejection>,
+) -> Result<Json<Batch>, ApiError> {
+    let Json(request) =
+        request.map_err(|rejection| ApiError::invalid(rejection.body_text(), None))?;
+    if request.completion_window != COMPLETION_WINDOW {
+        return Err(ApiError::invalid(
+            format!("completion_window must be '{COMPLETION_WINDOW}'."),
+            Some("completion_window"),
+        ));
+    }
+    if !ENDPOINTS.contains(&request.endpoint.as_str()) {
+        return Err(ApiError::invalid(
+            format!(
+                "'{}' is not a supported endpoint; use one of {}.",
+                request.endpoint,
+                ENDPOINTS.join(", ")
+            ),
+            Some("endpoint"),
+        ));
+    }
+    if request
+        .metadata
+        .as_ref()
+        .is_some_and(|pairs| pairs.len() > MAX_METADATA)
+    {
+        return Err(ApiError::invalid(
+            format!("metadata holds at most {MAX_METADATA} pairs."),
+            Some("metadata"),
+        ));
+    }
+    let input = request.input_file_id.clone();
+    let file = blocking(&state.store, move |store| store.file(&input)).await?;
+    match file {
+        None => return Err(ApiError::not_found("File", &request.input_file_id)),
+        Some(stored) if stored.file.purpose != "batch" => {
+            return Err(ApiError::invalid(
+                format!(
+                    "File {} has purpose '{}'; a batch's input has purpose 'batch'.",
+                    request.input_file_id, stored.file.purpose
+                ),
+                Some("input_file_id"),
+            ));
+        }
+        Some(_) => {}
+    }
+    let store = state.store.clone();
+    let stored = blocking(&state.store, move |_| {
+        let created_at = unix_now();
+        let stored = StoredBatch {
+            batch: Batch {
+                id: store.new_id(BATCH_PREFIX)?,
+                object: "batch".into(),
+                endpoint: request.endpoint,
+                errors: None,
+                input_file_id: request.input_file_id,
+                completion_window: request.completion_window,
+                status: BatchStatus::Validating,
+                output_file_id: None,
+                error_file_id: None,
+                created_at,
+                in_progress_at: None,
+                expires_at: Some(created_at + WINDOW_SECS),
+                finalizing_at: None,
+                completed_at: None,
+                failed_at: None,
+                expired_at: None,
+                cancelling_at: None,
+                cancelled_at: None,
+                request_counts: RequestCounts::default(),
+                metadata: request.metadata,
+            },
+            order: store.next_order(),
+        };
+        store.put_batch(&stored)?;
+        Ok(stored)
+    })
+    .await?;
+    let batch = stored.batch;
+    tracing::info!(batch_id = %batch.id, input_file_id = %batch.input_file_id, endpoint = %batch.endpoint, "Batch created.");
+    state.runner.enqueue(batch.id.clone());
+    Ok(Json(batch))
+}
+
+pub async fn retrieve(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Batch>, ApiError> {
+    let (runner, looked_up) = (state.runner.clone(), id.clone());
+    let found = blocking(&state.store, move |store| {
+        Ok(store.batch(&looked_up)?.map(|stored| {
+            let mut batch = stored.batch;
+            runner.live_counts(&mut batch);
+            batch
+        }))
+    })
+    .await?;
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("Batch", &id))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<BatchList>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text(), None))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit must be from 1 to 100.",
+            Some("limit"),
+        ));
+    }
+    let runner = state.runner.clone();
+    let (data, has_more) = blocking(&state.store, move |store| {
+        let batches = store.batches()?.into_iter().map(|stored| stored.batch);
+        let (mut data, has_more) =
+            super::page(batches, |batch| &batch.id, query.after.as_deref(), limit);
+        for batch in &mut data {
+            runner.live_counts(batch);
+        }
+        Ok((data, has_more))
+    })
+    .await?;
+    Ok(Json(BatchList {
+        object: "list",
+        first_id: data.first().map(|batch| batch.id.clone()),
+        last_id: data.last().map(|batch| batch.id.clone()),
+        data,
+        has_more,
+    }))
+}
+
+/// Marks the batch `cancelling`; the runner drains it to `cancelled`, keeping its results.
+pub async fn cancel(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Batch>, ApiError> {
+    let changed = id.clone();
+    let updated = blocking(&state.store, move |store| {
+        store.update_batch(&changed, |batch| match batch.status {
+            BatchStatus::Validating | BatchStatus::InProgress => {
+                batch.status = BatchStatus::Cancelling;
+                batch.cancelling_at = Some(unix_now());
+                Ok(true)
+            }
+            BatchStatus::Cancelling => Ok(false),
+            other => Err(other),
+        })
+    })
+    .await?;
+    match updated {
+        None => Err(ApiError::not_found("Batch", &id)),
+        Some((_, Err(status))) => Err(ApiError::conflict(format!(
+            "Batch {id} cannot be cancelled: its status is {}.",
+            serde_json::to_string(&status)
+                .unwrap_or_default()
+                .trim_matches('"')
+        ))),
+        Some((batch, Ok(newly))) => {
+            if newly {
+                tracing::info!(batch_id = %id, "Batch cancelling.");
+            }
+            state.runner.cancel(&id);
+            Ok(Json(batch))
+        }
+    }
+}

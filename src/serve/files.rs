@@ -1,0 +1,261 @@
+//! The Files API handlers: multipart upload (`purpose=batch`), list, retrieve, content and
+//! delete. An upload is streamed to a staging file and counted as it arrives: over
+//! `--max-file-bytes` it is refused with 413 and the staging file removed, and only a whole
+//! upload is committed (the store's job), so nothing half-stored is ever listed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::store::StoredFile;
+use super::wire::{ApiError, FileDeleted, FileList, FileObject, unix_now};
+use super::{AppState, blocking};
+
+/// Purposes an upload may have: batchflow only runs batches.
+const UPLOAD_PURPOSES: &[&str] = &["batch"];
+
+/// Bytes read from disk per chunk of a download.
+const DOWNLOAD_CHUNK: usize = 64 << 10;
+
+/// A whole upload, staged.
+struct Received {
+    filename: String,
+    purpose: String,
+    bytes: u64,
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<FileObject>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    // The multipart framing adds a few hundred bytes around the file; a body this much over
+    // the limit cannot hold a file within it.
+    if declared.is_some_and(|length| length > state.max_file_bytes.saturating_add(64 << 10)) {
+        return Err(ApiError::too_large(state.max_file_bytes));
+    }
+    let mut multipart = multipart.map_err(|rejection| {
+        ApiError::invalid(
+            format!("Expected a multipart/form-data upload: {rejection}"),
+            None,
+        )
+    })?;
+    let (id, staged) = blocking(&state.store, |store| store.staging()).await?;
+    let received = match receive(&mut multipart, &staged, state.max_file_bytes).await {
+        Ok(received) => received,
+        Err(error) => {
+            let discarded = id.clone();
+            blocking(&state.store, move |store| {
+                store.discard(&discarded);
+                Ok(())
+            })
+            .await?;
+            return Err(error);
+        }
+    };
+    let stored = StoredFile {
+        file: FileObject {
+            id,
+            object: "file".into(),
+            bytes: received.bytes,
+            created_at: unix_now(),
+            filename: received.filename,
+            purpose: received.purpose,
+            status: "processed".into(),
+        },
+        order: state.store.next_order(),
+    };
+    let file = stored.file.clone();
+    blocking(&state.store, move |store| store.commit_file(&stored)).await?;
+    tracing::info!(file_id = %file.id, bytes = file.bytes, "Stored an uploaded file.");
+    Ok(Json(file))
+}
+
+/// Reads the form: `purpose`, and `file` streamed to `staged`.
+async fn receive(
+    multipart: &mut Multipart,
+    staged: &Path,
+    limit: u64,
+) -> Result<Received, ApiError> {
+    let malformed = |error: axum::extract::multipart::MultipartError| {
+        ApiError::invalid(error.body_text(), None)
+    };
+    let (mut purpose, mut file) = (None, None);
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        match field.name() {
+            Some("purpose") => purpose = Some(field.text().await.map_err(malformed)?),
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("upload.jsonl").to_owned();
+                let bytes = stream_to(field, staged, limit).await?;
+                file = Some((filename, bytes));
+            }
+            // Fields the API does not know are passed over, as OpenAI does.
+            _ => {}
+        }
+    }
+    let purpose = purpose.ok_or_else(|| {
+        ApiError::invalid("Missing required parameter: 'purpose'.", Some("purpose"))
+    })?;
+    if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
+        return Err(ApiError::invalid(
+            format!("'{purpose}' is not a supported purpose; batchflow takes 'batch'."),
+            Some("purpose"),
+        ));
+    }
+    let (filename, bytes) =
+        file.ok_or_else(|| ApiError::invalid("Missing required parameter: 'file'.", Some("file")))?;
+    Ok(Received {
+        filename,
+        purpose,
+        bytes,
+    })
+}
+
+/// Appends the field's chunks to `staged` as they arrive. The writes go to the page cache and
+/// take microseconds, so they run on the runtime; the one slow call, the fsync, is the
+/// store's, off it.
+async fn stream_to(mut field: Field<'_>, staged: &Path, limit: u64) -> Result<u64, ApiError> {
+    let failed = |error: std::io::Error| {
+        tracing::error!(path = %staged.display(), "Cannot write an upload: {error}.");
+        ApiError::internal()
+    };
+    let mut file = std::fs::File::create(staged).map_err(failed)?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|error| ApiError::invalid(error.body_text(), Some("file")))?
+    {
+        bytes += chunk.len() as u64;
+        if bytes > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        file.write_all(&chunk).map_err(failed)?;
+    }
+    Ok(bytes)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    purpose: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<FileList>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text(), None))?;
+    let limit = query.limit.unwrap_or(10_000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit must be from 1 to 10000.",
+            Some("limit"),
+        ));
+    }
+    let files = blocking(&state.store, |store| store.files()).await?;
+    let files = files
+        .into_iter()
+        .map(|stored| stored.file)
+        .filter(|file| query.purpose.as_ref().is_none_or(|p| *p == file.purpose));
+    let (data, has_more) = super::page(files, |file| &file.id, query.after.as_deref(), limit);
+    Ok(Json(FileList {
+        object: "list",
+        first_id: data.first().map(|file| file.id.clone()),
+        last_id: data.last().map(|file| file.id.clone()),
+        data,
+        has_more,
+    }))
+}
+
+pub async fn retrieve(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<FileObject>, ApiError> {
+    let looked_up = id.clone();
+    match blocking(&state.store, move |store| store.file(&looked_up)).await? {
+        Some(stored) => Ok(Json(stored.file)),
+        None => Err(ApiError::not_found("File", &id)),
+    }
+}
+
+pub async fn content(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let looked_up = id.clone();
+    let found = blocking(&state.store, move |store| {
+        Ok(store
+            .file(&looked_up)?
+            .and_then(|_| store.content_path(&looked_up)))
+    })
+    .await?;
+    let Some(path) = found else {
+        return Err(ApiError::not_found("File", &id));
+    };
+    let file = std::fs::File::open(&path).map_err(|error| {
+        tracing::error!(path = %path.display(), "Cannot open a stored file: {error}.");
+        ApiError::internal()
+    })?;
+    let body = Body::from_stream(read_chunks(file, path));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// The file's bytes as a stream, read on a blocking thread a few chunks ahead of the client.
+fn read_chunks(
+    mut file: std::fs::File,
+    path: PathBuf,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Bytes, std::io::Error>> {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut chunk = vec![0u8; DOWNLOAD_CHUNK];
+            let read = match file.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), "Cannot read a stored file: {error}.");
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            };
+            chunk.truncate(read);
+            if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                // The client went away.
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<FileDeleted>, ApiError> {
+    let deleted = id.clone();
+    if blocking(&state.store, move |store| store.delete_file(&deleted)).await? {
+        tracing::info!(file_id = %id, "Deleted a file.");
+        Ok(Json(FileDeleted {
+            id,
+            object: "file",
+            deleted: true,
+        }))
+    } else {
+        Err(ApiError::not_found("File", &id))
+    }
+}

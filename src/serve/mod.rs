@@ -1,0 +1,230 @@
+//! `batchflow serve`: the OpenAI Files and Batches API in front of the engine, so that code
+//! written against the OpenAI SDK runs its batches on local servers by changing `base_url`.
+//!
+//! ```text
+//!  client ──HTTP /v1──▶ files.rs, batches.rs ──▶ store.rs (--data-dir: files, batch records)
+//!                                   │ enqueue
+//!                                   ▼
+//!                       runner.rs: one batch at a time ──▶ engine::run ──▶ backends
+//!                       check.rs (input lines), finalize.rs (output and error files)
+//! ```
+//!
+//! This module owns the server: its options, the router, binding, the bearer-key check and
+//! shutdown. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
+//! engine's, configured from [`ServeOptions::run`].
+
+mod batches;
+mod check;
+mod files;
+mod finalize;
+mod runner;
+pub mod store;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::options::RunOptions;
+use crate::shutdown::Shutdown;
+use store::{Store, StoreError};
+use wire::ApiError;
+
+/// Files over this are refused with 413 unless `--max-file-bytes` says otherwise: OpenAI's
+/// own limit.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
+
+/// Everything the server needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The template of every batch's run: backends, workers, timeouts, retries. The server
+    /// sets the input, outputs and resume mode of each batch itself.
+    pub run: RunOptions,
+    /// The bearer key clients must send; `None` lets every client in.
+    pub api_key: Option<String>,
+    pub max_file_bytes: u64,
+    /// Listen on a non-loopback address without a key (refused otherwise).
+    pub allow_open: bool,
+}
+
+/// Why the server could not start or went down.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--data-dir: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error(
+        "--listen {0} is reachable from other machines: give clients a key with --api-key-env, or pass --allow-open"
+    )]
+    OpenWithoutKey(SocketAddr),
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    store: Store,
+    runner: Arc<runner::Runner>,
+    max_file_bytes: u64,
+}
+
+/// Serves until `shutdown` stops it: the listener closes, the running batch is drained within
+/// the grace period (and stays resumable), and this returns.
+pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
+    if !options.listen.ip().is_loopback() && options.api_key.is_none() && !options.allow_open {
+        return Err(ServeError::OpenWithoutKey(options.listen));
+    }
+    let data_dir = options.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .map_err(|error| ServeError::Serve(std::io::Error::other(error)))??;
+    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
+    let state = AppState {
+        store,
+        runner,
+        max_file_bytes: options.max_file_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|cause| ServeError::Bind {
+            addr: options.listen,
+            cause,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(%addr, "Serving the OpenAI Batch API.");
+    let router = router(state, options.api_key.map(Arc::from));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.stopping())
+        .await
+        .map_err(ServeError::Serve)?;
+    if running.await.is_err() {
+        tracing::error!("The batch runner panicked.");
+    }
+    Ok(())
+}
+
+fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
+    let api = Router::new()
+        .route(
+            "/files",
+            post(files::upload)
+                .layer(DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
+        .route("/batches", post(batches::create).get(batches::list))
+        .route("/batches/{id}", get(batches::retrieve))
+        .route("/batches/{id}/cancel", post(batches::cancel))
+        .fallback(|| async { ApiError::not_found_route() })
+        .with_state(state);
+    Router::new()
+        .nest("/v1", api)
+        .fallback(|| async { ApiError::not_found_route() })
+        .layer(middleware::from_fn_with_state(api_key, authorize))
+}
+
+/// Lets a request through when the server has no key, or when it carries
+/// `Authorization: Bearer <key>`; else 401.
+async fn authorize(State(key): State<Option<Arc<str>>>, request: Request, next: Next) -> Response {
+    let Some(key) = key else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match given {
+        Some(given) if same_secret(given, key.as_bytes()) => next.run(request).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Compares in time that depends on the lengths only, never on where the bytes differ.
+fn same_secret(given: &[u8], key: &[u8]) -> bool {
+    let differing = given
+        .iter()
+        .zip(key.iter().cycle())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    differing == 0 && given.len() == key.len()
+}
+
+/// Runs `work` on the store off the runtime's thread (it syncs files); a store failure is
+/// logged and answered with 500.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            tracing::error!("The data directory failed: {error}.");
+            Err(ApiError::internal())
+        }
+        Err(error) => {
+            tracing::error!("A data directory task failed: {error}.");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// One page of `items` (already in listing order): those after the one whose id is `after`
+/// (all if it is `None` or unknown, as OpenAI does), at most `limit`; and whether more follow.
+fn page<T>(
+    items: impl Iterator<Item = T>,
+    id: impl Fn(&T) -> &str,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, bool) {
+    let mut items: Vec<T> = items.collect();
+    if let Some(position) = after.and_then(|after| items.iter().position(|item| id(item) == after))
+    {
+        items.drain(..=position);
+    }
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    (items, has_more)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3cretX", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn pages_start_after_the_given_id() {
+        let items = || ["a", "b", "c", "d"].map(String::from).into_iter();
+        let (first, more) = page(items(), String::as_str, None, 2);
+        assert_eq!((first, more), (vec!["a".to_owned(), "b".to_owned()], true));
+        let (second, more) = page(items(), String::as_str, Some("b"), 2);
+        assert_eq!(
+            (second, more),
+            (vec!["c".to_owned(), "d".to_owned()], false)
+        );
+        let (last, more) = page(items(), String::as_str, Some("d"), 2);
+        assert!(last.is_empty() && !more);
+    }
+}

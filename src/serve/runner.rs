@@ -1,0 +1,439 @@
+//! The batch runner: one task that takes batches first in, first out and runs each through
+//! the engine, so queued batches share the server's backends and worker budget instead of
+//! competing for them. A batch goes `validating` (its lines checked, `check.rs`) →
+//! `in_progress` (the engine, resuming whatever results the batch already has) →
+//! `finalizing` (its output and error files, `finalize.rs`) → `completed`; or `failed`; or,
+//! when cancelled, `cancelling` → `cancelled` with the results so far. A server that stops
+//! mid-batch leaves it `in_progress`; the next start queues it again, and the engine's resume
+//! sends only what its results lack, so each custom_id ends up exactly once.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::check;
+use super::finalize::{self, RowCounts};
+use super::store::{Store, StoreError};
+use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
+use crate::engine;
+use crate::error::Error;
+use crate::options::{Console, RunOptions};
+use crate::shutdown::Shutdown;
+use crate::sink::parquet::OutputMode;
+use crate::source::Input;
+
+/// The batch being run, for live counts and cancelling.
+struct Current {
+    id: String,
+    shutdown: Shutdown,
+    stats_file: PathBuf,
+    /// Rows its results already held when this run started.
+    kept: RowCounts,
+}
+
+/// The queue and the batch being run.
+pub struct Runner {
+    store: Store,
+    /// Every batch's run starts from this (backends, workers, timeouts, retries).
+    template: RunOptions,
+    /// Batch ids waiting, oldest first: a few bytes each, as many as there are batches.
+    queue: Mutex<VecDeque<String>>,
+    wake: Notify,
+    current: Mutex<Option<Current>>,
+}
+
+/// How a run ended, for the record.
+enum Ending {
+    /// The server is stopping: the batch stays as it is, to be resumed.
+    Suspended,
+    Failed(Vec<BatchError>),
+    /// The engine ran to its end (or to a cancel).
+    Ran,
+}
+
+impl Runner {
+    /// Starts the runner's task, which first queues again the batches a previous server left
+    /// unfinished, then runs batches until `server` stops.
+    pub fn start(
+        store: Store,
+        template: RunOptions,
+        server: Shutdown,
+    ) -> (Arc<Runner>, JoinHandle<()>) {
+        let runner = Arc::new(Runner {
+            store,
+            template,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            current: Mutex::new(None),
+        });
+        let task = tokio::spawn(Arc::clone(&runner).run_queue(server));
+        (runner, task)
+    }
+
+    async fn run_queue(self: Arc<Runner>, server: Shutdown) {
+        match self.unfinished().await {
+            Ok(ids) => {
+                if !ids.is_empty() {
+                    tracing::info!(batches = ids.len(), "Resuming unfinished batches.");
+                }
+                for id in ids {
+                    self.enqueue(id);
+                }
+            }
+            Err(error) => tracing::error!("Cannot list the unfinished batches: {error}."),
+        }
+        loop {
+            let id = tokio::select! {
+                _ = server.stopping() => return,
+                id = self.next() => id,
+            };
+            self.run_one(&id, &server).await;
+        }
+    }
+
+    /// The ids of batches not yet in a final state, oldest first.
+    async fn unfinished(&self) -> Result<Vec<String>, StoreError> {
+        let store = self.store.clone();
+        let batches = tokio::task::spawn_blocking(move || store.batches())
+            .await
+            .map_err(|error| StoreError::Io {
+                path: PathBuf::new(),
+                cause: std::io::Error::other(error),
+            })??;
+        Ok(batches
+            .into_iter()
+            .rev()
+            .filter(|stored| !stored.batch.status.is_terminal())
+            .map(|stored| stored.batch.id)
+            .collect())
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts a batch at the end of the queue.
+    pub fn enqueue(&self, id: String) {
+        self.queue().push_back(id);
+        self.wake.notify_one();
+    }
+
+    async fn next(&self) -> String {
+        loop {
+            if let Some(id) = self.queue().pop_front() {
+                return id;
+            }
+            // A notification sent while nobody waits is kept for the next wait.
+            self.wake.notified().await;
+        }
+    }
+
+    /// Stops a cancelled batch: the one running drains its in-flight requests; a queued one
+    /// moves to the front, to be closed as cancelled at once.
+    pub fn cancel(&self, id: &str) {
+        if let Some(current) = self.current().as_ref().filter(|current| current.id == id) {
+            current.shutdown.stop();
+            return;
+        }
+        let mut queue = self.queue();
+        if let Some(position) = queue.iter().position(|queued| queued == id) {
+            if let Some(queued) = queue.remove(position) {
+                queue.push_front(queued);
+            }
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// The batch's counts as of now: while it runs, its results before this run plus what the
+    /// run's stats file says (rewritten every 2 seconds). Blocking (a small file read).
+    pub fn live_counts(&self, batch: &mut Batch) {
+        let current = self.current();
+        let Some(current) = current.as_ref().filter(|current| current.id == batch.id) else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(&current.stats_file) else {
+            return;
+        };
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return;
+        };
+        let figure = |name: &str| stats.get(name).and_then(serde_json::Value::as_u64);
+        let (Some(succeeded), Some(failed)) = (figure("succeeded"), figure("failed")) else {
+            return;
+        };
+        let invalid = figure("invalid").unwrap_or(0);
+        batch.request_counts.completed = current.kept.ok + succeeded;
+        batch.request_counts.failed = current.kept.errors + failed + invalid;
+    }
+
+    /// Runs one batch from wherever its record says it stands.
+    async fn run_one(&self, id: &str, server: &Shutdown) {
+        let Some(batch) = self.load(id).await else {
+            return;
+        };
+        if batch.status.is_terminal() {
+            return;
+        }
+        let ending = match batch.status {
+            // Cancelled while queued: nothing ran (or what a previous server ran is kept).
+            BatchStatus::Cancelling => Ending::Ran,
+            _ => self.run_engine(batch, server).await,
+        };
+        match ending {
+            Ending::Suspended => {
+                tracing::info!(batch_id = %id, "Batch suspended; it resumes at the next start.");
+            }
+            Ending::Failed(errors) => self.fail(id, errors).await,
+            Ending::Ran => self.finish(id).await,
+        }
+    }
+
+    async fn load(&self, id: &str) -> Option<Batch> {
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        match tokio::task::spawn_blocking(move || store.batch(&owned)).await {
+            Ok(Ok(stored)) => stored.map(|stored| stored.batch),
+            Ok(Err(error)) => {
+                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
+                None
+            }
+            Err(error) => {
+                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
+                None
+            }
+        }
+    }
+
+    /// Changes the batch's record off the runtime; failures are logged (the record then stays
+    /// as it was, which a restart picks up again).
+    async fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Batch) + Send + 'static,
+    ) -> Option<Batch> {
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        let updated = tokio::task::spawn_blocking(move || store.update_batch(&owned, change)).await;
+        match updated {
+            Ok(Ok(Some((batch, ())))) => Some(batch),
+            Ok(Ok(None)) => None,
+            Ok(Err(error)) => {
+                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
+                None
+            }
+            Err(error) => {
+                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
+                None
+            }
+        }
+    }
+
+    /// Validates (the first time) and runs the batch through the engine.
+    async fn run_engine(&self, batch: Batch, server: &Shutdown) -> Ending {
+        let id = batch.id.clone();
+        let Some(input) = self.store.content_path(&batch.input_file_id) else {
+            return Ending::Failed(vec![problem("invalid_file", "the input file is gone")]);
+        };
+        if batch.status == BatchStatus::Validating {
+            let (path, endpoint) = (input.clone(), batch.endpoint.clone());
+            let max_line = self.template.max_line_bytes;
+            let checked =
+                tokio::task::spawn_blocking(move || check::check_input(&path, &endpoint, max_line))
+                    .await;
+            let total = match checked {
+                Ok(Ok(Ok(total))) => total,
+                Ok(Ok(Err(problems))) => return Ending::Failed(problems),
+                Ok(Err(error)) => {
+                    return Ending::Failed(vec![problem(
+                        "invalid_file",
+                        &format!("cannot read the input file: {error}"),
+                    )]);
+                }
+                Err(error) => {
+                    return Ending::Failed(vec![problem("internal_error", &error.to_string())]);
+                }
+            };
+            let started = self
+                .update(&id, move |batch| {
+                    if batch.status == BatchStatus::Validating {
+                        batch.status = BatchStatus::InProgress;
+                        batch.in_progress_at = Some(unix_now());
+                        batch.request_counts.total = total;
+                    }
+                })
+                .await;
+            match started.map(|batch| batch.status) {
+                Some(BatchStatus::InProgress) => {
+                    tracing::info!(batch_id = %id, requests = total, "Batch in progress.");
+                }
+                _ => return Ending::Ran,
+            }
+        }
+        self.engine(&id, input, server).await
+    }
+
+    /// The engine's run of the batch, resuming its results.
+    async fn engine(&self, id: &str, input: PathBuf, server: &Shutdown) -> Ending {
+        let dir = match self.store.batch_dir(id) {
+            Ok(dir) => dir,
+            Err(error) => {
+                return Ending::Failed(vec![problem("internal_error", &error.to_string())]);
+            }
+        };
+        let results = dir.join("results/");
+        let counted = results.clone();
+        let kept = tokio::task::spawn_blocking(move || finalize::count_rows(&counted))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let options = RunOptions {
+            input: Input::File(input),
+            results: Some(results),
+            errors_file: Some(dir.join("errors.jsonl")),
+            stats_file: Some(dir.join("stats.json")),
+            existing: OutputMode::Resume {
+                retry_errors: false,
+            },
+            ..self.template.clone()
+        };
+        let console = Console {
+            quiet: true,
+            stderr_is_terminal: false,
+        };
+        let config = match options.resolve(console, None, |name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(error) => {
+                return Ending::Failed(vec![problem("invalid_config", &error.to_string())]);
+            }
+        };
+        let shutdown = Shutdown::new();
+        shutdown.set_grace(config.grace);
+        *self.current() = Some(Current {
+            id: id.to_owned(),
+            shutdown: shutdown.clone(),
+            stats_file: dir.join("stats.json"),
+            kept,
+        });
+        // A cancel that came before the batch was current found nothing to stop.
+        if self
+            .load(id)
+            .await
+            .is_some_and(|batch| batch.status == BatchStatus::Cancelling)
+        {
+            shutdown.stop();
+        }
+        let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
+        let outcome = engine::run(config, None, shutdown).await;
+        follow.abort();
+        *self.current() = None;
+        if server.is_stopping() {
+            return Ending::Suspended;
+        }
+        match outcome {
+            Ok(report) => match report.fatal {
+                Some(fatal) => Ending::Failed(vec![problem("engine_error", &fatal.to_string())]),
+                None => Ending::Ran,
+            },
+            // A cancel before the first request: nothing was sent.
+            Err(Error::Interrupted) => Ending::Ran,
+            Err(error) => Ending::Failed(vec![problem("engine_error", &error.to_string())]),
+        }
+    }
+
+    async fn fail(&self, id: &str, errors: Vec<BatchError>) {
+        let reason = errors.first().map_or("", |error| error.message.as_str());
+        tracing::warn!(batch_id = %id, reason, "Batch failed.");
+        self.update(id, move |batch| {
+            batch.status = BatchStatus::Failed;
+            batch.failed_at = Some(unix_now());
+            batch.errors = Some(BatchErrors::new(errors));
+        })
+        .await;
+    }
+
+    /// Writes the output and error files and closes the batch as completed, or cancelled if
+    /// it was being cancelled.
+    async fn finish(&self, id: &str) {
+        let finalizing = self
+            .update(id, |batch| {
+                if batch.status == BatchStatus::InProgress {
+                    batch.status = BatchStatus::Finalizing;
+                    batch.finalizing_at = Some(unix_now());
+                }
+            })
+            .await;
+        let Some(batch) = finalizing else { return };
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        let files =
+            tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned)).await;
+        let (output, errors, counts) = match files {
+            Ok(Ok(files)) => files,
+            Ok(Err(error)) => {
+                return self
+                    .fail(id, vec![problem("internal_error", &error.to_string())])
+                    .await;
+            }
+            Err(error) => {
+                return self
+                    .fail(id, vec![problem("internal_error", &error.to_string())])
+                    .await;
+            }
+        };
+        let cancelled = batch.status == BatchStatus::Cancelling;
+        let closed = self
+            .update(id, move |batch| {
+                batch.output_file_id = output;
+                batch.error_file_id = errors;
+                batch.request_counts = RequestCounts {
+                    total: batch.request_counts.total.max(counts.ok + counts.errors),
+                    completed: counts.ok,
+                    failed: counts.errors,
+                };
+                if cancelled {
+                    batch.status = BatchStatus::Cancelled;
+                    batch.cancelled_at = Some(unix_now());
+                } else {
+                    batch.status = BatchStatus::Completed;
+                    batch.completed_at = Some(unix_now());
+                }
+            })
+            .await;
+        if let Some(batch) = closed {
+            tracing::info!(
+                batch_id = %id,
+                status = ?batch.status,
+                completed = counts.ok,
+                failed = counts.errors,
+                "Batch closed."
+            );
+        }
+    }
+}
+
+/// Passes the server's stop and abort on to a batch's run.
+async fn follow_server(server: Shutdown, batch: Shutdown) {
+    server.stopping().await;
+    batch.stop();
+    server.aborting().await;
+    batch.abort();
+}
+
+fn problem(code: &str, message: &str) -> BatchError {
+    BatchError {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        param: None,
+        line: None,
+    }
+}
