@@ -25,6 +25,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 /// The URL schemes read as object storage.
 const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"];
 
+/// Added to a download's file name until it is complete.
+pub const DOWNLOAD_SUFFIX: &str = ".download";
+
 /// How long one operation is retried before it fails.
 pub const RETRY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -71,6 +74,43 @@ pub fn local_path(text: &str) -> Option<Result<PathBuf, StorageError>> {
                 reason: "not a file URL of an absolute local path (file:///folder/…)".into(),
             }),
     )
+}
+
+/// Creates `dir` (its parent must exist) for this user alone, or takes it if it is already
+/// this user's alone: a staging folder under the shared temporary directory, whose name others
+/// can guess, must not be one they made (and could have filled with links).
+pub fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let local_error = |cause| StorageError::Local {
+        path: dir.to_owned(),
+        cause,
+    };
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(local_error(error)),
+    }
+    let found = fs::symlink_metadata(dir).map_err(local_error)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !found.is_dir() || found.uid() != me || found.mode() & 0o077 != 0 {
+        return Err(local_error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "it exists but is not a folder of this user's alone (mode 0700); remove it or set TMPDIR elsewhere",
+        )));
+    }
+    Ok(())
+}
+
+/// The name of a staging folder for `key` under the temporary directory: this user's, so that
+/// two users' runs of one URL never share it.
+pub fn staging_name(prefix: &str, key: &str) -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!(
+        "{prefix}-{me}-{:016x}",
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    ))
 }
 
 /// A folder of objects (a prefix) in a store.
@@ -196,7 +236,7 @@ impl Remote {
     /// torn download never passes for the object). Returns its size.
     pub fn download(&self, name: &str, to: &Path) -> Result<u64, StorageError> {
         let location = self.inner.prefix.clone().join(name);
-        let partial = crate::paths::with_suffix(to, ".download");
+        let partial = crate::paths::with_suffix(to, DOWNLOAD_SUFFIX);
         let local_error = |path: &Path| {
             let path = path.to_owned();
             move |cause| StorageError::Local {

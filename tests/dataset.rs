@@ -18,7 +18,17 @@ fn dataset_path(dir: &Path, name: &str) -> PathBuf {
     PathBuf::from(format!("{}/{name}/", dir.display()))
 }
 
+/// The names a reader listing the dataset sees: all but hidden files (the shards' lock files).
 fn part_names(dataset: &Path) -> Vec<String> {
+    let mut names: Vec<String> = all_names(dataset)
+        .into_iter()
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+fn all_names(dataset: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dataset)
         .expect("the dataset exists")
         .map(|entry| {
@@ -98,6 +108,19 @@ fn shards_write_their_own_parts_into_one_dataset_and_each_id_lands_once() {
     assert!(
         names.iter().all(|name| name.ends_with(".parquet")),
         "nothing but parts: {names:?}"
+    );
+    let hidden: Vec<String> = all_names(&dataset)
+        .into_iter()
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert_eq!(
+        hidden,
+        [
+            ".part-0-of-3.lock",
+            ".part-1-of-3.lock",
+            ".part-2-of-3.lock"
+        ],
+        "beside the parts, only each shard's hidden lock file"
     );
     let rows = dataset_rows(&dataset);
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -304,4 +327,45 @@ fn a_pipeline_files_sink_may_name_a_dataset_beside_it() {
     let dataset = dir.path().join("results");
     assert_eq!(part_names(&dataset), ["part-0-of-1-00000.parquet"]);
     assert_eq!(dataset_rows(&dataset).len(), 30);
+}
+
+#[test]
+fn a_second_run_of_a_shard_that_is_being_written_is_refused_and_touches_nothing() {
+    let mock = Mock::start(MockConfig {
+        slots: 2,
+        latency: Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_input(dir.path(), &chat_lines(400));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let mut first = batchflow()
+        .arg(&input)
+        .args(["--backend", &mock.url(), "--quiet", "--output", output])
+        .args(["--checkpoint-rows", "5", "--workers", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    support::wait_until("the first run's first checkpoint", || {
+        dataset.join("part-0-of-1-00000.parquet").exists()
+    });
+    let second = run(&input, &mock, &["--output", output, "--resume"]);
+    let still_running = first.try_wait().expect("waitable").is_none();
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    assert!(still_running, "the second run met the first one running");
+    assert_eq!(second.code(), Some(2), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("held by another run writing shard 0/1"),
+        "{}",
+        second.stderr
+    );
+    let resumed = run(&input, &mock, &["--output", output, "--resume"]);
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    let rows = dataset_rows(&dataset);
+    assert_eq!(rows.len(), 400, "a kill frees the lock; each id once");
 }

@@ -148,12 +148,10 @@ impl RunOptions {
                 }
                 .into());
             }
-            let staging = std::env::temp_dir().join(format!(
-                "batchflow-{:016x}",
-                xxhash_rust::xxh3::xxh3_64(
-                    format!("{text} {}/{}", owner.index, owner.count).as_bytes()
-                )
-            ));
+            let staging = storage::staging_name(
+                "batchflow",
+                &format!("{text} {}/{}", owner.index, owner.count),
+            );
             let staging = PathBuf::from(format!("{}/", staging.display()));
             (staging, Some(storage::Remote::open(text)?))
         } else {

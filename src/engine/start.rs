@@ -289,15 +289,8 @@ fn stdin_file(input: &Input) -> Option<fs::Metadata> {
 /// object's name (which the results record as the input's).
 fn download_input(url: &str) -> Result<PathBuf, Error> {
     let (remote, name) = storage::Remote::open_object(url)?;
-    let folder = std::env::temp_dir().join(format!(
-        "batchflow-input-{}-{:016x}",
-        std::process::id(),
-        xxhash_rust::xxh3::xxh3_64(url.as_bytes())
-    ));
-    fs::create_dir_all(&folder).map_err(|cause| storage::StorageError::Local {
-        path: folder.clone(),
-        cause,
-    })?;
+    let folder = storage::staging_name("batchflow-input", &format!("{url} {}", std::process::id()));
+    storage::create_private_dir(&folder)?;
     let local = folder.join(&name);
     let bytes = remote.download(&name, &local)?;
     tracing::info!("Downloaded the input {url} ({bytes} bytes).");

@@ -126,14 +126,16 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
     Ok(files)
 }
 
-/// Removes what a killed writer of `owner` may have left in `dir`: staging and rewrite files,
-/// including those of a part whose creation never got as far as publishing it.
+/// Removes what a killed writer of `owner` may have left in `dir`: staging and rewrite files
+/// (including those of a part whose creation never got as far as publishing it) and unfinished
+/// downloads of remote parts.
 pub fn remove_leftovers(dir: &Path, owner: PartOwner) -> Result<(), ResultsError> {
     for (path, name) in entries(dir)? {
         let is_side_file = owner.seq_of(&name).is_some_and(|(_, suffix)| {
-            checkpoint::SIDE_FILES
-                .iter()
-                .any(|(_, side)| *side == suffix)
+            suffix == crate::storage::DOWNLOAD_SUFFIX
+                || checkpoint::SIDE_FILES
+                    .iter()
+                    .any(|(_, side)| *side == suffix)
         });
         if is_side_file {
             fs::remove_file(&path).map_err(|cause| ResultsError::Io { path, cause })?;
@@ -151,6 +153,42 @@ pub fn remove_parts(dir: &Path, owner: PartOwner) -> Result<(), ResultsError> {
         })?;
     }
     Ok(())
+}
+
+/// While held, no other run writes this owner's parts in the directory: an exclusive `flock` on
+/// a hidden file beside them (`.part-<i>-of-<n>.lock`, which no `*.parquet` glob matches),
+/// released when dropped or when the process dies. Two runs of one shard at once (a double
+/// launch, a scheduler retrying a shard that still runs) would otherwise remove each other's
+/// staging files and rename torn files over published parts.
+pub struct OwnerLock {
+    _file: fs::File,
+}
+
+/// Takes `owner`'s lock in `dir`, or fails at once naming the lock if another run holds it.
+pub fn lock(dir: &Path, owner: PartOwner) -> Result<OwnerLock, ResultsError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(format!(".part-{}-of-{}.lock", owner.index, owner.count));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|cause| ResultsError::Io {
+            path: path.clone(),
+            cause,
+        })?;
+    // SAFETY: the descriptor is open for as long as `file` lives, which outlasts the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let cause = io::Error::last_os_error();
+        if cause.kind() == io::ErrorKind::WouldBlock {
+            return Err(ResultsError::Busy {
+                path,
+                owner: owner.describe(),
+            });
+        }
+        return Err(ResultsError::Io { path, cause });
+    }
+    Ok(OwnerLock { _file: file })
 }
 
 /// Creates the dataset directory if it is missing (its parent must exist: a typo in a path

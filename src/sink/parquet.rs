@@ -128,19 +128,25 @@ pub fn prepare(
     fingerprint: Fingerprint,
     shutdown: Shutdown,
 ) -> Result<PreparedOutput, ResultsError> {
-    let opened = match (output.dataset, &output.remote) {
-        (Some(owner), Some(remote)) => {
-            fetch_remote_parts(output, owner, remote)?;
+    let (opened, lock) = match (output.dataset, &output.remote) {
+        (Some(owner), remote) => {
+            match remote {
+                Some(_) => crate::storage::create_private_dir(&output.path)?,
+                None => dataset::create_dir(&output.path)?,
+            }
+            let lock = dataset::lock(&output.path, owner)?;
+            if let Some(remote) = remote {
+                fetch_remote_parts(output, owner, remote)?;
+            }
             let opened = open_dataset(output, owner, fingerprint)?;
             // Parts rewritten by --retry-errors replace their remote objects now, before any
             // new row (the requests they lost are sent again).
-            for path in &opened.rewritten {
-                upload(remote, path)?;
+            for path in opened.rewritten.iter().filter(|_| remote.is_some()) {
+                upload(remote.as_ref().expect("filtered on a remote"), path)?;
             }
-            opened
+            (opened, Some(lock))
         }
-        (Some(owner), None) => open_dataset(output, owner, fingerprint)?,
-        (None, _) => open_file(output, fingerprint)?,
+        (None, _) => (open_file(output, fingerprint)?, None),
     };
     let kept_rows = opened.kept.iter().map(|(_, kept)| kept.rows()).sum();
     let rows = RowBuilder::new(opened.writer.schema(), &output.extras);
@@ -149,6 +155,7 @@ pub fn prepare(
             writer: Some(opened.writer),
             next_part: opened.next_part,
             remote: output.remote.clone(),
+            _lock: lock,
             rows,
             checkpoint_rows: output.checkpoint_rows.max(1),
             checkpoint_interval: output.checkpoint_interval,
@@ -222,7 +229,6 @@ fn open_dataset(
     mut fingerprint: Fingerprint,
 ) -> Result<Opened, ResultsError> {
     let dir = &output.path;
-    dataset::create_dir(dir)?;
     dataset::remove_leftovers(dir, owner)?;
     let mut parts = dataset::list_parts(dir, owner)?;
     match output.mode {
@@ -337,7 +343,6 @@ fn fetch_remote_parts(
     remote: &Remote,
 ) -> Result<(), ResultsError> {
     let dir = &output.path;
-    dataset::create_dir(dir)?;
     dataset::remove_leftovers(dir, owner)?;
     dataset::remove_parts(dir, owner)?;
     let names = remote_parts(remote, owner)?;
@@ -515,6 +520,8 @@ pub struct ParquetSink {
     next_part: Option<NextPart>,
     /// For a dataset on object storage: where each published part is uploaded.
     remote: Option<Remote>,
+    /// For a dataset: this run's hold on its shard's parts, until the sink is dropped.
+    _lock: Option<dataset::OwnerLock>,
     rows: RowBuilder,
     checkpoint_rows: usize,
     checkpoint_interval: Duration,
@@ -650,9 +657,11 @@ impl Sink for ParquetSink {
             let path = writer.path().to_owned();
             writer.close(state)?;
             checkpoint::remove_leftovers(&path)?;
-            if let Some(remote) = &self.remote {
+            if let (Some(remote), Some(next)) = (&self.remote, &self.next_part) {
                 upload(remote, &path)?;
-                std::fs::remove_file(&path).map_err(SinkError::Io)?;
+                // The store holds every part now: the local copies (the parts downloaded to
+                // resume, the last one written) are only a cache.
+                dataset::remove_parts(&next.dir, next.owner)?;
             }
         }
         Ok(())

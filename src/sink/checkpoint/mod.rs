@@ -90,6 +90,11 @@ pub enum ResultsError {
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
 
+    #[error(
+        "{path} is held by another run writing {owner} of this dataset; wait for it to end (two runs of one shard would tear each other's parts)"
+    )]
+    Busy { path: PathBuf, owner: String },
+
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
 
