@@ -369,3 +369,78 @@ fn a_second_run_of_a_shard_that_is_being_written_is_refused_and_touches_nothing(
     let rows = dataset_rows(&dataset);
     assert_eq!(rows.len(), 400, "a kill frees the lock; each id once");
 }
+
+#[test]
+fn retry_errors_modifies_no_part_when_a_later_one_was_made_with_other_settings() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let lines = |count: usize| -> String {
+        (0..count)
+            .map(|index| {
+                let prompt = if index % 4 == 0 {
+                    format!("[mock:status=500] broken {index}")
+                } else {
+                    format!("fine {index}")
+                };
+                chat_line(&format!("id-{index}"), &prompt) + "\n"
+            })
+            .collect()
+    };
+    let input = write_input(dir.path(), &lines(40));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let common = [
+        "--output",
+        output,
+        "--checkpoint-rows",
+        "5",
+        "--part-row-groups",
+        "2",
+        "--retries",
+        "0",
+        "--workers",
+        "1",
+    ];
+    let first = run(&input, &mock, &common);
+    assert_eq!(first.code(), Some(1), "{}", first.stderr);
+    let before: Vec<(String, Vec<u8>)> = part_names(&dataset)
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dataset.join(&name)).expect("a part");
+            (name, bytes)
+        })
+        .collect();
+    assert!(before.len() >= 4, "{before:?}");
+
+    // More lines, under another model, allowed: the new rows go to a part of their own.
+    let input = write_input(dir.path(), &lines(50));
+    let other = [
+        &common[..],
+        &[
+            "--resume",
+            "--allow-config-change",
+            "--model",
+            "nomic-embed-text",
+        ],
+    ]
+    .concat();
+    let changed = run(&input, &mock, &other);
+    assert_eq!(changed.code(), Some(1), "{}", changed.stderr);
+    assert!(part_names(&dataset).len() > before.len());
+
+    let retry = [&common[..], &["--resume", "--retry-errors"]].concat();
+    let refused = run(&input, &mock, &retry);
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("made with other settings"),
+        "{}",
+        refused.stderr
+    );
+    for (name, bytes) in before {
+        assert_eq!(
+            std::fs::read(dataset.join(&name)).expect("a part"),
+            bytes,
+            "{name} kept its error rows: no part is modified before all are checked"
+        );
+    }
+}

@@ -263,6 +263,9 @@ fn open_dataset(
     // again in place rather than left as an empty file.
     let mut reuse_last = None;
     let last_seq = parts.last().map(|part| part.seq);
+    // Every part is checked before any is modified: a part that fails its check (other
+    // columns, other settings) must find the earlier ones as they were.
+    let mut checked = Vec::new();
     for part in &parts {
         if checkpoint::holds_nothing(&part.path)? {
             if Some(part.seq) == last_seq {
@@ -270,16 +273,20 @@ fn open_dataset(
             }
             continue;
         }
-        let (existing, dropped, checked) =
-            keep(output, &part.path, fingerprint.clone(), &mut done)?;
-        fingerprint = checked;
-        dropped_errors += dropped;
-        if dropped > 0 {
-            rewritten.push(part.path.clone());
-        }
-        kept.push((part.path.clone(), existing));
+        let (existing, carried) = check_kept(output, &part.path, fingerprint)?;
+        fingerprint = carried;
+        checked.push((part.path.clone(), existing));
     }
     let key_values = fingerprint.key_values();
+    for (path, existing) in checked {
+        let (existing, dropped) =
+            take_kept(output, &path, existing, key_values.clone(), &mut done)?;
+        dropped_errors += dropped;
+        if dropped > 0 {
+            rewritten.push(path.clone());
+        }
+        kept.push((path, existing));
+    }
     let full = |existing: &ExistingResults| {
         existing.data_end >= dataset::PART_BYTES
             || existing.metadata.num_row_groups() >= output.part_row_groups
@@ -390,16 +397,30 @@ fn upload(remote: &Remote, path: &Path) -> Result<(), ResultsError> {
     Ok(())
 }
 
-/// Checks an existing results file against this run (columns and fingerprint), drops its error
-/// rows if asked, and adds what it holds to `done`. Returns the file as kept, the error rows
-/// dropped, and this run's fingerprint with the file's record of changes carried over.
+/// Checks an existing results file against this run, drops its error rows if asked, and adds
+/// what it holds to `done`. Returns the file as kept, the error rows dropped, and this run's
+/// fingerprint with the file's record of changes carried over.
 fn keep(
     output: &ParquetOutput,
     path: &Path,
-    mut fingerprint: Fingerprint,
+    fingerprint: Fingerprint,
     done: &mut DoneSet,
 ) -> Result<(ExistingResults, u64, Fingerprint), ResultsError> {
-    let mut existing = checkpoint::inspect(path)?;
+    let (existing, fingerprint) = check_kept(output, path, fingerprint)?;
+    let key_values = fingerprint.key_values();
+    let (existing, dropped) = take_kept(output, path, existing, key_values, done)?;
+    Ok((existing, dropped, fingerprint))
+}
+
+/// Checks an existing results file against this run (columns and fingerprint), modifying
+/// nothing. Returns the file and this run's fingerprint with the file's record of changes
+/// carried over.
+fn check_kept(
+    output: &ParquetOutput,
+    path: &Path,
+    mut fingerprint: Fingerprint,
+) -> Result<(ExistingResults, Fingerprint), ResultsError> {
+    let existing = checkpoint::inspect(path)?;
     let how = if existing.unclosed() {
         "from the last checkpoint of a run that did not finish"
     } else {
@@ -448,17 +469,6 @@ fn keep(
         );
     }
     fingerprint.record_changes(file_fingerprint.as_ref(), &changes);
-    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
-    let mut dropped = 0;
-    if retry_errors && !existing.groups_with_errors().is_empty() {
-        let key_values = fingerprint.key_values();
-        dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values)?;
-        existing = checkpoint::inspect(path)?;
-        tracing::info!(
-            "Dropped {dropped} error rows of {} to send those requests again.",
-            path.display()
-        );
-    }
     if file_has_raw != output.keep_raw {
         tracing::warn!(
             "The results file {} was written {} the raw_response column; keeping it that way.",
@@ -466,8 +476,30 @@ fn keep(
             if file_has_raw { "with" } else { "without" }
         );
     }
+    Ok((existing, fingerprint))
+}
+
+/// Takes a checked file's rows as done, after dropping its error rows if `--retry-errors`
+/// asks (the rewrite carries `key_values`). Returns the file as kept and the rows dropped.
+fn take_kept(
+    output: &ParquetOutput,
+    path: &Path,
+    mut existing: ExistingResults,
+    key_values: Vec<KeyValue>,
+    done: &mut DoneSet,
+) -> Result<(ExistingResults, u64), ResultsError> {
+    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
+    let mut dropped = 0;
+    if retry_errors && !existing.groups_with_errors().is_empty() {
+        dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values)?;
+        existing = checkpoint::inspect(path)?;
+        tracing::info!(
+            "Dropped {dropped} error rows of {} to send those requests again.",
+            path.display()
+        );
+    }
     checkpoint::read_done(path, &existing, done)?;
-    Ok((existing, dropped, fingerprint))
+    Ok((existing, dropped))
 }
 
 /// Checks that a kept file has the columns this run writes; returns whether it keeps raw
