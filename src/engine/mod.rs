@@ -82,7 +82,8 @@ pub struct RunReport {
     /// What ended the run early, with everything already written kept.
     pub fatal: Option<Error>,
     pub elapsed: Duration,
-    /// The Parquet results file written, if any.
+    /// The Parquet results file or dataset written, if any: for object storage its URL (what
+    /// is durable), not the local staging folder.
     pub output: Option<PathBuf>,
     /// Rows an earlier run left in the results file.
     pub kept_rows: u64,
@@ -227,7 +228,10 @@ async fn drive(
         output_closed: sink_report.closed || stage_report.sink_closed,
         fatal,
         elapsed: started_at.elapsed(),
-        output: config.results.map(|output| output.path),
+        output: config.results.map(|output| match &output.remote {
+            Some(remote) => PathBuf::from(remote.url()),
+            None => output.path,
+        }),
         kept_rows,
         dropped_errors,
         skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),

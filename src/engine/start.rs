@@ -97,7 +97,7 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
                 let url = url.to_owned();
                 let local = blocking(move || download_input(&url)).await?;
                 config.input = Input::File(local.clone());
-                Some(local)
+                Some(DownloadedInput(local))
             }
             None => None,
         },
@@ -147,14 +147,9 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
         },
         results_schema: String::new(),
     };
-    if let Some(local) = downloaded {
-        // The source holds the file open: its name can go, and with it the disk it takes
-        // once the run ends, however the run ends.
-        let _ = fs::remove_file(&local);
-        if let Some(folder) = local.parent() {
-            let _ = fs::remove_dir(folder);
-        }
-    }
+    // The source holds the file open: its name can go now, and with it the disk it takes
+    // once the run ends, however the run ends.
+    drop(downloaded);
     Ok(Checked {
         config,
         input,
@@ -283,6 +278,19 @@ fn stdin_file(input: &Input) -> Option<fs::Metadata> {
     use std::os::fd::AsFd;
     let handle = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
     File::from(handle).metadata().ok()
+}
+
+/// A downloaded input, removed (with its folder) when dropped: at the end of checking, once
+/// the source holds it open, or on any error before.
+struct DownloadedInput(PathBuf);
+
+impl Drop for DownloadedInput {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+        if let Some(folder) = self.0.parent() {
+            let _ = fs::remove_dir(folder);
+        }
+    }
 }
 
 /// Downloads an input object to a folder of its own in the temporary directory, under the
