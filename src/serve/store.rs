@@ -366,7 +366,7 @@ impl Store {
     }
 }
 
-/// Whether `id` is `prefix` and exactly [`ID_CHARS`] characters of the id alphabet: the only
+/// Whether `id` is `prefix` and exactly `ID_CHARS` characters of the id alphabet: the only
 /// caller text that ever becomes part of a path.
 pub fn is_id(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix).is_some_and(|rest| {
