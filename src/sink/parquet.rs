@@ -289,7 +289,7 @@ fn open_dataset(
     }
     let full = |existing: &ExistingResults| {
         existing.data_end >= dataset::PART_BYTES
-            || existing.metadata.num_row_groups() >= output.part_row_groups
+            || existing.metadata.num_row_groups() >= output.part_row_groups.max(1)
     };
     let schema = results::schema(output.keep_raw, &output.extras);
     let last_part = parts.last().map(|part| (part.path.as_path(), part.seq));
