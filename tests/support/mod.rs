@@ -262,15 +262,20 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// tools of other ecosystems (a Prometheus text parser, an S3 server). A missing one fails the
 /// test, saying how to make it: a silent skip would pass without checking anything.
 pub fn python() -> Command {
-    let path = std::env::var_os("BATCHFLOW_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let path = python_path();
     assert!(
         path.exists(),
         "no test Python at {}: run .ci/run, which makes the venv .venv from tests/requirements.txt (or set BATCHFLOW_TEST_PYTHON to an interpreter that has those packages)",
         path.display()
     );
     Command::new(path)
+}
+
+/// Where the tests' Python is (see [`python`]); the venv's other programs lie beside it.
+pub fn python_path() -> PathBuf {
+    std::env::var_os("BATCHFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
 }
 
 /// Runs `script` with the tests' Python, `input` on its standard input; its standard output.

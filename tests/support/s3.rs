@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +15,8 @@ use std::time::Duration;
 /// A program of the test venv: beside `$BATCHFLOW_TEST_PYTHON` when it is set, else in the
 /// venv `.venv` that `.ci/run` makes.
 pub fn venv_bin(program: &str) -> PathBuf {
-    let bin = std::env::var_os("BATCHFLOW_TEST_PYTHON")
-        .map(PathBuf::from)
-        .and_then(|python| python.parent().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin"));
+    let python = super::python_path();
+    let bin = python.parent().unwrap_or(Path::new("."));
     let path = bin.join(program);
     assert!(
         path.exists(),
@@ -94,15 +92,19 @@ impl Moto {
             .block_on(work)
     }
 
-    /// The keys under `prefix` in `bucket`, sorted.
-    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+    /// The objects under `prefix` in `bucket`.
+    fn list(&self, bucket: &str, prefix: &str) -> Vec<object_store::ObjectMeta> {
         use futures::TryStreamExt;
         use object_store::ObjectStore;
         let client = self.client(bucket);
         let prefix = object_store::path::Path::from(prefix);
-        let listed: Vec<object_store::ObjectMeta> =
-            Moto::block_on(client.list(Some(&prefix)).try_collect()).expect("listed");
-        let mut keys: Vec<String> = listed
+        Moto::block_on(client.list(Some(&prefix)).try_collect()).expect("listed")
+    }
+
+    /// The keys under `prefix` in `bucket`, sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .list(bucket, prefix)
             .into_iter()
             .map(|object| object.location.to_string())
             .collect();
@@ -112,13 +114,10 @@ impl Moto {
 
     /// The bytes stored under `prefix` in `bucket`: a listing only, cheap to poll.
     pub fn stored_bytes(&self, bucket: &str, prefix: &str) -> u64 {
-        use futures::TryStreamExt;
-        use object_store::ObjectStore;
-        let client = self.client(bucket);
-        let prefix = object_store::path::Path::from(prefix);
-        let listed: Vec<object_store::ObjectMeta> =
-            Moto::block_on(client.list(Some(&prefix)).try_collect()).expect("listed");
-        listed.iter().map(|object| object.size).sum()
+        self.list(bucket, prefix)
+            .iter()
+            .map(|object| object.size)
+            .sum()
     }
 
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
