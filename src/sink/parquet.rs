@@ -141,8 +141,10 @@ pub fn prepare(
             let opened = open_dataset(output, owner, fingerprint)?;
             // Parts rewritten by --retry-errors replace their remote objects now, before any
             // new row (the requests they lost are sent again).
-            for path in opened.rewritten.iter().filter(|_| remote.is_some()) {
-                upload(remote.as_ref().expect("filtered on a remote"), path)?;
+            if let Some(remote) = remote {
+                for path in &opened.rewritten {
+                    upload(remote, path)?;
+                }
             }
             (opened, Some(lock))
         }
