@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -14,11 +14,16 @@
 //! - `objectstore`: results to `s3://` on moto's server over results to a local dataset.
 //! - `verify` (issue 14): `batchflow verify` over the 1,000,000 rows of four shard runs in one
 //!   folder, clean and with a part deleted: wall time (target under 5 s) and peak RSS.
+//! - `serve` (issue 15): a 100,000-request batch through `batchflow serve`'s Batches API,
+//!   create to `completed`, over the CLI with the same workers on the same mock (target
+//!   >= 0.98); and the server's peak RSS with ten such batches created at once (< 100 MB).
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
-//! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost` and `memory` (default 64);
-//! `$BATCHFLOW_BENCH_ROUNDS` the turns each client takes in `cost` (default 3, 1 if quick).
+//! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost`, `memory` and the zero-latency
+//! runs of `serve` (default 64);
+//! `$BATCHFLOW_BENCH_ROUNDS` the turns each client takes in `cost` and `serve` (default 3, 1
+//! if quick).
 //! `$PYTHON` names the interpreter with aiohttp (default `python3`).
 //!
 //! Module map: `measure` (wait4 rusage of one child), `mock` (the mock as a child),
@@ -39,6 +44,7 @@ mod measure;
 mod memory;
 mod mock;
 mod objectstore;
+mod serve;
 mod shards;
 mod slots;
 mod verify;
@@ -54,9 +60,9 @@ pub struct Plan {
     pub tools: Tools,
     /// Request counts are divided by this (10 in `quick` mode).
     pub scale_down: u64,
-    /// Concurrency of the `cost` and `memory` sections.
+    /// Concurrency of the `cost` and `memory` sections and of `serve`'s zero-latency runs.
     pub workers: u32,
-    /// Turns each client takes in the `cost` section.
+    /// Turns each client takes in the `cost` and `serve` sections.
     pub rounds: usize,
 }
 
@@ -66,7 +72,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "slots",
     "auto",
     "backends",
@@ -75,6 +81,7 @@ const SECTIONS: [&str; 8] = [
     "shards",
     "objectstore",
     "verify",
+    "serve",
 ];
 
 fn main() -> ExitCode {
@@ -138,7 +145,8 @@ fn main() -> ExitCode {
             "shards" => shards::run(&plan),
             "objectstore" => objectstore::run(&plan),
             "memory" => memory::run(&plan),
-            _ => verify::run(&plan),
+            "verify" => verify::run(&plan),
+            _ => serve::run(&plan),
         };
         if let Err(error) = result {
             eprintln!("throughput: section `{section}` failed: {error}");
