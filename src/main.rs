@@ -123,7 +123,23 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
 /// Serves the Batch API until a signal stops it (then the running batch drains and stays
 /// resumable).
 async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
-    let options = args.options(env)?;
+    let served = match &args.file {
+        Some(file) => match batchflow::validate::load_served(file, &args.set, env)? {
+            Ok(served) => Some(served),
+            Err(problems) => return Ok(report_problems(file, &problems)),
+        },
+        None => None,
+    };
+    let mut run = args.run_options(served.as_ref());
+    // Kept alive for as long as the server runs.
+    let _mock = if args.mock || served.as_ref().is_some_and(|served| served.backend.mock) {
+        let mock = start_mock(Some(run.workers)).await?;
+        run.backends = vec![mock.url()];
+        Some(mock)
+    } else {
+        None
+    };
+    let options = args.options(served.as_ref(), run, env)?;
     shutdown.set_grace(options.run.grace);
     batchflow::serve::serve(options, shutdown).await?;
     Ok(ExitStatus::Success)

@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use crate::backend::http::HttpBackend;
 use crate::backend::preflight;
-use crate::config::{self, ConfigError, Pipeline};
+use crate::config::{
+    self, AnyPipelineFile, ConfigError, Pipeline, PipelineFile, ServeFile, ServePipeline,
+};
 use crate::engine::RunConfig;
 use crate::error::Error;
 use crate::item::SourceItem;
@@ -228,33 +230,53 @@ pub fn load_checked(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Result<(Pipeline, ExtraColumns), Vec<String>>, ConfigError> {
     let loaded = config::load(file, sets, env)?;
-    let pipeline = match config::resolve(&loaded, folder_of(file)) {
-        Ok(pipeline) => pipeline,
-        Err(problems) => return Ok(Err(problems)),
-    };
-    let columns = match source_columns(&pipeline) {
-        Ok(columns) => columns,
-        Err(problem) => return Ok(Err(vec![problem])),
-    };
+    Ok(check_loaded(file, &loaded))
+}
+
+/// Loads a served pipeline (a file with `[serve]`) and checks it without I/O: `Ok(Err)` lists
+/// every problem found.
+pub fn load_served(
+    file: &Path,
+    sets: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Result<ServePipeline, Vec<String>>, ConfigError> {
+    let loaded = config::load_serve(file, sets, env)?;
+    Ok(config::resolve_serve(&loaded, folder_of(file)))
+}
+
+/// [`load_checked`]'s checks of a pipeline already loaded from `file`.
+fn check_loaded(
+    file: &Path,
+    loaded: &PipelineFile,
+) -> Result<(Pipeline, ExtraColumns), Vec<String>> {
+    let pipeline = config::resolve(loaded, folder_of(file))?;
+    let columns = source_columns(&pipeline).map_err(|problem| vec![problem])?;
     if let Some(columns) = &columns {
         let problems = check_columns(&pipeline, columns);
         if !problems.is_empty() {
-            return Ok(Err(problems));
+            return Err(problems);
         }
     }
     let extras = extra_columns(&pipeline, columns.as_ref());
-    Ok(Ok((pipeline, extras)))
+    Ok((pipeline, extras))
 }
 
 /// `batchflow validate`: every check, the backend's too unless `offline` (or the pipeline uses
-/// the built-in mock). A summary when valid, else every problem.
+/// the built-in mock). A summary when valid, else every problem. A served pipeline (one with
+/// `[serve]`) is checked as `batchflow serve FILE` would take it.
 pub async fn validate(
     file: &Path,
     sets: &[String],
     offline: bool,
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<Result<String, Vec<String>>, Error> {
-    let (pipeline, extras) = match load_checked(file, sets, env)? {
+    let loaded = match config::load_any(file, sets, env)? {
+        AnyPipelineFile::Serve(served) => {
+            return validate_served(file, &served, offline, env).await;
+        }
+        AnyPipelineFile::Run(loaded) => loaded,
+    };
+    let (pipeline, extras) = match check_loaded(file, &loaded) {
         Ok(checked) => checked,
         Err(problems) => return Ok(Err(problems)),
     };
@@ -262,31 +284,7 @@ pub async fn validate(
         let mut options = RunOptions::default();
         pipeline.apply(&mut options);
         options.extras = extras.clone();
-        let console = Console {
-            quiet: true,
-            stderr_is_terminal: false,
-        };
-        let config = match options.resolve(console, None, env) {
-            Ok(config) => config,
-            Err(error) => return Ok(Err(vec![format!("backend: {error}")])),
-        };
-        let model = config.source.named_model().map(str::to_owned);
-        let mut problems = Vec::new();
-        for backend_config in config.backends {
-            let url = backend_config.base_url.clone();
-            match HttpBackend::new(backend_config) {
-                Err(error) => problems.push(format!("backend: {error}")),
-                Ok(backend) => match preflight::check(&backend, &config.knobs).await {
-                    Err(error) => problems.push(format!("backend: {error}")),
-                    Ok(catalog) => {
-                        if let Some(model) = model.as_deref().filter(|model| !catalog.has(model)) {
-                            problems
-                                .push(format!("request.model: {}", catalog.missing(&url, model)));
-                        }
-                    }
-                },
-            }
-        }
+        let problems = check_backends(options, env).await;
         if !problems.is_empty() {
             return Ok(Err(problems));
         }
@@ -305,6 +303,74 @@ pub async fn validate(
         let _ = writeln!(summary, "Columns added to the results:\n{added}");
     }
     Ok(Ok(summary))
+}
+
+async fn validate_served(
+    file: &Path,
+    loaded: &ServeFile,
+    offline: bool,
+    env: impl Fn(&str) -> Option<String> + Copy,
+) -> Result<Result<String, Vec<String>>, Error> {
+    let served = match config::resolve_serve(loaded, folder_of(file)) {
+        Ok(served) => served,
+        Err(problems) => return Ok(Err(problems)),
+    };
+    if let Some(name) = served.api_key_env.as_deref() {
+        if env(name).is_none_or(|key| key.is_empty()) {
+            return Ok(Err(vec![format!(
+                "serve.api_key_env: the variable {name} is not set"
+            )]));
+        }
+    }
+    if !offline && !served.backend.mock {
+        let mut options = RunOptions::default();
+        served.apply(&mut options);
+        let problems = check_backends(options, env).await;
+        if !problems.is_empty() {
+            return Ok(Err(problems));
+        }
+    }
+    let listen = served
+        .listen
+        .map_or_else(|| "the default address".to_owned(), |addr| addr.to_string());
+    Ok(Ok(format!(
+        "{} is valid: serves the Batch API on {listen}, keeping its state in {}\n",
+        file.display(),
+        served.data_dir.display()
+    )))
+}
+
+/// Preflight of every backend `options` name, and of the model the requests name when there
+/// is one: every problem found.
+async fn check_backends(
+    options: RunOptions,
+    env: impl Fn(&str) -> Option<String> + Copy,
+) -> Vec<String> {
+    let console = Console {
+        quiet: true,
+        stderr_is_terminal: false,
+    };
+    let config = match options.resolve(console, None, env) {
+        Ok(config) => config,
+        Err(error) => return vec![format!("backend: {error}")],
+    };
+    let model = config.source.named_model().map(str::to_owned);
+    let mut problems = Vec::new();
+    for backend_config in config.backends {
+        let url = backend_config.base_url.clone();
+        match HttpBackend::new(backend_config) {
+            Err(error) => problems.push(format!("backend: {error}")),
+            Ok(backend) => match preflight::check(&backend, &config.knobs).await {
+                Err(error) => problems.push(format!("backend: {error}")),
+                Ok(catalog) => {
+                    if let Some(model) = model.as_deref().filter(|model| !catalog.has(model)) {
+                        problems.push(format!("request.model: {}", catalog.missing(&url, model)));
+                    }
+                }
+            },
+        }
+    }
+    problems
 }
 
 /// `run --dry-run`: the first rendered requests and the results columns; calls nothing.

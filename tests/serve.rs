@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use batchflow::mock::MockConfig;
@@ -29,12 +29,19 @@ impl Server {
 
     /// Starts it with `env` set.
     pub fn start_with(data_dir: &Path, mock: &Mock, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = support::batchflow()
+        let mut command = support::batchflow();
+        command
             .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(["--backend", &mock.url()])
-            .args(args)
+            .args(args);
+        Server::spawn(command)
+    }
+
+    /// Starts `command` (a `batchflow serve` with its arguments) and waits until it serves.
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -24,4 +24,5 @@ mod scale;
 mod secrets;
 mod serve;
 mod serve_faults;
+mod serve_observe;
 mod verify;

@@ -1,19 +1,23 @@
 //! Pipeline files: a whole batch job described in TOML (`batchflow run FILE`,
-//! `batchflow validate FILE`). This module owns the file's structure (unknown keys rejected with
-//! the line named), `${ENV}` interpolation, `--set key.path=value` overrides, and the pure
-//! checks of a loaded file, which list every problem rather than stopping at the first.
-//! Checks that need the input or the backend live in `pipeline` (the `validate` command).
+//! `batchflow validate FILE`), or a served one, whose `[serve]` section describes
+//! `batchflow serve FILE` (`serve.rs`). This module owns the files' structure (unknown keys
+//! rejected with the line named), `${ENV}` interpolation, `--set key.path=value` overrides,
+//! and the pure checks of a loaded file, which list every problem rather than stopping at the
+//! first. Checks that need the input or the backend live in `validate`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod interpolate;
 mod resolve;
+mod serve;
 
 pub use resolve::{JsonlTarget, Pipeline, resolve};
+pub use serve::{ServeFile, ServePipeline, ServeSection, ServeSinkSection, resolve_serve};
 
 use crate::options::parse_duration;
 use interpolate::interpolate;
@@ -179,13 +183,56 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Reads a pipeline file: `${VAR}` replaced from `env` (inside double-quoted strings), parsed
-/// with unknown keys refused, then `--set` overrides applied (they win over the file).
+/// A loaded file: a pipeline to run, or one to serve (it has a `[serve]` section).
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one is made per command, and read at once"
+)]
+pub enum AnyPipelineFile {
+    Run(PipelineFile),
+    Serve(ServeFile),
+}
+
+/// Reads a pipeline to run; a served pipeline is refused with the command that takes it.
 pub fn load(
     path: &Path,
     sets: &[String],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<PipelineFile, ConfigError> {
+    match load_any(path, sets, env)? {
+        AnyPipelineFile::Run(file) => Ok(file),
+        AnyPipelineFile::Serve(_) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            message: "its [serve] section describes a server: start it with `batchflow serve FILE`"
+                .into(),
+        }),
+    }
+}
+
+/// Reads a served pipeline; a file without a `[serve]` section is refused.
+pub fn load_serve(
+    path: &Path,
+    sets: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<ServeFile, ConfigError> {
+    match load_any(path, sets, env)? {
+        AnyPipelineFile::Serve(file) => Ok(file),
+        AnyPipelineFile::Run(_) => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            message: "no [serve] section: `batchflow serve FILE` takes a served pipeline (run this one with `batchflow run FILE`)".into(),
+        }),
+    }
+}
+
+/// Reads a pipeline file of either kind: `${VAR}` replaced from `env` (inside double-quoted
+/// strings), parsed with unknown keys refused, then `--set` overrides applied (they win over
+/// the file).
+pub fn load_any(
+    path: &Path,
+    sets: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<AnyPipelineFile, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         path: path.to_owned(),
         message,
@@ -195,8 +242,24 @@ pub fn load(
         cause,
     })?;
     let text = interpolate(&text, &env).map_err(&invalid)?;
-    let file: PipelineFile =
+    let tree: toml::Table =
         toml::from_str(&text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
+    if tree.contains_key("serve") {
+        parse(&text, sets, &invalid).map(AnyPipelineFile::Serve)
+    } else {
+        parse(&text, sets, &invalid).map(AnyPipelineFile::Run)
+    }
+}
+
+/// Parses `text` as a `T` (the typed parse, so that an error names its line), then applies
+/// `sets`.
+fn parse<T: DeserializeOwned + Serialize>(
+    text: &str,
+    sets: &[String],
+    invalid: &impl Fn(String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    let file: T =
+        toml::from_str(text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
     if sets.is_empty() {
         return Ok(file);
     }

@@ -62,21 +62,18 @@ impl Pipeline {
     /// Lays the pipeline's values over `options` (what it leaves unset stays as it was), and
     /// names the knobs by their keys for messages.
     pub fn apply(&self, options: &mut RunOptions) {
-        let backend = &self.backend;
         options.input = Input::from_arg(self.input.clone());
         options.records = self.shape.clone();
         options.model = self.model_override.clone();
         options.output_retries = self.output_retries;
-        options.backends = backend.url.iter().chain(&backend.urls).cloned().collect();
-        options.api_key_env = backend.api_key_env.clone();
-        options.workers = self.workers.unwrap_or(options.workers);
-        options.timeout = self.timeout.unwrap_or(options.timeout);
-        options.connect_timeout = self.connect_timeout.unwrap_or(options.connect_timeout);
-        let retry = &mut options.retry;
-        retry.max_retries = backend.retries.unwrap_or(retry.max_retries);
-        retry.base_delay = self.retry_base.unwrap_or(retry.base_delay);
-        retry.max_delay = self.retry_max.unwrap_or(retry.max_delay);
-        options.preflight = backend.preflight.unwrap_or(options.preflight);
+        let backend = BackendParts {
+            workers: self.workers,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+        };
+        backend.apply(&self.backend, options);
         options.ordered = self.ordered;
         options.results = self.parquet.clone();
         options.checkpoint_rows = self.checkpoint_rows.unwrap_or(options.checkpoint_rows);
@@ -99,15 +96,7 @@ impl Pipeline {
 /// listed.
 pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<String>> {
     let mut problems = Vec::new();
-    let path = |text: &str| {
-        let path = PathBuf::from(text);
-        // A URL (object storage, file://) is where it says, whatever folder the file is in.
-        if path.is_absolute() || text.contains("://") {
-            path
-        } else {
-            folder.join(path)
-        }
-    };
+    let path = |text: &str| relative_to(folder, text);
     let request = resolve_request(file, &mut problems);
     let backend = resolve_backend(&file.backend, &mut problems);
     let sink = resolve_sink(&file.sink, &path, &mut problems);
@@ -136,6 +125,17 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
         Ok(pipeline)
     } else {
         Err(problems)
+    }
+}
+
+/// A path the file gives, relative to the file's `folder` unless it is absolute. A URL
+/// (object storage, file://) is where it says, whatever folder the file is in.
+pub(super) fn relative_to(folder: &Path, text: &str) -> PathBuf {
+    let path = PathBuf::from(text);
+    if path.is_absolute() || text.contains("://") {
+        path
+    } else {
+        folder.join(path)
     }
 }
 
@@ -279,7 +279,8 @@ fn record_shape(
 }
 
 /// What `[backend]` resolves to beside the section itself.
-struct BackendParts {
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BackendParts {
     workers: Option<Workers>,
     timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
@@ -287,7 +288,26 @@ struct BackendParts {
     retry_max: Option<Duration>,
 }
 
-fn resolve_backend(backend: &BackendSection, problems: &mut Vec<String>) -> BackendParts {
+impl BackendParts {
+    /// Lays `[backend]` over `options`: what it leaves unset stays as it was.
+    pub(super) fn apply(&self, backend: &BackendSection, options: &mut RunOptions) {
+        options.backends = backend.url.iter().chain(&backend.urls).cloned().collect();
+        options.api_key_env = backend.api_key_env.clone();
+        options.workers = self.workers.unwrap_or(options.workers);
+        options.timeout = self.timeout.unwrap_or(options.timeout);
+        options.connect_timeout = self.connect_timeout.unwrap_or(options.connect_timeout);
+        let retry = &mut options.retry;
+        retry.max_retries = backend.retries.unwrap_or(retry.max_retries);
+        retry.base_delay = self.retry_base.unwrap_or(retry.base_delay);
+        retry.max_delay = self.retry_max.unwrap_or(retry.max_delay);
+        options.preflight = backend.preflight.unwrap_or(options.preflight);
+    }
+}
+
+pub(super) fn resolve_backend(
+    backend: &BackendSection,
+    problems: &mut Vec<String>,
+) -> BackendParts {
     if backend.mock && (backend.url.is_some() || !backend.urls.is_empty()) {
         problems.push("backend: set url(s) or mock = true, not both".into());
     }

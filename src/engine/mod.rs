@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::http::HttpBackendConfig;
 use crate::error::{Error, ExitStatus};
-use crate::metrics::{MetricsConfig, MetricsEndpoint, MetricsListener};
+use crate::metrics::{LiveRun, MetricsConfig, MetricsEndpoint, MetricsListener, RunWatch};
 use crate::paths::Knobs;
 use crate::progress::{Probes, Progress, ProgressConfig};
 use crate::shutdown::Shutdown;
@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub grace: Duration,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<MetricsConfig>,
+    /// Where the run publishes its live counters for a caller that reads them itself (the
+    /// server's `/metrics` and batch counts); set by that caller after `resolve`.
+    pub watch: Option<RunWatch>,
 }
 
 /// JSONL output to a stream the caller opened (standard output, a test buffer).
@@ -156,7 +159,11 @@ async fn drive(
     } = started;
     let stats = Arc::new(RunStats::new(started_at));
     count_expected(&input, done_count, &config.source, &stats);
-    let metrics = metrics.map(|listener| listener.serve(Arc::clone(&stats), Arc::clone(&pool)));
+    let live = LiveRun::new(Arc::clone(&stats), Arc::clone(&pool));
+    if let Some(watch) = &config.watch {
+        watch.publish(live.clone());
+    }
+    let metrics = metrics.map(|listener| listener.serve(live.clone()));
     let probes = Probes {
         pool: Arc::clone(&pool),
         ollama,
@@ -218,9 +225,7 @@ async fn drive(
         Some(snapshot) => snapshot,
         None => stats.snapshot(Instant::now()),
     };
-    if let Some(metrics) = &metrics {
-        metrics.finished(&final_stats);
-    }
+    live.finished(&final_stats);
     Ok(RunReport {
         stats: final_stats,
         backend_url: base_url,

@@ -114,6 +114,7 @@ impl RunOptions {
                 addr,
                 linger: self.metrics_linger,
             }),
+            watch: None,
         })
     }
 }

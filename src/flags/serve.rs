@@ -1,13 +1,15 @@
 //! Flags of `batchflow serve` and how they become the library's `ServeOptions`: the server's
 //! own knobs (address, data directory, clients' key, upload limit) and the few run knobs every
-//! batch shares (backends, workers, grace).
+//! batch shares (backends, workers, grace, checkpoints), laid over a served pipeline file's
+//! when one is given (the command line wins).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use batchflow::config::ServePipeline;
 use batchflow::options::{RunOptions, Workers};
-use batchflow::serve::{DEFAULT_MAX_FILE_BYTES, ServeOptions};
+use batchflow::serve::{DEFAULT_LISTEN, DEFAULT_MAX_FILE_BYTES, ServeOptions};
 use clap::Args;
 
 use super::{FlagDuration, flag_duration};
@@ -15,44 +17,64 @@ use super::{FlagDuration, flag_duration};
 /// Flags of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free one (logged). Loopback by default: another
-    /// address needs --api-key-env (or --allow-open).
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// A served pipeline file: TOML with a [serve] section (listen, data_dir, api_key_env,
+    /// max_file_bytes, allow_open, grace), the [backend] every batch runs against, and [sink]
+    /// checkpoint_rows/checkpoint_secs. Flags given here win over the file.
+    #[arg(value_name = "PIPELINE.toml")]
+    pub file: Option<PathBuf>,
+
+    /// Override a value of the file, e.g. `--set serve.listen=127.0.0.1:9000` (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE", requires = "file")]
+    pub set: Vec<String>,
+
+    /// Address to listen on (default 127.0.0.1:8080); port 0 picks a free one (logged).
+    /// Loopback by default: another address needs --api-key-env (or --allow-open).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// Where uploaded files, batch records and results are kept (created if missing). A
-    /// server started again on it resumes the batches it left unfinished.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// server started again on it resumes the batches it left unfinished. Required unless the
+    /// pipeline file gives serve.data_dir.
+    #[arg(long, value_name = "DIR", required_unless_present = "file")]
+    pub data_dir: Option<PathBuf>,
 
-    /// Server base URL the batches run against (repeatable, as for a run). Default:
-    /// $OLLAMA_HOST, else 127.0.0.1:11434.
+    /// Server base URL the batches run against (repeatable, as for a run). Default: the
+    /// file's [backend], else $OLLAMA_HOST, else 127.0.0.1:11434.
     #[arg(short, long, value_name = "URL")]
     pub backend: Vec<String>,
 
-    /// Requests in flight at once per backend, shared by the queued batches (run one at a
-    /// time, first in, first out).
-    #[arg(short, long, default_value_t = RunOptions::default().workers, value_parser = Workers::parse, value_name = "N|auto")]
-    pub workers: Workers,
+    /// Run the batches against the built-in mock server: try the API without Ollama.
+    #[arg(long, conflicts_with = "backend")]
+    pub mock: bool,
+
+    /// Requests in flight at once per backend (default 8), shared by the queued batches (run
+    /// one at a time, first in, first out).
+    #[arg(short, long, value_parser = Workers::parse, value_name = "N|auto")]
+    pub workers: Option<Workers>,
 
     /// Name of an environment variable holding the key clients must send as
     /// `Authorization: Bearer KEY`. The key itself is never printed, logged or stored.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
 
-    /// Uploads larger than this get 413 and are not kept.
-    #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES, value_name = "BYTES")]
-    pub max_file_bytes: u64,
+    /// Name of an environment variable holding the bearer key sent to the backends (an
+    /// OpenAI-compatible server that wants one), as a run's --api-key-env.
+    #[arg(long, value_name = "VAR")]
+    pub backend_api_key_env: Option<String>,
 
-    /// After SIGINT/SIGTERM, how long the running batch's in-flight requests may take; the
-    /// batch stays resumable either way.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().grace), value_parser = flag_duration, value_name = "DURATION")]
-    pub grace: FlagDuration,
+    /// Uploads larger than this get 413 and are not kept (default 200 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_bytes: Option<u64>,
 
-    /// Checkpoint each batch's results after this many new rows (or 8 MiB of them, or 30
-    /// seconds): what a killed server's batch resumes from.
-    #[arg(long, default_value_t = RunOptions::default().checkpoint_rows, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub checkpoint_rows: u64,
+    /// After SIGINT/SIGTERM, how long the running batch's in-flight requests may take
+    /// (default 30s); the batch stays resumable either way.
+    #[arg(long, value_parser = flag_duration, value_name = "DURATION")]
+    pub grace: Option<FlagDuration>,
+
+    /// Checkpoint each batch's results after this many new rows (default 10000; or 8 MiB of
+    /// them, or 30 seconds): what a killed server's batch resumes from.
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_rows: Option<u64>,
 
     /// Listen on a non-loopback address without --api-key-env.
     #[arg(long)]
@@ -60,9 +82,35 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The server these flags ask for; `env` reads the clients' key.
-    pub fn options(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<ServeOptions> {
-        let api_key = match &self.api_key_env {
+    /// The run knobs every batch shares: defaults, then the file's, then these flags.
+    pub fn run_options(&self, file: Option<&ServePipeline>) -> RunOptions {
+        let mut run = RunOptions::default();
+        if let Some(file) = file {
+            file.apply(&mut run);
+        }
+        if !self.backend.is_empty() {
+            run.backends = self.backend.clone();
+        }
+        run.api_key_env = self.backend_api_key_env.clone().or(run.api_key_env);
+        run.workers = self.workers.unwrap_or(run.workers);
+        run.grace = self.grace.map_or(run.grace, |grace| grace.0);
+        run.checkpoint_rows = self.checkpoint_rows.unwrap_or(run.checkpoint_rows);
+        run
+    }
+
+    /// The server these flags and `file` ask for, running batches with `run`; `env` reads the
+    /// clients' key.
+    pub fn options(
+        &self,
+        file: Option<&ServePipeline>,
+        run: RunOptions,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<ServeOptions> {
+        let api_key = match self
+            .api_key_env
+            .as_ref()
+            .or(file.and_then(|file| file.api_key_env.as_ref()))
+        {
             Some(name) => Some(
                 env(name)
                     .filter(|key| !key.is_empty())
@@ -70,19 +118,24 @@ impl ServeArgs {
             ),
             None => None,
         };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or_else(|| file.map(|file| file.data_dir.clone()))
+            .context("--data-dir is required")?;
         Ok(ServeOptions {
-            listen: self.listen,
-            data_dir: self.data_dir.clone(),
-            run: RunOptions {
-                backends: self.backend.clone(),
-                workers: self.workers,
-                grace: self.grace.0,
-                checkpoint_rows: self.checkpoint_rows,
-                ..RunOptions::default()
-            },
+            listen: self
+                .listen
+                .or(file.and_then(|file| file.listen))
+                .unwrap_or(DEFAULT_LISTEN),
+            data_dir,
+            run,
             api_key,
-            max_file_bytes: self.max_file_bytes,
-            allow_open: self.allow_open,
+            max_file_bytes: self
+                .max_file_bytes
+                .or(file.and_then(|file| file.max_file_bytes))
+                .unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            allow_open: self.allow_open || file.is_some_and(|file| file.allow_open),
         })
     }
 }

@@ -9,6 +9,10 @@
 //! and the endpoint stays up for the linger time (or until a signal) so that a scraper can
 //! read the final figures, the same as the stats file's. What the run counts is `stats`'
 //! business; when the run ends is the engine's.
+//!
+//! A caller that serves figures itself (`batchflow serve`'s `/metrics` and live batch counts)
+//! hands the run a [`RunWatch`] instead: the run publishes its counters there when they
+//! exist, and the caller reads them on its own schedule.
 
 pub mod text;
 
@@ -79,14 +83,10 @@ impl MetricsListener {
         self.addr
     }
 
-    /// Serves the figures of `stats` and `pool` on the current runtime until the endpoint is
-    /// closed or dropped.
-    pub fn serve(self, stats: Arc<RunStats>, pool: Arc<BackendPool>) -> MetricsEndpoint {
-        let source = Arc::new(Source {
-            stats,
-            pool,
-            last: Mutex::new(None),
-        });
+    /// Serves the figures of `live` on the current runtime until the endpoint is closed or
+    /// dropped.
+    pub fn serve(self, live: LiveRun) -> MetricsEndpoint {
+        let source = live.0;
         let stop = CancellationToken::new();
         let router = axum::Router::new()
             .route("/metrics", get(scrape))
@@ -103,10 +103,74 @@ impl MetricsListener {
         MetricsEndpoint {
             addr,
             linger: self.linger,
-            source,
             stop,
             task: Some(task),
         }
+    }
+}
+
+/// A run's counters, as a scrape reads them. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveRun(Arc<Source>);
+
+impl LiveRun {
+    pub fn new(stats: Arc<RunStats>, pool: Arc<BackendPool>) -> LiveRun {
+        LiveRun(Arc::new(Source {
+            stats,
+            pool,
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// The run's figures as of `now`, or its last ones once it has ended.
+    pub fn snapshot(&self, now: Instant) -> StatsSnapshot {
+        self.0.last().unwrap_or_else(|| self.0.stats.snapshot(now))
+    }
+
+    /// The whole exposition of the run's figures.
+    pub fn render(&self, now: Instant) -> String {
+        self.0.render(now)
+    }
+
+    /// The run has ended and `last` are its figures, already written: they are served from
+    /// now on, with `batchflow_run_finished` 1.
+    pub fn finished(&self, last: &StatsSnapshot) {
+        *self.0.last_slot() = Some(last.clone());
+    }
+}
+
+/// Where a run publishes its [`LiveRun`] once its counters exist, for a caller that reads
+/// them itself. Cheap to clone; every clone sees the same run.
+#[derive(Clone, Default)]
+pub struct RunWatch(Arc<Mutex<Option<LiveRun>>>);
+
+impl fmt::Debug for RunWatch {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RunWatch")
+            .field("published", &self.live().is_some())
+            .finish()
+    }
+}
+
+impl RunWatch {
+    pub fn new() -> RunWatch {
+        RunWatch::default()
+    }
+
+    pub fn publish(&self, live: LiveRun) {
+        *self.slot() = Some(live);
+    }
+
+    /// The run's counters, once it has published them.
+    pub fn live(&self) -> Option<LiveRun> {
+        self.slot().clone()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<LiveRun>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -120,13 +184,19 @@ struct Source {
 }
 
 impl Source {
-    fn render(&self, now: Instant) -> String {
-        let (live, latency) = self.stats.snapshot_with_latency(now);
-        let last = self
-            .last
+    fn last_slot(&self) -> std::sync::MutexGuard<'_, Option<StatsSnapshot>> {
+        self.last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+    }
+
+    fn last(&self) -> Option<StatsSnapshot> {
+        self.last_slot().clone()
+    }
+
+    fn render(&self, now: Instant) -> String {
+        let (live, latency) = self.stats.snapshot_with_latency(now);
+        let last = self.last();
         let finished = last.is_some();
         let stats = last.unwrap_or(live);
         let backends: Vec<_> = self
@@ -156,7 +226,6 @@ async fn scrape(State(source): State<Arc<Source>>) -> impl IntoResponse {
 pub struct MetricsEndpoint {
     addr: SocketAddr,
     linger: Duration,
-    source: Arc<Source>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -174,16 +243,6 @@ impl fmt::Debug for MetricsEndpoint {
 impl MetricsEndpoint {
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The run has ended and `last` are its figures, already written: they are served from
-    /// now on, with `batchflow_run_finished` 1.
-    pub fn finished(&self, last: &StatsSnapshot) {
-        *self
-            .source
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(last.clone());
     }
 
     /// Keeps serving for the linger time or until `interrupted` resolves, whichever is first,

@@ -26,7 +26,7 @@ pub struct Figures<'a> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -44,7 +44,7 @@ impl Kind {
 
 /// A sample's value: counts are written as integers, so that none is rounded.
 #[derive(Debug, Clone, Copy)]
-enum Value {
+pub(crate) enum Value {
     Count(u64),
     Real(f64),
 }
@@ -57,8 +57,9 @@ struct Sample {
     value: Value,
 }
 
-/// One metric family: its name, kind, help and samples.
-struct Family {
+/// One metric family: its name, kind, help and samples. Other exporters (the server's
+/// `/metrics`) build theirs with it too, so every family is written the same way.
+pub(crate) struct Family {
     name: &'static str,
     kind: Kind,
     help: &'static str,
@@ -66,7 +67,7 @@ struct Family {
 }
 
 impl Family {
-    fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    pub(crate) fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
         Family {
             name,
             kind,
@@ -75,11 +76,16 @@ impl Family {
         }
     }
 
-    fn single(name: &'static str, kind: Kind, help: &'static str, value: Value) -> Family {
+    pub(crate) fn single(
+        name: &'static str,
+        kind: Kind,
+        help: &'static str,
+        value: Value,
+    ) -> Family {
         Family::new(name, kind, help).sample(Vec::new(), value)
     }
 
-    fn sample(self, labels: Vec<(&'static str, String)>, value: Value) -> Family {
+    pub(crate) fn sample(self, labels: Vec<(&'static str, String)>, value: Value) -> Family {
         self.suffixed("", labels, value)
     }
 
@@ -97,7 +103,7 @@ impl Family {
         self
     }
 
-    fn write(&self, text: &mut String) {
+    pub(crate) fn write(&self, text: &mut String) {
         if self.samples.is_empty() {
             return;
         }

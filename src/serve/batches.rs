@@ -181,9 +181,7 @@ pub async fn cancel(
         None => Err(ApiError::not_found("Batch", &id)),
         Some((_, Err(status))) => Err(ApiError::conflict(format!(
             "Batch {id} cannot be cancelled: its status is {}.",
-            serde_json::to_string(&status)
-                .unwrap_or_default()
-                .trim_matches('"')
+            status.as_str()
         ))),
         Some((batch, Ok(newly))) => {
             if newly {

@@ -7,6 +7,7 @@
 //!                                   ▼
 //!                       runner.rs: one batch at a time ──▶ engine::run ──▶ backends
 //!                       check.rs (input lines), finalize.rs (output and error files)
+//!  scraper ──GET /metrics──▶ metrics.rs (the store's batches, the runner's live counters)
 //! ```
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
@@ -17,6 +18,7 @@ mod batches;
 mod check;
 mod files;
 mod finalize;
+mod metrics;
 mod runner;
 pub mod store;
 pub mod wire;
@@ -40,6 +42,10 @@ use wire::ApiError;
 /// Files over this are refused with 413 unless `--max-file-bytes` says otherwise: OpenAI's
 /// own limit.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
+
+/// Where the server listens unless told otherwise: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 
 /// Everything the server needs.
 #[derive(Debug, Clone)]
@@ -130,11 +136,12 @@ fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
         .route("/batches", post(batches::create).get(batches::list))
         .route("/batches/{id}", get(batches::retrieve))
         .route("/batches/{id}/cancel", post(batches::cancel))
-        .fallback(|| async { ApiError::not_found_route() })
-        .with_state(state);
+        .fallback(|| async { ApiError::not_found_route() });
     Router::new()
+        .route("/metrics", get(metrics::scrape))
         .nest("/v1", api)
         .fallback(|| async { ApiError::not_found_route() })
+        .with_state(state)
         .layer(middleware::from_fn_with_state(api_key, authorize))
 }
 

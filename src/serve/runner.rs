@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -20,16 +21,18 @@ use super::store::{Store, StoreError};
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
 use crate::engine;
 use crate::error::Error;
+use crate::metrics::{LiveRun, RunWatch};
 use crate::options::{Console, RunOptions};
 use crate::shutdown::Shutdown;
 use crate::sink::parquet::OutputMode;
 use crate::source::Input;
 
-/// The batch being run, for live counts and cancelling.
+/// The batch being run, for live counts, metrics and cancelling.
 struct Current {
     id: String,
     shutdown: Shutdown,
-    stats_file: PathBuf,
+    /// The engine's counters for this run, once it has started sending.
+    watch: RunWatch,
     /// Rows its results already held when this run started.
     kept: RowCounts,
 }
@@ -156,26 +159,31 @@ impl Runner {
         self.wake.notify_one();
     }
 
-    /// The batch's counts as of now: while it runs, its results before this run plus what the
-    /// run's stats file says (rewritten every 2 seconds). Blocking (a small file read).
+    /// The batch's counts as of now: while it runs, its results before this run plus the
+    /// results this run has written so far, read from the engine's counters.
     pub fn live_counts(&self, batch: &mut Batch) {
         let current = self.current();
         let Some(current) = current.as_ref().filter(|current| current.id == batch.id) else {
             return;
         };
-        let Ok(bytes) = std::fs::read(&current.stats_file) else {
+        let Some(live) = current.watch.live() else {
             return;
         };
-        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            return;
-        };
-        let figure = |name: &str| stats.get(name).and_then(serde_json::Value::as_u64);
-        let (Some(succeeded), Some(failed)) = (figure("succeeded"), figure("failed")) else {
-            return;
-        };
-        let invalid = figure("invalid").unwrap_or(0);
-        batch.request_counts.completed = current.kept.ok + succeeded;
-        batch.request_counts.failed = current.kept.errors + failed + invalid;
+        let stats = live.snapshot(Instant::now());
+        batch.request_counts.completed = current.kept.ok + stats.succeeded;
+        batch.request_counts.failed = current.kept.errors + stats.failed + stats.invalid;
+    }
+
+    /// Batches waiting to run.
+    pub fn queued(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// The batch being run, with its engine's counters once it is sending.
+    pub fn running(&self) -> Option<(String, Option<LiveRun>)> {
+        self.current()
+            .as_ref()
+            .map(|current| (current.id.clone(), current.watch.live()))
     }
 
     /// Runs one batch from wherever its record says it stands.
@@ -311,18 +319,20 @@ impl Runner {
             quiet: true,
             stderr_is_terminal: false,
         };
-        let config = match options.resolve(console, None, |name| std::env::var(name).ok()) {
+        let mut config = match options.resolve(console, None, |name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(error) => {
                 return Ending::Failed(vec![problem("invalid_config", &error.to_string())]);
             }
         };
+        let watch = RunWatch::new();
+        config.watch = Some(watch.clone());
         let shutdown = Shutdown::new();
         shutdown.set_grace(config.grace);
         *self.current() = Some(Current {
             id: id.to_owned(),
             shutdown: shutdown.clone(),
-            stats_file: dir.join("stats.json"),
+            watch,
             kept,
         });
         // A cancel that came before the batch was current found nothing to stop.
@@ -374,6 +384,9 @@ impl Runner {
             })
             .await;
         let Some(batch) = finalizing else { return };
+        if batch.status == BatchStatus::Finalizing {
+            tracing::info!(batch_id = %id, "Batch finalizing.");
+        }
         let (store, owned) = (self.store.clone(), id.to_owned());
         let files =
             tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned)).await;

@@ -65,6 +65,31 @@ pub enum BatchStatus {
 }
 
 impl BatchStatus {
+    pub const ALL: [BatchStatus; 8] = [
+        BatchStatus::Validating,
+        BatchStatus::Failed,
+        BatchStatus::InProgress,
+        BatchStatus::Finalizing,
+        BatchStatus::Completed,
+        BatchStatus::Expired,
+        BatchStatus::Cancelling,
+        BatchStatus::Cancelled,
+    ];
+
+    /// The wire name, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Validating => "validating",
+            BatchStatus::Failed => "failed",
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Finalizing => "finalizing",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Expired => "expired",
+            BatchStatus::Cancelling => "cancelling",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
     /// Nothing more happens to a batch in this state.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -285,5 +310,13 @@ mod tests {
         assert_eq!(text, "\"in_progress\"");
         assert!(BatchStatus::Cancelled.is_terminal());
         assert!(!BatchStatus::Cancelling.is_terminal());
+    }
+
+    #[test]
+    fn each_status_names_itself_as_serde_does() {
+        for status in BatchStatus::ALL {
+            let text = serde_json::to_string(&status).expect("serializes");
+            assert_eq!(text, format!("\"{}\"", status.as_str()));
+        }
     }
 }
