@@ -12,14 +12,14 @@ use crate::serve::{Server, openai_lines};
 use crate::support::{self, Mock};
 
 /// The requests of a batch that stays in progress until it is cancelled: one request the mock
-/// holds for a minute, then `count` answered at once. Nothing here depends on timing: the
+/// holds for 15 s, then `count` answered at once. Nothing here depends on timing: the
 /// held request keeps the batch running for as long as the test looks at it.
 fn held_batch(count: usize) -> String {
     let held = json!({
         "custom_id": "held",
         "method": "POST",
         "url": "/v1/chat/completions",
-        "body": {"model": "llama3.2", "messages": [{"role": "user", "content": "[mock:delay=60000]"}]},
+        "body": {"model": "llama3.2", "messages": [{"role": "user", "content": "[mock:delay=15000]"}]},
     });
     format!("{held}\n{}", openai_lines(count))
 }

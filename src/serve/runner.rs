@@ -332,7 +332,7 @@ impl Runner {
         *self.current() = Some(Current {
             id: id.to_owned(),
             shutdown: shutdown.clone(),
-            watch,
+            watch: watch.clone(),
             kept,
         });
         // A cancel that came before the batch was current found nothing to stop.
@@ -346,6 +346,15 @@ impl Runner {
         let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
         let outcome = engine::run(config, None, shutdown).await;
         follow.abort();
+        // The run's last counts go into the record before the live ones stop being read, so
+        // that a poll while finalizing never sees them fall.
+        if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
+            self.update(id, move |batch| {
+                batch.request_counts.completed = kept.ok + last.succeeded;
+                batch.request_counts.failed = kept.errors + last.failed + last.invalid;
+            })
+            .await;
+        }
         *self.current() = None;
         if server.is_stopping() {
             return Ending::Suspended;
