@@ -38,13 +38,7 @@ struct Client {
 impl Client {
     fn median(&self, figure: impl Fn(&ClientRun) -> f64) -> f64 {
         let mut values: Vec<f64> = self.runs.iter().map(figure).collect();
-        values.sort_by(f64::total_cmp);
-        let middle = values.len() / 2;
-        match values.len() {
-            0 => f64::NAN,
-            len if len % 2 == 1 => values[middle],
-            _ => (values[middle - 1] + values[middle]) / 2.0,
-        }
+        crate::median(&mut values)
     }
 
     fn rate(&self) -> f64 {

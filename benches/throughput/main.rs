@@ -185,6 +185,17 @@ fn machine() -> String {
     format!("{cpus} CPUs, {model}")
 }
 
+/// The median of `values` (sorted in place); NaN for none.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => values[middle],
+        _ => (values[middle - 1] + values[middle]) / 2.0,
+    }
+}
+
 /// `met` or `MISSED`, for a target line.
 pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }

@@ -133,7 +133,10 @@ fn compare(
         serve_rates.push(requests as f64 / served.wall.as_secs_f64());
     }
     let usage = server.stop(plan.tools.limit)?;
-    let (cli, serve) = (median(&mut cli_rates), median(&mut serve_rates));
+    let (cli, serve) = (
+        crate::median(&mut cli_rates),
+        crate::median(&mut serve_rates),
+    );
     println!(
         "  median      CLI {cli:.1} req/s, serve {serve:.1} req/s; the server's peak RSS over {} batches {:.1} MiB",
         plan.rounds,
@@ -186,16 +189,6 @@ fn memory(plan: &Plan, mock: &Mock, input: &Path, requests: u64, scratch: &Path)
         verdict(usage.max_rss_bytes < TARGET_RSS_BYTES)
     );
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    match values.len() {
-        0 => f64::NAN,
-        len if len % 2 == 1 => values[middle],
-        _ => (values[middle - 1] + values[middle]) / 2.0,
-    }
 }
 
 /// Writes `count` request lines for `/v1/chat/completions` (the batch's endpoint, which

@@ -15,9 +15,11 @@ use arrow_array::types::{Int32Type, Int64Type};
 use serde_json::value::RawValue;
 
 use super::store::{Store, StoreError};
+use super::wire::RequestCounts;
 use crate::item::{HttpReply, Outcome, ReplyBody};
 use crate::sink::checkpoint::{self, ResultsError};
 use crate::sink::{dataset, jsonl, results};
+use crate::stats::StatsSnapshot;
 
 /// Why a batch's result files could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,14 @@ pub enum FinalizeError {
 pub struct RowCounts {
     pub ok: u64,
     pub errors: u64,
+}
+
+impl RowCounts {
+    /// Sets `counts`' completed and failed to these rows plus what a run has written since.
+    pub fn add_run(&self, run: &StatsSnapshot, counts: &mut RequestCounts) {
+        counts.completed = self.ok + run.succeeded;
+        counts.failed = self.errors + run.failed + run.invalid;
+    }
 }
 
 /// Writes the ok rows of the dataset `results` to `output` (synced); the rows counted. A

@@ -169,9 +169,9 @@ impl Runner {
         let Some(live) = current.watch.live() else {
             return;
         };
-        let stats = live.snapshot(Instant::now());
-        batch.request_counts.completed = current.kept.ok + stats.succeeded;
-        batch.request_counts.failed = current.kept.errors + stats.failed + stats.invalid;
+        current
+            .kept
+            .add_run(&live.snapshot(Instant::now()), &mut batch.request_counts);
     }
 
     /// Batches waiting to run.
@@ -350,8 +350,7 @@ impl Runner {
         // that a poll while finalizing never sees them fall.
         if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
             self.update(id, move |batch| {
-                batch.request_counts.completed = kept.ok + last.succeeded;
-                batch.request_counts.failed = kept.errors + last.failed + last.invalid;
+                kept.add_run(&last, &mut batch.request_counts)
             })
             .await;
         }
