@@ -19,6 +19,7 @@ use crate::sink::results::ExtraColumns;
 use crate::source::template::RecordShape;
 use crate::source::{Input, Shard};
 use crate::stage::retry::RetryPolicy;
+use crate::storage::StoreSettings;
 
 /// Every knob of a batch run. [`RunOptions::default`] is the one place that says each default.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct RunOptions {
     /// Row groups that seal a part of a dataset output (`results` ending in `/`).
     pub part_row_groups: usize,
     pub codec: Codec,
+    /// Object storage: how long an outage is ridden out, how long a shard's lease lasts.
+    pub store: StoreSettings,
     /// A pipeline's passthrough and output columns.
     pub extras: ExtraColumns,
     /// A JSONL output file (JSONL to standard output is the caller's writer).
@@ -107,6 +110,7 @@ impl Default for RunOptions {
             checkpoint_interval: Duration::from_secs(30),
             part_row_groups: dataset::PART_ROW_GROUPS,
             codec: Codec::default(),
+            store: StoreSettings::default(),
             extras: ExtraColumns::default(),
             jsonl_file: None,
             errors_file: None,

@@ -9,7 +9,12 @@
 //! whole), delete one. Each [`Remote`] runs its requests on a runtime of its own, so the sink's
 //! thread and the engine's blocking tasks can call it without an async context; transient
 //! failures (5xx, connection refused while a server restarts, timeouts) are retried by the
-//! store's client with exponential backoff for up to [`RETRY_TIMEOUT`].
+//! store's client with exponential backoff for up to [`StoreSettings::retry_for`] (5 minutes
+//! unless `--store-retry-for` says otherwise), however many tries that takes.
+//!
+//! Conditional writes (create-if-absent, replace-if-unchanged: S3, GCS, Azure and MinIO all
+//! have them) are what keeps two writers of one prefix apart: [`Remote::put`] with a
+//! [`PutCondition`], and the [`Version`] every write and listing returns.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -28,8 +33,40 @@ const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "
 /// Added to a download's file name until it is complete.
 pub const DOWNLOAD_SUFFIX: &str = ".download";
 
-/// How long one operation is retried before it fails.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How a store is used: how long an operation rides out an outage, and how long a writer's
+/// lease on a shard outlives its last renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// How long one operation is retried (exponential backoff) before it fails.
+    pub retry_for: Duration,
+    /// How long a shard's lease stays valid without renewal: another host takes a shard over
+    /// only after this long without a word from its writer.
+    pub lease_for: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            retry_for: Duration::from_secs(300),
+            lease_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Which version of an object a write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Whatever is there (or nothing).
+    Any,
+    /// Nothing: the object must not exist yet.
+    Absent,
+    /// Exactly this version: nobody wrote the object since.
+    Unchanged(Version),
+}
+
+/// A version of an object, as the store tells it (its ETag and, where kept, version id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(object_store::UpdateVersion);
 
 /// What can go wrong with object storage. Messages name the URL, never a credential.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +82,30 @@ pub enum StorageError {
 
     #[error("{path}: {cause}")]
     Local { path: PathBuf, cause: io::Error },
+
+    /// A conditional write found another version than it expected: another writer wrote the
+    /// object since (or created it first).
+    #[error("{url} was written by another writer meanwhile")]
+    Conflict { url: String },
 }
 
 /// Whether `text` is an object-storage URL (`s3://…`, `gs://…`, `az://…`).
 pub fn is_url(text: &str) -> bool {
     text.split_once("://")
         .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// `url` as one spelling of each store: the scheme in lower case, `s3a://` (Hadoop's name
+/// for S3) as `s3://`, so that two spellings of one prefix are one staging folder and one lease.
+pub fn canonical_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            let scheme = if scheme == "s3a" { "s3" } else { &scheme };
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The local path of a `file://` URL, its trailing `/` kept (a dataset); `None` for any other
@@ -125,6 +180,7 @@ struct Inner {
     /// The URL as given, for messages (it holds no credential: those come from the
     /// environment).
     url: String,
+    settings: StoreSettings,
     /// `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -148,18 +204,26 @@ impl fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// The store and prefix of a folder URL such as `s3://bucket/results/`.
+    /// The store and prefix of a folder URL such as `s3://bucket/results/`, with the default
+    /// [`StoreSettings`].
     pub fn open(url_text: &str) -> Result<Remote, StorageError> {
+        Remote::open_with(url_text, StoreSettings::default())
+    }
+
+    /// [`Remote::open`] with these settings.
+    pub fn open_with(url_text: &str, settings: StoreSettings) -> Result<Remote, StorageError> {
         crate::tls::install_crypto_provider();
+        let url_text = &canonical_url(url_text);
         let url_error = |reason: String| StorageError::Url {
             url: url_text.to_owned(),
             reason,
         };
         let url = url::Url::parse(url_text).map_err(|error| url_error(error.to_string()))?;
-        let store = build_store(&url).map_err(|cause| StorageError::Store {
-            url: url_text.to_owned(),
-            cause,
-        })?;
+        let store =
+            build_store(&url, retry(settings.retry_for)).map_err(|cause| StorageError::Store {
+                url: url_text.to_owned(),
+                cause,
+            })?;
         let prefix = ObjectPath::from_url_path(url.path())
             .map_err(|error| url_error(format!("its path: {error}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -174,6 +238,7 @@ impl Remote {
                 store,
                 prefix,
                 url: url_text.to_owned(),
+                settings,
                 runtime: Some(runtime),
             }),
         })
@@ -181,6 +246,7 @@ impl Remote {
 
     /// The folder and the object name of an object URL such as `s3://bucket/in/requests.jsonl`.
     pub fn open_object(url_text: &str) -> Result<(Remote, String), StorageError> {
+        let url_text = &canonical_url(url_text);
         let (folder, name) = url_text
             .rsplit_once('/')
             .filter(|(folder, name)| !name.is_empty() && folder.contains("://"))
@@ -193,6 +259,10 @@ impl Remote {
 
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    pub fn settings(&self) -> StoreSettings {
+        self.inner.settings
     }
 
     /// The URL of the object `name` in this folder.
@@ -210,14 +280,29 @@ impl Remote {
 
     fn store_error(&self, name: &str) -> impl Fn(object_store::Error) -> StorageError + '_ {
         let url = self.url_of(name);
-        move |cause| StorageError::Store {
-            url: url.clone(),
-            cause,
+        move |cause| match cause {
+            object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. } => {
+                StorageError::Conflict { url: url.clone() }
+            }
+            cause => StorageError::Store {
+                url: url.clone(),
+                cause,
+            },
         }
     }
 
     /// The names of the objects directly in this folder.
     pub fn list(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .list_versions()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// The objects directly in this folder, with their versions.
+    pub fn list_versions(&self) -> Result<Vec<(String, Version)>, StorageError> {
         let inner = &self.inner;
         let listed = self
             .block_on(inner.store.list_with_delimiter(Some(&inner.prefix)))
@@ -227,9 +312,60 @@ impl Remote {
             })?;
         Ok(listed
             .objects
-            .iter()
-            .filter_map(|object| object.location.filename().map(str::to_owned))
+            .into_iter()
+            .filter_map(|object| {
+                let name = object.location.filename()?.to_owned();
+                let version = object_store::UpdateVersion {
+                    e_tag: object.e_tag,
+                    version: object.version,
+                };
+                Some((name, Version(version)))
+            })
             .collect())
+    }
+
+    /// The object `name` and its version; `None` if there is none.
+    pub fn get(&self, name: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
+        let location = self.inner.prefix.clone().join(name);
+        self.block_on(async {
+            let got = match self.inner.store.get(&location).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(error) => return Err(self.store_error(name)(error)),
+            };
+            let version = object_store::UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            let bytes = got.bytes().await.map_err(self.store_error(name))?;
+            Ok(Some((bytes.to_vec(), Version(version))))
+        })
+    }
+
+    /// Writes `bytes` as the object `name` if `condition` holds (else
+    /// [`StorageError::Conflict`]); returns the version written.
+    pub fn put(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        condition: &PutCondition,
+    ) -> Result<Version, StorageError> {
+        let location = self.inner.prefix.clone().join(name);
+        let mode = match condition {
+            PutCondition::Any => object_store::PutMode::Overwrite,
+            PutCondition::Absent => object_store::PutMode::Create,
+            PutCondition::Unchanged(Version(version)) => {
+                object_store::PutMode::Update(version.clone())
+            }
+        };
+        let written = self
+            .block_on(
+                self.inner
+                    .store
+                    .put_opts(&location, PutPayload::from(bytes), mode.into()),
+            )
+            .map_err(self.store_error(name))?;
+        Ok(Version(written.into()))
     }
 
     /// Downloads the object `name` to `to` (written beside it first, then renamed, so that a
@@ -266,17 +402,19 @@ impl Remote {
         Ok(size)
     }
 
-    /// Uploads the file `from` as the object `name`, replacing it whole.
-    pub fn upload(&self, from: &Path, name: &str) -> Result<(), StorageError> {
+    /// Uploads the file `from` as the object `name`, replacing it whole if `condition` holds;
+    /// returns the version written.
+    pub fn upload(
+        &self,
+        from: &Path,
+        name: &str,
+        condition: &PutCondition,
+    ) -> Result<Version, StorageError> {
         let bytes = fs::read(from).map_err(|cause| StorageError::Local {
             path: from.to_owned(),
             cause,
         })?;
-        let location = self.inner.prefix.clone().join(name);
-        let payload = PutPayload::from(bytes);
-        self.block_on(self.inner.store.put(&location, payload))
-            .map_err(self.store_error(name))?;
-        Ok(())
+        self.put(name, bytes, condition)
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
@@ -286,28 +424,36 @@ impl Remote {
     }
 }
 
-fn retry() -> RetryConfig {
+/// Retries bounded by time alone: a count of tries would end a 5-minute outage after seconds
+/// of quick backoffs.
+fn retry(retry_for: Duration) -> RetryConfig {
     RetryConfig {
-        max_retries: 15,
-        retry_timeout: RETRY_TIMEOUT,
-        ..RetryConfig::default()
+        max_retries: usize::MAX,
+        retry_timeout: retry_for,
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15)
+                .min(retry_for / 4)
+                .max(Duration::from_millis(100)),
+            base: 2.0,
+        },
     }
 }
 
 /// The store of `url`'s scheme, configured from the environment.
-fn build_store(url: &url::Url) -> object_store::Result<Box<dyn ObjectStore>> {
+fn build_store(url: &url::Url, retry: RetryConfig) -> object_store::Result<Box<dyn ObjectStore>> {
     Ok(match url.scheme() {
         "gs" => Box::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(url.as_str())
-                .with_retry(retry())
+                .with_retry(retry)
                 .build()?,
         ),
-        "s3" | "s3a" => Box::new(s3_builder(url).build()?),
+        "s3" | "s3a" => Box::new(s3_builder(url).with_retry(retry).build()?),
         _ => {
             let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(url.as_str())
-                .with_retry(retry());
+                .with_retry(retry);
             if std::env::var("AZURE_STORAGE_ENDPOINT")
                 .is_ok_and(|endpoint| endpoint.starts_with("http://"))
             {
@@ -322,9 +468,7 @@ fn build_store(url: &url::Url) -> object_store::Result<Box<dyn ObjectStore>> {
 /// `default`) for what the variables leave out. An endpoint given as `http://` (a local or
 /// in-cluster S3-protocol server) is allowed plain HTTP.
 fn s3_builder(url: &url::Url) -> object_store::aws::AmazonS3Builder {
-    let mut builder = object_store::aws::AmazonS3Builder::from_env()
-        .with_url(url.as_str())
-        .with_retry(retry());
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
     let home = env("HOME").map(PathBuf::from);

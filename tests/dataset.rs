@@ -353,14 +353,15 @@ fn a_second_run_of_a_shard_that_is_being_written_is_refused_and_touches_nothing(
     });
     let second = run(&input, &mock, &["--output", output, "--resume"]);
     let still_running = first.try_wait().expect("waitable").is_none();
+    let first_pid = first.id();
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
     assert!(still_running, "the second run met the first one running");
     assert_eq!(second.code(), Some(2), "{}", second.stderr);
     assert!(
-        second
-            .stderr
-            .contains("held by another run writing shard 0/1"),
+        second.stderr.contains(&format!(
+            "shard 0/1 is being written by another run (pid {first_pid} on "
+        )),
         "{}",
         second.stderr
     );

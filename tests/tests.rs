@@ -26,3 +26,4 @@ mod serve;
 mod serve_faults;
 mod serve_observe;
 mod verify;
+mod writers;

@@ -149,12 +149,13 @@ impl RunOptions {
                 }
                 .into());
             }
+            let remote = storage::Remote::open_with(text, self.store)?;
             let staging = storage::staging_name(
                 "batchflow",
-                &format!("{text} {}/{}", owner.index, owner.count),
+                &format!("{} {}/{}", remote.url(), owner.index, owner.count),
             );
             let staging = PathBuf::from(format!("{}/", staging.display()));
-            (staging, Some(storage::Remote::open(text)?))
+            (staging, Some(remote))
         } else {
             match storage::local_path(text) {
                 Some(local) => (local?, None),

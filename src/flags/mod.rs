@@ -14,6 +14,7 @@ use std::time::Duration;
 use batchflow::mock::MockConfig;
 use batchflow::options::{RunOptions, Workers, parse_duration};
 use batchflow::source::Shard;
+use batchflow::storage::StoreSettings;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 pub use serve::ServeArgs;
@@ -170,6 +171,9 @@ pub struct PipelineRunArgs {
     /// batchflow_run_finished 1), for a last scrape; an interrupt ends it sooner.
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().metrics_linger), value_parser = flag_duration, value_name = "DURATION", requires = "metrics")]
     pub metrics_linger: FlagDuration,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Flags of `tune`: the run flags (backend, model, timeouts…) plus the sample's size.
@@ -395,6 +399,32 @@ pub struct RunArgs {
     /// GPU). The mock has models llama3.2 and nomic-embed-text.
     #[arg(long, conflicts_with = "backend")]
     pub mock: bool,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Object-storage flags of a run writing a dataset to `s3://`, `gs://` or `az://`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Ride out an object-store outage this long (retries with exponential backoff) before
+    /// the run stops, resumable, with exit code 2.
+    #[arg(long, default_value_t = FlagDuration(StoreSettings::default().retry_for), value_parser = flag_duration, value_name = "DURATION")]
+    pub store_retry_for: FlagDuration,
+
+    /// A shard's lease on object storage lasts this long without renewal (renewed every
+    /// third of it): another host takes over a shard whose writer went silent only after this.
+    #[arg(long, default_value_t = FlagDuration(StoreSettings::default().lease_for), value_parser = flag_duration_at_least_a_second, value_name = "DURATION")]
+    pub store_lease: FlagDuration,
+}
+
+impl StoreArgs {
+    pub fn settings(&self) -> StoreSettings {
+        StoreSettings {
+            retry_for: self.store_retry_for.0,
+            lease_for: self.store_lease.0,
+        }
+    }
 }
 
 /// Logging flags, shared by every command.
@@ -502,6 +532,13 @@ impl fmt::Display for FlagDuration {
 
 fn flag_duration(text: &str) -> Result<FlagDuration, String> {
     parse_duration(text).map(FlagDuration)
+}
+
+fn flag_duration_at_least_a_second(text: &str) -> Result<FlagDuration, String> {
+    match parse_duration(text)? {
+        duration if duration >= Duration::from_secs(1) => Ok(FlagDuration(duration)),
+        _ => Err(format!("{text:?} is shorter than a second")),
+    }
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {

@@ -58,6 +58,7 @@ impl RunArgs {
             progress_interval: self.progress_interval.0,
             metrics: self.metrics,
             metrics_linger: self.metrics_linger.0,
+            store: self.store.settings(),
             ..defaults
         }
     }
@@ -80,6 +81,7 @@ impl PipelineRunArgs {
         options.shard = self.shard.or(options.shard);
         options.metrics = self.metrics.or(options.metrics);
         options.metrics_linger = self.metrics_linger.0;
+        options.store = self.store.settings();
         options.pipeline_file = Some(self.file.clone());
     }
 }

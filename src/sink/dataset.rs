@@ -16,6 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, ResultsError};
+use super::lock::WriterLock;
 
 /// Data in a part that seals it: a checkpoint copies the part's earlier row groups (a kernel
 /// copy), so this bounds the bytes copied per checkpoint.
@@ -155,40 +156,21 @@ pub fn remove_parts(dir: &Path, owner: PartOwner) -> Result<(), ResultsError> {
     Ok(())
 }
 
-/// While held, no other run writes this owner's parts in the directory: an exclusive `flock` on
-/// a hidden file beside them (`.part-<i>-of-<n>.lock`, which no `*.parquet` glob matches),
-/// released when dropped or when the process dies. Two runs of one shard at once (a double
-/// launch, a scheduler retrying a shard that still runs) would otherwise remove each other's
-/// staging files and rename torn files over published parts.
-pub struct OwnerLock {
-    _file: fs::File,
+/// The lock file of `owner`'s parts in `dir` (see `sink::lock`): `.part-<i>-of-<n>.lock`,
+/// which no `*.parquet` glob matches. Two runs of one shard at once (a double launch, a
+/// scheduler retrying a shard that still runs) would otherwise remove each other's staging
+/// files and rename torn files over published parts.
+pub fn lock_path(dir: &Path, owner: PartOwner) -> PathBuf {
+    dir.join(format!(".part-{}-of-{}.lock", owner.index, owner.count))
 }
 
-/// Takes `owner`'s lock in `dir`, or fails at once naming the lock if another run holds it.
-pub fn lock(dir: &Path, owner: PartOwner) -> Result<OwnerLock, ResultsError> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join(format!(".part-{}-of-{}.lock", owner.index, owner.count));
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|cause| ResultsError::Io {
-            path: path.clone(),
-            cause,
-        })?;
-    // SAFETY: the descriptor is open for as long as `file` lives, which outlasts the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let cause = io::Error::last_os_error();
-        if cause.kind() == io::ErrorKind::WouldBlock {
-            return Err(ResultsError::Busy {
-                path,
-                owner: owner.describe(),
-            });
-        }
-        return Err(ResultsError::Io { path, cause });
-    }
-    Ok(OwnerLock { _file: file })
+/// Takes `owner`'s lock in `dir`, or fails at once naming the run that holds it.
+pub fn lock(dir: &Path, owner: PartOwner) -> Result<WriterLock, ResultsError> {
+    super::lock::take(
+        &lock_path(dir, owner),
+        &owner.describe(),
+        super::lock::LockFile::Kept,
+    )
 }
 
 /// Creates the dataset directory if it is missing (its parent must exist: a typo in a path

@@ -11,7 +11,9 @@ pub mod dataset;
 pub mod errors;
 pub mod fingerprint;
 pub mod jsonl;
+pub mod lock;
 pub mod parquet;
+pub mod remote;
 pub mod results;
 
 use std::io;

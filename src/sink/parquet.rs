@@ -15,6 +15,8 @@ use parquet::file::metadata::KeyValue;
 use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, ResultsWriter};
 use super::dataset::{self, PartOwner};
 use super::fingerprint::Fingerprint;
+use super::lock::{self, WriterLock};
+use super::remote::RemoteShard;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
 use super::{Sink, SinkError};
 use crate::item::{DoneSet, Outcome};
@@ -86,6 +88,19 @@ pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
         // runtime, which must not wait on a store); a refusal there still precedes any write.
         return Ok(());
     }
+    let lock_path = match output.dataset {
+        Some(owner) => dataset::lock_path(path, owner),
+        None => lock::file_lock_path(path),
+    };
+    if let Some(holder) = lock::holder(&lock_path)? {
+        return Err(ResultsError::Busy {
+            path: lock_path,
+            owner: output
+                .dataset
+                .map_or_else(|| path.display().to_string(), PartOwner::describe),
+            holder: holder.describe(),
+        });
+    }
     if let Some(owner) = output.dataset {
         if output.mode == OutputMode::New {
             if let Some(part) = dataset::list_parts(path, owner)?.first() {
@@ -128,27 +143,35 @@ pub fn prepare(
     fingerprint: Fingerprint,
     shutdown: Shutdown,
 ) -> Result<PreparedOutput, ResultsError> {
-    let (opened, lock) = match (output.dataset, &output.remote) {
+    let (opened, lock, remote) = match (output.dataset, &output.remote) {
         (Some(owner), remote) => {
             match remote {
                 Some(_) => crate::storage::create_private_dir(&output.path)?,
                 None => dataset::create_dir(&output.path)?,
             }
             let lock = dataset::lock(&output.path, owner)?;
-            if let Some(remote) = remote {
-                fetch_remote_parts(output, owner, remote)?;
-            }
+            let mut shard = remote
+                .as_ref()
+                .map(|remote| RemoteShard::open(remote, owner, &output.path, output.mode))
+                .transpose()?;
             let opened = open_dataset(output, owner, fingerprint)?;
             // Parts rewritten by --retry-errors replace their remote objects now, before any
             // new row (the requests they lost are sent again).
-            if let Some(remote) = remote {
+            if let Some(shard) = &mut shard {
                 for path in &opened.rewritten {
-                    upload(remote, path)?;
+                    shard.publish(path)?;
                 }
             }
-            (opened, Some(lock))
+            (opened, Some(lock), shard)
         }
-        (None, _) => (open_file(output, fingerprint)?, None),
+        (None, _) => {
+            let lock = lock::take(
+                &lock::file_lock_path(&output.path),
+                &output.path.display().to_string(),
+                lock::LockFile::RemovedAtEnd,
+            )?;
+            (open_file(output, fingerprint)?, Some(lock), None)
+        }
     };
     let kept_rows = opened.kept.iter().map(|(_, kept)| kept.rows()).sum();
     let rows = RowBuilder::new(opened.writer.schema(), &output.extras);
@@ -156,7 +179,7 @@ pub fn prepare(
         sink: ParquetSink {
             writer: Some(opened.writer),
             next_part: opened.next_part,
-            remote: output.remote.clone(),
+            remote,
             _lock: lock,
             rows,
             checkpoint_rows: output.checkpoint_rows.max(1),
@@ -332,73 +355,6 @@ fn open_dataset(
     })
 }
 
-/// The names of `owner`'s published parts in a remote dataset.
-fn remote_parts(remote: &Remote, owner: PartOwner) -> Result<Vec<String>, ResultsError> {
-    let mut names: Vec<String> = remote
-        .list()?
-        .into_iter()
-        .filter(|name| owner.owns_part(name))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// Makes the local staging directory a copy of `owner`'s remote parts, the remote being what is
-/// durable: local parts of an earlier run are dropped, remote ones downloaded (or, with
-/// `--overwrite`, deleted).
-fn fetch_remote_parts(
-    output: &ParquetOutput,
-    owner: PartOwner,
-    remote: &Remote,
-) -> Result<(), ResultsError> {
-    let dir = &output.path;
-    dataset::remove_leftovers(dir, owner)?;
-    dataset::remove_parts(dir, owner)?;
-    let names = remote_parts(remote, owner)?;
-    match output.mode {
-        OutputMode::New => {
-            if let Some(name) = names.first() {
-                return Err(ResultsError::Exists {
-                    path: PathBuf::from(remote.url_of(name)),
-                });
-            }
-        }
-        OutputMode::Overwrite => {
-            for name in &names {
-                remote.delete(name)?;
-            }
-        }
-        OutputMode::Resume { .. } => {
-            for name in &names {
-                let bytes = remote.download(name, &dir.join(name))?;
-                tracing::debug!(part = %name, bytes, "Downloaded a part to resume.");
-            }
-            if !names.is_empty() {
-                tracing::info!(
-                    "Downloaded {} parts of {} from {} to resume.",
-                    names.len(),
-                    owner.describe(),
-                    remote.url()
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Uploads a published local part over its remote object.
-fn upload(remote: &Remote, path: &Path) -> Result<(), ResultsError> {
-    let name = path
-        .file_name()
-        .and_then(|name| name.to_str())
-        .ok_or_else(|| ResultsError::Damaged {
-            path: path.to_owned(),
-            reason: "a part's name is not text".into(),
-        })?;
-    remote.upload(path, name)?;
-    Ok(())
-}
-
 /// Checks an existing results file against this run, drops its error rows if asked, and adds
 /// what it holds to `done`. Returns the file as kept, the error rows dropped, and this run's
 /// fingerprint with the file's record of changes carried over.
@@ -553,9 +509,9 @@ pub struct ParquetSink {
     /// For a dataset: the part that follows the writer's once it is sealed.
     next_part: Option<NextPart>,
     /// For a dataset on object storage: where each published part is uploaded.
-    remote: Option<Remote>,
-    /// For a dataset: this run's hold on its shard's parts, until the sink is dropped.
-    _lock: Option<dataset::OwnerLock>,
+    remote: Option<RemoteShard>,
+    /// This run's hold on its results file or its shard's parts, until the sink is dropped.
+    _lock: Option<WriterLock>,
     rows: RowBuilder,
     checkpoint_rows: usize,
     checkpoint_interval: Duration,
@@ -624,9 +580,9 @@ impl ParquetSink {
     }
 
     /// Uploads the current part as published (a dataset on object storage only).
-    fn upload_current(&self) -> Result<(), SinkError> {
-        if let (Some(remote), Some(writer)) = (&self.remote, &self.writer) {
-            upload(remote, writer.path())?;
+    fn upload_current(&mut self) -> Result<(), SinkError> {
+        if let (Some(remote), Some(writer)) = (&mut self.remote, &self.writer) {
+            remote.publish(writer.path())?;
         }
         Ok(())
     }
@@ -691,8 +647,8 @@ impl Sink for ParquetSink {
             let path = writer.path().to_owned();
             writer.close(state)?;
             checkpoint::remove_leftovers(&path)?;
-            if let (Some(remote), Some(next)) = (&self.remote, &self.next_part) {
-                upload(remote, &path)?;
+            if let (Some(remote), Some(next)) = (&mut self.remote, &self.next_part) {
+                remote.publish(&path)?;
                 // The store holds every part now: the local copies (the parts downloaded to
                 // resume, the last one written) are only a cache.
                 dataset::remove_parts(&next.dir, next.owner)?;

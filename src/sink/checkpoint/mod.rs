@@ -91,9 +91,22 @@ pub enum ResultsError {
     Storage(#[from] crate::storage::StorageError),
 
     #[error(
-        "{path} is held by another run writing {owner} of this dataset; wait for it to end (two runs of one shard would tear each other's parts)"
+        "{owner} is being written by another run ({holder}; its lock is {path}): wait for it to end or stop it (two writers would lose or double rows)"
     )]
-    Busy { path: PathBuf, owner: String },
+    Busy {
+        path: PathBuf,
+        owner: String,
+        holder: String,
+    },
+
+    #[error(
+        "{owner} of {url} was taken over by another run while this one (its writer number {token}) stalled or lost the store: this run publishes nothing more. What it published is kept; the other run goes on, or run again with --resume once it ends"
+    )]
+    Fenced {
+        owner: String,
+        url: String,
+        token: u64,
+    },
 
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
