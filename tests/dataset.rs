@@ -116,11 +116,14 @@ fn shards_write_their_own_parts_into_one_dataset_and_each_id_lands_once() {
     assert_eq!(
         hidden,
         [
+            ".part-0-of-3.generation",
             ".part-0-of-3.lock",
+            ".part-1-of-3.generation",
             ".part-1-of-3.lock",
+            ".part-2-of-3.generation",
             ".part-2-of-3.lock"
         ],
-        "beside the parts, only each shard's hidden lock file"
+        "beside the parts, only each shard's hidden generation marker and lock file"
     );
     let rows = dataset_rows(&dataset);
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -444,4 +447,224 @@ fn retry_errors_modifies_no_part_when_a_later_one_was_made_with_other_settings()
             "{name} kept its error rows: no part is modified before all are checked"
         );
     }
+}
+
+/// custom_id → the `content` of each of its rows, over every part of a dataset.
+fn contents_by_id(dataset: &Path) -> HashMap<String, Vec<String>> {
+    use arrow_array::cast::AsArray;
+    let mut found: HashMap<String, Vec<String>> = HashMap::new();
+    for name in part_names(dataset) {
+        let file = std::fs::File::open(dataset.join(&name)).expect("a part");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|error| panic!("{name} is Parquet: {error}"))
+            .build()
+            .expect("a reader");
+        for batch in reader {
+            let batch = batch.expect("readable rows");
+            let ids = batch
+                .column_by_name("custom_id")
+                .expect("ids")
+                .as_string::<i32>()
+                .clone();
+            let contents = batch
+                .column_by_name("content")
+                .expect("content")
+                .as_string::<i32>()
+                .clone();
+            for (id, content) in ids.iter().zip(contents.iter()) {
+                found
+                    .entry(id.expect("an id").to_owned())
+                    .or_default()
+                    .push(content.unwrap_or_default().to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// `count` chat lines with ids `req-0…` and prompts `{word} N`.
+fn worded_lines(count: usize, word: &str) -> String {
+    (0..count)
+        .map(|index| chat_line(&format!("req-{index}"), &format!("{word} {index}")) + "\n")
+        .collect()
+}
+
+#[test]
+fn an_overwrite_killed_after_it_began_leaves_nothing_that_resume_takes_for_done() {
+    let mock = Mock::start(MockConfig {
+        slots: 4,
+        latency: Duration::from_millis(5),
+        ..MockConfig::default()
+    });
+    let count = 600;
+    let mut rng = fastrand::Rng::with_seed(20261203);
+    for kill in 0..4 {
+        let dir = tempfile::tempdir().expect("dir");
+        let dataset = dataset_path(dir.path(), "results");
+        let output = dataset.to_str().expect("a UTF-8 path");
+        let old_input = dir.path().join("old.jsonl");
+        std::fs::write(&old_input, worded_lines(count, "old")).expect("written");
+        let old = run(
+            &old_input,
+            &mock,
+            &[
+                "--output",
+                output,
+                "--checkpoint-rows",
+                "20",
+                "--part-row-groups",
+                "2",
+            ],
+        );
+        assert_eq!(old.code(), Some(0), "{}", old.stderr);
+        let marker = dataset.join(".part-0-of-1.generation");
+        let old_marker = std::fs::read(&marker).expect("the first run's generation");
+        let new_input = dir.path().join("new.jsonl");
+        std::fs::write(&new_input, worded_lines(count, "new")).expect("written");
+        let command = |mode: &str| {
+            let mut command = batchflow();
+            command
+                .arg(&new_input)
+                .args([
+                    "--backend",
+                    &mock.url(),
+                    "--quiet",
+                    "--output",
+                    output,
+                    mode,
+                ])
+                .args(["--checkpoint-rows", "20", "--part-row-groups", "2"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            command
+        };
+        let mut replacing = command("--overwrite").spawn().expect("starts");
+        support::wait_until("the new generation is recorded", || {
+            std::fs::read(&marker).is_ok_and(|now| now != old_marker)
+        });
+        std::thread::sleep(Duration::from_millis(rng.u64(0..40)));
+        replacing.kill().expect("SIGKILL");
+        replacing.wait().expect("reaped");
+        let resumed = command("--resume").output().expect("runs");
+        assert_eq!(
+            resumed.status.code(),
+            Some(0),
+            "kill {kill}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let found = contents_by_id(&dataset);
+        assert_eq!(found.len(), count, "kill {kill}: every id");
+        for (id, contents) in &found {
+            assert_eq!(contents.len(), 1, "kill {kill}: {id} once: {contents:?}");
+            assert!(
+                contents[0].contains("new"),
+                "kill {kill}: {id} is a row of the new generation: {contents:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_shard_layout_other_than_the_datasets_is_refused_unless_overwriting() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 200;
+    let input = write_input(dir.path(), &chat_lines(count));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let whole = run(&input, &mock, &["--output", output]);
+    assert_eq!(whole.code(), Some(0), "{}", whole.stderr);
+    for shard in ["0/2", "1/2"] {
+        for mode in [&[][..], &["--resume"]] {
+            let refused = run(
+                &input,
+                &mock,
+                &[&["--output", output, "--shard", shard], mode].concat(),
+            );
+            assert_eq!(
+                refused.code(),
+                Some(2),
+                "{shard} {mode:?}: {}",
+                refused.stderr
+            );
+            assert!(
+                refused
+                    .stderr
+                    .contains("holds parts of another shard layout")
+                    && refused.stderr.contains("part-0-of-1-00000.parquet"),
+                "{}",
+                refused.stderr
+            );
+        }
+    }
+    assert_eq!(
+        dataset_rows(&dataset).len(),
+        count,
+        "the refusals touched nothing"
+    );
+    let first = run(
+        &input,
+        &mock,
+        &["--output", output, "--shard", "0/2", "--overwrite"],
+    );
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let second = run(&input, &mock, &["--output", output, "--shard", "1/2"]);
+    assert_eq!(second.code(), Some(0), "{}", second.stderr);
+    let rows = dataset_rows(&dataset);
+    assert_eq!(
+        rows.len(),
+        count,
+        "each id once: {:?}",
+        part_names(&dataset)
+    );
+    assert!(
+        part_names(&dataset)
+            .iter()
+            .all(|name| name.contains("-of-2-"))
+    );
+}
+
+#[test]
+fn resume_sends_the_rows_of_a_damaged_or_empty_part_again_and_readers_work_again() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 300;
+    let input = write_input(dir.path(), &chat_lines(count));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let args = [
+        "--output",
+        output,
+        "--checkpoint-rows",
+        "20",
+        "--part-row-groups",
+        "2",
+    ];
+    let first = run(&input, &mock, &args);
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let names = part_names(&dataset);
+    assert!(names.len() >= 4, "{names:?}");
+    let (emptied, garbled) = (dataset.join(&names[0]), dataset.join(&names[1]));
+    std::fs::write(&emptied, b"").expect("truncated");
+    std::fs::write(&garbled, b"PAR1 this is no Parquet file at all PAR1").expect("garbled");
+    let resumed = run(&input, &mock, &[&args[..], &["--resume"]].concat());
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("{} is damaged", garbled.display())),
+        "{}",
+        resumed.stderr
+    );
+    // Every part a glob reader sees is whole Parquet again, and holds each id once.
+    let rows = dataset_rows(&dataset);
+    assert_eq!(rows.len(), count, "{:?}", part_names(&dataset));
+    let mut ids: Vec<_> = rows.iter().map(|row| row.0.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), count);
+    assert!(!emptied.exists(), "the empty part is gone");
+    assert!(
+        dataset.join(format!("{}.damaged", names[1])).exists(),
+        "the damaged part is kept aside"
+    );
 }

@@ -45,7 +45,10 @@ fn ids_in_store(moto: &Moto, bucket: &str, prefix: &str) -> HashMap<String, usiz
     let mut ids = HashMap::new();
     for key in moto.keys(bucket, prefix) {
         if !key.ends_with(".parquet") {
-            assert!(key.ends_with(".lease"), "only parts and leases: {key}");
+            assert!(
+                key.ends_with(".lease") || key.ends_with(".generation"),
+                "only parts, the lease and the generation marker: {key}"
+            );
             continue;
         }
         let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(moto.get(bucket, &key)))

@@ -76,24 +76,48 @@ impl PartOwner {
     }
 }
 
+/// The owner of a published part's name, whoever it is.
+pub fn owner_of(name: &str) -> Option<PartOwner> {
+    let rest = name.strip_prefix(PART_PREFIX)?;
+    let (index, rest) = rest.split_once("-of-")?;
+    let (count, _) = rest.split_once('-')?;
+    let owner = PartOwner {
+        index: index.parse().ok()?,
+        count: count.parse().ok()?,
+    };
+    matches!(owner.seq_of(name), Some((_, ""))).then_some(owner)
+}
+
 /// The owners of the parts published in `dir`, in shard order.
 pub fn owners(dir: &Path) -> Result<Vec<PartOwner>, ResultsError> {
     let mut owners: Vec<PartOwner> = entries(dir)?
         .iter()
-        .filter_map(|(_, name)| {
-            let rest = name.strip_prefix(PART_PREFIX)?;
-            let (index, rest) = rest.split_once("-of-")?;
-            let (count, _) = rest.split_once('-')?;
-            let owner = PartOwner {
-                index: index.parse().ok()?,
-                count: count.parse().ok()?,
-            };
-            matches!(owner.seq_of(name), Some((_, ""))).then_some(owner)
-        })
+        .filter_map(|(_, name)| owner_of(name))
         .collect();
     owners.sort_by_key(|owner| (owner.count, owner.index));
     owners.dedup();
     Ok(owners)
+}
+
+/// Of `names`, the published parts of another shard layout than `owner`'s (another shard
+/// count): rows a run of `owner` would count again.
+pub fn other_layouts<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    owner: PartOwner,
+) -> Vec<&'a str> {
+    let mut found: Vec<&str> = names
+        .into_iter()
+        .filter(|name| owner_of(name).is_some_and(|other| other.count != owner.count))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// The published parts in `dir` of another shard layout than `owner`'s.
+pub fn other_layout_parts(dir: &Path, owner: PartOwner) -> Result<Vec<PathBuf>, ResultsError> {
+    let entries = entries(dir)?;
+    let names = other_layouts(entries.iter().map(|(_, name)| name.as_str()), owner);
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
 }
 
 /// One published part of a dataset.

@@ -110,7 +110,8 @@ impl Fingerprint {
                 let key = entry.key.strip_prefix(PREFIX)?;
                 Some((key.to_owned(), entry.value.clone()?))
             })
-            .filter(|(key, _)| key != "state")
+            // How the run ended and which generation wrote the file are not what produced it.
+            .filter(|(key, _)| key != "state" && key != "generation")
             .collect();
         entries
             .contains_key("version")

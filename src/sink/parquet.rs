@@ -15,6 +15,7 @@ use parquet::file::metadata::KeyValue;
 use super::checkpoint::{self, Codec, ExistingResults, FileState, ResultsError, ResultsWriter};
 use super::dataset::{self, PartOwner};
 use super::fingerprint::Fingerprint;
+use super::generation::{self, Marker, Settled};
 use super::lock::{self, WriterLock};
 use super::remote::RemoteShard;
 use super::results::{self, ExtraColumns, RAW_RESPONSE, RowBuilder};
@@ -28,16 +29,7 @@ use crate::storage::Remote;
 /// responses, embeddings) cannot fill memory before `--checkpoint-rows` is reached.
 pub const CHECKPOINT_BYTES: usize = 8 << 20;
 
-/// What to do with an existing file at the output path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    /// Refuse to touch an existing file.
-    New,
-    /// Replace an existing file.
-    Overwrite,
-    /// Continue an existing file; with `retry_errors`, drop its error rows and redo them.
-    Resume { retry_errors: bool },
-}
+pub use super::mode::OutputMode;
 
 /// The Parquet output of a run.
 #[derive(Debug, Clone)]
@@ -133,6 +125,8 @@ struct Opened {
     next_part: Option<NextPart>,
     /// Kept files that `--retry-errors` rewrote.
     rewritten: Vec<PathBuf>,
+    /// For a dataset: the names of parts taken out of it (stale, damaged, empty).
+    dropped: Vec<String>,
 }
 
 /// Opens the output according to its mode; `fingerprint` is written in the file (in every part).
@@ -150,17 +144,27 @@ pub fn prepare(
                 None => dataset::create_dir(&output.path)?,
             }
             let lock = dataset::lock(&output.path, owner)?;
+            // A run that starts a generation on a store records it there before anything else.
+            let marker = match (output.mode, remote) {
+                (OutputMode::New, Some(_)) => Some(Marker::new(false)),
+                (OutputMode::Overwrite, Some(_)) => Some(Marker::new(true)),
+                _ => None,
+            };
             let mut shard = remote
                 .as_ref()
-                .map(|remote| RemoteShard::open(remote, owner, &output.path, output.mode))
+                .map(|remote| {
+                    RemoteShard::open(remote, owner, &output.path, output.mode, marker.as_ref())
+                })
                 .transpose()?;
-            let opened = open_dataset(output, owner, fingerprint)?;
+            let opened = open_dataset(output, owner, fingerprint, marker)?;
             // Parts rewritten by --retry-errors replace their remote objects now, before any
-            // new row (the requests they lost are sent again).
+            // new row (the requests they lost are sent again); parts taken out of the dataset
+            // leave the store too.
             if let Some(shard) = &mut shard {
                 for path in &opened.rewritten {
                     shard.publish(path)?;
                 }
+                shard.remove(&opened.dropped)?;
             }
             (opened, Some(lock), shard)
         }
@@ -231,6 +235,7 @@ fn open_file(output: &ParquetOutput, fingerprint: Fingerprint) -> Result<Opened,
             kept: Vec::new(),
             next_part: None,
             rewritten: Vec::new(),
+            dropped: Vec::new(),
         });
     }
     let mut done = DoneSet::default();
@@ -243,6 +248,7 @@ fn open_file(output: &ParquetOutput, fingerprint: Fingerprint) -> Result<Opened,
         kept: vec![(path.clone(), existing)],
         next_part: None,
         rewritten: Vec::new(),
+        dropped: Vec::new(),
     })
 }
 
@@ -252,22 +258,15 @@ fn open_dataset(
     output: &ParquetOutput,
     owner: PartOwner,
     mut fingerprint: Fingerprint,
+    marker: Option<Marker>,
 ) -> Result<Opened, ResultsError> {
     let dir = &output.path;
-    dataset::remove_leftovers(dir, owner)?;
-    let mut parts = dataset::list_parts(dir, owner)?;
+    let Settled {
+        parts,
+        marker,
+        dropped,
+    } = generation::settle(dir, owner, output.mode, marker)?;
     match output.mode {
-        OutputMode::New => {
-            if let Some(part) = parts.first() {
-                return Err(ResultsError::Exists {
-                    path: part.path.clone(),
-                });
-            }
-        }
-        OutputMode::Overwrite => {
-            dataset::remove_parts(dir, owner)?;
-            parts.clear();
-        }
         OutputMode::Resume { .. } if parts.is_empty() => tracing::info!(
             "Nothing of {} to resume in {}: starting its first part.",
             owner.describe(),
@@ -279,6 +278,7 @@ fn open_dataset(
             dir.display(),
             parts.len()
         ),
+        OutputMode::New | OutputMode::Overwrite => {}
     }
     let mut done = DoneSet::default();
     let mut kept = Vec::new();
@@ -302,7 +302,8 @@ fn open_dataset(
         fingerprint = carried;
         checked.push((part.path.clone(), existing));
     }
-    let key_values = fingerprint.key_values();
+    let mut key_values = fingerprint.key_values();
+    key_values.extend(marker.as_ref().map(Marker::key_value));
     for (path, existing) in checked {
         let (existing, dropped) =
             take_kept(output, &path, existing, key_values.clone(), &mut done)?;
@@ -344,6 +345,7 @@ fn open_dataset(
         dropped_errors,
         kept,
         rewritten,
+        dropped,
         next_part: Some(NextPart {
             dir: dir.clone(),
             owner,

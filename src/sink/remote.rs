@@ -30,9 +30,21 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::ResultsError;
 use super::dataset::{self, PartOwner};
+use super::generation::{self, Marker};
 use super::lock::Holder;
-use super::parquet::OutputMode;
+use super::mode::OutputMode;
 use crate::storage::{PutCondition, Remote, StorageError, Version};
+
+fn remove_if_present(path: &Path) -> Result<(), ResultsError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(cause) => Err(ResultsError::Io {
+            path: path.to_owned(),
+            cause,
+        }),
+    }
+}
 
 /// Takings of a lease raced by other runs before giving up.
 const TAKE_ATTEMPTS: usize = 5;
@@ -303,57 +315,106 @@ pub struct RemoteShard {
 
 impl RemoteShard {
     /// Takes `owner`'s lease, then makes the local staging folder `dir` a copy of its remote
-    /// parts, the remote being what is durable: local parts of an earlier run are dropped,
-    /// remote ones downloaded (or, with `--overwrite`, deleted).
+    /// parts and generation marker, the remote being what is durable: local parts of an earlier
+    /// run are dropped, remote ones downloaded. A run that starts a generation (`marker`: new,
+    /// or `--overwrite`) records it in the store before any old part is deleted.
     pub fn open(
         remote: &Remote,
         owner: PartOwner,
         dir: &Path,
         mode: OutputMode,
+        marker: Option<&Marker>,
     ) -> Result<RemoteShard, ResultsError> {
         let lease = Lease::take(remote, owner)?;
         dataset::remove_leftovers(dir, owner)?;
         dataset::remove_parts(dir, owner)?;
-        let mut parts: Vec<(String, Version)> = remote
-            .list_versions()?
-            .into_iter()
+        let listed = remote.list_versions()?;
+        let mut parts: Vec<(String, Version)> = listed
+            .iter()
             .filter(|(name, _)| owner.owns_part(name))
+            .cloned()
             .collect();
         parts.sort_by(|(one, _), (other, _)| one.cmp(other));
-        match mode {
-            OutputMode::New => {
-                if let Some((name, _)) = parts.first() {
-                    return Err(ResultsError::Exists {
-                        path: PathBuf::from(remote.url_of(name)),
-                    });
-                }
+        let others: Vec<String> =
+            dataset::other_layouts(listed.iter().map(|(name, _)| name.as_str()), owner)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+        let marker_name = generation::marker_name(owner);
+        let local_marker = dir.join(&marker_name);
+        let other_layout = || ResultsError::OtherLayout {
+            dir: remote.url().to_owned(),
+            owner: owner.describe(),
+            parts: others
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let replaces_others = match (mode, marker) {
+            (OutputMode::New, _) if !others.is_empty() => return Err(other_layout()),
+            (OutputMode::New, _) if !parts.is_empty() => {
+                return Err(ResultsError::Exists {
+                    path: PathBuf::from(remote.url_of(&parts[0].0)),
+                });
             }
-            OutputMode::Overwrite => {
-                for (name, _) in &parts {
-                    remote.delete(name)?;
-                }
-                parts.clear();
+            (OutputMode::New | OutputMode::Overwrite, Some(marker)) => {
+                remote.put(&marker_name, marker.to_bytes(), &PutCondition::Any)?;
+                marker.replaces_other_layouts
             }
-            OutputMode::Resume { .. } => {
-                for (name, _) in &parts {
-                    let bytes = remote.download(name, &dir.join(name))?;
-                    tracing::debug!(part = %name, bytes, "Downloaded a part to resume.");
+            _ => match remote.get(&marker_name)? {
+                Some((bytes, _)) => {
+                    let found =
+                        Marker::from_bytes(&bytes, Path::new(&remote.url_of(&marker_name)))?;
+                    generation::write(dir, owner, &found)?;
+                    found.replaces_other_layouts
                 }
-                if !parts.is_empty() {
-                    tracing::info!(
-                        "Downloaded {} parts of {} from {} to resume.",
-                        parts.len(),
-                        owner.describe(),
-                        remote.url()
-                    );
+                None => {
+                    remove_if_present(&local_marker)?;
+                    false
                 }
+            },
+        };
+        if !others.is_empty() && !replaces_others {
+            return Err(other_layout());
+        }
+        for name in &others {
+            remote.delete(name)?;
+        }
+        if mode == OutputMode::Overwrite {
+            for (name, _) in &parts {
+                remote.delete(name)?;
             }
+            parts.clear();
+        }
+        for (name, _) in &parts {
+            let bytes = remote.download(name, &dir.join(name))?;
+            tracing::debug!(part = %name, bytes, "Downloaded a part to resume.");
+        }
+        if !parts.is_empty() {
+            tracing::info!(
+                "Downloaded {} parts of {} from {} to resume.",
+                parts.len(),
+                owner.describe(),
+                remote.url()
+            );
         }
         Ok(RemoteShard {
             remote: remote.clone(),
             lease,
             versions: parts.into_iter().collect(),
         })
+    }
+
+    /// Deletes parts taken out of the dataset (stale, damaged, empty) from the store.
+    pub fn remove(&mut self, names: &[String]) -> Result<(), ResultsError> {
+        for name in names {
+            self.lease.confirm()?;
+            self.remote.delete(name)?;
+            self.versions.remove(name);
+        }
+        Ok(())
     }
 
     /// Uploads a published local part over its remote object, if this run still holds the

@@ -108,6 +108,15 @@ pub enum ResultsError {
         token: u64,
     },
 
+    #[error(
+        "{dir} holds parts of another shard layout than {owner} ({parts}): a run of {owner} would count their rows again. Pass --overwrite to replace them, or write to another directory"
+    )]
+    OtherLayout {
+        dir: String,
+        owner: String,
+        parts: String,
+    },
+
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
 
