@@ -338,3 +338,91 @@ fn a_store_outage_is_ridden_out_for_its_budget_and_past_it_the_run_stops_resumab
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1));
 }
+
+#[test]
+fn on_a_store_an_overwrite_killed_after_it_began_is_finished_by_resume_and_other_layouts_are_refused()
+ {
+    let moto = Moto::start();
+    moto.create_bucket("results");
+    let mock = slow_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 300;
+    let worded = |word: &str| -> String {
+        (0..count)
+            .map(|index| {
+                support::chat_line(&format!("req-{index}"), &format!("{word} {index}")) + "\n"
+            })
+            .collect()
+    };
+    let (old_input, new_input) = (dir.path().join("old.jsonl"), dir.path().join("new.jsonl"));
+    std::fs::write(&old_input, worded("old")).expect("written");
+    std::fs::write(&new_input, worded("new")).expect("written");
+    let run = |input: &std::path::Path, extra: &[&str]| {
+        let mut command = on_store(moto.address, dir.path());
+        command
+            .arg(input)
+            .args([
+                "--backend",
+                &mock.url(),
+                "--quiet",
+                "--output",
+                "s3://results/run/",
+            ])
+            .args(["--checkpoint-rows", "10", "--part-row-groups", "2"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let old = parse_output(run(&old_input, &[]).output().expect("runs"));
+    assert_eq!(old.code(), Some(0), "{}", old.stderr);
+    let sharded = parse_output(run(&old_input, &["--shard", "1/2"]).output().expect("runs"));
+    assert_eq!(sharded.code(), Some(2), "{}", sharded.stderr);
+    assert!(
+        sharded
+            .stderr
+            .contains("holds parts of another shard layout"),
+        "{}",
+        sharded.stderr
+    );
+    let marker = "run/.part-0-of-1.generation";
+    let old_marker = moto.get("results", marker);
+    let mut replacing = run(&new_input, &["--overwrite"]).spawn().expect("starts");
+    wait_until("the new generation is recorded in the store", || {
+        moto.get("results", marker) != old_marker
+    });
+    replacing.kill().expect("SIGKILL");
+    replacing.wait().expect("reaped");
+    let resumed = parse_output(run(&new_input, &["--resume"]).output().expect("runs"));
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    let ids = ids_in_store(&moto, "results", "run/");
+    assert_eq!(ids.len(), count);
+    assert!(ids.values().all(|rows| *rows == 1), "each custom_id once");
+    let mut contents = 0;
+    for key in moto.keys("results", "run/") {
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(Bytes::from(moto.get("results", &key)))
+                .expect("a part")
+                .build()
+                .expect("a reader");
+        for batch in reader {
+            let batch = batch.expect("rows");
+            let column = batch
+                .column_by_name("content")
+                .expect("content")
+                .as_string::<i32>()
+                .clone();
+            for content in column.iter() {
+                assert!(
+                    content.is_some_and(|text| text.contains("new")),
+                    "a row of the old generation survived: {content:?}"
+                );
+                contents += 1;
+            }
+        }
+    }
+    assert_eq!(contents, count);
+}
