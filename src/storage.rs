@@ -5,7 +5,7 @@
 //! What it owns: a URL to a store (credentials from each cloud's standard environment variables
 //! and, for S3, its shared credentials and config files; never logged), and the four blocking
 //! operations the sink and the engine need: list a prefix's objects, download one to a file,
-//! upload a file as one object (a PUT is atomic: a reader gets the old object or the new one,
+//! write one object whole (a PUT is atomic: a reader gets the old object or the new one,
 //! whole), delete one. Each [`Remote`] runs its requests on a runtime of its own, so the sink's
 //! thread and the engine's blocking tasks can call it without an async context; transient
 //! failures (5xx, connection refused while a server restarts, timeouts) are retried by the
@@ -400,21 +400,6 @@ impl Remote {
         })?;
         fs::rename(&partial, to).map_err(local_error(to))?;
         Ok(size)
-    }
-
-    /// Uploads the file `from` as the object `name`, replacing it whole if `condition` holds;
-    /// returns the version written.
-    pub fn upload(
-        &self,
-        from: &Path,
-        name: &str,
-        condition: &PutCondition,
-    ) -> Result<Version, StorageError> {
-        let bytes = fs::read(from).map_err(|cause| StorageError::Local {
-            path: from.to_owned(),
-            cause,
-        })?;
-        self.put(name, bytes, condition)
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {

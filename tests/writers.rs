@@ -267,7 +267,7 @@ fn a_writer_stalled_past_its_lease_is_fenced_off_and_no_row_is_lost_or_doubled()
     // landed first and fenced it off in turn: a further run then finishes it.
     if successor_out.code() != Some(0) {
         assert!(
-            successor_out.stderr.contains("written by another writer")
+            successor_out.stderr.contains("landed late")
                 || successor_out.stderr.contains("was taken over"),
             "{}",
             successor_out.stderr

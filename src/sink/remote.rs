@@ -74,8 +74,13 @@ pub struct Lease {
 }
 
 struct Shared {
-    /// A remote of its own, so that a renewal never waits behind a part's upload.
+    /// A remote of its own, so that a renewal never waits behind a part's upload; it rides
+    /// out an outage as long as the uploads do (a confirmation precedes each of them).
     remote: Remote,
+    /// The same store with retries cut to a third of the lease: the renewal thread tries
+    /// again at its next turn anyway, and letting the lease go at the end must not hold up a
+    /// run stopped by an outage for the whole `--store-retry-for` again.
+    quick: Remote,
     name: String,
     owner: PartOwner,
     record: Mutex<Held>,
@@ -106,6 +111,13 @@ impl Lease {
     pub fn take(remote: &Remote, owner: PartOwner) -> Result<Lease, ResultsError> {
         let settings = remote.settings();
         let own = Remote::open_with(remote.url(), settings)?;
+        let quick = Remote::open_with(
+            remote.url(),
+            crate::storage::StoreSettings {
+                retry_for: settings.retry_for.min(settings.lease_for / 3),
+                ..settings
+            },
+        )?;
         let name = lease_name(owner);
         let url = own.url_of(&name);
         let lease_for = settings.lease_for;
@@ -173,6 +185,7 @@ impl Lease {
                     );
                     let shared = Arc::new(Shared {
                         remote: own,
+                        quick,
                         name,
                         owner,
                         record: Mutex::new(Held {
@@ -203,12 +216,12 @@ impl Lease {
     /// Proves that this run still holds the shard, right before it publishes: the lease is
     /// renewed by a write that fails if another run wrote it since.
     pub fn confirm(&self) -> Result<(), ResultsError> {
-        self.shared.renew()
+        self.shared.renew(&self.shared.remote)
     }
 }
 
 impl Shared {
-    fn renew(&self) -> Result<(), ResultsError> {
+    fn renew(&self, remote: &Remote) -> Result<(), ResultsError> {
         let mut held = self.record.lock().unwrap_or_else(|p| p.into_inner());
         if held.lost {
             return Err(self.fenced(held.record.token));
@@ -221,7 +234,7 @@ impl Shared {
             cause: error.into(),
         })?;
         let condition = PutCondition::Unchanged(held.version.clone());
-        match self.remote.put(&self.name, bytes, &condition) {
+        match put_or_find_own(remote, &self.name, bytes, &condition) {
             Ok(version) => {
                 held.record = record;
                 held.version = version;
@@ -264,6 +277,25 @@ impl Shared {
     }
 }
 
+/// A conditional write that, when refused, checks whether the object holds exactly these bytes:
+/// a write that landed but whose answer was lost is retried by the store's client, and the
+/// retry is refused because of the write itself. That is this writer's version, not another's.
+fn put_or_find_own(
+    remote: &Remote,
+    name: &str,
+    bytes: Vec<u8>,
+    condition: &PutCondition,
+) -> Result<Version, StorageError> {
+    let expected = bytes.clone();
+    match remote.put(name, bytes, condition) {
+        Err(StorageError::Conflict { url }) => match remote.get(name)? {
+            Some((found, version)) if found == expected => Ok(version),
+            _ => Err(StorageError::Conflict { url }),
+        },
+        written => written,
+    }
+}
+
 /// Renews the lease every third of its term until told to stop (or the lease is dropped).
 fn spawn_renewer(
     shared: Arc<Shared>,
@@ -274,7 +306,7 @@ fn spawn_renewer(
         .name("lease".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                match shared.renew() {
+                match shared.renew(&shared.quick) {
                     Ok(()) => {}
                     Err(ResultsError::Fenced { .. }) => {
                         tracing::warn!(
@@ -432,26 +464,24 @@ impl RemoteShard {
             Some(version) => PutCondition::Unchanged(version.clone()),
             None => PutCondition::Absent,
         };
-        match self.remote.upload(path, name, &condition) {
+        let bytes = std::fs::read(path).map_err(|cause| ResultsError::Io {
+            path: path.to_owned(),
+            cause,
+        })?;
+        match put_or_find_own(&self.remote, name, bytes, &condition) {
             Ok(version) => {
                 self.versions.insert(name.to_owned(), version);
                 Ok(())
             }
-            Err(StorageError::Conflict { .. }) => {
-                let token = self
-                    .lease
-                    .shared
-                    .record
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record
-                    .token;
-                Err(ResultsError::Fenced {
-                    owner: self.lease.shared.owner.describe(),
+            // Written by someone else since this run read or wrote it. If this run still holds
+            // the lease, that was a write of the run it took over from, sent before that run
+            // died or stalled and landing only now: its rows are not in this run's done set.
+            Err(StorageError::Conflict { .. }) => match self.lease.confirm() {
+                Ok(()) => Err(ResultsError::LateWrite {
                     url: self.remote.url_of(name),
-                    token,
-                })
-            }
+                }),
+                Err(error) => Err(error),
+            },
             Err(error) => Err(error.into()),
         }
     }

@@ -112,10 +112,12 @@ impl Moto {
         keys
     }
 
-    /// The bytes stored under `prefix` in `bucket`: a listing only, cheap to poll.
+    /// The bytes of the Parquet parts stored under `prefix` in `bucket` (a shard's lease and
+    /// generation marker aside): a listing only, cheap to poll.
     pub fn stored_bytes(&self, bucket: &str, prefix: &str) -> u64 {
         self.list(bucket, prefix)
             .iter()
+            .filter(|object| object.location.as_ref().ends_with(".parquet"))
             .map(|object| object.size)
             .sum()
     }

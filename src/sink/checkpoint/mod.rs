@@ -117,6 +117,11 @@ pub enum ResultsError {
         parts: String,
     },
 
+    #[error(
+        "{url} changed after this run read it: a write of the run it took over from landed late. This run publishes nothing more, so nothing is lost or doubled; run again with --resume"
+    )]
+    LateWrite { url: String },
+
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
 
