@@ -389,7 +389,10 @@ fn log_resume_notes(report: &RunReport) {
 fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let status = batchflow::status::find(&args.path)?;
     print!("{}", status.render(&args.path));
-    Ok(ExitStatus::Success)
+    Ok(match status.is_damaged() {
+        true => ExitStatus::Error,
+        false => ExitStatus::Success,
+    })
 }
 
 /// `verify`: problems as JSON lines on standard output, the summary on standard error.
@@ -435,9 +438,11 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     if !summary.is_clean() || !log.quiet {
         eprintln!("batchflow verify: {}", summary.render());
     }
-    Ok(match summary.is_clean() {
-        true => ExitStatus::Success,
-        false => ExitStatus::SomeFailed,
+    // A file that cannot be read is not a gap to fill by running again but a loss to look at.
+    Ok(match (summary.damaged, summary.is_clean()) {
+        (1.., _) => ExitStatus::Error,
+        (0, true) => ExitStatus::Success,
+        (0, false) => ExitStatus::SomeFailed,
     })
 }
 
