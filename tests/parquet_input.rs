@@ -199,6 +199,49 @@ fn binary_id_and_body_columns_are_read_as_text_and_bytes_that_are_not_utf8_are_r
 }
 
 #[test]
+fn a_pipelines_binary_record_column_fills_its_template_as_text() {
+    const ROWS: usize = 5;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let texts: Vec<String> = (0..ROWS).map(|index| format!("hello {index}")).collect();
+    write_parquet(
+        &dir.path().join("records.parquet"),
+        [RecordBatch::try_from_iter([(
+            "text",
+            Arc::new(BinaryArray::from_iter_values(
+                texts.iter().map(String::as_bytes),
+            )) as ArrayRef,
+        )])
+        .expect("one column")],
+    );
+    let mock = fast_mock();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[source]\npath = \"records.parquet\"\n\n[request]\nendpoint = \"/api/chat\"\nmodel = \"llama3.2\"\nprompt = \"Say {{{{text}}}}\"\n\n[backend]\nurl = \"{}\"\n",
+            mock.url()
+        ),
+    )
+    .expect("a pipeline");
+    let run = run(&["run", pipeline.to_str().expect("a UTF-8 temp path")]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let mut replies: Vec<String> = run
+        .lines
+        .iter()
+        .map(|line| {
+            let content = &line["response"]["body"]["message"]["content"];
+            content.as_str().expect("a reply").to_owned()
+        })
+        .collect();
+    replies.sort();
+    let expected: Vec<String> = texts
+        .iter()
+        .map(|text| format!("Mock reply from llama3.2: Say {text}"))
+        .collect();
+    assert_eq!(replies, expected);
+}
+
+#[test]
 fn resuming_sends_only_the_rows_without_results_and_keeps_invalid_rows_once() {
     let ids = |count: usize| -> Vec<Option<String>> {
         (0..count)

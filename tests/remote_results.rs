@@ -63,11 +63,11 @@ fn delete(moto: &Moto, bucket: &str, key: &str) {
     block_on(store(moto, bucket).delete(&location)).expect("deleted");
 }
 
-/// Replaces `key` in `bucket` with `bytes`, as a copy cut short would.
-fn replace(moto: &Moto, bucket: &str, key: &str, bytes: &'static [u8]) {
+/// Stores `bytes` as `key` in `bucket`, replacing what is there.
+fn replace(moto: &Moto, bucket: &str, key: &str, bytes: Vec<u8>) {
     use object_store::ObjectStoreExt;
     let location = object_store::path::Path::from(key);
-    let payload = object_store::PutPayload::from_static(bytes);
+    let payload = object_store::PutPayload::from(bytes);
     block_on(store(moto, bucket).put(&location, payload)).expect("replaced");
 }
 
@@ -198,7 +198,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     // An emptied part is damaged, named with why; the others are still read.
     let emptied = &parts[0];
     let emptied_name = emptied.trim_start_matches("run/");
-    replace(&moto, "data", emptied, b"");
+    replace(&moto, "data", emptied, Vec::new());
     let status = text_of(
         batchflow_on(&moto, tmp.path())
             .args(["status", "s3://data/run/"])
@@ -231,13 +231,60 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
 }
 
 #[test]
-fn a_damaged_results_object_and_an_empty_prefix_are_reported() {
+fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported() {
     let moto = Moto::start();
     moto.create_bucket("data");
+    let mock = Mock::start(MockConfig {
+        latency: Duration::ZERO,
+        ..MockConfig::default()
+    });
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    moto.put("data/old/results.parquet", b"not parquet at all");
+    let input = support::write_input(tmp.path(), &chat_lines(50));
+    let results = tmp.path().join("results.parquet");
+    let run = batchflow()
+        .arg(&input)
+        .args(["--backend", &mock.url(), "--quiet", "--output"])
+        .arg(&results)
+        .output()
+        .expect("the run");
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    replace(
+        &moto,
+        "data",
+        "one/results.parquet",
+        std::fs::read(&results).expect("the results"),
+    );
+    // Only the input is here now; what is read goes to a directory apart.
+    let reads = tempfile::tempdir().expect("a temporary directory");
     let status = text_of(
-        batchflow_on(&moto, tmp.path())
+        batchflow_on(&moto, reads.path())
+            .args(["status", "s3://data/one/results.parquet"])
+            .output()
+            .expect("status"),
+    );
+    assert_eq!(status.code(), Some(0), "{}", status.stderr);
+    assert!(
+        status.stdout.contains("rows:       50 (ok 50, error 0)"),
+        "{}",
+        status.stdout
+    );
+    let verified = parse_output(
+        batchflow_on(&moto, reads.path())
+            .args(["verify", "s3://data/one/results.parquet", "--input"])
+            .arg(&input)
+            .output()
+            .expect("verify"),
+    );
+    assert_eq!(verified.code(), Some(0), "{}", verified.stderr);
+
+    replace(
+        &moto,
+        "data",
+        "old/results.parquet",
+        b"not parquet at all".to_vec(),
+    );
+    let status = text_of(
+        batchflow_on(&moto, reads.path())
             .args(["status", "s3://data/old/results.parquet"])
             .output()
             .expect("status"),
@@ -251,7 +298,7 @@ fn a_damaged_results_object_and_an_empty_prefix_are_reported() {
         status.stdout
     );
     let empty = text_of(
-        batchflow_on(&moto, tmp.path())
+        batchflow_on(&moto, reads.path())
             .args(["status", "s3://data/nothing/"])
             .output()
             .expect("status"),
@@ -262,4 +309,6 @@ fn a_damaged_results_object_and_an_empty_prefix_are_reported() {
         "{}",
         empty.stdout
     );
+    let left = std::fs::read_dir(reads.path()).expect("lists").count();
+    assert_eq!(left, 0, "nothing is left where the objects were read");
 }
