@@ -118,10 +118,6 @@ impl Problem {
     /// duplicate and `file` for an unexpected row; `{"file","problem","reason"}` for a damaged
     /// file.
     pub fn to_json(&self) -> String {
-        if let ProblemKind::Damaged { file, reason } = &self.kind {
-            let line = serde_json::json!({"file": file, "problem": "damaged", "reason": reason});
-            return line.to_string();
-        }
         /// The line's fields, in this order.
         #[derive(serde::Serialize)]
         struct Line<'a> {
@@ -154,7 +150,12 @@ impl Problem {
                 line.problem = "unexpected";
                 line.file = Some(file);
             }
-            ProblemKind::Damaged { .. } => unreachable!("written above"),
+            // A file, not a line: fields of its own.
+            ProblemKind::Damaged { file, reason } => {
+                let line =
+                    serde_json::json!({"file": file, "problem": "damaged", "reason": reason});
+                return line.to_string();
+            }
         }
         serde_json::to_string(&line).expect("a struct of strings and numbers serialises")
     }
@@ -210,8 +211,8 @@ impl Summary {
 
 /// Checks the results at `results` against the input of `options` (its input, records
 /// template, model and line limit; not its shard: the whole input is owed). Each problem goes
-/// to `report`: missing lines in input order, then unexpected rows in file order, then
-/// duplicated lines in input order. A failing `report` stops the check.
+/// to `report`: damaged files by name, then missing lines in input order, then unexpected rows
+/// in file order, then duplicated lines in input order. A failing `report` stops the check.
 pub fn verify(
     results: &Path,
     options: &RunOptions,
@@ -474,6 +475,8 @@ fn row_keys(set: &ResultsSet) -> Result<RowKeys, VerifyError> {
             read_rows(path, set.dataset, |row| file_keys.push(row.key()))
         })??;
         match read {
+            // One file's keys are all the keys: no copy.
+            Ok(()) if keys.is_empty() => keys = file_keys,
             Ok(()) => keys.append(&mut file_keys),
             Err(reason) if !set.dataset => {
                 return Err(VerifyError::NotResults {
