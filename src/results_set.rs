@@ -12,10 +12,11 @@
 //! means, is the callers'.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
-use crate::storage::{self, Remote};
+use crate::storage::{self, Remote, StorageError};
 
 /// The results at a path or URL, listed.
 pub struct ResultsSet {
@@ -81,6 +82,10 @@ impl ResultsSet {
         let text = path.to_string_lossy();
         if storage::is_url(&text) {
             return ResultsSet::open_remote(&text);
+        }
+        // `file:///folder/` is a local path, as for a run's --output.
+        if let Some(local) = storage::local_path(&text) {
+            return ResultsSet::open(&local?);
         }
         let io_error = |cause| ResultsError::Io {
             path: path.to_owned(),
@@ -164,7 +169,23 @@ impl ResultsSet {
         };
         let object = entry.location.to_string_lossy();
         let local = staging.path().join(&*object);
-        remote.download(&object, &local)?;
+        match remote.download(&object, &local) {
+            Ok(_) => {}
+            // A folder's URL without its `/` names an object that is not there.
+            Err(StorageError::Store {
+                url,
+                cause: object_store::Error::NotFound { .. },
+            }) if !self.dataset => {
+                return Err(ResultsError::Io {
+                    path: PathBuf::from(url),
+                    cause: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no such object (a dataset's URL ends in /)",
+                    ),
+                });
+            }
+            Err(error) => return Err(error.into()),
+        }
         let read = read(&local);
         fs::remove_file(&local).map_err(|cause| ResultsError::Io {
             path: local.clone(),

@@ -309,6 +309,20 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         "{}",
         empty.stdout
     );
+    let no_slash = text_of(
+        batchflow_on(&moto, reads.path())
+            .args(["status", "s3://data/one"])
+            .output()
+            .expect("status"),
+    );
+    assert_eq!(no_slash.code(), Some(2), "{}", no_slash.stderr);
+    assert!(
+        no_slash
+            .stderr
+            .contains("s3://data/one: no such object (a dataset's URL ends in /)"),
+        "{}",
+        no_slash.stderr
+    );
     let left = std::fs::read_dir(reads.path()).expect("lists").count();
     assert_eq!(left, 0, "nothing is left where the objects were read");
 }

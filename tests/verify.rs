@@ -323,14 +323,8 @@ fn an_empty_and_a_garbage_part_are_named_by_status_and_verify_and_the_rest_is_re
     std::fs::write(&parts[2], [0xA5u8; 4096]).expect("a part overwritten with garbage");
     let (empty, garbage) = (file_name(&parts[0]), file_name(&parts[2]));
 
-    let status = status(&dataset);
-    assert_eq!(
-        status.code(),
-        Some(2),
-        "{}\n{}",
-        status.stdout,
-        status.stderr
-    );
+    let shown = status(&dataset);
+    assert_eq!(shown.code(), Some(2), "{}\n{}", shown.stdout, shown.stderr);
     for expected in [
         format!("{empty}: it is empty (0 bytes)"),
         format!("{garbage}: it is not a Parquet file"),
@@ -339,11 +333,21 @@ fn an_empty_and_a_garbage_part_are_named_by_status_and_verify_and_the_rest_is_re
         format!("rows:       {kept} "),
     ] {
         assert!(
-            status.stdout.contains(&expected),
+            shown.stdout.contains(&expected),
             "no {expected:?} in {}",
-            status.stdout
+            shown.stdout
         );
     }
+
+    // The same as a file URL, as a run's --output may be given.
+    let url = status(Path::new(&format!("file://{}/", dataset.display())));
+    assert_eq!(url.code(), Some(2), "{}", url.stderr);
+    assert!(
+        url.stdout
+            .contains(&format!("{empty}: it is empty (0 bytes)")),
+        "{}",
+        url.stdout
+    );
 
     let checked = verify(&dataset, &input);
     assert_eq!(checked.code(), Some(2), "{}", checked.stderr);
