@@ -6,10 +6,10 @@
 //! aside, as a reader globbing `DIR/*.parquet` sees them), handing each out as a local file, and
 //! telling a file that can be read from a damaged one, with why. A remote file is downloaded to
 //! a private staging folder (`storage::create_private_dir`), read and removed before the next
-//! one, so the local disk holds one file at a time: a part is at most a few MiB
-//! (`sink::dataset::PART_BYTES`), and a footer-only read by ranged gets would save little while
-//! needing a second Parquet reader beside `sink::checkpoint`'s. What a file holds, and what it
-//! means, is the callers'.
+//! one, so the local disk holds one file at a time. A part is at most a few MiB
+//! (`sink::dataset::PART_BYTES`): fetching only its footer and the columns read by ranged gets
+//! would save little, at the price of a second Parquet reader beside `sink::checkpoint`'s. What
+//! a file holds, and what it means, is the callers'.
 
 use std::fs;
 use std::io;
@@ -217,8 +217,8 @@ pub enum Opened {
 
 /// Opens the results file at `path`. In a dataset, a file that is empty or only Parquet's magic
 /// is damaged (a part is published whole, footer and all, from its first instant); a single
-/// file may be such a leftover of an older batchflow killed at once, holding nothing. Errors
-/// are only those of reading the local disk where the file is whole.
+/// file may be such a leftover of an older batchflow killed at once, holding nothing. What the
+/// file holds never fails the call: a file that cannot be opened or read is `Damaged` too.
 pub fn open_file(path: &Path, in_dataset: bool) -> Result<Opened, ResultsError> {
     let length = match fs::metadata(path) {
         Ok(metadata) => metadata.len(),
