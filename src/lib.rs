@@ -23,6 +23,8 @@
 //!   into a [`config::Pipeline`] that lays itself over options). [`validate`]: the checks of a
 //!   pipeline file that need I/O, and its dry run. [`tune`] and [`status`]: those commands.
 //!   [`verify`]: proof that results files (shards, parts) hold one row for every input line.
+//!   [`results_set`]: the results files both read, here or on object storage, damaged ones
+//!   told apart.
 //! - [`source`]: input to requests, on their own thread: JSONL lines (`source::lines`) or
 //!   Parquet rows (`source::parquet`), both checked by `source::request`; records shaped into
 //!   requests by `source::template`.
@@ -65,6 +67,7 @@ pub mod options;
 pub mod paths;
 pub mod progress;
 pub mod reply;
+pub mod results_set;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;

@@ -111,7 +111,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
         None => run_batch(cli.run, cli.log, shutdown).await,
         Some(Command::MockServer(args)) => serve_mock(args).await,
         Some(Command::Demo(args)) => demo(args, cli.log, shutdown).await,
-        Some(Command::Status(args)) => status(args),
+        Some(Command::Status(args)) => status(args).await,
         Some(Command::Run(args)) => run_pipeline(args, cli.log, shutdown).await,
         Some(Command::Validate(args)) => validate(args).await,
         Some(Command::Tune(args)) => tune(args, cli.log).await,
@@ -386,10 +386,15 @@ fn log_resume_notes(report: &RunReport) {
     }
 }
 
-fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    let status = batchflow::status::find(&args.path)?;
+async fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    // File reads, and object storage's blocking client, which needs a thread of its own.
+    let path = args.path.clone();
+    let status = tokio::task::spawn_blocking(move || batchflow::status::find(&path)).await??;
     print!("{}", status.render(&args.path));
-    Ok(ExitStatus::Success)
+    Ok(match status.is_damaged() {
+        true => ExitStatus::Error,
+        false => ExitStatus::Success,
+    })
 }
 
 /// `verify`: problems as JSON lines on standard output, the summary on standard error.
@@ -435,9 +440,11 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     if !summary.is_clean() || !log.quiet {
         eprintln!("batchflow verify: {}", summary.render());
     }
-    Ok(match summary.is_clean() {
-        true => ExitStatus::Success,
-        false => ExitStatus::SomeFailed,
+    // A file that cannot be read is not a gap to fill by running again but a loss to look at.
+    Ok(match (summary.damaged, summary.is_clean()) {
+        (1.., _) => ExitStatus::Error,
+        (0, true) => ExitStatus::Success,
+        (0, false) => ExitStatus::SomeFailed,
     })
 }
 

@@ -1,64 +1,122 @@
 //! The `status` command: what a Parquet results file (or each shard of a results dataset)
-//! holds and whether it can be resumed, read without running or modifying anything.
+//! holds and whether it can be resumed, read without running or modifying anything, here or on
+//! object storage. A part (or file) that cannot be read is named with why, and the others are
+//! still counted.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::results_set::{self, Opened, ResultsSet};
 use crate::sink::checkpoint::{self, FileState, ResultsError};
-use crate::sink::dataset::{self, PartOwner};
+use crate::sink::dataset::PartOwner;
 use crate::sink::fingerprint::Fingerprint;
 
 /// What `status` found: one results file, or a dataset's shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     File(ResultsStatus),
-    /// Each shard's parts taken together, in shard order.
-    Dataset(Vec<(PartOwner, usize, ResultsStatus)>),
+    /// A results file that cannot be read: why.
+    Damaged(String),
+    Dataset {
+        /// Each shard's readable parts taken together, in shard order, with their number.
+        shards: Vec<(PartOwner, usize, ResultsStatus)>,
+        /// The parts that cannot be read, by name, with why; their rows are in no shard's.
+        damaged: Vec<(String, String)>,
+    },
 }
 
-/// Reads a results file, or a dataset directory's parts.
+/// Reads a results file, or a dataset's parts: a local path, or an object-storage URL (a
+/// dataset `s3://bucket/run/`, or one file), each remote part downloaded in turn.
 pub fn find(path: &Path) -> Result<Found, ResultsError> {
-    if !path.is_dir() {
-        return read(path).map(Found::File);
+    let set = ResultsSet::open(path)?;
+    if !set.dataset {
+        let entry = set.files.first().expect("a set of one file lists it");
+        return Ok(
+            match set.with_local(entry, |local| read_file(local, false))?? {
+                Ok(status) => Found::File(status),
+                Err(reason) => Found::Damaged(reason),
+            },
+        );
     }
-    let mut shards = Vec::new();
-    for owner in dataset::owners(path)? {
-        let parts = dataset::list_parts(path, owner)?;
-        let mut total: Option<ResultsStatus> = None;
-        for part in &parts {
-            let status = read(&part.path)?;
-            total = Some(match total {
-                None => status,
-                Some(sum) => ResultsStatus {
+    // Other `*.parquet` files in the folder are not any shard's.
+    let mut parts: Vec<(PartOwner, u64, &results_set::ResultsEntry)> = set
+        .files
+        .iter()
+        .filter_map(|entry| part_of(&entry.name).map(|(owner, seq)| (owner, seq, entry)))
+        .collect();
+    parts.sort_by_key(|(owner, seq, _)| (owner.count, owner.index, *seq));
+    let mut shards: Vec<(PartOwner, usize, ResultsStatus)> = Vec::new();
+    let mut damaged = Vec::new();
+    for (owner, _, entry) in parts {
+        let status = match set.with_local(entry, |local| read_file(local, true))?? {
+            Ok(status) => status,
+            Err(reason) => {
+                damaged.push((entry.name.clone(), reason));
+                continue;
+            }
+        };
+        match shards.last_mut() {
+            Some((last, parts, sum)) if *last == owner => {
+                *parts += 1;
+                *sum = ResultsStatus {
                     rows: sum.rows + status.rows,
                     ok: sum.ok + status.ok,
                     errors: sum.errors + status.errors,
                     row_groups: sum.row_groups + status.row_groups,
                     // How the run ended is in its last part.
                     state: status.state.or(sum.state),
-                    fingerprint: status.fingerprint.or(sum.fingerprint),
+                    fingerprint: status.fingerprint.or(sum.fingerprint.take()),
                     holds_nothing: sum.holds_nothing && status.holds_nothing,
-                },
-            });
-        }
-        if let Some(total) = total {
-            shards.push((owner, parts.len(), total));
+                };
+            }
+            _ => shards.push((owner, 1, status)),
         }
     }
-    Ok(Found::Dataset(shards))
+    Ok(Found::Dataset { shards, damaged })
+}
+
+/// The owner and number of a part named `part-<i>-of-<n>-<seq>.parquet`, as the sink names
+/// them (`PartOwner::owns_part` has the last word).
+fn part_of(name: &str) -> Option<(PartOwner, u64)> {
+    let rest = name.strip_prefix("part-")?;
+    let (index, rest) = rest.split_once("-of-")?;
+    let (count, rest) = rest.split_once('-')?;
+    let owner = PartOwner {
+        index: index.parse().ok()?,
+        count: count.parse().ok()?,
+    };
+    let seq = rest.strip_suffix(".parquet")?.parse().ok()?;
+    owner.owns_part(name).then_some((owner, seq))
 }
 
 impl Found {
+    /// Some file could not be read: `status` exits 2.
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            Found::File(_) => false,
+            Found::Damaged(_) => true,
+            Found::Dataset { damaged, .. } => !damaged.is_empty(),
+        }
+    }
+
     /// The human-readable report printed by `batchflow status`.
     pub fn render(&self, path: &Path) -> String {
+        let mut report = String::new();
         match self {
-            Found::File(status) => status.render(path),
-            Found::Dataset(shards) if shards.is_empty() => format!(
-                "{}\n  a dataset directory with no part files yet\n",
-                path.display()
-            ),
-            Found::Dataset(shards) => {
-                let mut report = String::new();
+            Found::File(status) => return status.render(path),
+            Found::Damaged(reason) => {
+                let _ = writeln!(report, "{}", path.display());
+                let _ = writeln!(report, "  damaged:    {reason}");
+                let _ = writeln!(
+                    report,
+                    "  next:       this file cannot be read; its rows are lost unless a copy exists"
+                );
+            }
+            Found::Dataset { shards, damaged } if shards.is_empty() && damaged.is_empty() => {
+                let _ = writeln!(report, "{}", path.display());
+                let _ = writeln!(report, "  a dataset directory with no part files yet");
+            }
+            Found::Dataset { shards, damaged } => {
                 let rows: u64 = shards.iter().map(|(_, _, status)| status.rows).sum();
                 let _ = writeln!(
                     report,
@@ -70,9 +128,19 @@ impl Found {
                     let name = format!("{} ({parts} parts)", owner.describe());
                     report.push_str(&status.render(Path::new(&name)));
                 }
-                report
+                if !damaged.is_empty() {
+                    let _ = writeln!(
+                        report,
+                        "damaged: {} part(s) cannot be read; their rows are not counted above",
+                        damaged.len()
+                    );
+                    for (name, reason) in damaged {
+                        let _ = writeln!(report, "  {name}: {reason}");
+                    }
+                }
             }
         }
+        report
     }
 }
 
@@ -90,21 +158,35 @@ pub struct ResultsStatus {
     pub holds_nothing: bool,
 }
 
-pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
-    if checkpoint::holds_nothing(path)? {
-        return Ok(ResultsStatus {
-            rows: 0,
-            ok: 0,
-            errors: 0,
-            row_groups: 0,
-            state: None,
-            fingerprint: None,
-            holds_nothing: true,
-        });
-    }
-    let existing = checkpoint::inspect(path)?;
-    let counts = checkpoint::count_statuses(path, &existing)?;
-    Ok(ResultsStatus {
+/// Reads one results file: its status, or why it cannot be read (see
+/// [`results_set::open_file`]).
+pub fn read_file(
+    path: &Path,
+    in_dataset: bool,
+) -> Result<Result<ResultsStatus, String>, ResultsError> {
+    let existing = match results_set::open_file(path, in_dataset)? {
+        Opened::Damaged(reason) => return Ok(Err(reason)),
+        Opened::Nothing => {
+            return Ok(Ok(ResultsStatus {
+                rows: 0,
+                ok: 0,
+                errors: 0,
+                row_groups: 0,
+                state: None,
+                fingerprint: None,
+                holds_nothing: true,
+            }));
+        }
+        Opened::Results(existing) => existing,
+    };
+    let counts = match checkpoint::count_statuses(path, &existing) {
+        Ok(counts) => counts,
+        Err(error) if results_set::is_damage(&error) => {
+            return Ok(Err(results_set::rows_unreadable(&error)));
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(Ok(ResultsStatus {
         rows: existing.rows(),
         ok: counts.ok,
         errors: counts.error,
@@ -112,7 +194,7 @@ pub fn read(path: &Path) -> Result<ResultsStatus, ResultsError> {
         state: existing.state(),
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
         holds_nothing: false,
-    })
+    }))
 }
 
 impl ResultsStatus {

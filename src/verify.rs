@@ -24,12 +24,16 @@
 //! a sequential scan: a lookup per line in a table of a million missed the cache at nearly
 //! every probe and took a third of the time.
 //!
+//! Results on object storage are read one file at a time, each downloaded and removed
+//! ([`crate::results_set`]); an input there is downloaded once. A file of a dataset that cannot
+//! be read (empty, not Parquet, its footer or rows torn) is a problem named with why, its rows
+//! then missing; the others are still checked. One results file that cannot be read fails.
+//!
 //! Two distinct keys share a hash with odds of about n²/2⁶⁵ (3·10⁻⁸ at a million); they would
 //! show as a line duplicated, never as one silently complete. Printing the problems, and the
 //! exit code, are the caller's.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::hash::BuildHasherDefault;
 use std::io;
 use std::ops::ControlFlow;
@@ -43,16 +47,14 @@ use arrow_array::types::Int64Type;
 use crate::idset::IdHasher;
 use crate::item::{ErrorCode, SourceItem};
 use crate::options::RunOptions;
-use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
+use crate::results_set::{self, Opened, ResultsEntry, ResultsSet, Staging};
+use crate::sink::checkpoint::ResultsError;
 use crate::source::{self, Input, SourceError, SourceOptions};
 use crate::storage;
 
 /// Why verification could not be done (as opposed to problems found). Messages name the file.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read results {path}: {cause}")]
-    Read { path: PathBuf, cause: io::Error },
-
     #[error("{path} holds no results files (*.parquet)")]
     NoResultsFiles { path: PathBuf },
 
@@ -69,11 +71,6 @@ pub enum VerifyError {
         "verify reads the input again to name what is missing: give it the input file, not standard input"
     )]
     Stdin,
-
-    #[error(
-        "{url} is on object storage, and verify reads local files: copy it here first (aws s3 sync, gcloud storage rsync, azcopy sync)"
-    )]
-    ObjectStorage { url: String },
 
     #[error("writing the report failed: {0}")]
     Report(io::Error),
@@ -102,10 +99,13 @@ pub enum ProblemKind {
     Duplicated { count: u64, files: Vec<String> },
     /// A row in `file` that no input line owns.
     Unexpected { file: String },
+    /// A results file that cannot be read (`custom_id` is `None` and `line` 0): the rows it
+    /// held show as missing lines.
+    Damaged { file: String, reason: String },
 }
 
 /// A problem with its line: the input's line (or row) number for missing and duplicated, the
-/// row's `request_line` for unexpected.
+/// row's `request_line` for unexpected; a damaged file has no line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub custom_id: Option<String>,
@@ -115,7 +115,8 @@ pub struct Problem {
 
 impl Problem {
     /// One JSON line: `{"custom_id","line","problem"}`, with `count` and `files` for a
-    /// duplicate and `file` for an unexpected row.
+    /// duplicate and `file` for an unexpected row; `{"file","problem","reason"}` for a damaged
+    /// file.
     pub fn to_json(&self) -> String {
         /// The line's fields, in this order.
         #[derive(serde::Serialize)]
@@ -149,6 +150,12 @@ impl Problem {
                 line.problem = "unexpected";
                 line.file = Some(file);
             }
+            // A file, not a line: fields of its own.
+            ProblemKind::Damaged { file, reason } => {
+                let line =
+                    serde_json::json!({"file": file, "problem": "damaged", "reason": reason});
+                return line.to_string();
+            }
         }
         serde_json::to_string(&line).expect("a struct of strings and numbers serialises")
     }
@@ -168,11 +175,13 @@ pub struct Summary {
     pub duplicated: u64,
     /// Rows that no input line owns.
     pub unexpected: u64,
+    /// Of `files`, those that cannot be read (their rows are not in `rows`).
+    pub damaged: usize,
 }
 
 impl Summary {
     pub fn is_clean(&self) -> bool {
-        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0
+        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0 && self.damaged == 0
     }
 
     /// One line for standard error.
@@ -183,8 +192,12 @@ impl Summary {
             "NOT complete"
         };
         let files = if self.files == 1 { "file" } else { "files" };
+        let damaged = match self.damaged {
+            0 => String::new(),
+            damaged => format!(" ({damaged} damaged, not read)"),
+        };
         format!(
-            "{} input lines ({} invalid), {} rows in {} {files}: {} missing, {} duplicated, {} unexpected; {verdict}.",
+            "{} input lines ({} invalid), {} rows in {} {files}{damaged}: {} missing, {} duplicated, {} unexpected; {verdict}.",
             self.input_lines,
             self.invalid_lines,
             self.rows,
@@ -196,88 +209,93 @@ impl Summary {
     }
 }
 
-/// The results files at `path`: the file itself, or every `*.parquet` file directly inside a
-/// directory, by name. Hidden files and writers' staging files (`*.tmp`) are not results.
-pub fn results_files(path: &Path) -> Result<Vec<PathBuf>, VerifyError> {
-    let read_error = |cause| VerifyError::Read {
-        path: path.to_owned(),
-        cause,
-    };
-    if !fs::metadata(path).map_err(read_error)?.is_dir() {
-        return Ok(vec![path.to_owned()]);
-    }
-    let mut files = Vec::new();
-    for entry in fs::read_dir(path).map_err(read_error)? {
-        let entry = entry.map_err(read_error)?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let parquet = name.len() > ".parquet".len()
-            && name
-                .get(name.len() - ".parquet".len()..)
-                .is_some_and(|end| end.eq_ignore_ascii_case(".parquet"));
-        if name.starts_with('.') || !parquet {
-            continue;
-        }
-        // Through a link, as a reader globbing the folder would.
-        let file = entry.path();
-        if fs::metadata(&file).is_ok_and(|metadata| metadata.is_file()) {
-            files.push(file);
-        }
-    }
-    if files.is_empty() {
-        return Err(VerifyError::NoResultsFiles {
-            path: path.to_owned(),
-        });
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// Checks the results at `results` against the input of `options` (its input, records
 /// template, model and line limit; not its shard: the whole input is owed). Each problem goes
-/// to `report`: missing lines in input order, then unexpected rows in file order, then
-/// duplicated lines in input order. A failing `report` stops the check.
+/// to `report`: damaged files by name, then missing lines in input order, then unexpected rows
+/// in file order, then duplicated lines in input order. A failing `report` stops the check.
 pub fn verify(
     results: &Path,
     options: &RunOptions,
     mut report: impl FnMut(Problem) -> io::Result<()>,
 ) -> Result<Summary, VerifyError> {
-    let input = match &options.input {
+    // An input on object storage is read twice (the second time to name lines), so it is
+    // downloaded once and kept until the end.
+    let mut downloaded = None;
+    let local_options;
+    let options = match &options.input {
         Input::Stdin => return Err(VerifyError::Stdin),
-        Input::File(input) => Some(input.as_path()),
-        Input::Text(_) => None,
-    };
-    for path in input.into_iter().chain([results]) {
-        let text = path.to_string_lossy();
-        if storage::is_url(&text) {
-            return Err(VerifyError::ObjectStorage { url: text.into() });
+        Input::File(input) if storage::is_url(&input.to_string_lossy()) => {
+            let url = input.to_string_lossy();
+            let staging = Staging::create("batchflow-verify-input", &url)?;
+            let local = results_set::download(&url, &staging)?;
+            downloaded = Some(staging);
+            local_options = RunOptions {
+                input: Input::File(local),
+                ..options.clone()
+            };
+            &local_options
         }
+        _ => options,
+    };
+    let set = ResultsSet::open(results)?;
+    if set.files.is_empty() {
+        return Err(VerifyError::NoResultsFiles {
+            path: results.to_owned(),
+        });
     }
-    let files = open_all(results)?;
     // The results are read beside the input: both are a core's worth of decoding.
-    let (rows, (lines, invalid_lines)) = thread::scope(|scope| {
-        let rows = scope.spawn(|| row_keys(&files));
+    let (read, (lines, invalid_lines)) = thread::scope(|scope| {
+        let rows = scope.spawn(|| row_keys(&set));
         let lines = input_keys(options);
         let rows = rows
             .join()
             .map_err(|_| VerifyError::Thread("the results reader panicked".into()))?;
         Ok::<_, VerifyError>((rows?, lines?))
     })?;
+    let RowKeys {
+        keys: rows,
+        damaged,
+    } = read;
+    for (file, reason) in &damaged {
+        let kind = ProblemKind::Damaged {
+            file: file.name.clone(),
+            reason: reason.clone(),
+        };
+        report(Problem {
+            custom_id: None,
+            line: 0,
+            kind,
+        })
+        .map_err(VerifyError::Report)?;
+    }
     let verdicts = compare(&lines, &rows);
     let summary = Summary {
         input_lines: lines.len() as u64,
         invalid_lines,
         rows: rows.len() as u64,
-        files: files.len(),
+        files: set.files.len(),
         missing: verdicts.missing.len() as u64,
         duplicated: verdicts.duplicated.len() as u64,
         unexpected: verdicts.unexpected_rows,
+        damaged: damaged.len(),
     };
     drop((lines, rows));
     let duplicates = name_lines(options, &verdicts, &mut report)?;
     if !verdicts.unexpected.is_empty() || !duplicates.is_empty() {
-        name_rows(&files, &verdicts.unexpected, duplicates, &mut report)?;
+        let readable: Vec<&ResultsEntry> = set
+            .files
+            .iter()
+            .filter(|entry| !damaged.iter().any(|(file, _)| file == *entry))
+            .collect();
+        name_rows(
+            &set,
+            &readable,
+            &verdicts.unexpected,
+            duplicates,
+            &mut report,
+        )?;
     }
+    drop(downloaded);
     Ok(summary)
 }
 
@@ -379,7 +397,8 @@ fn name_lines(
 
 /// Pass 3: reports the rows no line owns, then each duplicated line with its files.
 fn name_rows(
-    files: &[ResultsFile],
+    set: &ResultsSet,
+    files: &[&ResultsEntry],
     unexpected: &[u64],
     mut duplicates: Vec<Duplicate>,
     report: &mut impl FnMut(Problem) -> io::Result<()>,
@@ -390,9 +409,9 @@ fn name_rows(
         .map(|(index, duplicate)| (duplicate.key, index))
         .collect();
     let unexpected: KeySet = unexpected.iter().copied().collect();
-    for file in files {
+    for &file in files {
         let mut failed = None;
-        file.for_each_row(|row| {
+        let mut each = |row: Row<'_>| {
             let key = row.key();
             if let Some(&index) = by_key.get(&key) {
                 duplicates[index].files.push(file.name.clone());
@@ -406,7 +425,17 @@ fn name_rows(
                 };
                 failed = report(problem).err();
             }
-        })?;
+        };
+        // A file read whole in the first pass and damaged since is no longer a problem to
+        // list but a failure to finish.
+        if let Err(reason) =
+            set.with_local(file, |path| read_rows(path, set.dataset, &mut each))??
+        {
+            return Err(VerifyError::NotResults {
+                path: PathBuf::from(&file.name),
+                reason,
+            });
+        }
         if let Some(error) = failed {
             return Err(VerifyError::Report(error));
         }
@@ -425,14 +454,41 @@ fn name_rows(
     Ok(())
 }
 
-/// Every results row's key, sorted.
-fn row_keys(files: &[ResultsFile]) -> Result<Vec<u64>, VerifyError> {
+/// What the first pass over the results found.
+struct RowKeys {
+    /// Every readable row's key, sorted.
+    keys: Vec<u64>,
+    /// The files that cannot be read, with why.
+    damaged: Vec<(ResultsEntry, String)>,
+}
+
+/// Every results row's key, sorted, and the files that cannot be read. A single results file
+/// that cannot be read fails the check: there is nothing else to check.
+fn row_keys(set: &ResultsSet) -> Result<RowKeys, VerifyError> {
     let mut keys = Vec::new();
-    for file in files {
-        file.for_each_row(|row| keys.push(row.key()))?;
+    let mut damaged = Vec::new();
+    for entry in &set.files {
+        // A file's keys count only once it is read to its end: a file that fails half-way
+        // is damaged, all of it.
+        let mut file_keys = Vec::new();
+        let read = set.with_local(entry, |path| {
+            read_rows(path, set.dataset, |row| file_keys.push(row.key()))
+        })??;
+        match read {
+            // One file's keys are all the keys: no copy.
+            Ok(()) if keys.is_empty() => keys = file_keys,
+            Ok(()) => keys.append(&mut file_keys),
+            Err(reason) if !set.dataset => {
+                return Err(VerifyError::NotResults {
+                    path: PathBuf::from(&entry.name),
+                    reason,
+                });
+            }
+            Err(reason) => damaged.push((entry.clone(), reason)),
+        }
     }
     keys.sort_unstable();
-    Ok(keys)
+    Ok(RowKeys { keys, damaged })
 }
 
 /// Every input line's key, sorted, and how many lines are invalid.
@@ -496,63 +552,43 @@ impl Row<'_> {
     }
 }
 
-/// A results file, opened and checked.
-struct ResultsFile {
-    path: PathBuf,
-    /// How problems name it: the file name within a dataset, the path as given otherwise.
-    name: String,
-    /// `None`: a file that holds no row (its run stopped before its first checkpoint).
-    existing: Option<ExistingResults>,
-}
-
-/// Opens every results file before the input is read, so that a bad one fails at once.
-fn open_all(results: &Path) -> Result<Vec<ResultsFile>, VerifyError> {
-    let in_dataset = fs::metadata(results).is_ok_and(|metadata| metadata.is_dir());
-    results_files(results)?
-        .into_iter()
-        .map(|path| {
-            let name = match (in_dataset, path.file_name()) {
-                (true, Some(name)) => name.to_string_lossy().into_owned(),
-                _ => path.display().to_string(),
-            };
-            let existing = match checkpoint::holds_nothing(&path)? {
-                true => None,
-                false => Some(checkpoint::inspect(&path)?),
-            };
-            Ok(ResultsFile {
-                path,
-                name,
-                existing,
-            })
-        })
-        .collect()
-}
-
-impl ResultsFile {
-    /// Calls `each` with every row, batch by batch, reading only the three narrow columns.
-    fn for_each_row(&self, mut each: impl FnMut(Row<'_>)) -> Result<(), VerifyError> {
-        let Some(existing) = &self.existing else {
-            return Ok(());
+/// Calls `each` with every row of the results file at `path`, batch by batch, reading only
+/// the three narrow columns; `Ok(Err(why))` for a file that cannot be read (see
+/// [`results_set::open_file`]), found at its footer or in its rows.
+fn read_rows(
+    path: &Path,
+    in_dataset: bool,
+    mut each: impl FnMut(Row<'_>),
+) -> Result<Result<(), String>, ResultsError> {
+    let existing = match results_set::open_file(path, in_dataset)? {
+        Opened::Nothing => return Ok(Ok(())),
+        Opened::Damaged(reason) => return Ok(Err(reason)),
+        Opened::Results(existing) => existing,
+    };
+    let mut read = || -> Result<(), ResultsError> {
+        let parquet_error = |error: arrow_schema::ArrowError| ResultsError::Parquet {
+            path: path.to_owned(),
+            cause: error.into(),
         };
-        let path = &self.path;
-        let reader = existing.reader(path, &["custom_id", "request_line", "error_code"])?;
-        for batch in reader {
-            let batch = batch.map_err(|error| ResultsError::Parquet {
-                path: path.clone(),
-                cause: error.into(),
-            })?;
-            // `inspect` checked the three columns and their types.
-            let column = |name| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| VerifyError::NotResults {
-                        path: path.clone(),
-                        reason: format!("a batch lacks its {name} column"),
-                    })
+        for batch in existing.reader(path, &["custom_id", "request_line", "error_code"])? {
+            let batch = batch.map_err(parquet_error)?;
+            // `inspect` checked the three columns and their types; a projection keeps them.
+            let (Some(ids), Some(lines), Some(codes)) = (
+                batch.column_by_name("custom_id"),
+                batch.column_by_name("request_line"),
+                batch.column_by_name("error_code"),
+            ) else {
+                return Err(ResultsError::Damaged {
+                    path: path.to_owned(),
+                    reason: "a batch of its rows lacks custom_id, request_line or error_code"
+                        .into(),
+                });
             };
-            let ids = column("custom_id")?.as_string::<i32>();
-            let lines = column("request_line")?.as_primitive::<Int64Type>();
-            let codes = column("error_code")?.as_string::<i32>();
+            let (ids, lines, codes) = (
+                ids.as_string::<i32>(),
+                lines.as_primitive::<Int64Type>(),
+                codes.as_string::<i32>(),
+            );
             for row in 0..batch.num_rows() {
                 let invalid_input = codes.is_valid(row)
                     && ErrorCode::from_name(codes.value(row))
@@ -568,6 +604,13 @@ impl ResultsFile {
             }
         }
         Ok(())
+    };
+    match read() {
+        Ok(()) => Ok(Ok(())),
+        Err(error) if results_set::is_damage(&error) => {
+            Ok(Err(results_set::rows_unreadable(&error)))
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -606,6 +649,8 @@ fn read_input(
 mod tests {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
+
+    use std::fs;
 
     use super::*;
     use crate::item::{Outcome, OutcomeError};
@@ -790,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn standard_input_and_object_storage_are_refused_with_what_to_do() {
+    fn standard_input_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("results.parquet");
         write_results(&path, &COMPLETE);
@@ -800,11 +845,50 @@ mod tests {
         };
         let error = verify(&path, &options, |_| Ok(())).expect_err("refused");
         assert!(matches!(error, VerifyError::Stdin), "{error}");
-        let bucket = Path::new("s3://bucket/results/");
-        let error = verify(bucket, &input(), |_| Ok(())).expect_err("refused");
-        assert!(
-            error.to_string().contains("s3://bucket/results/"),
-            "{error}"
+    }
+
+    #[test]
+    fn damaged_parts_are_named_and_the_others_still_checked() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        write_results(&dir.path().join("p0.parquet"), &COMPLETE[..2]);
+        write_results(&dir.path().join("p1.parquet"), &COMPLETE[2..]);
+        fs::write(dir.path().join("p2.parquet"), b"").expect("an empty part");
+        fs::write(dir.path().join("p3.parquet"), [0xAB; 64]).expect("a garbage part");
+        // p1's rows become unreadable: its footer is torn off.
+        let p1 = dir.path().join("p1.parquet");
+        let bytes = fs::read(&p1).expect("read");
+        fs::write(&p1, &bytes[..bytes.len() - 20]).expect("torn");
+        let (summary, problems) = check(dir.path(), &input());
+        let damaged: Vec<(String, String)> = problems
+            .iter()
+            .filter_map(|problem| match &problem.kind {
+                ProblemKind::Damaged { file, reason } => Some((file.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(damaged.len(), 3, "{problems:?}");
+        assert_eq!(damaged[0].0, "p1.parquet");
+        assert!(damaged[0].1.contains("footer"), "{}", damaged[0].1);
+        assert_eq!(
+            damaged[1],
+            ("p2.parquet".into(), "it is empty (0 bytes)".into())
+        );
+        assert_eq!(
+            damaged[2],
+            ("p3.parquet".into(), "it is not a Parquet file".into())
+        );
+        // p1 held lines 3 to 5.
+        let missing: Vec<u64> = problems
+            .iter()
+            .filter(|problem| problem.kind == ProblemKind::Missing)
+            .map(|problem| problem.line)
+            .collect();
+        assert_eq!(missing, [3, 4, 5]);
+        assert_eq!((summary.files, summary.damaged, summary.rows), (4, 3, 2));
+        assert!(!summary.is_clean());
+        assert_eq!(
+            problems[1].to_json(),
+            r#"{"file":"p2.parquet","problem":"damaged","reason":"it is empty (0 bytes)"}"#
         );
     }
 

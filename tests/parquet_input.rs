@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
-use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field};
 use batchflow::mock::MockConfig;
 use support::{
@@ -137,6 +137,108 @@ fn a_struct_body_is_sent_as_a_json_object() {
             "{id}"
         );
     }
+}
+
+#[test]
+fn binary_id_and_body_columns_are_read_as_text_and_bytes_that_are_not_utf8_are_refused() {
+    const ROWS: usize = 20;
+    let mut ids: Vec<Vec<u8>> = (0..ROWS)
+        .map(|index| request_id(index).into_bytes())
+        .collect();
+    // Row 8's id is not UTF-8.
+    ids[7] = b"req-\xff".to_vec();
+    let bodies: Vec<Vec<u8>> = (0..ROWS)
+        .map(|index| {
+            serde_json::json!({"model": "llama3.2", "prompt": format!("question {index}")})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    let binary = |values: &[Vec<u8>]| -> ArrayRef {
+        Arc::new(BinaryArray::from_iter_values(
+            values.iter().map(Vec::as_slice),
+        ))
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("bytes.parquet");
+    write_parquet(
+        &input,
+        [RecordBatch::try_from_iter([
+            ("custom_id", binary(&ids)),
+            ("method", strings((0..ROWS).map(|_| Some("POST")))),
+            ("url", strings((0..ROWS).map(|_| Some("/api/generate")))),
+            ("body", binary(&bodies)),
+        ])
+        .expect("columns of equal length")],
+    );
+    let output = dir.path().join("results.parquet");
+    let mock = fast_mock();
+    let run = run(&[
+        input.to_str().expect("a UTF-8 temp path"),
+        "--backend",
+        &mock.url(),
+        "--output",
+        output.to_str().expect("a UTF-8 temp path"),
+    ]);
+    assert_eq!(run.code(), Some(1), "row 8 is invalid: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("row 8: its custom_id column holds bytes that are not UTF-8 text"),
+        "{}",
+        run.stderr
+    );
+    let results = result_rows(&output);
+    let mut expected: Vec<_> = (0..ROWS)
+        .filter(|index| *index != 7)
+        .map(|index| (Some(request_id(index)), index as i64 + 1, None))
+        .chain([(None, 8, Some("invalid_json".to_owned()))])
+        .collect();
+    expected.sort();
+    assert_eq!(results, expected);
+    assert_eq!(mock.server.stats().succeeded, ROWS as u64 - 1);
+}
+
+#[test]
+fn a_pipelines_binary_record_column_fills_its_template_as_text() {
+    const ROWS: usize = 5;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let texts: Vec<String> = (0..ROWS).map(|index| format!("hello {index}")).collect();
+    write_parquet(
+        &dir.path().join("records.parquet"),
+        [RecordBatch::try_from_iter([(
+            "text",
+            Arc::new(BinaryArray::from_iter_values(
+                texts.iter().map(String::as_bytes),
+            )) as ArrayRef,
+        )])
+        .expect("one column")],
+    );
+    let mock = fast_mock();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[source]\npath = \"records.parquet\"\n\n[request]\nendpoint = \"/api/chat\"\nmodel = \"llama3.2\"\nprompt = \"Say {{{{text}}}}\"\n\n[backend]\nurl = \"{}\"\n",
+            mock.url()
+        ),
+    )
+    .expect("a pipeline");
+    let run = run(&["run", pipeline.to_str().expect("a UTF-8 temp path")]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let mut replies: Vec<String> = run
+        .lines
+        .iter()
+        .map(|line| {
+            let content = &line["response"]["body"]["message"]["content"];
+            content.as_str().expect("a reply").to_owned()
+        })
+        .collect();
+    replies.sort();
+    let expected: Vec<String> = texts
+        .iter()
+        .map(|text| format!("Mock reply from llama3.2: Say {text}"))
+        .collect();
+    assert_eq!(replies, expected);
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod parquet_input;
 mod pipeline;
 mod pipelines;
 mod readers;
+mod remote_results;
 mod resume;
 mod scale;
 mod secrets;

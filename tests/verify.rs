@@ -237,11 +237,18 @@ fn what_is_not_results_is_an_error_naming_it() {
     std::fs::write(dataset.join("part-0.parquet"), "PAR1 but not really").expect("a bad part");
     let bad_part = verify(&dataset, &input);
     assert_eq!(bad_part.code(), Some(2));
-    assert!(
-        bad_part.stderr.contains("part-0.parquet"),
-        "{}",
-        bad_part.stderr
+    // In a dataset it is a problem among others: every line is then missing.
+    let damaged = &bad_part.lines[0];
+    assert_eq!(
+        (&damaged["file"], &damaged["problem"]),
+        (&Value::from("part-0.parquet"), &Value::from("damaged")),
     );
+    let reason = damaged["reason"].as_str().expect("a reason");
+    assert!(
+        reason.starts_with("it has no readable Parquet footer"),
+        "{reason}"
+    );
+    assert_eq!(bad_part.lines.len(), 1 + 301, "{}", bad_part.stderr);
 
     let absent = verify(&dir.path().join("absent"), &input);
     assert_eq!(absent.code(), Some(2));
@@ -287,5 +294,122 @@ fn a_pipeline_file_gives_the_input_and_its_generated_ids() {
     assert_eq!(
         owners(&half, "missing"),
         rows_of(&dataset.join("s1.parquet"))
+    );
+}
+
+fn status(results: &Path) -> Run {
+    let output = batchflow()
+        .arg("status")
+        .arg(results)
+        .output()
+        .expect("status runs");
+    Run {
+        status: output.status,
+        lines: Vec::new(),
+        stdout: String::from_utf8(output.stdout).expect("UTF-8"),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn an_empty_and_a_garbage_part_are_named_by_status_and_verify_and_the_rest_is_read() {
+    let (mock, dir, input) = setup();
+    let dataset = dir.path().join("dataset");
+    let parts = shard_runs(&mock, &input, &dataset, Layout::Dataset);
+    let mut lost = rows_of(&parts[0]);
+    lost.extend(rows_of(&parts[2]));
+    let kept = rows_of(&parts[1]).len();
+    std::fs::write(&parts[0], b"").expect("a part truncated to 0 bytes");
+    std::fs::write(&parts[2], [0xA5u8; 4096]).expect("a part overwritten with garbage");
+    let (empty, garbage) = (file_name(&parts[0]), file_name(&parts[2]));
+
+    let shown = status(&dataset);
+    assert_eq!(shown.code(), Some(2), "{}\n{}", shown.stdout, shown.stderr);
+    for expected in [
+        format!("{empty}: it is empty (0 bytes)"),
+        format!("{garbage}: it is not a Parquet file"),
+        "damaged: 2 part(s) cannot be read".to_owned(),
+        format!("shard 1/{SHARDS} (1 parts)"),
+        format!("rows:       {kept} "),
+    ] {
+        assert!(
+            shown.stdout.contains(&expected),
+            "no {expected:?} in {}",
+            shown.stdout
+        );
+    }
+
+    // The same as a file URL, as a run's --output may be given.
+    let url = status(Path::new(&format!("file://{}/", dataset.display())));
+    assert_eq!(url.code(), Some(2), "{}", url.stderr);
+    assert!(
+        url.stdout
+            .contains(&format!("{empty}: it is empty (0 bytes)")),
+        "{}",
+        url.stdout
+    );
+
+    let checked = verify(&dataset, &input);
+    assert_eq!(checked.code(), Some(2), "{}", checked.stderr);
+    let damaged: Vec<(String, String)> = checked
+        .lines
+        .iter()
+        .filter(|line| line["problem"] == "damaged")
+        .map(|line| {
+            let text = |key: &str| line[key].as_str().expect("text").to_owned();
+            (text("file"), text("reason"))
+        })
+        .collect();
+    assert_eq!(
+        damaged,
+        [
+            (empty, "it is empty (0 bytes)".to_owned()),
+            (garbage, "it is not a Parquet file".to_owned())
+        ]
+    );
+    assert_eq!(owners(&checked, "missing"), lost);
+    assert_eq!(checked.lines.len(), lost.len() + 2, "nothing else");
+    assert!(
+        checked.stderr.contains(&format!(
+            "{kept} rows in 3 files (2 damaged, not read): {} missing",
+            lost.len()
+        )),
+        "{}",
+        checked.stderr
+    );
+}
+
+#[test]
+fn a_damaged_results_file_is_named_with_why_by_status_and_verify() {
+    let (mock, dir, input) = setup();
+    let results = dir.path().join("results.parquet");
+    let output = batchflow()
+        .arg(&input)
+        .args(["--backend", &mock.url(), "--quiet", "--output"])
+        .arg(&results)
+        .output()
+        .expect("the run");
+    assert_eq!(output.status.code(), Some(1), "the invalid line");
+    let bytes = std::fs::read(&results).expect("the results");
+    // Its footer torn off, as by a copy cut short.
+    std::fs::write(&results, &bytes[..bytes.len() / 2]).expect("truncated");
+    let shown = status(&results);
+    assert_eq!(shown.code(), Some(2), "{}", shown.stderr);
+    assert!(
+        shown
+            .stdout
+            .contains("damaged:    it has no readable Parquet footer"),
+        "{}",
+        shown.stdout
+    );
+    let checked = verify(&results, &input);
+    assert_eq!(checked.code(), Some(2), "{}", checked.stderr);
+    assert!(
+        checked.stderr.contains(&format!(
+            "{} is not a batchflow results file: it has no readable Parquet footer",
+            results.display()
+        )),
+        "{}",
+        checked.stderr
     );
 }

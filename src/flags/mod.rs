@@ -211,7 +211,8 @@ pub struct ValidateArgs {
 /// Flags of `status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// A results file or dataset directory written with --output.
+    /// A results file or dataset directory written with --output, here or on object storage
+    /// (s3://bucket/run/). Parts that cannot be read are named, and the exit status is 2.
     #[arg(value_name = "RESULTS.parquet|DIR")]
     pub path: PathBuf,
 }
@@ -220,12 +221,14 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// A results file written with --output, or a directory of them: every `*.parquet` file
-    /// directly inside it (hidden files and `*.tmp` staging files are not read).
+    /// directly inside it (hidden files and `*.tmp` staging files are not read). Either may be
+    /// on object storage (s3://bucket/run/, each file downloaded in turn).
     #[arg(value_name = "RESULTS")]
     pub results: PathBuf,
 
-    /// The input file the runs read: JSONL or Parquet requests, or the pipeline file (`.toml`)
-    /// they ran. It is read twice when there are problems to name, so not standard input.
+    /// The input file the runs read: JSONL or Parquet requests (here or on object storage), or
+    /// the pipeline file (`.toml`) they ran. It is read twice when there are problems to name,
+    /// so not standard input.
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
 

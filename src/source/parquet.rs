@@ -6,15 +6,24 @@
 //! does not grow with the file. Each row is encoded as a JSON object (a null field is left out,
 //! as if missing) and handed to the same [`RequestParser`] as a JSONL line, with its 1-based row
 //! number as its position. Counting, the resume filter and sending belong to [`super`].
+//!
+//! Binary columns (`BINARY` without a UTF-8 annotation, as pandas and Spark write bytes) are
+//! read as UTF-8 text, at the top level and inside structs: Arrow's JSON encoder would write
+//! their bytes as hex, and an id `b"id-0"` would come back as `"69642d30"`. A value that is
+//! not UTF-8 makes its row invalid, naming the row and the column.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StructArray, new_empty_array};
+use arrow_array::cast::AsArray;
+use arrow_array::{
+    Array, ArrayRef, LargeStringArray, RecordBatch, StringArray, StringViewArray, StructArray,
+    new_empty_array,
+};
 use arrow_json::writer::{EncoderOptions, make_encoder};
-use arrow_schema::{Field, FieldRef};
+use arrow_schema::{DataType, Field, FieldRef, Fields};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::Value;
@@ -60,6 +69,9 @@ pub struct ParquetRows {
     ends: Vec<usize>,
     /// Index into `ends` of the next row to hand out.
     next: usize,
+    /// The current batch's rows with a binary value that is not UTF-8: the row's index and the
+    /// column's name, by index.
+    not_text: Vec<(usize, String)>,
     /// Rows handed out so far: the last one's 1-based row number.
     rows: u64,
     /// Rows in the file, from its footer.
@@ -125,6 +137,7 @@ impl ParquetRows {
             encoded: Vec::new(),
             ends: Vec::new(),
             next: 0,
+            not_text: Vec::new(),
             rows: 0,
             total_rows,
         };
@@ -163,11 +176,29 @@ impl ParquetRows {
             next => self.ends[next - 1],
         };
         let row = &self.encoded[start..self.ends[self.next]];
+        let not_text = self
+            .not_text
+            .binary_search_by_key(&self.next, |(index, _)| *index)
+            .ok()
+            .map(|found| self.not_text[found].1.as_str());
         self.next += 1;
         self.rows += 1;
         let position = Position::Row(self.rows);
         Ok(Some(match serde_json::from_slice::<Value>(row) {
-            Ok(value) => parser.parse_value(position, value),
+            Ok(value) => match not_text {
+                None => parser.parse_value(position, value),
+                Some(column) => SourceItem::Invalid(InvalidLine {
+                    line: self.rows,
+                    custom_id: value
+                        .get("custom_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    code: ErrorCode::InvalidJson,
+                    message: format!(
+                        "{position}: its {column} column holds bytes that are not UTF-8 text"
+                    ),
+                }),
+            },
             // Arrow's JSON encoder is meant to write valid JSON for every type it accepts;
             // should one value still not parse, it costs its row, not the run.
             Err(error) => SourceItem::Invalid(InvalidLine {
@@ -183,7 +214,22 @@ impl ParquetRows {
         self.encoded.clear();
         self.ends.clear();
         self.next = 0;
-        let rows = StructArray::from(batch);
+        self.not_text.clear();
+        let (fields, columns) = binary_as_text(
+            batch.schema().fields(),
+            batch.columns(),
+            "",
+            &mut self.not_text,
+        );
+        // A row is named once, by its first column that is not text.
+        self.not_text.sort_by_key(|(index, _)| *index);
+        self.not_text.dedup_by_key(|(index, _)| *index);
+        let rows = StructArray::try_new_with_length(fields, columns, None, batch.num_rows())
+            .map_err(|error| SourceError::ReadInput {
+                name: self.path.display().to_string(),
+                line: self.rows,
+                cause: io::Error::other(error),
+            })?;
         let field: FieldRef = Arc::new(Field::new("row", rows.data_type().clone(), false));
         let options = EncoderOptions::default();
         let mut encoder =
@@ -198,6 +244,88 @@ impl ParquetRows {
         }
         Ok(())
     }
+}
+
+/// `columns` (of `fields`, named under `parent`) with every binary column, at the top level or
+/// in a struct, turned into text of the same offset width. A value that is not UTF-8 becomes
+/// null, and its row index and column name go into `not_text`.
+fn binary_as_text(
+    fields: &Fields,
+    columns: &[ArrayRef],
+    parent: &str,
+    not_text: &mut Vec<(usize, String)>,
+) -> (Fields, Vec<ArrayRef>) {
+    let mut new_fields = Vec::with_capacity(fields.len());
+    let mut new_columns = Vec::with_capacity(columns.len());
+    for (field, column) in fields.iter().zip(columns) {
+        let name = match parent {
+            "" => field.name().clone(),
+            parent => format!("{parent}.{}", field.name()),
+        };
+        let mut text = |values: &mut dyn Iterator<Item = Option<&[u8]>>| -> Vec<Option<String>> {
+            values
+                .enumerate()
+                .map(|(index, value)| {
+                    let value = value?;
+                    match std::str::from_utf8(value) {
+                        Ok(text) => Some(text.to_owned()),
+                        Err(_) => {
+                            not_text.push((index, name.clone()));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let converted: Option<(DataType, ArrayRef)> = match column.data_type() {
+            DataType::Binary => {
+                let values = text(&mut column.as_binary::<i32>().iter());
+                Some((DataType::Utf8, Arc::new(StringArray::from(values))))
+            }
+            DataType::LargeBinary => {
+                let values = text(&mut column.as_binary::<i64>().iter());
+                Some((
+                    DataType::LargeUtf8,
+                    Arc::new(LargeStringArray::from(values)),
+                ))
+            }
+            DataType::BinaryView => {
+                let values = text(&mut column.as_binary_view().iter());
+                Some((DataType::Utf8View, Arc::new(StringViewArray::from(values))))
+            }
+            DataType::Struct(_) => {
+                let inner = column.as_struct();
+                let (inner_fields, inner_columns) =
+                    binary_as_text(inner.fields(), inner.columns(), &name, not_text);
+                // The struct's own nulls stay; its children only change type.
+                StructArray::try_new_with_length(
+                    inner_fields.clone(),
+                    inner_columns,
+                    inner.nulls().cloned(),
+                    inner.len(),
+                )
+                .ok()
+                .map(|array| {
+                    let array: ArrayRef = Arc::new(array);
+                    (DataType::Struct(inner_fields), array)
+                })
+            }
+            _ => None,
+        };
+        match converted {
+            Some((data_type, array)) => {
+                // Nullable: a value that is not text is left out, as a null is.
+                let field = field.as_ref().clone().with_data_type(data_type);
+                new_fields.push(Arc::new(field.with_nullable(true)));
+                new_columns.push(array);
+            }
+            None => {
+                new_fields.push(Arc::clone(field));
+                new_columns.push(Arc::clone(column));
+            }
+        }
+    }
+    (Fields::from(new_fields), new_columns)
 }
 
 /// Fails at open time for a column type the JSON encoder rejects (a union, a map with non-string
@@ -219,8 +347,7 @@ mod tests {
     use std::path::PathBuf;
 
     use arrow_array::builder::{Int32Builder, MapBuilder, StringBuilder};
-    use arrow_array::{ArrayRef, Float64Array, StringArray};
-    use arrow_schema::DataType;
+    use arrow_array::{BinaryArray, Float64Array, LargeBinaryArray};
     use parquet::arrow::ArrowWriter;
 
     use super::*;
@@ -366,6 +493,80 @@ mod tests {
             "{}",
             bad_body.message
         );
+    }
+
+    #[test]
+    fn binary_columns_are_read_as_text_and_bytes_that_are_not_utf8_cost_their_row() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let bytes = |values: &[&[u8]]| -> ArrayRef {
+            Arc::new(BinaryArray::from_iter_values(values.iter().copied()))
+        };
+        let body: &[u8] = br#"{"model":"m","prompt":"p"}"#;
+        let path = write(
+            dir.path(),
+            "binary.parquet",
+            vec![
+                ("custom_id", bytes(&[b"id-0", b"id-\xff", b"id-2"])),
+                ("method", strings(&[Some("POST"); 3])),
+                ("url", strings(&[Some("/api/generate"); 3])),
+                (
+                    "body",
+                    Arc::new(LargeBinaryArray::from_iter_values([
+                        body,
+                        body,
+                        b"{\"m\xc3",
+                    ])),
+                ),
+            ],
+        );
+        let items = read_all(&path);
+        let SourceItem::Request(first) = &items[0] else {
+            panic!("row 1 is text: {:?}", items[0]);
+        };
+        assert_eq!(first.custom_id, "id-0");
+        assert_eq!(request_body(&items[0])["prompt"], "p");
+        let invalid = |item: &SourceItem| match item {
+            SourceItem::Invalid(invalid) => invalid.clone(),
+            SourceItem::Request(request) => panic!("not UTF-8, yet a request: {request:?}"),
+        };
+        let bad_id = invalid(&items[1]);
+        assert_eq!((bad_id.line, bad_id.custom_id), (2, None));
+        assert_eq!(
+            bad_id.message,
+            "row 2: its custom_id column holds bytes that are not UTF-8 text"
+        );
+        let bad_body = invalid(&items[2]);
+        assert_eq!(bad_body.custom_id.as_deref(), Some("id-2"));
+        assert_eq!(
+            bad_body.message,
+            "row 3: its body column holds bytes that are not UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn binary_fields_of_a_struct_body_are_read_as_text() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let prompt: ArrayRef = Arc::new(BinaryArray::from_iter_values([b"hello".as_slice()]));
+        let model = strings(&[Some("m")]);
+        let body = StructArray::from(vec![
+            (Arc::new(Field::new("model", DataType::Utf8, true)), model),
+            (
+                Arc::new(Field::new("prompt", DataType::Binary, true)),
+                prompt,
+            ),
+        ]);
+        let path = write(
+            dir.path(),
+            "struct.parquet",
+            vec![
+                ("custom_id", strings(&[Some("a")])),
+                ("method", strings(&[Some("POST")])),
+                ("url", strings(&[Some("/api/generate")])),
+                ("body", Arc::new(body)),
+            ],
+        );
+        let items = read_all(&path);
+        assert_eq!(request_body(&items[0])["prompt"], "hello");
     }
 
     #[test]
