@@ -15,7 +15,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
+use crate::sink::dataset::{self, PartOwner};
+use crate::sink::generation::{self, Marker};
+use crate::sink::lock;
 use crate::storage::{self, Remote, StorageError};
 
 /// The results at a path or URL, listed.
@@ -25,6 +30,11 @@ pub struct ResultsSet {
     /// By name.
     pub files: Vec<ResultsEntry>,
     source: Source,
+    /// The local path of a local set (the file, or the directory).
+    root: PathBuf,
+    /// Each shard's generation marker, for the shards of a dataset that have one
+    /// (`sink::generation`): a part of another generation is stale.
+    markers: HashMap<PartOwner, Marker>,
 }
 
 /// One results file of a set.
@@ -99,6 +109,8 @@ impl ResultsSet {
                     location: path.to_owned(),
                 }],
                 source: Source::Local,
+                root: path.to_owned(),
+                markers: HashMap::new(),
             });
         }
         let mut files = Vec::new();
@@ -115,10 +127,18 @@ impl ResultsSet {
             }
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut markers = HashMap::new();
+        for owner in owners(&files) {
+            if let Some(marker) = generation::read(path, owner)? {
+                markers.insert(owner, marker);
+            }
+        }
         Ok(ResultsSet {
             dataset: true,
             files,
             source: Source::Local,
+            root: path.to_owned(),
+            markers,
         })
     }
 
@@ -132,17 +152,27 @@ impl ResultsSet {
                 .filter(|name| is_results_name(name))
                 .collect();
             names.sort();
-            let files = names
+            let files: Vec<ResultsEntry> = names
                 .into_iter()
                 .map(|name| ResultsEntry {
                     location: PathBuf::from(&name),
                     name,
                 })
                 .collect();
+            let mut markers = HashMap::new();
+            for owner in owners(&files) {
+                let name = generation::marker_name(owner);
+                if let Some((bytes, _)) = remote.get(&name)? {
+                    let url = remote.url_of(&name);
+                    markers.insert(owner, Marker::from_bytes(&bytes, Path::new(&url))?);
+                }
+            }
             return Ok(ResultsSet {
                 dataset: true,
                 files,
                 source: Source::Remote { remote, staging },
+                root: PathBuf::new(),
+                markers,
             });
         }
         let (remote, name) = Remote::open_object(url)?;
@@ -153,7 +183,50 @@ impl ResultsSet {
                 location: PathBuf::from(name),
             }],
             source: Source::Remote { remote, staging },
+            root: PathBuf::new(),
+            markers: HashMap::new(),
         })
+    }
+
+    /// Opens `entry`, read at `local` (see [`open_file`]); in a dataset, a part of a
+    /// generation that `--overwrite` replaced is [`Opened::Stale`].
+    pub fn open_entry(&self, entry: &ResultsEntry, local: &Path) -> Result<Opened, ResultsError> {
+        let opened = open_file(local, self.dataset)?;
+        let Opened::Results(existing) = &opened else {
+            return Ok(opened);
+        };
+        let Some(marker) =
+            dataset::owner_of(&entry.name).and_then(|owner| self.markers.get(&owner))
+        else {
+            return Ok(opened);
+        };
+        let part = generation::of_part(existing.metadata.file_metadata().key_value_metadata());
+        if generation::is_current(Some(marker), part) {
+            return Ok(opened);
+        }
+        Ok(Opened::Stale(format!(
+            "a part of generation {}, which --overwrite replaced by {} (--resume removes it); its rows are not counted",
+            part.unwrap_or("(none)"),
+            marker.generation
+        )))
+    }
+
+    /// Who writes `owner`'s parts (or, for `None`, the single results file) now: a run holding
+    /// its lock on this machine, or its lease on a store; `None` if nobody does.
+    pub fn writer(&self, owner: Option<PartOwner>) -> Result<Option<String>, ResultsError> {
+        match (&self.source, owner) {
+            (Source::Local, None) => Ok(
+                lock::holder(&lock::file_lock_path(&self.root))?.map(|holder| holder.describe())
+            ),
+            (Source::Local, Some(owner)) => {
+                Ok(lock::holder(&dataset::lock_path(&self.root, owner))?
+                    .map(|holder| holder.describe()))
+            }
+            (Source::Remote { remote, .. }, Some(owner)) => Ok(remote
+                .get(&crate::sink::remote::lease_name(owner))?
+                .and_then(|(bytes, _)| crate::sink::remote::live_holder(&bytes))),
+            (Source::Remote { .. }, None) => Ok(None),
+        }
     }
 
     /// Calls `read` with the local path of `entry`: the file itself, or its object downloaded
@@ -195,6 +268,17 @@ impl ResultsSet {
     }
 }
 
+/// The shard owners among `files`' names.
+fn owners(files: &[ResultsEntry]) -> Vec<PartOwner> {
+    let mut owners: Vec<PartOwner> = files
+        .iter()
+        .filter_map(|entry| dataset::owner_of(&entry.name))
+        .collect();
+    owners.sort_by_key(|owner| (owner.count, owner.index));
+    owners.dedup();
+    owners
+}
+
 /// Whether a file name in a folder is a results file: `*.parquet` (any case), not hidden. A
 /// writer's staging file (`*.parquet.tmp`) and a download (`*.parquet.download`) are not.
 fn is_results_name(name: &str) -> bool {
@@ -213,6 +297,9 @@ pub enum Opened {
     Results(ExistingResults),
     /// It cannot be read as a results file: why.
     Damaged(String),
+    /// A part of a replaced generation, left by an `--overwrite` stopped before it removed it:
+    /// why. Its rows are not the dataset's.
+    Stale(String),
 }
 
 /// Opens the results file at `path`. In a dataset, a file that is empty or only Parquet's magic
@@ -302,7 +389,7 @@ mod tests {
             path
         };
         let reason = |path: &Path, in_dataset| match open_file(path, in_dataset).expect("local") {
-            Opened::Damaged(reason) => reason,
+            Opened::Damaged(reason) | Opened::Stale(reason) => reason,
             Opened::Nothing => "nothing".into(),
             Opened::Results(_) => "results".into(),
         };

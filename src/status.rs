@@ -32,8 +32,13 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
     if !set.dataset {
         let entry = set.files.first().expect("a set of one file lists it");
         return Ok(
-            match set.with_local(entry, |local| read_file(local, false))?? {
-                Ok(status) => Found::File(status),
+            match set.with_local(entry, |local| {
+                read_file(local, set.open_entry(entry, local)?)
+            })?? {
+                Ok(status) => Found::File(ResultsStatus {
+                    writer: set.writer(None)?,
+                    ..status
+                }),
                 Err(reason) => Found::Damaged(reason),
             },
         );
@@ -48,7 +53,9 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
     let mut shards: Vec<(PartOwner, usize, ResultsStatus)> = Vec::new();
     let mut damaged = Vec::new();
     for (owner, _, entry) in parts {
-        let status = match set.with_local(entry, |local| read_file(local, true))?? {
+        let status = match set.with_local(entry, |local| {
+            read_file(local, set.open_entry(entry, local)?)
+        })?? {
             Ok(status) => status,
             Err(reason) => {
                 damaged.push((entry.name.clone(), reason));
@@ -67,9 +74,13 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
                     state: status.state.or(sum.state),
                     fingerprint: status.fingerprint.or(sum.fingerprint.take()),
                     holds_nothing: sum.holds_nothing && status.holds_nothing,
+                    writer: sum.writer.take(),
                 };
             }
-            _ => shards.push((owner, 1, status)),
+            _ => {
+                let writer = set.writer(Some(owner))?;
+                shards.push((owner, 1, ResultsStatus { writer, ..status }))
+            }
         }
     }
     Ok(Found::Dataset { shards, damaged })
@@ -156,16 +167,18 @@ pub struct ResultsStatus {
     pub fingerprint: Option<Fingerprint>,
     /// The file's run was stopped before its first checkpoint: nothing to keep.
     pub holds_nothing: bool,
+    /// The run writing it now (its lock or lease is held): "pid 42 on host, since …".
+    pub writer: Option<String>,
 }
 
 /// Reads one results file: its status, or why it cannot be read (see
 /// [`results_set::open_file`]).
 pub fn read_file(
     path: &Path,
-    in_dataset: bool,
+    opened: Opened,
 ) -> Result<Result<ResultsStatus, String>, ResultsError> {
-    let existing = match results_set::open_file(path, in_dataset)? {
-        Opened::Damaged(reason) => return Ok(Err(reason)),
+    let existing = match opened {
+        Opened::Damaged(reason) | Opened::Stale(reason) => return Ok(Err(reason)),
         Opened::Nothing => {
             return Ok(Ok(ResultsStatus {
                 rows: 0,
@@ -175,6 +188,7 @@ pub fn read_file(
                 state: None,
                 fingerprint: None,
                 holds_nothing: true,
+                writer: None,
             }));
         }
         Opened::Results(existing) => existing,
@@ -194,18 +208,27 @@ pub fn read_file(
         state: existing.state(),
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
         holds_nothing: false,
+        writer: None,
     }))
 }
 
 impl ResultsStatus {
     /// The human-readable report printed by `batchflow status`.
     pub fn render(&self, path: &Path) -> String {
+        let writing;
         let state = match self.state {
+            _ if self.writer.is_some() => {
+                writing = format!(
+                    "being written by {}; the rows below are safe at its last checkpoint",
+                    self.writer.as_deref().unwrap_or_default()
+                );
+                writing.as_str()
+            }
             _ if self.holds_nothing => {
                 "holds no rows: its run was stopped before its first checkpoint"
             }
             Some(FileState::InProgress) => {
-                "stopped without closing (killed, crashed, or still running); the rows below are safe at the last checkpoint"
+                "stopped without closing (killed or crashed: no run holds it now); the rows below are safe at the last checkpoint"
             }
             Some(FileState::Complete) => "complete: the run reached the end of its input",
             Some(FileState::Interrupted) => {
@@ -214,6 +237,9 @@ impl ResultsStatus {
             None => "written by another tool or an older batchflow",
         };
         let next = match self.state {
+            _ if self.writer.is_some() => {
+                "wait for that run to end (another run of it is refused while it runs)"
+            }
             _ if self.holds_nothing => {
                 "run the same command with --resume to start it again in place"
             }

@@ -100,8 +100,12 @@ pub enum ProblemKind {
     /// A row in `file` that no input line owns.
     Unexpected { file: String },
     /// A results file that cannot be read (`custom_id` is `None` and `line` 0): the rows it
-    /// held show as missing lines.
+    /// held show as missing lines. A part of a generation that `--overwrite` replaced is one
+    /// too: its rows are not the dataset's.
     Damaged { file: String, reason: String },
+    /// A part of another shard layout than the dataset's main one (`--shard` counts mixed in
+    /// one directory): its rows are counted, and likely doubled.
+    OtherLayout { file: String, reason: String },
 }
 
 /// A problem with its line: the input's line (or row) number for missing and duplicated, the
@@ -156,6 +160,11 @@ impl Problem {
                     serde_json::json!({"file": file, "problem": "damaged", "reason": reason});
                 return line.to_string();
             }
+            ProblemKind::OtherLayout { file, reason } => {
+                let line =
+                    serde_json::json!({"file": file, "problem": "other_layout", "reason": reason});
+                return line.to_string();
+            }
         }
         serde_json::to_string(&line).expect("a struct of strings and numbers serialises")
     }
@@ -177,11 +186,17 @@ pub struct Summary {
     pub unexpected: u64,
     /// Of `files`, those that cannot be read (their rows are not in `rows`).
     pub damaged: usize,
+    /// Of `files`, parts of a shard layout other than the dataset's main one.
+    pub other_layout: usize,
 }
 
 impl Summary {
     pub fn is_clean(&self) -> bool {
-        self.missing == 0 && self.duplicated == 0 && self.unexpected == 0 && self.damaged == 0
+        self.missing == 0
+            && self.duplicated == 0
+            && self.unexpected == 0
+            && self.damaged == 0
+            && self.other_layout == 0
     }
 
     /// One line for standard error.
@@ -192,9 +207,13 @@ impl Summary {
             "NOT complete"
         };
         let files = if self.files == 1 { "file" } else { "files" };
-        let damaged = match self.damaged {
-            0 => String::new(),
-            damaged => format!(" ({damaged} damaged, not read)"),
+        let damaged = match (self.damaged, self.other_layout) {
+            (0, 0) => String::new(),
+            (damaged, 0) => format!(" ({damaged} damaged, not read)"),
+            (0, other) => format!(" ({other} of another shard layout)"),
+            (damaged, other) => {
+                format!(" ({damaged} damaged, not read; {other} of another shard layout)")
+            }
         };
         format!(
             "{} input lines ({} invalid), {} rows in {} {files}{damaged}: {} missing, {} duplicated, {} unexpected; {verdict}.",
@@ -268,6 +287,19 @@ pub fn verify(
         })
         .map_err(VerifyError::Report)?;
     }
+    let other_layout = other_layout_parts(&set);
+    for (file, reason) in &other_layout {
+        let kind = ProblemKind::OtherLayout {
+            file: file.clone(),
+            reason: reason.clone(),
+        };
+        report(Problem {
+            custom_id: None,
+            line: 0,
+            kind,
+        })
+        .map_err(VerifyError::Report)?;
+    }
     let verdicts = compare(&lines, &rows);
     let summary = Summary {
         input_lines: lines.len() as u64,
@@ -278,6 +310,7 @@ pub fn verify(
         duplicated: verdicts.duplicated.len() as u64,
         unexpected: verdicts.unexpected_rows,
         damaged: damaged.len(),
+        other_layout: other_layout.len(),
     };
     drop((lines, rows));
     let duplicates = name_lines(options, &verdicts, &mut report)?;
@@ -297,6 +330,39 @@ pub fn verify(
     }
     drop(downloaded);
     Ok(summary)
+}
+
+/// The parts of a dataset whose shard count is not its main layout's (the one with the most
+/// parts; of equals, the fewer shards), each with why.
+fn other_layout_parts(set: &ResultsSet) -> Vec<(String, String)> {
+    let mut parts_by_count: std::collections::BTreeMap<u64, usize> = Default::default();
+    let owners: Vec<(&ResultsEntry, u64)> = set
+        .files
+        .iter()
+        .filter_map(|entry| {
+            crate::sink::dataset::owner_of(&entry.name).map(|owner| (entry, owner.count))
+        })
+        .collect();
+    for (_, count) in &owners {
+        *parts_by_count.entry(*count).or_default() += 1;
+    }
+    let Some(main) = parts_by_count
+        .iter()
+        .max_by_key(|(count, parts)| (**parts, std::cmp::Reverse(**count)))
+        .map(|(count, _)| *count)
+    else {
+        return Vec::new();
+    };
+    owners
+        .into_iter()
+        .filter(|(_, count)| *count != main)
+        .map(|(entry, count)| {
+            let reason = format!(
+                "a part of {count} shard(s) beside the dataset's parts of {main}: their rows overlap and count twice; keep one layout (a run with --overwrite replaces the others)"
+            );
+            (entry.name.clone(), reason)
+        })
+        .collect()
 }
 
 /// What the merge of input and results found, as sorted keys.
@@ -428,9 +494,9 @@ fn name_rows(
         };
         // A file read whole in the first pass and damaged since is no longer a problem to
         // list but a failure to finish.
-        if let Err(reason) =
-            set.with_local(file, |path| read_rows(path, set.dataset, &mut each))??
-        {
+        if let Err(reason) = set.with_local(file, |path| {
+            read_rows(path, set.open_entry(file, path)?, &mut each)
+        })?? {
             return Err(VerifyError::NotResults {
                 path: PathBuf::from(&file.name),
                 reason,
@@ -472,7 +538,9 @@ fn row_keys(set: &ResultsSet) -> Result<RowKeys, VerifyError> {
         // is damaged, all of it.
         let mut file_keys = Vec::new();
         let read = set.with_local(entry, |path| {
-            read_rows(path, set.dataset, |row| file_keys.push(row.key()))
+            read_rows(path, set.open_entry(entry, path)?, |row| {
+                file_keys.push(row.key())
+            })
         })??;
         match read {
             // One file's keys are all the keys: no copy.
@@ -557,12 +625,12 @@ impl Row<'_> {
 /// [`results_set::open_file`]), found at its footer or in its rows.
 fn read_rows(
     path: &Path,
-    in_dataset: bool,
+    opened: Opened,
     mut each: impl FnMut(Row<'_>),
 ) -> Result<Result<(), String>, ResultsError> {
-    let existing = match results_set::open_file(path, in_dataset)? {
+    let existing = match opened {
         Opened::Nothing => return Ok(Ok(())),
-        Opened::Damaged(reason) => return Ok(Err(reason)),
+        Opened::Damaged(reason) | Opened::Stale(reason) => return Ok(Err(reason)),
         Opened::Results(existing) => existing,
     };
     let mut read = || -> Result<(), ResultsError> {

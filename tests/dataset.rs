@@ -668,3 +668,74 @@ fn resume_sends_the_rows_of_a_damaged_or_empty_part_again_and_readers_work_again
         "the damaged part is kept aside"
     );
 }
+
+#[test]
+fn status_verify_and_resume_name_a_part_of_a_replaced_generation_and_another_layout() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("dir");
+    let count = 120;
+    let input = write_input(dir.path(), &chat_lines(count));
+    let dataset = dataset_path(dir.path(), "results");
+    let output = dataset.to_str().expect("a UTF-8 path");
+    let input_arg = input.to_str().expect("a UTF-8 path");
+    let first = run(&input, &mock, &["--output", output]);
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let old_part = std::fs::read(dataset.join("part-0-of-1-00000.parquet")).expect("a part");
+    let replaced = run(&input, &mock, &["--output", output, "--overwrite"]);
+    assert_eq!(replaced.code(), Some(0), "{}", replaced.stderr);
+    // A part of the replaced generation, as an overwrite killed before removing it leaves.
+    let stale = dataset.join("part-0-of-1-00099.parquet");
+    std::fs::write(&stale, &old_part).expect("written");
+    let verify = |results: &str| {
+        parse_output(
+            batchflow()
+                .args(["verify", results, "--input", input_arg])
+                .output()
+                .expect("runs"),
+        )
+    };
+    let checked = verify(output);
+    assert_ne!(checked.code(), Some(0), "{}", checked.stderr);
+    let named = checked
+        .lines
+        .iter()
+        .find(|line| line["file"] == "part-0-of-1-00099.parquet")
+        .unwrap_or_else(|| panic!("the stale part is named: {:?}", checked.lines));
+    assert!(
+        named["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("which --overwrite replaced")),
+        "{named}"
+    );
+    let status = batchflow().args(["status", output]).output().expect("runs");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        report.contains("part-0-of-1-00099.parquet: a part of generation"),
+        "{report}"
+    );
+    let resumed = run(&input, &mock, &["--output", output, "--resume"]);
+    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    assert!(!stale.exists(), "resume removed the stale part");
+    assert_eq!(verify(output).code(), Some(0), "clean again");
+
+    // Parts of another layout, copied in beside the dataset's.
+    let other = dataset_path(dir.path(), "other");
+    let other_run = run(
+        &input,
+        &mock,
+        &["--output", other.to_str().expect("UTF-8"), "--shard", "1/2"],
+    );
+    assert_eq!(other_run.code(), Some(0), "{}", other_run.stderr);
+    for name in part_names(&other) {
+        std::fs::copy(other.join(&name), dataset.join(&name)).expect("copied");
+    }
+    let mixed = verify(output);
+    assert_eq!(mixed.code(), Some(1), "{}", mixed.stderr);
+    let layouts: Vec<_> = mixed
+        .lines
+        .iter()
+        .filter(|line| line["problem"] == "other_layout")
+        .map(|line| line["file"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(layouts, part_names(&other), "each part of the other layout");
+}

@@ -80,6 +80,15 @@ fn lease_token(moto: &Moto, key: &str) -> Option<u64> {
     record["token"].as_u64()
 }
 
+/// What `batchflow status` prints for `results`.
+fn status_of(results: &str) -> String {
+    let output = batchflow()
+        .args(["status", results])
+        .output()
+        .expect("runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -124,10 +133,21 @@ fn a_second_run_on_a_live_results_file_is_refused_naming_it_and_nothing_is_sent_
             second.stderr
         );
     }
+    let status_while = status_of(results_arg);
     let still_running = first.try_wait().expect("waitable").is_none();
+    let first_pid = first.id();
     let finished = first.wait().expect("runs");
     assert!(still_running, "the other runs met the first one running");
     assert_eq!(finished.code(), Some(0));
+    assert!(
+        status_while.contains(&format!("being written by pid {first_pid} on ")),
+        "status tells a running writer: {status_while}"
+    );
+    let status_after = status_of(results_arg);
+    assert!(
+        !status_after.contains("being written"),
+        "a finished run holds nothing: {status_after}"
+    );
     let rows = result_rows(&results);
     assert_eq!(rows.len(), count, "each line once");
     let mut ids: Vec<_> = rows.iter().map(|row| row.0.clone()).collect();
@@ -184,9 +204,19 @@ fn a_second_host_on_a_live_shard_is_refused_under_any_spelling_of_the_url() {
             second.stderr
         );
     }
+    let status = on_store(moto.address, &host_b)
+        .args(["status", "s3://results/run/"])
+        .output()
+        .expect("runs");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
     let still_running = first.try_wait().expect("waitable").is_none();
+    let first_pid = first.id();
     let finished = first.wait().expect("runs");
     assert!(still_running, "the second host met the first one running");
+    assert!(
+        status.contains(&format!("being written by pid {first_pid} on ")),
+        "status reads the lease: {status}"
+    );
     assert_eq!(finished.code(), Some(0));
     let ids = ids_in_store(&moto, "results", "run/");
     assert_eq!(ids.len(), count);

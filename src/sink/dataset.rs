@@ -36,7 +36,7 @@ pub fn names_dataset(path: &Path) -> bool {
 }
 
 /// Which parts of a dataset a run writes: those of its shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartOwner {
     pub index: u64,
     pub count: u64,

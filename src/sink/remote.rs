@@ -54,6 +54,19 @@ pub fn lease_name(owner: PartOwner) -> String {
     format!(".part-{}-of-{}.lease", owner.index, owner.count)
 }
 
+/// Who holds the lease whose object holds `bytes`, and until when, if it is held now (not let
+/// go, not expired); for `status`.
+pub fn live_holder(bytes: &[u8]) -> Option<String> {
+    let record: Record = serde_json::from_slice(bytes).ok()?;
+    (!record.released && now_ms() < record.expires_at_ms).then(|| {
+        format!(
+            "{} (lease valid until {})",
+            record.holder.describe(),
+            format_ms(record.expires_at_ms)
+        )
+    })
+}
+
 /// What the lease object holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
