@@ -222,6 +222,14 @@ fn a_second_host_on_a_live_shard_is_refused_under_any_spelling_of_the_url() {
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1), "each custom_id once");
     assert_eq!(mock.server.stats().succeeded, count as u64);
+    let left: Vec<_> = std::fs::read_dir(&host_a)
+        .expect("listed")
+        .map(|entry| entry.expect("an entry").path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing of the run stays in its TMPDIR: {left:?}"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, ResultsError};
-use super::lock::WriterLock;
+use super::lock::{LockFile, WriterLock};
 
 /// Data in a part that seals it: a checkpoint copies the part's earlier row groups (a kernel
 /// copy), so this bounds the bytes copied per checkpoint.
@@ -189,12 +189,8 @@ pub fn lock_path(dir: &Path, owner: PartOwner) -> PathBuf {
 }
 
 /// Takes `owner`'s lock in `dir`, or fails at once naming the run that holds it.
-pub fn lock(dir: &Path, owner: PartOwner) -> Result<WriterLock, ResultsError> {
-    super::lock::take(
-        &lock_path(dir, owner),
-        &owner.describe(),
-        super::lock::LockFile::Kept,
-    )
+pub fn lock(dir: &Path, owner: PartOwner, lock_file: LockFile) -> Result<WriterLock, ResultsError> {
+    super::lock::take(&lock_path(dir, owner), &owner.describe(), lock_file)
 }
 
 /// Creates the dataset directory if it is missing (its parent must exist: a typo in a path

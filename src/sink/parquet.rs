@@ -143,7 +143,13 @@ pub fn prepare(
                 Some(_) => crate::storage::create_private_dir(&output.path)?,
                 None => dataset::create_dir(&output.path)?,
             }
-            let lock = dataset::lock(&output.path, owner)?;
+            // A local staging folder of a store's dataset is a cache: nothing of it outlives
+            // the run (see `StagingFolder`), its lock file included.
+            let lock_file = match remote {
+                Some(_) => lock::LockFile::RemovedAtEnd,
+                None => lock::LockFile::Kept,
+            };
+            let lock = dataset::lock(&output.path, owner, lock_file)?;
             // A run that starts a generation on a store records it there before anything else.
             let marker = match (output.mode, remote) {
                 (OutputMode::New, Some(_)) => Some(Marker::new(false)),
@@ -185,6 +191,14 @@ pub fn prepare(
             next_part: opened.next_part,
             remote,
             _lock: lock,
+            _staging: output
+                .remote
+                .as_ref()
+                .zip(output.dataset)
+                .map(|(_, owner)| StagingFolder {
+                    dir: output.path.clone(),
+                    owner,
+                }),
             rows,
             checkpoint_rows: output.checkpoint_rows.max(1),
             checkpoint_interval: output.checkpoint_interval,
@@ -504,6 +518,21 @@ struct NextPart {
     key_values: Vec<KeyValue>,
 }
 
+/// The local staging folder of a shard of a remote dataset: its generation marker and the
+/// folder itself go when the sink is dropped. A folder still holding parts (a run that failed
+/// before uploading them) stays, and the next run of the shard empties it.
+struct StagingFolder {
+    dir: PathBuf,
+    owner: PartOwner,
+}
+
+impl Drop for StagingFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(generation::marker_name(self.owner)));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// Writes outcomes as rows of the results file.
 pub struct ParquetSink {
     /// `None` once closed.
@@ -514,6 +543,9 @@ pub struct ParquetSink {
     remote: Option<RemoteShard>,
     /// This run's hold on its results file or its shard's parts, until the sink is dropped.
     _lock: Option<WriterLock>,
+    /// For a dataset on object storage: its local staging folder, removed once the lock is
+    /// let go (fields drop in order).
+    _staging: Option<StagingFolder>,
     rows: RowBuilder,
     checkpoint_rows: usize,
     checkpoint_interval: Duration,
