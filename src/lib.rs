@@ -35,10 +35,12 @@
 //! - [`sink`]: output writers on their own thread: `sink::jsonl`, the error file
 //!   (`sink::errors`), and `sink::parquet` with its crash-safe file format in
 //!   `sink::checkpoint`, its part files in `sink::dataset` (`--output DIR/`), its columns in
-//!   `sink::results` and its fingerprint in `sink::fingerprint`.
+//!   `sink::results` and its fingerprint in `sink::fingerprint`. One writer each: a results
+//!   file's or shard's lock (`sink::lock`), a store's lease and fenced uploads (`sink::remote`),
+//!   a shard's generations (`sink::generation`), all following `sink::mode::OutputMode`.
 //! - [`paths`]: every file a run writes, checked against its inputs and each other.
-//!   [`storage`]: object-storage URLs (S3, GCS, Azure) through `object_store`: list, download,
-//!   upload, delete. [`tls`]: the process's rustls provider, for every HTTPS client.
+//!   [`storage`]: object-storage URLs (S3, GCS, Azure) through `object_store`: list, get,
+//!   download, conditional writes, delete. [`tls`]: the process's rustls provider, for every HTTPS client.
 //! - [`item`]: what flows between source, stage and sink: requests, invalid lines, outcomes.
 //!   [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
 //!   [`reply`]: what is read from a server's answer. [`schema`]: structured output's JSON
