@@ -275,24 +275,18 @@ pub fn verify(
         keys: rows,
         damaged,
     } = read;
-    for (file, reason) in &damaged {
-        let kind = ProblemKind::Damaged {
-            file: file.name.clone(),
-            reason: reason.clone(),
-        };
-        report(Problem {
-            custom_id: None,
-            line: 0,
-            kind,
-        })
-        .map_err(VerifyError::Report)?;
-    }
     let other_layout = other_layout_parts(&set);
-    for (file, reason) in &other_layout {
-        let kind = ProblemKind::OtherLayout {
+    let damaged_files = damaged.iter().map(|(file, reason)| ProblemKind::Damaged {
+        file: file.name.clone(),
+        reason: reason.clone(),
+    });
+    let other_layout_files = other_layout
+        .iter()
+        .map(|(file, reason)| ProblemKind::OtherLayout {
             file: file.clone(),
             reason: reason.clone(),
-        };
+        });
+    for kind in damaged_files.chain(other_layout_files) {
         report(Problem {
             custom_id: None,
             line: 0,

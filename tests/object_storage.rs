@@ -5,14 +5,10 @@
 
 use crate::support;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use arrow_array::cast::AsArray;
 use batchflow::mock::MockConfig;
-use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::s3::{Front, Moto};
 use support::{Mock, batchflow, chat_lines, wait_until};
 
@@ -29,37 +25,6 @@ fn batchflow_on(endpoint: std::net::SocketAddr) -> Command {
         .env_remove("AWS_PROFILE")
         .env("HOME", env!("CARGO_MANIFEST_DIR"));
     command
-}
-
-/// custom_id → how many rows hold it, over every part under `prefix`.
-fn ids_in_store(moto: &Moto, bucket: &str, prefix: &str) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for key in moto.keys(bucket, prefix) {
-        if !key.ends_with(".parquet") {
-            assert!(
-                key.ends_with(".lease") || key.ends_with(".generation"),
-                "only parts, the lease and the generation marker: {key}"
-            );
-            continue;
-        }
-        let bytes = Bytes::from(moto.get(bucket, &key));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .expect("each object is a whole Parquet file")
-            .build()
-            .expect("a reader");
-        for batch in reader {
-            let batch = batch.expect("readable rows");
-            let column = batch
-                .column_by_name("custom_id")
-                .expect("a custom_id column")
-                .as_string::<i32>()
-                .clone();
-            for id in column.iter().flatten() {
-                *ids.entry(id.to_owned()).or_default() += 1;
-            }
-        }
-    }
-    ids
 }
 
 /// About 200 requests a second: a run of hundreds lasts seconds, long enough to be caught
@@ -103,7 +68,7 @@ fn uploads_answered_500_and_a_server_gone_mid_run_are_retried_and_nothing_is_los
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(refused, "connections were refused while down");
     assert!(front.failed_uploads() > 0, "some uploads were answered 500");
-    let ids = ids_in_store(&moto, "results", "run/");
+    let ids = moto.ids("results", "run/");
     assert_eq!(ids.len(), count, "every custom_id is in the store");
     assert!(ids.values().all(|rows| *rows == 1), "each once");
     assert!(
@@ -150,7 +115,7 @@ fn a_run_killed_mid_way_resumes_from_what_the_store_holds_with_each_id_once() {
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
     }
-    let kept: usize = ids_in_store(&moto, "data", "out/").values().sum();
+    let kept: usize = moto.ids("data", "out/").values().sum();
     assert!(
         kept > 0 && kept < count,
         "killed mid-way: {kept} rows stored"
@@ -169,7 +134,7 @@ fn a_run_killed_mid_way_resumes_from_what_the_store_holds_with_each_id_once() {
             "attempt {attempt}: {stderr}"
         );
     }
-    let ids = ids_in_store(&moto, "data", "out/");
+    let ids = moto.ids("data", "out/");
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1), "each custom_id once");
 

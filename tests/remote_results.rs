@@ -6,8 +6,6 @@
 use crate::support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use arrow_array::Array;
@@ -16,23 +14,8 @@ use arrow_array::types::Int64Type;
 use batchflow::mock::MockConfig;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::s3::Moto;
+use support::s3::{Moto, on_store};
 use support::{Mock, Run, batchflow, chat_lines, parse_output};
-
-/// The binary, pointed at moto with credentials in the standard variables, its temporary
-/// directory `tmp`.
-fn batchflow_on(moto: &Moto, tmp: &Path) -> Command {
-    let mut command = batchflow();
-    command
-        .env("AWS_ENDPOINT_URL", format!("http://{}", moto.address))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env("HOME", env!("CARGO_MANIFEST_DIR"))
-        .env("TMPDIR", tmp);
-    command
-}
 
 /// A signed client of `bucket`, as an operator's tools would use.
 fn store(moto: &Moto, bucket: &str) -> object_store::aws::AmazonS3 {
@@ -117,7 +100,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     let input = "s3://data/in/requests.jsonl";
     // The run's own staging is the sink's business: a directory apart.
     let run_tmp = tempfile::tempdir().expect("a temporary directory");
-    let run = batchflow_on(&moto, run_tmp.path())
+    let run = on_store(moto.address, run_tmp.path())
         .args([
             input,
             "--backend",
@@ -144,7 +127,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     assert!(parts.len() >= 3, "several parts: {parts:?}");
 
     let status = text_of(
-        batchflow_on(&moto, tmp.path())
+        on_store(moto.address, tmp.path())
             .args(["status", "s3://data/run/"])
             .output()
             .expect("status"),
@@ -165,7 +148,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
 
     let verify = || {
         parse_output(
-            batchflow_on(&moto, tmp.path())
+            on_store(moto.address, tmp.path())
                 .args(["verify", "s3://data/run/", "--input", input])
                 .output()
                 .expect("verify"),
@@ -205,7 +188,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     let emptied_name = emptied.trim_start_matches("run/");
     replace(&moto, "data", emptied, Vec::new());
     let status = text_of(
-        batchflow_on(&moto, tmp.path())
+        on_store(moto.address, tmp.path())
             .args(["status", "s3://data/run/"])
             .output()
             .expect("status"),
@@ -262,7 +245,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
     // Only the input is here now; what is read goes to a directory apart.
     let reads = tempfile::tempdir().expect("a temporary directory");
     let status = text_of(
-        batchflow_on(&moto, reads.path())
+        on_store(moto.address, reads.path())
             .args(["status", "s3://data/one/results.parquet"])
             .output()
             .expect("status"),
@@ -274,7 +257,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         status.stdout
     );
     let verified = parse_output(
-        batchflow_on(&moto, reads.path())
+        on_store(moto.address, reads.path())
             .args(["verify", "s3://data/one/results.parquet", "--input"])
             .arg(&input)
             .output()
@@ -289,7 +272,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         b"not parquet at all".to_vec(),
     );
     let status = text_of(
-        batchflow_on(&moto, reads.path())
+        on_store(moto.address, reads.path())
             .args(["status", "s3://data/old/results.parquet"])
             .output()
             .expect("status"),
@@ -303,7 +286,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         status.stdout
     );
     let empty = text_of(
-        batchflow_on(&moto, reads.path())
+        on_store(moto.address, reads.path())
             .args(["status", "s3://data/nothing/"])
             .output()
             .expect("status"),
@@ -315,7 +298,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         empty.stdout
     );
     let no_slash = text_of(
-        batchflow_on(&moto, reads.path())
+        on_store(moto.address, reads.path())
             .args(["status", "s3://data/one"])
             .output()
             .expect("status"),

@@ -6,15 +6,11 @@
 
 use crate::support;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
 use batchflow::mock::MockConfig;
-use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::s3::{Front, Moto};
+use support::s3::{Front, Moto, on_store};
 use support::{Mock, batchflow, chat_lines, parse_output, result_rows, wait_until};
 
 /// About 100 requests a second: a run of hundreds is caught mid-way however loaded the machine.
@@ -24,50 +20,6 @@ fn slow_mock() -> Mock {
         latency: Duration::from_millis(20),
         ..MockConfig::default()
     })
-}
-
-/// The binary pointed at an S3 endpoint, with its own temporary directory (as on another host).
-fn on_store(endpoint: std::net::SocketAddr, tmp: &std::path::Path) -> Command {
-    let mut command = batchflow();
-    command
-        .env("AWS_ENDPOINT_URL", format!("http://{endpoint}"))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env("HOME", env!("CARGO_MANIFEST_DIR"))
-        .env("TMPDIR", tmp);
-    command
-}
-
-/// custom_id → rows holding it, over every part under `prefix` (the lease object aside).
-fn ids_in_store(moto: &Moto, bucket: &str, prefix: &str) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for key in moto.keys(bucket, prefix) {
-        if !key.ends_with(".parquet") {
-            assert!(
-                key.ends_with(".lease") || key.ends_with(".generation"),
-                "only parts, the lease and the generation marker: {key}"
-            );
-            continue;
-        }
-        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(moto.get(bucket, &key)))
-            .expect("each part is a whole Parquet file")
-            .build()
-            .expect("a reader");
-        for batch in reader {
-            let batch = batch.expect("readable rows");
-            let column = batch
-                .column_by_name("custom_id")
-                .expect("a custom_id column")
-                .as_string::<i32>()
-                .clone();
-            for id in column.iter().flatten() {
-                *ids.entry(id.to_owned()).or_default() += 1;
-            }
-        }
-    }
-    ids
 }
 
 /// The writer number recorded in a shard's lease object.
@@ -218,7 +170,7 @@ fn a_second_host_on_a_live_shard_is_refused_under_any_spelling_of_the_url() {
         "status reads the lease: {status}"
     );
     assert_eq!(finished.code(), Some(0));
-    let ids = ids_in_store(&moto, "results", "run/");
+    let ids = moto.ids("results", "run/");
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1), "each custom_id once");
     assert_eq!(mock.server.stats().succeeded, count as u64);
@@ -313,7 +265,7 @@ fn a_writer_stalled_past_its_lease_is_fenced_off_and_no_row_is_lost_or_doubled()
         let last = parse_output(run(&host_b).output().expect("runs"));
         assert_eq!(last.code(), Some(0), "{}", last.stderr);
     }
-    let ids = ids_in_store(&moto, "results", "run/");
+    let ids = moto.ids("results", "run/");
     assert_eq!(ids.len(), count, "no row lost");
     let doubled: Vec<_> = ids.iter().filter(|(_, rows)| **rows > 1).collect();
     assert!(doubled.is_empty(), "rows held twice: {doubled:?}");
@@ -348,7 +300,7 @@ fn a_store_outage_is_ridden_out_for_its_budget_and_past_it_the_run_stops_resumab
     front.up();
     let rode_out = parse_output(child.wait_with_output().expect("ran"));
     assert_eq!(rode_out.code(), Some(0), "{}", rode_out.stderr);
-    let ids = ids_in_store(&moto, "results", "long/");
+    let ids = moto.ids("results", "long/");
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1));
 
@@ -372,7 +324,7 @@ fn a_store_outage_is_ridden_out_for_its_budget_and_past_it_the_run_stops_resumab
     );
     let resumed = parse_output(run("s3://results/short/", &[]).output().expect("runs"));
     assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
-    let ids = ids_in_store(&moto, "results", "short/");
+    let ids = moto.ids("results", "short/");
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1));
 }
@@ -433,34 +385,15 @@ fn on_a_store_an_overwrite_killed_after_it_began_is_finished_by_resume_and_other
     replacing.wait().expect("reaped");
     let resumed = parse_output(run(&new_input, &["--resume"]).output().expect("runs"));
     assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
-    let ids = ids_in_store(&moto, "results", "run/");
+    let ids = moto.ids("results", "run/");
     assert_eq!(ids.len(), count);
     assert!(ids.values().all(|rows| *rows == 1), "each custom_id once");
-    let mut contents = 0;
-    for key in moto.keys("results", "run/") {
-        if !key.ends_with(".parquet") {
-            continue;
-        }
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(Bytes::from(moto.get("results", &key)))
-                .expect("a part")
-                .build()
-                .expect("a reader");
-        for batch in reader {
-            let batch = batch.expect("rows");
-            let column = batch
-                .column_by_name("content")
-                .expect("content")
-                .as_string::<i32>()
-                .clone();
-            for content in column.iter() {
-                assert!(
-                    content.is_some_and(|text| text.contains("new")),
-                    "a row of the old generation survived: {content:?}"
-                );
-                contents += 1;
-            }
-        }
+    let contents = moto.column("results", "run/", "content");
+    assert_eq!(contents.len(), count);
+    for content in contents {
+        assert!(
+            content.as_deref().is_some_and(|text| text.contains("new")),
+            "a row of the old generation survived: {content:?}"
+        );
     }
-    assert_eq!(contents, count);
 }

@@ -26,6 +26,21 @@ pub fn venv_bin(program: &str) -> PathBuf {
     path
 }
 
+/// The binary pointed at the S3 endpoint `endpoint` with test credentials in the standard
+/// variables, and `tmp` as its temporary directory (as on a host of its own).
+pub fn on_store(endpoint: SocketAddr, tmp: &Path) -> Command {
+    let mut command = super::batchflow();
+    command
+        .env("AWS_ENDPOINT_URL", format!("http://{endpoint}"))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", env!("CARGO_MANIFEST_DIR"))
+        .env("TMPDIR", tmp);
+    command
+}
+
 /// moto's S3 server, killed on drop.
 pub struct Moto {
     child: Child,
@@ -120,6 +135,51 @@ impl Moto {
             .filter(|object| object.location.as_ref().ends_with(".parquet"))
             .map(|object| object.size)
             .sum()
+    }
+
+    /// The values of the text column `name` in every Parquet part under `prefix` (a shard's
+    /// lease and generation marker beside them are the only other objects).
+    pub fn column(&self, bucket: &str, prefix: &str, name: &str) -> Vec<Option<String>> {
+        use arrow_array::cast::AsArray;
+        let mut values = Vec::new();
+        for key in self.keys(bucket, prefix) {
+            if !key.ends_with(".parquet") {
+                assert!(
+                    key.ends_with(".lease") || key.ends_with(".generation"),
+                    "only parts, the lease and the generation marker: {key}"
+                );
+                continue;
+            }
+            let bytes = bytes::Bytes::from(self.get(bucket, &key));
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .expect("each part is a whole Parquet file")
+                    .build()
+                    .expect("a reader");
+            for batch in reader {
+                let batch = batch.expect("readable rows");
+                let column = batch
+                    .column_by_name(name)
+                    .unwrap_or_else(|| panic!("a {name} column"))
+                    .as_string::<i32>()
+                    .clone();
+                values.extend(column.iter().map(|value| value.map(str::to_owned)));
+            }
+        }
+        values
+    }
+
+    /// custom_id → how many rows hold it, over every part under `prefix`.
+    pub fn ids(&self, bucket: &str, prefix: &str) -> std::collections::HashMap<String, usize> {
+        let mut ids = std::collections::HashMap::new();
+        for id in self
+            .column(bucket, prefix, "custom_id")
+            .into_iter()
+            .flatten()
+        {
+            *ids.entry(id).or_default() += 1;
+        }
+        ids
     }
 
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
