@@ -17,43 +17,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::s3::{Moto, on_store};
 use support::{Mock, Run, batchflow, chat_lines, parse_output};
 
-/// A signed client of `bucket`, as an operator's tools would use.
-fn store(moto: &Moto, bucket: &str) -> object_store::aws::AmazonS3 {
-    batchflow::tls::install_crypto_provider();
-    object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://{}", moto.address))
-        .with_allow_http(true)
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_access_key_id("testing")
-        .with_secret_access_key("testing")
-        .build()
-        .expect("an S3 client")
-}
-
-fn block_on<T>(work: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(work)
-}
-
-/// Deletes `key` from `bucket`, as an operator cleaning up would.
-fn delete(moto: &Moto, bucket: &str, key: &str) {
-    use object_store::ObjectStoreExt;
-    let location = object_store::path::Path::from(key);
-    block_on(store(moto, bucket).delete(&location)).expect("deleted");
-}
-
-/// Stores `bytes` as `key` in `bucket`, replacing what is there.
-fn replace(moto: &Moto, bucket: &str, key: &str, bytes: Vec<u8>) {
-    use object_store::ObjectStoreExt;
-    let location = object_store::path::Path::from(key);
-    let payload = object_store::PutPayload::from(bytes);
-    block_on(store(moto, bucket).put(&location, payload)).expect("replaced");
-}
-
 /// The (custom_id, line) of every row of the stored part `key`.
 fn rows_of(moto: &Moto, bucket: &str, key: &str) -> BTreeSet<(Option<String>, i64)> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(moto.get(bucket, key)))
@@ -169,7 +132,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     let deleted = &parts[1];
     let lost = rows_of(&moto, "data", deleted);
     assert!(!lost.is_empty());
-    delete(&moto, "data", deleted);
+    moto.delete("data", deleted);
     let missing = verify();
     assert_eq!(missing.code(), Some(1), "{}", missing.stderr);
     let named: BTreeSet<(Option<String>, i64)> = missing
@@ -186,7 +149,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     // An emptied part is damaged, named with why; the others are still read.
     let emptied = &parts[0];
     let emptied_name = emptied.trim_start_matches("run/");
-    replace(&moto, "data", emptied, Vec::new());
+    moto.replace("data", emptied, Vec::new());
     let status = text_of(
         on_store(moto.address, tmp.path())
             .args(["status", "s3://data/run/"])
@@ -236,8 +199,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
         .output()
         .expect("the run");
     assert_eq!(run.status.code(), Some(0), "{run:?}");
-    replace(
-        &moto,
+    moto.replace(
         "data",
         "one/results.parquet",
         std::fs::read(&results).expect("the results"),
@@ -265,8 +227,7 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
     );
     assert_eq!(verified.code(), Some(0), "{}", verified.stderr);
 
-    replace(
-        &moto,
+    moto.replace(
         "data",
         "old/results.parquet",
         b"not parquet at all".to_vec(),

@@ -182,6 +182,21 @@ impl Moto {
         ids
     }
 
+    /// Deletes `key` from `bucket`, as an operator cleaning up would.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        use object_store::ObjectStoreExt;
+        let location = object_store::path::Path::from(key);
+        Moto::block_on(self.client(bucket).delete(&location)).expect("deleted");
+    }
+
+    /// Stores `bytes` as `key` in `bucket`, replacing what is there.
+    pub fn replace(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let location = object_store::path::Path::from(key);
+        let payload = object_store::PutPayload::from(bytes);
+        Moto::block_on(self.client(bucket).put(&location, payload)).expect("replaced");
+    }
+
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         use object_store::ObjectStoreExt;
         let client = self.client(bucket);
