@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::results_set::{self, Opened, ResultsSet};
 use crate::sink::checkpoint::{self, FileState, ResultsError};
-use crate::sink::dataset::PartOwner;
+use crate::sink::dataset::{self, PartOwner};
 use crate::sink::fingerprint::Fingerprint;
 
 /// What `status` found: one results file, or a dataset's shards.
@@ -47,7 +47,7 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
     let mut parts: Vec<(PartOwner, u64, &results_set::ResultsEntry)> = set
         .files
         .iter()
-        .filter_map(|entry| part_of(&entry.name).map(|(owner, seq)| (owner, seq, entry)))
+        .filter_map(|entry| dataset::part_of(&entry.name).map(|(owner, seq)| (owner, seq, entry)))
         .collect();
     parts.sort_by_key(|(owner, seq, _)| (owner.count, owner.index, *seq));
     let mut shards: Vec<(PartOwner, usize, ResultsStatus)> = Vec::new();
@@ -84,20 +84,6 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
         }
     }
     Ok(Found::Dataset { shards, damaged })
-}
-
-/// The owner and number of a part named `part-<i>-of-<n>-<seq>.parquet`, as the sink names
-/// them (`PartOwner::owns_part` has the last word).
-fn part_of(name: &str) -> Option<(PartOwner, u64)> {
-    let rest = name.strip_prefix("part-")?;
-    let (index, rest) = rest.split_once("-of-")?;
-    let (count, rest) = rest.split_once('-')?;
-    let owner = PartOwner {
-        index: index.parse().ok()?,
-        count: count.parse().ok()?,
-    };
-    let seq = rest.strip_suffix(".parquet")?.parse().ok()?;
-    owner.owns_part(name).then_some((owner, seq))
 }
 
 impl Found {

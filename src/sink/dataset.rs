@@ -78,6 +78,11 @@ impl PartOwner {
 
 /// The owner of a published part's name, whoever it is.
 pub fn owner_of(name: &str) -> Option<PartOwner> {
+    part_of(name).map(|(owner, _)| owner)
+}
+
+/// The owner and number of a published part's name, whoever it is.
+pub fn part_of(name: &str) -> Option<(PartOwner, u64)> {
     let rest = name.strip_prefix(PART_PREFIX)?;
     let (index, rest) = rest.split_once("-of-")?;
     let (count, _) = rest.split_once('-')?;
@@ -85,7 +90,10 @@ pub fn owner_of(name: &str) -> Option<PartOwner> {
         index: index.parse().ok()?,
         count: count.parse().ok()?,
     };
-    matches!(owner.seq_of(name), Some((_, ""))).then_some(owner)
+    match owner.seq_of(name)? {
+        (seq, "") => Some((owner, seq)),
+        _ => None,
+    }
 }
 
 /// The owners of the parts published in `dir`, in shard order.
