@@ -23,6 +23,7 @@ mod resume;
 mod scale;
 mod secrets;
 mod serve;
+mod serve_disk;
 mod serve_faults;
 mod serve_observe;
 mod verify;

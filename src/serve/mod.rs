@@ -20,6 +20,7 @@ mod files;
 mod finalize;
 mod metrics;
 mod runner;
+mod stall;
 pub mod store;
 pub mod wire;
 
