@@ -26,4 +26,5 @@ mod serve;
 mod serve_disk;
 mod serve_faults;
 mod serve_observe;
+mod serve_owner;
 mod verify;

@@ -11,13 +11,14 @@
 //! ```
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
-//! shutdown. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
+//! shutdown; `lock.rs` makes it the data directory's only server. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
 //! engine's, configured from [`ServeOptions::run`].
 
 mod batches;
 mod check;
 mod files;
 mod finalize;
+mod lock;
 mod metrics;
 mod runner;
 mod stall;
@@ -37,6 +38,7 @@ use axum::routing::{get, post};
 
 use crate::options::RunOptions;
 use crate::shutdown::Shutdown;
+use lock::LockError;
 use store::{Store, StoreError};
 use wire::ApiError;
 
@@ -67,6 +69,8 @@ pub struct ServeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("--data-dir: {0}")]
+    Lock(#[from] LockError),
+    #[error("--data-dir: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {cause}")]
     Bind {
@@ -96,15 +100,15 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
         return Err(ServeError::OpenWithoutKey(options.listen));
     }
     let data_dir = options.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(|error| ServeError::Serve(std::io::Error::other(error)))??;
-    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
-    let state = AppState {
-        store,
-        runner,
-        max_file_bytes: options.max_file_bytes,
-    };
+    // The lock comes before anything reads the directory: the sweep of half-written uploads
+    // and the recovery of unfinished batches are only right for the directory's one owner.
+    let (_lock, store) = tokio::task::spawn_blocking(move || {
+        let lock = lock::lock(&data_dir)?;
+        Ok::<_, ServeError>((lock, Store::open(&data_dir)?))
+    })
+    .await
+    .map_err(|error| ServeError::Serve(std::io::Error::other(error)))??;
+    // Bound before the runner starts, so that a server which cannot listen runs nothing.
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|cause| ServeError::Bind {
@@ -112,6 +116,12 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
             cause,
         })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
+    let state = AppState {
+        store,
+        runner,
+        max_file_bytes: options.max_file_bytes,
+    };
     tracing::info!(%addr, "Serving the OpenAI Batch API.");
     let router = router(state, options.api_key.map(Arc::from));
     axum::serve(listener, router)
