@@ -1,5 +1,5 @@
 //! `batchflow serve` owns its data directory: a second server on it is refused without
-//! touching it.
+//! touching it, and the input file of a batch that has not ended cannot be deleted.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -123,4 +123,39 @@ fn a_second_server_on_the_data_directory_is_refused_and_touches_nothing() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 600);
+}
+
+#[test]
+fn the_input_of_a_batch_that_has_not_ended_cannot_be_deleted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    let server = Server::start(&dir.path().join("data"), &mock, &["--workers", "4"]);
+    let out = server.python(
+        "f = client.files.create(file=('r.jsonl', args['content'].encode()), purpose='batch')\n\
+         batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')\n\
+         wait(batch.id, lambda b: b.status == 'in_progress')\n\
+         try:\n    client.files.delete(f.id)\n    status, error = 200, None\n\
+         except openai.APIStatusError as e:\n    status, error = e.status_code, e.response.json()['error']\n\
+         batch = wait(batch.id, lambda b: b.status in ('completed', 'failed'))\n\
+         print(json.dumps({'status': status, 'error': error, 'batch': batch.status,\n\
+             'completed': batch.request_counts.completed, 'deleted': client.files.delete(f.id).deleted}))",
+        json!({"content": openai_lines(300)}),
+    );
+    assert_eq!(out["status"], 409, "{out}");
+    assert_eq!(out["error"]["type"], "invalid_request_error");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("batch_")),
+        "{out}"
+    );
+    assert_eq!(
+        (&out["batch"], &out["completed"]),
+        (&json!("completed"), &json!(300))
+    );
+    // Once the batch has ended, its input may go.
+    assert_eq!(out["deleted"], true);
 }

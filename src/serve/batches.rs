@@ -66,6 +66,7 @@ pub async fn create(
         Some(_) => {}
     }
     let store = state.store.clone();
+    let input_file_id = request.input_file_id.clone();
     let stored = blocking(&state.store, move |_| {
         let created_at = unix_now();
         let stored = StoredBatch {
@@ -93,10 +94,13 @@ pub async fn create(
             },
             order: store.next_order(),
         };
-        store.put_batch(&stored)?;
-        Ok(stored)
+        Ok(store.create_batch(&stored)?.then_some(stored))
     })
     .await?;
+    // Deleted since it was looked up above.
+    let Some(stored) = stored else {
+        return Err(ApiError::not_found("File", &input_file_id));
+    };
     let batch = stored.batch;
     tracing::info!(batch_id = %batch.id, input_file_id = %batch.input_file_id, endpoint = %batch.endpoint, "Batch created.");
     state.runner.enqueue(batch.id.clone());

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::store::StoredFile;
+use super::store::{FileDeletion, StoredFile};
 use super::wire::{ApiError, FileDeleted, FileList, FileObject, unix_now};
 use super::{AppState, blocking};
 
@@ -248,14 +248,18 @@ pub async fn delete(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let deleted = id.clone();
-    if blocking(&state.store, move |store| store.delete_file(&deleted)).await? {
-        tracing::info!(file_id = %id, "Deleted a file.");
-        Ok(Json(FileDeleted {
-            id,
-            object: "file",
-            deleted: true,
-        }))
-    } else {
-        Err(ApiError::not_found("File", &id))
+    match blocking(&state.store, move |store| store.delete_file(&deleted)).await? {
+        FileDeletion::Deleted => {
+            tracing::info!(file_id = %id, "Deleted a file.");
+            Ok(Json(FileDeleted {
+                id,
+                object: "file",
+                deleted: true,
+            }))
+        }
+        FileDeletion::NotFound => Err(ApiError::not_found("File", &id)),
+        FileDeletion::InputOf(batch_id) => Err(ApiError::conflict(format!(
+            "File {id} is the input of batch {batch_id}, which has not ended; cancel it or wait for it to end."
+        ))),
     }
 }
