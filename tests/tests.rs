@@ -25,6 +25,7 @@ mod secrets;
 mod serve;
 mod serve_disk;
 mod serve_faults;
+mod serve_limits;
 mod serve_observe;
 mod serve_owner;
 mod verify;

@@ -11,13 +11,15 @@
 //! ```
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
-//! shutdown; `lock.rs` makes it the data directory's only server. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
+//! shutdown; `lock.rs` makes it the data directory's only server, `listen.rs` bounds its
+//! connections. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
 //! engine's, configured from [`ServeOptions::run`].
 
 mod batches;
 mod check;
 mod files;
 mod finalize;
+mod listen;
 mod lock;
 mod metrics;
 mod runner;
@@ -28,6 +30,7 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -38,6 +41,7 @@ use axum::routing::{get, post};
 
 use crate::options::RunOptions;
 use crate::shutdown::Shutdown;
+use listen::ConnectionLimits;
 use lock::LockError;
 use store::{Store, StoreError};
 use wire::ApiError;
@@ -45,6 +49,13 @@ use wire::ApiError;
 /// Files over this are refused with 413 unless `--max-file-bytes` says otherwise: OpenAI's
 /// own limit.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
+
+/// Connections served at once unless `--max-connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send its request headers unless `--header-timeout` says
+/// otherwise: an SDK sends them at once; a connection that sends nothing holds a slot.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -63,6 +74,11 @@ pub struct ServeOptions {
     pub max_file_bytes: u64,
     /// Listen on a non-loopback address without a key (refused otherwise).
     pub allow_open: bool,
+    /// Connections served at once; more wait to be accepted. Lowered at start-up to fit the
+    /// process's open-file limit.
+    pub max_connections: usize,
+    /// A connection whose request headers take longer than this is closed.
+    pub header_timeout: Duration,
 }
 
 /// Why the server could not start or went down.
@@ -122,12 +138,14 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
         runner,
         max_file_bytes: options.max_file_bytes,
     };
-    tracing::info!(%addr, "Serving the OpenAI Batch API.");
+    let limits = ConnectionLimits::new(options.max_connections, options.header_timeout);
+    tracing::info!(
+        %addr,
+        max_connections = limits.max_connections,
+        "Serving the OpenAI Batch API."
+    );
     let router = router(state, options.api_key.map(Arc::from));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.stopping())
-        .await
-        .map_err(ServeError::Serve)?;
+    listen::serve_connections(listener, router, limits, shutdown.stopping()).await;
     if running.await.is_err() {
         tracing::error!("The batch runner panicked.");
     }
