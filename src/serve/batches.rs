@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::check::ENDPOINTS;
@@ -22,8 +23,13 @@ pub async fn create(
     State(state): State<AppState>,
     request: Result<Json<CreateBatch>, JsonRejection>,
 ) -> Result<Json<Batch>, ApiError> {
-    let Json(request) =
-        request.map_err(|rejection| ApiError::invalid(rejection.body_text(), None))?;
+    let Json(request) = request.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(super::MAX_JSON_BYTES)
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })?;
     if request.completion_window != COMPLETION_WINDOW {
         return Err(ApiError::invalid(
             format!("completion_window must be '{COMPLETION_WINDOW}'."),

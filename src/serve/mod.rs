@@ -50,6 +50,10 @@ use wire::ApiError;
 /// own limit.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
 
+/// JSON request bodies (a batch's creation) over this get 413: the largest a client sends,
+/// with 16 metadata pairs, is a few kilobytes.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
 /// Connections served at once unless `--max-connections` says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
@@ -153,11 +157,13 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
 }
 
 fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
+    let upload_limit = usize::try_from(state.max_file_bytes.saturating_add(files::FORM_OVERHEAD))
+        .unwrap_or(usize::MAX);
     let api = Router::new()
         .route(
             "/files",
             post(files::upload)
-                .layer(DefaultBodyLimit::disable())
+                .layer(DefaultBodyLimit::max(upload_limit))
                 .get(files::list),
         )
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
@@ -171,6 +177,7 @@ fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
         .nest("/v1", api)
         .fallback(|| async { ApiError::not_found_route() })
         .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(middleware::from_fn_with_state(api_key, authorize))
 }
 
