@@ -17,10 +17,11 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::check;
 use super::finalize::{self, RowCounts};
+use super::stall::{self, StoreFailed};
 use super::store::{Store, StoreError};
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
-use super::{check, stall};
 use crate::engine;
 use crate::error::Error;
 use crate::metrics::{LiveRun, RunWatch};
@@ -68,9 +69,6 @@ enum Turn {
     /// The data directory failed under it; it goes back to the front after a pause.
     Stalled,
 }
-
-/// The store failed; the failure is logged where it happened.
-struct StoreFailed;
 
 impl Runner {
     /// Starts the runner's task, which first queues again the batches a previous server left
@@ -220,9 +218,11 @@ impl Runner {
 
     /// Runs one batch from wherever its record says it stands.
     async fn run_one(&self, id: &str, server: &Shutdown) -> Turn {
-        let Ok(Some(batch)) = self.load(id).await else {
-            // Unreadable (logged): the record stays as it was, to be read again.
-            return Turn::Stalled;
+        let batch = match self.load(id).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Turn::Done,
+            // The record stays as it was, to be read again.
+            Err(StoreFailed) => return Turn::Stalled,
         };
         if batch.status.is_terminal() {
             return Turn::Done;
@@ -247,24 +247,17 @@ impl Runner {
         }
     }
 
-    /// The batch's record; `Ok(None)` if there is no such batch.
+    /// The batch's record; `Ok(None)` if there is no such batch, or none that can be read
+    /// (logged). `Err` only when the disk failed, which a later try may not.
     async fn load(&self, id: &str) -> Result<Option<Batch>, StoreFailed> {
         let (store, owned) = (self.store.clone(), id.to_owned());
-        match tokio::task::spawn_blocking(move || store.batch(&owned)).await {
-            Ok(Ok(stored)) => Ok(stored.map(|stored| stored.batch)),
-            Ok(Err(error)) => {
-                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
-                Err(StoreFailed)
-            }
-            Err(error) => {
-                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
-                Err(StoreFailed)
-            }
-        }
+        let loaded = tokio::task::spawn_blocking(move || store.batch(&owned)).await;
+        stall::settle(id, "read", loaded).map(|stored| stored.flatten().map(|stored| stored.batch))
     }
 
-    /// Changes the batch's record off the runtime; `Ok(None)` if there is no such batch. A
-    /// failure is logged, and the record stays as it was.
+    /// Changes the batch's record off the runtime; `Ok(None)` if there is no such batch, or
+    /// none that can be read (logged). `Err` only when the disk failed (logged); the record
+    /// then stays as it was.
     async fn update(
         &self,
         id: &str,
@@ -272,17 +265,8 @@ impl Runner {
     ) -> Result<Option<Batch>, StoreFailed> {
         let (store, owned) = (self.store.clone(), id.to_owned());
         let updated = tokio::task::spawn_blocking(move || store.update_batch(&owned, change)).await;
-        match updated {
-            Ok(Ok(updated)) => Ok(updated.map(|(batch, ())| batch)),
-            Ok(Err(error)) => {
-                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
-                Err(StoreFailed)
-            }
-            Err(error) => {
-                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
-                Err(StoreFailed)
-            }
-        }
+        stall::settle(id, "update", updated)
+            .map(|updated| updated.flatten().map(|(batch, ())| batch))
     }
 
     /// Validates (the first time) and runs the batch through the engine.

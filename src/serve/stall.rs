@@ -27,6 +27,34 @@ pub fn pause(stalls: u32) -> Duration {
     FIRST_PAUSE.saturating_mul(1 << doublings).min(MAX_PAUSE)
 }
 
+/// The store failed on the disk; the failure is logged where it happened.
+pub struct StoreFailed;
+
+/// A store call's result as the runner acts on it: a disk failure is a stall; a record that
+/// cannot be read as one (or a panicked call) would fail the same way at every try, so it is
+/// logged and treated as no record, rather than holding the queue's head for ever.
+pub fn settle<T>(
+    id: &str,
+    doing: &str,
+    result: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<Option<T>, StoreFailed> {
+    match result {
+        Ok(Ok(value)) => Ok(Some(value)),
+        Ok(Err(error)) => {
+            tracing::error!(batch_id = %id, "Cannot {doing} the batch: {error}.");
+            if store_failed(&error) {
+                Err(StoreFailed)
+            } else {
+                Ok(None)
+            }
+        }
+        Err(error) => {
+            tracing::error!(batch_id = %id, "Cannot {doing} the batch: {error}.");
+            Ok(None)
+        }
+    }
+}
+
 /// Whether the engine stopped because writing the batch's results or error file failed.
 pub fn engine_stalled(error: &Error) -> bool {
     match error {
