@@ -113,6 +113,14 @@ impl Server {
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
     }
+
+    /// Its `host:port`, for raw connections.
+    pub fn address(&self) -> String {
+        self.url
+            .strip_prefix("http://")
+            .expect("an http URL")
+            .to_owned()
+    }
 }
 
 impl Drop for Server {

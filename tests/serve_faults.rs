@@ -1,5 +1,5 @@
 //! `batchflow serve` when things go wrong, through the `openai` SDK: bad input files, a cancel
-//! mid-batch, a SIGKILL mid-batch and a restart, the bearer key, uploads over the limit, and
+//! mid-batch, a SIGKILL mid-batch (or mid-cancel) and a restart, the bearer key, uploads over the limit, and
 //! a non-loopback address without a key.
 
 use std::collections::HashMap;
@@ -188,6 +188,61 @@ fn stop_mid_batch_and_resume(stop: Stop) {
         "{}",
         second.log()
     );
+}
+
+#[test]
+fn a_cancel_cut_by_a_kill_closes_with_files_that_match_the_counts() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data = dir.path().join("data");
+    let mock = slow_mock();
+    let args = ["--workers", "4", "--checkpoint-rows", "100"];
+    let mut first = Server::start(&data, &mock, &args);
+    // Every other request fails; one, early on, holds its slot for a minute, so that the
+    // cancel's drain is still waiting for it when the server is killed.
+    let content: String = (0..400)
+        .map(|index| {
+            let prompt = match index {
+                20 => "[mock:delay=60000]".to_owned(),
+                _ if index % 2 == 0 => "[mock:status=400]".to_owned(),
+                _ => format!("question {index}"),
+            };
+            json!({"custom_id": format!("req-{index}"), "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "llama3.2", "messages": [{"role": "user", "content": prompt}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let script = format!(
+        "{CREATE}wait(batch.id, lambda b: b.request_counts.completed + b.request_counts.failed >= 250)\n\
+         cancelling = client.batches.cancel(batch.id)\n\
+         print(json.dumps({{'id': batch.id, 'status': cancelling.status}}))"
+    );
+    let started = first.python(&script, json!({"content": content}));
+    assert_eq!(started["status"], "cancelling");
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("the server ends");
+
+    let second = Server::start(&data, &mock, &args);
+    let script = format!(
+        "batch = wait(args['id'], lambda b: b.status in ('cancelled', 'failed'))\n{DOWNLOAD}"
+    );
+    let out = second.python(&script, json!({"id": started["id"]}));
+    let batch = &out["batch"];
+    assert_eq!(batch["status"], "cancelled", "{batch}\n{}", second.log());
+    let output = by_id(&out["output"]);
+    let errors = by_id(&out["errors"]);
+    let counts = &batch["request_counts"];
+    assert_eq!(counts["completed"], output.len() as u64, "{batch}");
+    assert_eq!(counts["failed"], errors.len() as u64, "{batch}");
+    assert!(!errors.is_empty() && !output.is_empty(), "{batch}");
+    assert!(output.keys().all(|id| !errors.contains_key(id)));
+    for id in errors.keys() {
+        let index: usize = id.trim_start_matches("req-").parse().expect("an index");
+        assert!(
+            index % 2 == 0 && index != 20,
+            "{id} is not a failing request"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Served pipelines: a file with a `[serve]` section describes `batchflow serve` (address,
-//! data directory, clients' key, upload limit, grace) with the `[backend]` every batch runs
+//! data directory, clients' key, upload limit, connection bounds, grace) with the `[backend]` every batch runs
 //! against and the checkpoint keys of `[sink]`. Requests come from uploaded files, so
 //! `[source]` and `[request]` have no place in it, and the sink's output keys neither: each
 //! batch's results live in the data directory. Checked and resolved without I/O, like a run's
@@ -42,6 +42,10 @@ pub struct ServeSection {
     pub allow_open: Option<bool>,
     /// After a signal, how long the running batch's in-flight requests may take.
     pub grace: Option<DurationValue>,
+    /// Connections served at once; more wait to be accepted. Default 512.
+    pub max_connections: Option<usize>,
+    /// A connection whose request headers take longer than this is closed. Default 10s.
+    pub header_timeout: Option<DurationValue>,
 }
 
 /// `[sink]` of a served pipeline: how often each batch's results are checkpointed.
@@ -61,6 +65,8 @@ pub struct ServePipeline {
     pub max_file_bytes: Option<u64>,
     pub allow_open: bool,
     pub grace: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<Duration>,
     pub backend: BackendSection,
     backend_parts: BackendParts,
     pub checkpoint_rows: Option<u64>,
@@ -102,6 +108,9 @@ pub fn resolve_serve(file: &ServeFile, folder: &Path) -> Result<ServePipeline, V
     if serve.max_file_bytes == Some(0) {
         problems.push("serve.max_file_bytes must be at least 1".into());
     }
+    if serve.max_connections == Some(0) {
+        problems.push("serve.max_connections must be at least 1".into());
+    }
     if file.sink.checkpoint_rows == Some(0) {
         problems.push("sink.checkpoint_rows must be at least 1".into());
     }
@@ -109,6 +118,13 @@ pub fn resolve_serve(file: &ServeFile, folder: &Path) -> Result<ServePipeline, V
         .grace
         .as_ref()
         .and_then(|value| value.resolve("serve.grace", &mut problems));
+    let header_timeout = serve
+        .header_timeout
+        .as_ref()
+        .and_then(|value| value.resolve("serve.header_timeout", &mut problems));
+    if header_timeout == Some(Duration::ZERO) {
+        problems.push("serve.header_timeout must be longer than zero".into());
+    }
     let checkpoint_interval = file
         .sink
         .checkpoint_secs
@@ -122,6 +138,8 @@ pub fn resolve_serve(file: &ServeFile, folder: &Path) -> Result<ServePipeline, V
         max_file_bytes: serve.max_file_bytes,
         allow_open: serve.allow_open.unwrap_or(false),
         grace,
+        max_connections: serve.max_connections,
+        header_timeout,
         backend: file.backend.clone(),
         backend_parts,
         checkpoint_rows: file.sink.checkpoint_rows,
@@ -176,7 +194,7 @@ mod tests {
     fn every_problem_of_a_served_pipeline_is_listed() {
         let file = parsed(concat!(
             "[serve]\nlisten = \"everywhere\"\ndata_dir = \"s3://bucket/\"\n",
-            "max_file_bytes = 0\ngrace = \"soon\"\n",
+            "max_file_bytes = 0\ngrace = \"soon\"\nmax_connections = 0\n",
             "[backend]\nworkers = \"many\"\n[sink]\ncheckpoint_rows = 0\n",
         ));
         let problems = resolve_serve(&file, Path::new(".")).expect_err("invalid");
@@ -185,6 +203,7 @@ mod tests {
             "serve.data_dir",
             "serve.max_file_bytes",
             "serve.grace",
+            "serve.max_connections",
             "backend.workers",
             "sink.checkpoint_rows",
         ] {
@@ -193,6 +212,6 @@ mod tests {
                 "{key}: {problems:#?}"
             );
         }
-        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
     }
 }

@@ -1,5 +1,5 @@
 //! Flags of `batchflow serve` and how they become the library's `ServeOptions`: the server's
-//! own knobs (address, data directory, clients' key, upload limit) and the few run knobs every
+//! own knobs (address, data directory, clients' key, upload limit, connection bounds) and the few run knobs every
 //! batch shares (backends, workers, grace, checkpoints), laid over a served pipeline file's
 //! when one is given (the command line wins).
 
@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use batchflow::config::ServePipeline;
 use batchflow::options::{RunOptions, Workers};
-use batchflow::serve::{DEFAULT_LISTEN, DEFAULT_MAX_FILE_BYTES, ServeOptions};
+use batchflow::serve::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FILE_BYTES,
+    ServeOptions,
+};
 use clap::Args;
 
 use super::{FlagDuration, flag_duration};
@@ -79,6 +82,16 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without --api-key-env.
     #[arg(long)]
     pub allow_open: bool,
+
+    /// Connections served at once (default 512, and at most half the open-file limit); more
+    /// wait to be accepted.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// A connection whose request headers take longer than this, or that sits idle this
+    /// long between requests, is closed (default 10s).
+    #[arg(long, value_parser = flag_duration, value_name = "DURATION")]
+    pub header_timeout: Option<FlagDuration>,
 }
 
 impl ServeArgs {
@@ -123,6 +136,12 @@ impl ServeArgs {
             .clone()
             .or_else(|| file.map(|file| file.data_dir.clone()))
             .context("--data-dir is required")?;
+        if self
+            .header_timeout
+            .is_some_and(|timeout| timeout.0.is_zero())
+        {
+            anyhow::bail!("--header-timeout must be longer than zero");
+        }
         Ok(ServeOptions {
             listen: self
                 .listen
@@ -136,6 +155,16 @@ impl ServeArgs {
                 .or(file.and_then(|file| file.max_file_bytes))
                 .unwrap_or(DEFAULT_MAX_FILE_BYTES),
             allow_open: self.allow_open || file.is_some_and(|file| file.allow_open),
+            max_connections: self
+                .max_connections
+                .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
+                .or(file.and_then(|file| file.max_connections))
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_timeout: self
+                .header_timeout
+                .map(|timeout| timeout.0)
+                .or(file.and_then(|file| file.header_timeout))
+                .unwrap_or(DEFAULT_HEADER_TIMEOUT),
         })
     }
 }

@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::check::ENDPOINTS;
@@ -22,8 +23,13 @@ pub async fn create(
     State(state): State<AppState>,
     request: Result<Json<CreateBatch>, JsonRejection>,
 ) -> Result<Json<Batch>, ApiError> {
-    let Json(request) =
-        request.map_err(|rejection| ApiError::invalid(rejection.body_text(), None))?;
+    let Json(request) = request.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large(super::MAX_JSON_BYTES)
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })?;
     if request.completion_window != COMPLETION_WINDOW {
         return Err(ApiError::invalid(
             format!("completion_window must be '{COMPLETION_WINDOW}'."),
@@ -66,6 +72,7 @@ pub async fn create(
         Some(_) => {}
     }
     let store = state.store.clone();
+    let input_file_id = request.input_file_id.clone();
     let stored = blocking(&state.store, move |_| {
         let created_at = unix_now();
         let stored = StoredBatch {
@@ -93,10 +100,13 @@ pub async fn create(
             },
             order: store.next_order(),
         };
-        store.put_batch(&stored)?;
-        Ok(stored)
+        Ok(store.create_batch(&stored)?.then_some(stored))
     })
     .await?;
+    // Deleted since it was looked up above.
+    let Some(stored) = stored else {
+        return Err(ApiError::not_found("File", &input_file_id));
+    };
     let batch = stored.batch;
     tracing::info!(batch_id = %batch.id, input_file_id = %batch.input_file_id, endpoint = %batch.endpoint, "Batch created.");
     state.runner.enqueue(batch.id.clone());

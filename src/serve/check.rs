@@ -4,12 +4,12 @@
 //! the batch before a request is sent, as OpenAI's validation does, with the lines named.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufReader};
 use std::path::Path;
 
 use super::wire::BatchError;
 use crate::item::SourceItem;
-use crate::source::lines::RawLine;
+use crate::source::lines::{LineReader, RawLine};
 use crate::source::request::RequestParser;
 
 /// Errors listed in `errors.data` at most; the count of the others is in the last entry.
@@ -32,7 +32,9 @@ pub fn check_input(
     endpoint: &str,
     max_line_bytes: usize,
 ) -> io::Result<Result<u64, Vec<BatchError>>> {
-    let mut reader = BufReader::new(File::open(path)?);
+    // The engine's line reader: a line over the limit is skipped as it is read and reported
+    // by its length, so validating a file never holds more than `max_line_bytes` of it.
+    let mut reader = LineReader::new(BufReader::new(File::open(path)?), max_line_bytes);
     let mut parser = RequestParser::new(None);
     let (mut requests, mut problems, mut unreported) = (0u64, Vec::new(), 0u64);
     let mut report = |problem: BatchError| {
@@ -42,24 +44,9 @@ pub fn check_input(
             unreported += 1;
         }
     };
-    let mut line = Vec::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        number += 1;
-        let raw = if line.len() > max_line_bytes {
-            RawLine::TooLong {
-                number,
-                bytes_seen: line.len() as u64,
-            }
-        } else {
-            RawLine::Line {
-                number,
-                bytes: &line,
-            }
+    while let Some(raw) = reader.next_line()? {
+        let number = match raw {
+            RawLine::Line { number, .. } | RawLine::TooLong { number, .. } => number,
         };
         match parser.parse(raw) {
             None => {}
@@ -138,5 +125,19 @@ mod tests {
         assert_eq!(lines, [Some(1), Some(2), Some(4)], "{problems:?}");
         assert_eq!(problems[0].code, "mismatched_endpoint");
         assert_eq!(check("").expect_err("refused")[0].code, "empty_file");
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_named_and_the_next_ones_still_read() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("input.jsonl");
+        let long = format!("{}\n", "x".repeat(5000));
+        let text = line("a", "/v1/chat/completions") + &long + &line("b", "/v1/chat/completions");
+        std::fs::write(&path, text).expect("written");
+        let problems = check_input(&path, "/v1/chat/completions", 1000)
+            .expect("readable")
+            .expect_err("refused");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, Some(2));
     }
 }

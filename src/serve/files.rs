@@ -1,7 +1,8 @@
 //! The Files API handlers: multipart upload (`purpose=batch`), list, retrieve, content and
 //! delete. An upload is streamed to a staging file and counted as it arrives: over
 //! `--max-file-bytes` it is refused with 413 and the staging file removed, and only a whole
-//! upload is committed (the store's job), so nothing half-stored is ever listed.
+//! upload is committed (the store's job), so nothing half-stored is ever listed. The other
+//! fields are held only up to [`MAX_FIELD_BYTES`], unknown ones not at all.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::store::StoredFile;
+use super::store::{FileDeletion, StoredFile};
 use super::wire::{ApiError, FileDeleted, FileList, FileObject, unix_now};
 use super::{AppState, blocking};
 
@@ -25,6 +26,14 @@ const UPLOAD_PURPOSES: &[&str] = &["batch"];
 
 /// Bytes read from disk per chunk of a download.
 const DOWNLOAD_CHUNK: usize = 64 << 10;
+
+/// A form field other than the file (`purpose`) longer than this gets 413: it is held in
+/// memory, and the longest purpose is a few bytes.
+pub const MAX_FIELD_BYTES: usize = 64 << 10;
+
+/// What the multipart framing adds around the file: boundaries, part headers and the short
+/// fields. A body this much over `--max-file-bytes` cannot hold a file within it.
+pub const FORM_OVERHEAD: u64 = 64 << 10;
 
 /// A whole upload, staged.
 struct Received {
@@ -42,9 +51,9 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    // The multipart framing adds a few hundred bytes around the file; a body this much over
-    // the limit cannot hold a file within it.
-    if declared.is_some_and(|length| length > state.max_file_bytes.saturating_add(64 << 10)) {
+    // Refused before a byte is read when the length is declared; a chunked body is cut at the
+    // same size by the route's body limit.
+    if declared.is_some_and(|length| length > state.max_file_bytes.saturating_add(FORM_OVERHEAD)) {
         return Err(ApiError::too_large(state.max_file_bytes));
     }
     let mut multipart = multipart.map_err(|rejection| {
@@ -90,20 +99,29 @@ async fn receive(
     staged: &Path,
     limit: u64,
 ) -> Result<Received, ApiError> {
-    let malformed = |error: axum::extract::multipart::MultipartError| {
-        ApiError::invalid(error.body_text(), None)
-    };
     let (mut purpose, mut file) = (None, None);
-    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|error| form_error(error, limit, None))?
+    {
         match field.name() {
-            Some("purpose") => purpose = Some(field.text().await.map_err(malformed)?),
+            Some("purpose") => purpose = Some(short_field(field, limit, "purpose").await?),
             Some("file") => {
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_owned();
                 let bytes = stream_to(field, staged, limit).await?;
                 file = Some((filename, bytes));
             }
-            // Fields the API does not know are passed over, as OpenAI does.
-            _ => {}
+            // Fields the API does not know are passed over, as OpenAI does: read and dropped
+            // chunk by chunk, never held.
+            _ => {
+                while field
+                    .chunk()
+                    .await
+                    .map_err(|error| form_error(error, limit, None))?
+                    .is_some()
+                {}
+            }
         }
     }
     let purpose = purpose.ok_or_else(|| {
@@ -124,6 +142,41 @@ async fn receive(
     })
 }
 
+/// A short text field, read chunk by chunk so that a long one is refused with 413 once it
+/// passes [`MAX_FIELD_BYTES`] instead of being held whole.
+async fn short_field(
+    mut field: Field<'_>,
+    limit: u64,
+    param: &'static str,
+) -> Result<String, ApiError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|error| form_error(error, limit, Some(param)))?
+    {
+        if text.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::field_too_large(param, MAX_FIELD_BYTES));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .map_err(|_| ApiError::invalid(format!("'{param}' is not UTF-8 text."), Some(param)))
+}
+
+/// A form that cannot be read: 413 when it ran past the route's body limit, else 400.
+fn form_error(
+    error: axum::extract::multipart::MultipartError,
+    limit: u64,
+    param: Option<&'static str>,
+) -> ApiError {
+    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::invalid(error.body_text(), param)
+    }
+}
+
 /// Appends the field's chunks to `staged` as they arrive. The writes go to the page cache and
 /// take microseconds, so they run on the runtime; the one slow call, the fsync, is the
 /// store's, off it.
@@ -137,7 +190,7 @@ async fn stream_to(mut field: Field<'_>, staged: &Path, limit: u64) -> Result<u6
     while let Some(chunk) = field
         .chunk()
         .await
-        .map_err(|error| ApiError::invalid(error.body_text(), Some("file")))?
+        .map_err(|error| form_error(error, limit, Some("file")))?
     {
         bytes += chunk.len() as u64;
         if bytes > limit {
@@ -248,14 +301,18 @@ pub async fn delete(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let deleted = id.clone();
-    if blocking(&state.store, move |store| store.delete_file(&deleted)).await? {
-        tracing::info!(file_id = %id, "Deleted a file.");
-        Ok(Json(FileDeleted {
-            id,
-            object: "file",
-            deleted: true,
-        }))
-    } else {
-        Err(ApiError::not_found("File", &id))
+    match blocking(&state.store, move |store| store.delete_file(&deleted)).await? {
+        FileDeletion::Deleted => {
+            tracing::info!(file_id = %id, "Deleted a file.");
+            Ok(Json(FileDeleted {
+                id,
+                object: "file",
+                deleted: true,
+            }))
+        }
+        FileDeletion::NotFound => Err(ApiError::not_found("File", &id)),
+        FileDeletion::InputOf(batch_id) => Err(ApiError::conflict(format!(
+            "File {id} is the input of batch {batch_id}, which has not ended; cancel it or wait for it to end."
+        ))),
     }
 }

@@ -1,8 +1,10 @@
-//! A finished batch's output file: the ok rows of its results dataset as OpenAI Batch output
-//! lines, written from the dataset (not from a stream of the run) so that a batch resumed
-//! after a crash lists each custom_id exactly once. The error file is the engine's own
-//! (`--errors`), which a resumed run rebuilds from the same dataset. Both become stored Files
-//! through the store ([`result_files`]).
+//! A finished batch's output and error files: the ok rows and the error rows of its results
+//! dataset as OpenAI Batch output lines, both written from the dataset (not from a stream of
+//! the run), so that a batch resumed after a crash lists each custom_id exactly once and the
+//! files agree with the counts. The error file is rebuilt even though the engine writes one
+//! as it runs (`--errors`): a run cut by a kill, whose batch is then closed without running
+//! again (a cancelled one), leaves lines there for rows its last checkpoint lacks. Both become
+//! stored Files through the store ([`result_files`]).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -18,6 +20,8 @@ use super::store::{Store, StoreError};
 use super::wire::RequestCounts;
 use crate::item::{HttpReply, Outcome, ReplyBody};
 use crate::sink::checkpoint::{self, ResultsError};
+use crate::sink::errors::{self, ErrorsFileError};
+use crate::sink::parquet::OutputMode;
 use crate::sink::{dataset, jsonl, results};
 use crate::stats::StatsSnapshot;
 
@@ -28,6 +32,8 @@ pub enum FinalizeError {
     Results(#[from] ResultsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    ErrorsFile(#[from] ErrorsFileError),
 }
 
 /// Rows of a results dataset, by outcome.
@@ -67,6 +73,26 @@ pub fn write_output(results: &Path, output: &Path) -> Result<RowCounts, ResultsE
         .map_err(|error| failed(error.into_error()))?;
     file.sync_all().map_err(failed)?;
     Ok(counts)
+}
+
+/// Writes the error rows of the dataset `results` to `path` (synced), with the engine's own
+/// error-file writer; nothing when there are none.
+pub fn write_errors(results: &Path, path: &Path) -> Result<(), FinalizeError> {
+    let mut kept = Vec::new();
+    if results.is_dir() {
+        for part in dataset::parquet_files(results)? {
+            if !checkpoint::holds_nothing(&part)? {
+                let existing = checkpoint::inspect(&part)?;
+                kept.push((part, existing));
+            }
+        }
+    }
+    // Opened to resume: the file is truncated and rebuilt from the rows, then synced.
+    let mode = OutputMode::Resume {
+        retry_errors: false,
+    };
+    errors::open("the error file", path, mode, &kept)?;
+    Ok(())
 }
 
 /// Counts the rows of a dataset without writing anything (for live counts after a resume).
@@ -193,6 +219,7 @@ pub fn result_files(
         None
     };
     let errors = dir.join("errors.jsonl");
+    write_errors(&dir.join("results"), &errors)?;
     let error_bytes = std::fs::metadata(&errors).map_or(0, |metadata| metadata.len());
     let errors_id = if store.file(&ids.error)?.is_some() {
         Some(ids.error)
@@ -221,26 +248,74 @@ pub fn result_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::{ErrorCode, OutcomeError};
+    use crate::reply::ReplyFields;
+    use crate::sink::results::{ExtraColumns, RowBuilder};
+
+    /// A results dataset of one part: `ok` rows that succeeded, then `failed` that did not.
+    fn dataset(results: &Path, ok: u64, failed: u64) {
+        let extras = ExtraColumns::default();
+        let mut rows = RowBuilder::new(results::schema(false, &extras), &extras);
+        for line in 0..ok + failed {
+            let outcome = Outcome {
+                line: line + 1,
+                custom_id: Some(format!("req-{line}")),
+                model: None,
+                reply: None,
+                error: (line >= ok).then(|| OutcomeError {
+                    code: ErrorCode::InternalError,
+                    message: "failed".into(),
+                }),
+                attempts: 1,
+                latency: Duration::ZERO,
+                finished_at: SystemTime::now(),
+                passthrough: Vec::new(),
+            };
+            rows.push(&outcome, &ReplyFields::default());
+        }
+        let batch = rows.finish().expect("rows");
+        std::fs::create_dir_all(results).expect("a results folder");
+        let file = File::create(results.join("part-0.parquet")).expect("a part");
+        // As the engine's checkpoint writer sets it: no page index after the row groups.
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties))
+                .expect("a writer");
+        writer.write(&batch).expect("written");
+        writer.close().expect("closed");
+    }
 
     #[test]
-    fn finalizing_again_after_a_crash_makes_no_second_pair_of_files() {
+    fn the_error_file_holds_the_error_rows_whatever_the_run_left_there() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = Store::open(dir.path()).expect("opens");
         let id = store
             .new_id(crate::serve::store::BATCH_PREFIX)
             .expect("an id");
-        let errors = store
-            .batch_dir(&id)
-            .expect("its folder")
-            .join("errors.jsonl");
-        std::fs::write(&errors, "{\"custom_id\": \"a\"}\n").expect("written");
-        let first = result_files(&store, &id).expect("finalized");
-        assert!(first.0.is_none() && first.1.is_some(), "{first:?}");
-        // The engine's resume rebuilds the error file before finalizing runs again.
-        std::fs::write(&errors, "{\"custom_id\": \"a\"}\n").expect("written");
-        let second = result_files(&store, &id).expect("finalized");
-        assert_eq!(first.1, second.1);
-        assert_eq!(store.files().expect("listed").len(), 1);
+        let batch_dir = store.batch_dir(&id).expect("its folder");
+        dataset(&batch_dir.join("results"), 3, 2);
+        // A killed run's error file: a line for a row its last checkpoint lacks.
+        let errors = batch_dir.join("errors.jsonl");
+        std::fs::write(&errors, "{\"custom_id\": \"lost\"}\n").expect("written");
+        let (output, error_file, counts) = result_files(&store, &id).expect("finalized");
+        assert_eq!(counts, RowCounts { ok: 3, errors: 2 });
+        assert!(output.is_some());
+        let error_file = error_file.expect("an error file");
+        let path = store.content_path(&error_file).expect("stored");
+        let text = std::fs::read_to_string(path).expect("readable");
+        let ids: Vec<&str> = text
+            .lines()
+            .map(|line| line.split('"').nth(7).unwrap_or_default())
+            .collect();
+        assert_eq!(ids, ["req-3", "req-4"], "{text}");
+
+        // Finalizing again after a crash makes no second pair of files.
+        let again = result_files(&store, &id).expect("finalized");
+        assert_eq!((again.0, again.1), (output, Some(error_file)));
+        assert_eq!(store.files().expect("listed").len(), 2);
         assert!(!errors.exists());
     }
 }

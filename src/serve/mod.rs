@@ -11,21 +11,26 @@
 //! ```
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
-//! shutdown. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
+//! shutdown; `lock.rs` makes it the data directory's only server, `listen.rs` bounds its
+//! connections. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
 //! engine's, configured from [`ServeOptions::run`].
 
 mod batches;
 mod check;
 mod files;
 mod finalize;
+mod listen;
+mod lock;
 mod metrics;
 mod runner;
+mod stall;
 pub mod store;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -36,12 +41,25 @@ use axum::routing::{get, post};
 
 use crate::options::RunOptions;
 use crate::shutdown::Shutdown;
+use listen::ConnectionLimits;
+use lock::LockError;
 use store::{Store, StoreError};
 use wire::ApiError;
 
 /// Files over this are refused with 413 unless `--max-file-bytes` says otherwise: OpenAI's
 /// own limit.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 << 20;
+
+/// JSON request bodies (a batch's creation) over this get 413: the largest a client sends,
+/// with 16 metadata pairs, is a few kilobytes.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// Connections served at once unless `--max-connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send its request headers unless `--header-timeout` says
+/// otherwise: an SDK sends them at once; a connection that sends nothing holds a slot.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server listens unless told otherwise: loopback only.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -60,11 +78,18 @@ pub struct ServeOptions {
     pub max_file_bytes: u64,
     /// Listen on a non-loopback address without a key (refused otherwise).
     pub allow_open: bool,
+    /// Connections served at once; more wait to be accepted. Lowered at start-up to fit the
+    /// process's open-file limit.
+    pub max_connections: usize,
+    /// A connection whose request headers take longer than this is closed.
+    pub header_timeout: Duration,
 }
 
 /// Why the server could not start or went down.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("--data-dir: {0}")]
+    Lock(#[from] LockError),
     #[error("--data-dir: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {cause}")]
@@ -95,15 +120,15 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
         return Err(ServeError::OpenWithoutKey(options.listen));
     }
     let data_dir = options.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(|error| ServeError::Serve(std::io::Error::other(error)))??;
-    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
-    let state = AppState {
-        store,
-        runner,
-        max_file_bytes: options.max_file_bytes,
-    };
+    // The lock comes before anything reads the directory: the sweep of half-written uploads
+    // and the recovery of unfinished batches are only right for the directory's one owner.
+    let (_lock, store) = tokio::task::spawn_blocking(move || {
+        let lock = lock::lock(&data_dir)?;
+        Ok::<_, ServeError>((lock, Store::open(&data_dir)?))
+    })
+    .await
+    .map_err(|error| ServeError::Serve(std::io::Error::other(error)))??;
+    // Bound before the runner starts, so that a server which cannot listen runs nothing.
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|cause| ServeError::Bind {
@@ -111,12 +136,20 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
             cause,
         })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
-    tracing::info!(%addr, "Serving the OpenAI Batch API.");
+    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
+    let state = AppState {
+        store,
+        runner,
+        max_file_bytes: options.max_file_bytes,
+    };
+    let limits = ConnectionLimits::new(options.max_connections, options.header_timeout);
+    tracing::info!(
+        %addr,
+        max_connections = limits.max_connections,
+        "Serving the OpenAI Batch API."
+    );
     let router = router(state, options.api_key.map(Arc::from));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.stopping())
-        .await
-        .map_err(ServeError::Serve)?;
+    listen::serve_connections(listener, router, limits, shutdown.stopping()).await;
     if running.await.is_err() {
         tracing::error!("The batch runner panicked.");
     }
@@ -124,11 +157,13 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
 }
 
 fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
+    let upload_limit = usize::try_from(state.max_file_bytes.saturating_add(files::FORM_OVERHEAD))
+        .unwrap_or(usize::MAX);
     let api = Router::new()
         .route(
             "/files",
             post(files::upload)
-                .layer(DefaultBodyLimit::disable())
+                .layer(DefaultBodyLimit::max(upload_limit))
                 .get(files::list),
         )
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
@@ -142,6 +177,7 @@ fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
         .nest("/v1", api)
         .fallback(|| async { ApiError::not_found_route() })
         .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .layer(middleware::from_fn_with_state(api_key, authorize))
 }
 

@@ -5,7 +5,9 @@
 //! `finalizing` (its output and error files, `finalize.rs`) → `completed`; or `failed`; or,
 //! when cancelled, `cancelling` → `cancelled` with the results so far. A server that stops
 //! mid-batch leaves it `in_progress`; the next start queues it again, and the engine's resume
-//! sends only what its results lack, so each custom_id ends up exactly once.
+//! sends only what its results lack, so each custom_id ends up exactly once. A batch whose
+//! data directory fails under it (a full disk) stalls: it keeps its state and runs again
+//! after a pause (`stall.rs`), first in the queue.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::check;
 use super::finalize::{self, RowCounts};
+use super::stall::{self, StoreFailed};
 use super::store::{Store, StoreError};
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
 use crate::engine;
@@ -55,6 +58,16 @@ enum Ending {
     Failed(Vec<BatchError>),
     /// The engine ran to its end (or to a cancel).
     Ran,
+    /// The data directory failed (logged): the batch stays as it is, to be run again.
+    Stalled,
+}
+
+/// How a batch's turn in the queue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Done,
+    /// The data directory failed under it; it goes back to the front after a pause.
+    Stalled,
 }
 
 impl Runner {
@@ -88,12 +101,29 @@ impl Runner {
             }
             Err(error) => tracing::error!("Cannot list the unfinished batches: {error}."),
         }
+        let mut stalls = 0;
         loop {
             let id = tokio::select! {
                 _ = server.stopping() => return,
                 id = self.next() => id,
             };
-            self.run_one(&id, &server).await;
+            if self.run_one(&id, &server).await == Turn::Done {
+                stalls = 0;
+                continue;
+            }
+            stalls += 1;
+            let pause = stall::pause(stalls);
+            tracing::warn!(
+                batch_id = %id,
+                pause_secs = pause.as_secs(),
+                "Batch stalled on the data directory; it runs again after a pause."
+            );
+            // First again, so that it keeps its place; a cancel meanwhile is seen when it runs.
+            self.queue().push_front(id);
+            tokio::select! {
+                _ = server.stopping() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
         }
     }
 
@@ -187,63 +217,56 @@ impl Runner {
     }
 
     /// Runs one batch from wherever its record says it stands.
-    async fn run_one(&self, id: &str, server: &Shutdown) {
-        let Some(batch) = self.load(id).await else {
-            return;
+    async fn run_one(&self, id: &str, server: &Shutdown) -> Turn {
+        let batch = match self.load(id).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Turn::Done,
+            // The record stays as it was, to be read again.
+            Err(StoreFailed) => return Turn::Stalled,
         };
         if batch.status.is_terminal() {
-            return;
+            return Turn::Done;
         }
         let ending = match batch.status {
             // Cancelled while queued: nothing ran (or what a previous server ran is kept).
             BatchStatus::Cancelling => Ending::Ran,
             _ => self.run_engine(batch, server).await,
         };
-        match ending {
+        let closed = match ending {
             Ending::Suspended => {
                 tracing::info!(batch_id = %id, "Batch suspended; it resumes at the next start.");
+                Ok(())
             }
+            Ending::Stalled => Err(StoreFailed),
             Ending::Failed(errors) => self.fail(id, errors).await,
             Ending::Ran => self.finish(id).await,
+        };
+        match closed {
+            Ok(()) => Turn::Done,
+            Err(StoreFailed) => Turn::Stalled,
         }
     }
 
-    async fn load(&self, id: &str) -> Option<Batch> {
+    /// The batch's record; `Ok(None)` if there is no such batch, or none that can be read
+    /// (logged). `Err` only when the disk failed, which a later try may not.
+    async fn load(&self, id: &str) -> Result<Option<Batch>, StoreFailed> {
         let (store, owned) = (self.store.clone(), id.to_owned());
-        match tokio::task::spawn_blocking(move || store.batch(&owned)).await {
-            Ok(Ok(stored)) => stored.map(|stored| stored.batch),
-            Ok(Err(error)) => {
-                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
-                None
-            }
-            Err(error) => {
-                tracing::error!(batch_id = %id, "Cannot read the batch: {error}.");
-                None
-            }
-        }
+        let loaded = tokio::task::spawn_blocking(move || store.batch(&owned)).await;
+        stall::settle(id, "read", loaded).map(|stored| stored.flatten().map(|stored| stored.batch))
     }
 
-    /// Changes the batch's record off the runtime; failures are logged (the record then stays
-    /// as it was, which a restart picks up again).
+    /// Changes the batch's record off the runtime; `Ok(None)` if there is no such batch, or
+    /// none that can be read (logged). `Err` only when the disk failed (logged); the record
+    /// then stays as it was.
     async fn update(
         &self,
         id: &str,
         change: impl FnOnce(&mut Batch) + Send + 'static,
-    ) -> Option<Batch> {
+    ) -> Result<Option<Batch>, StoreFailed> {
         let (store, owned) = (self.store.clone(), id.to_owned());
         let updated = tokio::task::spawn_blocking(move || store.update_batch(&owned, change)).await;
-        match updated {
-            Ok(Ok(Some((batch, ())))) => Some(batch),
-            Ok(Ok(None)) => None,
-            Ok(Err(error)) => {
-                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
-                None
-            }
-            Err(error) => {
-                tracing::error!(batch_id = %id, "Cannot update the batch: {error}.");
-                None
-            }
-        }
+        stall::settle(id, "update", updated)
+            .map(|updated| updated.flatten().map(|(batch, ())| batch))
     }
 
     /// Validates (the first time) and runs the batch through the engine.
@@ -280,11 +303,12 @@ impl Runner {
                     }
                 })
                 .await;
-            match started.map(|batch| batch.status) {
-                Some(BatchStatus::InProgress) => {
+            match started.map(|batch| batch.map(|batch| batch.status)) {
+                Ok(Some(BatchStatus::InProgress)) => {
                     tracing::info!(batch_id = %id, requests = total, "Batch in progress.");
                 }
-                _ => return Ending::Ran,
+                Ok(_) => return Ending::Ran,
+                Err(StoreFailed) => return Ending::Stalled,
             }
         }
         self.engine(&id, input, server).await
@@ -295,7 +319,8 @@ impl Runner {
         let dir = match self.store.batch_dir(id) {
             Ok(dir) => dir,
             Err(error) => {
-                return Ending::Failed(vec![problem("internal_error", &error.to_string())]);
+                tracing::error!(batch_id = %id, "Cannot make the batch's folder: {error}.");
+                return Ending::Stalled;
             }
         };
         let results = dir.join("results/");
@@ -339,7 +364,7 @@ impl Runner {
         if self
             .load(id)
             .await
-            .is_some_and(|batch| batch.status == BatchStatus::Cancelling)
+            .is_ok_and(|batch| batch.is_some_and(|batch| batch.status == BatchStatus::Cancelling))
         {
             shutdown.stop();
         }
@@ -349,40 +374,51 @@ impl Runner {
         // The run's last counts go into the record before the live ones stop being read, so
         // that a poll while finalizing never sees them fall.
         if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
-            self.update(id, move |batch| {
-                kept.add_run(&last, &mut batch.request_counts)
-            })
-            .await;
+            // Counts only: a failure (logged) leaves the last ones written, which finalizing
+            // corrects.
+            let _ = self
+                .update(id, move |batch| {
+                    kept.add_run(&last, &mut batch.request_counts)
+                })
+                .await;
         }
         *self.current() = None;
         if server.is_stopping() {
             return Ending::Suspended;
         }
-        match outcome {
-            Ok(report) => match report.fatal {
-                Some(fatal) => Ending::Failed(vec![problem("engine_error", &fatal.to_string())]),
-                None => Ending::Ran,
-            },
+        let fatal = match outcome {
+            Ok(report) => report.fatal,
             // A cancel before the first request: nothing was sent.
-            Err(Error::Interrupted) => Ending::Ran,
-            Err(error) => Ending::Failed(vec![problem("engine_error", &error.to_string())]),
+            Err(Error::Interrupted) => None,
+            Err(error) => Some(error),
+        };
+        match fatal {
+            None => Ending::Ran,
+            Some(fatal) if stall::engine_stalled(&fatal) => {
+                tracing::error!(batch_id = %id, "Writing the batch's results failed: {fatal}.");
+                Ending::Stalled
+            }
+            Some(fatal) => Ending::Failed(vec![problem("engine_error", &fatal.to_string())]),
         }
     }
 
-    async fn fail(&self, id: &str, errors: Vec<BatchError>) {
-        let reason = errors.first().map_or("", |error| error.message.as_str());
-        tracing::warn!(batch_id = %id, reason, "Batch failed.");
+    async fn fail(&self, id: &str, errors: Vec<BatchError>) -> Result<(), StoreFailed> {
+        let reason = errors
+            .first()
+            .map_or(String::new(), |error| error.message.clone());
         self.update(id, move |batch| {
             batch.status = BatchStatus::Failed;
             batch.failed_at = Some(unix_now());
             batch.errors = Some(BatchErrors::new(errors));
         })
-        .await;
+        .await?;
+        tracing::warn!(batch_id = %id, reason, "Batch failed.");
+        Ok(())
     }
 
     /// Writes the output and error files and closes the batch as completed, or cancelled if
     /// it was being cancelled.
-    async fn finish(&self, id: &str) {
+    async fn finish(&self, id: &str) -> Result<(), StoreFailed> {
         let finalizing = self
             .update(id, |batch| {
                 if batch.status == BatchStatus::InProgress {
@@ -390,8 +426,10 @@ impl Runner {
                     batch.finalizing_at = Some(unix_now());
                 }
             })
-            .await;
-        let Some(batch) = finalizing else { return };
+            .await?;
+        let Some(batch) = finalizing else {
+            return Ok(());
+        };
         if batch.status == BatchStatus::Finalizing {
             tracing::info!(batch_id = %id, "Batch finalizing.");
         }
@@ -400,6 +438,10 @@ impl Runner {
             tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned)).await;
         let (output, errors, counts) = match files {
             Ok(Ok(files)) => files,
+            Ok(Err(error)) if stall::finalize_stalled(&error) => {
+                tracing::error!(batch_id = %id, "Cannot write the batch's files: {error}.");
+                return Err(StoreFailed);
+            }
             Ok(Err(error)) => {
                 return self
                     .fail(id, vec![problem("internal_error", &error.to_string())])
@@ -429,7 +471,7 @@ impl Runner {
                     batch.completed_at = Some(unix_now());
                 }
             })
-            .await;
+            .await?;
         if let Some(batch) = closed {
             tracing::info!(
                 batch_id = %id,
@@ -439,6 +481,7 @@ impl Runner {
                 "Batch closed."
             );
         }
+        Ok(())
     }
 }
 

@@ -76,6 +76,15 @@ pub struct ResultFileIds {
     pub error: String,
 }
 
+/// What became of a file asked to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileDeletion {
+    Deleted,
+    NotFound,
+    /// Kept: it is the input of this batch, which has not ended.
+    InputOf(String),
+}
+
 /// The data directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -83,7 +92,8 @@ pub struct Store {
     random: Arc<SystemRandom>,
     last_order: Arc<AtomicU64>,
     /// Held across each read-modify-write of a batch record, so the runner's updates and a
-    /// cancel never overwrite each other.
+    /// cancel never overwrite each other; and across a batch's creation and a file's
+    /// deletion, so a batch's input is never deleted under it.
     batch_lock: Arc<Mutex<()>>,
 }
 
@@ -275,21 +285,33 @@ impl Store {
         Ok(files)
     }
 
-    /// Deletes a file; `false` if there was none. Its meta.json goes first, so a kill midway
-    /// leaves a folder that the next start sweeps away.
-    pub fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
+    /// Deletes a file, unless a batch not yet ended reads it as its input. Its meta.json goes
+    /// first, so a kill midway leaves a folder that the next start sweeps away.
+    pub fn delete_file(&self, id: &str) -> Result<FileDeletion, StoreError> {
         let Some(dir) = self.file_dir(id) else {
-            return Ok(false);
+            return Ok(FileDeletion::NotFound);
         };
+        // Held from the check to the removal, so that no batch is created on the file in
+        // between (`create_batch` checks its input under the same lock).
+        let _held = self.lock_batches();
+        let reader = self
+            .batches()?
+            .into_iter()
+            .find(|stored| stored.batch.input_file_id == id && !stored.batch.status.is_terminal());
+        if let Some(reader) = reader {
+            return Ok(FileDeletion::InputOf(reader.batch.id));
+        }
         let meta = dir.join("meta.json");
         match fs::remove_file(&meta) {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(FileDeletion::NotFound);
+            }
             Err(cause) => return Err(StoreError::Io { path: meta, cause }),
         }
         sync_dir(&dir)?;
         fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
-        Ok(true)
+        Ok(FileDeletion::Deleted)
     }
 
     fn batch_record(&self, id: &str) -> Option<PathBuf> {
@@ -310,16 +332,25 @@ impl Store {
         }
     }
 
-    /// Writes a new batch record.
-    pub fn put_batch(&self, stored: &StoredBatch) -> Result<(), StoreError> {
+    /// Writes a new batch record if its input file still exists (`false` if it does not):
+    /// checked under the lock that a deletion holds, so a batch never starts on a file
+    /// deleted as it was created.
+    pub fn create_batch(&self, stored: &StoredBatch) -> Result<bool, StoreError> {
         let Some(path) = self.batch_record(&stored.batch.id) else {
             unreachable!("batch ids are made by Store::new_id");
         };
-        let _held = self
-            .batch_lock
+        let _held = self.lock_batches();
+        if self.file(&stored.batch.input_file_id)?.is_none() {
+            return Ok(false);
+        }
+        write_json(&path, stored)?;
+        Ok(true)
+    }
+
+    fn lock_batches(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.batch_lock
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        write_json(&path, stored)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Changes a batch record under the lock: `change` sees the current record and may edit
@@ -332,10 +363,7 @@ impl Store {
         let Some(path) = self.batch_record(id) else {
             return Ok(None);
         };
-        let _held = self
-            .batch_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _held = self.lock_batches();
         let Some(mut stored) = read_json::<StoredBatch>(&path)? else {
             return Ok(None);
         };

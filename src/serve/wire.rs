@@ -238,6 +238,30 @@ impl ApiError {
         }
     }
 
+    /// 413: a form field other than the file over its limit.
+    pub fn field_too_large(param: &'static str, limit: usize) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("'{param}' is longer than the server's limit of {limit} bytes."),
+            kind: "invalid_request_error",
+            param: Some(param),
+            code: Some("field_too_large"),
+        }
+    }
+
+    /// 413: a request body (other than an upload) over `limit` bytes.
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "The request body is larger than the server's limit of {limit} bytes."
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        }
+    }
+
     /// 409: the batch's state does not allow it.
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {
