@@ -171,3 +171,71 @@ fn a_soak_with_every_fault_loses_nothing_repeats_nothing_and_does_not_storm() {
         }
     }
 }
+
+/// Request lines naming `model`, with ids `{prefix}-N`.
+fn lines_for_model(count: usize, prefix: &str, model: &str) -> Vec<String> {
+    (0..count)
+        .map(|index| {
+            serde_json::json!({
+                "custom_id": format!("{prefix}-{index}"),
+                "method": "POST",
+                "url": "/api/chat",
+                "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_line_naming_a_model_no_backend_serves_is_that_lines_error_and_the_run_goes_on() {
+    let mock = Mock::start(MockConfig {
+        slots: 8,
+        latency: Duration::from_millis(1),
+        ..MockConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let mut lines = lines_for_model(900, "good", "llama3.2");
+    // Every tenth line names a model the server does not have.
+    for (index, line) in lines_for_model(100, "typo", "llama9")
+        .into_iter()
+        .enumerate()
+    {
+        lines.insert(index * 10 + 5, line);
+    }
+    let input = write_input(dir.path(), &(lines.join("\n") + "\n"));
+    // With preflight the catalog turns such a line away before it is sent; without it the
+    // server's own 404 does, mid-run, as for a model removed while the batch runs.
+    for preflight in [true, false] {
+        let before = mock.server.stats();
+        let mut command = batchflow();
+        command
+            .arg(&input)
+            .args(["--backend", &mock.url(), "--workers", "8"]);
+        if !preflight {
+            command.arg("--no-preflight");
+        }
+        let run = parse_output(command.output().expect("runs"));
+        assert_eq!(run.code(), Some(1), "preflight {preflight}: {}", run.stderr);
+        let by_id = run.by_id();
+        assert_eq!(by_id.len(), 1000, "every line answered");
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 100, "preflight {preflight}");
+        for line in errors {
+            assert!(
+                line["custom_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("typo-")),
+                "{line}"
+            );
+            assert_eq!(line["error"]["code"], "model_not_found", "{line}");
+        }
+        let after = mock.server.stats();
+        let sent = after.requests - before.requests;
+        if preflight {
+            assert_eq!(sent, 900, "the typo lines were sent nowhere");
+        } else {
+            assert_eq!(sent, 1000, "each line sent once, none retried");
+        }
+    }
+}

@@ -37,13 +37,6 @@ pub enum BackendError {
         available: String,
     },
 
-    #[error("the backend at {url} says model {model:?} does not exist: {message}")]
-    ModelRejected {
-        url: String,
-        model: String,
-        message: String,
-    },
-
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
 }

@@ -203,10 +203,7 @@ async fn drive(
         .map_err(|error| Error::Internal(format!("the output thread failed: {error}")))?
         .map_err(|_| Error::Internal("the output thread panicked".into()))?;
 
-    let mut fatal = stage_report.fatal.map(Error::from);
-    if let Some(error) = sink_report.error {
-        fatal.get_or_insert(Error::Output(error));
-    }
+    let mut fatal = sink_report.error.map(Error::Output);
     // A source still blocked reading (say, an interactive stdin) after an early stop is left
     // alone; it holds nothing that needs closing.
     let mut source_summary: Option<SourceSummary> = None;

@@ -18,7 +18,6 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use futures::FutureExt;
@@ -26,7 +25,6 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::backend::BackendError;
 use crate::backend::preflight::ModelCatalog;
 use crate::backend::{AttemptFailure, Backend, FailureKind};
 use crate::item::{ErrorCode, HttpReply, Outcome, OutcomeError, ReplyBody, Request, SourceItem};
@@ -90,8 +88,6 @@ pub struct StageReport {
     pub aborted: bool,
     /// The sink stopped accepting outcomes (for instance a closed stdout pipe).
     pub sink_closed: bool,
-    /// What stopped the run early, such as a model the server does not have.
-    pub fatal: Option<BackendError>,
 }
 
 /// State shared by every request of a run.
@@ -102,9 +98,7 @@ struct StageContext<B> {
     limit: ConcurrencyLimit,
     retry: RetryPolicy,
     output: Option<OutputCheck>,
-    shutdown: Shutdown,
     stats: Arc<RunStats>,
-    run_failed: AtomicBool,
 }
 
 /// Where the stage sends requests.
@@ -144,9 +138,7 @@ pub async fn run<B: Backend>(
         limit,
         retry: config.retry,
         output: config.output.clone(),
-        shutdown: shutdown.clone(),
         stats,
-        run_failed: AtomicBool::new(false),
     });
     let requests = ReceiverStream::new(items)
         .take_until(shutdown.stopping())
@@ -154,7 +146,7 @@ pub async fn run<B: Backend>(
             let context = Arc::clone(&context);
             async move { context.process(item).await }
         });
-    let mut results: BoxStream<'static, (Outcome, Option<BackendError>)> = if config.ordered {
+    let mut results: BoxStream<'static, Outcome> = if config.ordered {
         requests.buffered(config.window()).boxed()
     } else {
         requests.buffer_unordered(config.window()).boxed()
@@ -183,12 +175,7 @@ pub async fn run<B: Backend>(
                 break;
             }
             next = results.next(), if !all_finished && held.len() < OUTCOMES_HELD => match next {
-                Some((outcome, fatal)) => {
-                    if let Some(error) = fatal {
-                        report.fatal.get_or_insert(error);
-                    }
-                    held.push(outcome);
-                }
+                Some(outcome) => held.push(outcome),
                 None => all_finished = true,
             },
             room = outcomes.reserve(), if !held.is_empty() => match room {
@@ -205,11 +192,10 @@ pub async fn run<B: Backend>(
 }
 
 impl<B: Backend> StageContext<B> {
-    /// One item to one outcome, with a panic contained to this request. The second value is an
-    /// error that should end the whole run.
-    async fn process(&self, item: SourceItem) -> (Outcome, Option<BackendError>) {
+    /// One item to one outcome, with a panic contained to this request.
+    async fn process(&self, item: SourceItem) -> Outcome {
         let request = match item {
-            SourceItem::Invalid(invalid) => return (Outcome::from_invalid(invalid), None),
+            SourceItem::Invalid(invalid) => return Outcome::from_invalid(invalid),
             SourceItem::Request(request) => request,
         };
         // Kept for the outcome of a panic, which consumes the request mid-flight.
@@ -226,21 +212,21 @@ impl<B: Backend> StageContext<B> {
                         panic_message(panic.as_ref())
                     ),
                 };
-                (finished(fallback, started, 0, None, Some(error)), None)
+                finished(fallback, started, 0, None, Some(error))
             }
         }
     }
 
-    async fn execute(&self, request: Request) -> (Outcome, Option<BackendError>) {
+    /// One request to its outcome. A model that no backend serves is that line's
+    /// `model_not_found`, sent nowhere, and one that a server says it lacks (removed mid-run)
+    /// that line's error: the run goes on with the other lines, as OpenAI's and vLLM's batch
+    /// runners do. A mistyped `--model`, which every line would fail, is stopped by preflight.
+    async fn execute(&self, request: Request) -> Outcome {
         let mut started = Instant::now();
         if let (Some(catalog), Some(model)) = (&self.catalog, &request.model) {
             if !catalog.has(model) {
-                let error = catalog.missing(&self.base_url, model);
-                let message = error.to_string();
-                return (
-                    failed(request, started, 0, ErrorCode::ModelNotFound, message, None),
-                    self.fail_run(error),
-                );
+                let message = catalog.missing(&self.base_url, model).to_string();
+                return failed(request, started, 0, ErrorCode::ModelNotFound, message, None);
             }
         }
         let mut attempts = 0;
@@ -282,34 +268,21 @@ impl<B: Backend> StageContext<B> {
                         let message = format!(
                             "the reply does not match the output schema: {why} (after {attempts} attempts)"
                         );
-                        return (
-                            failed(
-                                request,
-                                started,
-                                attempts,
-                                ErrorCode::InvalidOutput,
-                                message,
-                                Some(reply),
-                            ),
-                            None,
+                        return failed(
+                            request,
+                            started,
+                            attempts,
+                            ErrorCode::InvalidOutput,
+                            message,
+                            Some(reply),
                         );
                     }
-                    let outcome = finished(request, started, attempts, Some(reply), None);
-                    return (outcome, None);
+                    return finished(request, started, attempts, Some(reply), None);
                 }
                 Err(failure) => failure,
             };
-            if failure.kind == FailureKind::ModelNotFound {
-                let error = BackendError::ModelRejected {
-                    url: self.base_url.clone(),
-                    model: request.model.clone().unwrap_or_default(),
-                    message: failure.message.clone(),
-                };
-                let fatal = self.fail_run(error);
-                return (finish_failed(request, started, attempts, failure), fatal);
-            }
             if !failure.kind.is_retryable() || attempts - invalid_outputs > self.retry.max_retries {
-                return (finish_failed(request, started, attempts, failure), None);
+                return finish_failed(request, started, attempts, failure);
             }
             self.stats.retried(failure.kind.code());
             tokio::time::sleep(self.retry.delay(attempts, failure.retry_after)).await;
@@ -327,16 +300,6 @@ impl<B: Backend> StageContext<B> {
             Some(text) => check.schema.check(text).err(),
             None => Some("the reply has no text".into()),
         }
-    }
-
-    /// Records the first run-ending error and stops reading input. Only the first caller gets
-    /// the error back, so it is reported once.
-    fn fail_run(&self, error: BackendError) -> Option<BackendError> {
-        if self.run_failed.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        self.shutdown.stop();
-        Some(error)
     }
 }
 
@@ -479,7 +442,7 @@ mod tests {
             outcome_sender,
         )
         .await;
-        assert!(report.input_exhausted && report.fatal.is_none());
+        assert!(report.input_exhausted);
         let mut results = Vec::new();
         while let Some(batch) = outcomes.recv().await {
             results.extend(batch);
