@@ -75,10 +75,64 @@ fn a_bad_input_file_fails_the_batch_with_its_lines_named() {
         [&json!(4), &json!(5), &json!(6), &json!(7)],
         "{errors:?}"
     );
-    assert_eq!(errors[2]["code"], "mismatched_endpoint");
+    // OpenAI's codes, each with the JSON path of the field at fault.
+    let codes: Vec<(&Value, &Value)> = errors
+        .iter()
+        .map(|error| (&error["code"], &error["param"]))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (&json!("invalid_json_line"), &Value::Null),
+            (&json!("duplicate_custom_id"), &json!("custom_id")),
+            (&json!("invalid_url"), &json!("url")),
+            (&json!("missing_required_parameter"), &json!("body")),
+        ],
+        "{errors:?}"
+    );
     assert!(errors.iter().all(|error| error["message"].is_string()));
     // Nothing was sent.
     assert_eq!(mock.server.stats().requests, 0);
+}
+
+/// vLLM's `run_batch` test inputs: a good line, a model that does not exist, a bad url, and
+/// `"stream": "True"`.
+const VLLM_FIXTURES: &str = r#"{"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "llama3.2", "messages": [{"role": "system", "content": "You are a helpful assistant."},{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}
+{"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "NonExistModel", "messages": [{"role": "system", "content": "You are an unhelpful assistant."},{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}
+{"custom_id": "request-3", "method": "POST", "url": "/bad_url", "body": {"model": "llama3.2", "messages": [{"role": "system", "content": "You are an unhelpful assistant."},{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}
+{"custom_id": "request-4", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "llama3.2", "stream": "True", "max_tokens": 2, "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the capital of France?"}]}}
+"#;
+
+#[test]
+fn vllms_fixtures_fail_validation_with_openais_codes_and_nothing_is_sent() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mock = Mock::start(MockConfig::default());
+    let server = Server::start(&dir.path().join("data"), &mock, &[]);
+    let script = format!(
+        "{CREATE}batch = wait(batch.id, lambda b: b.status in ('failed', 'completed'))\n{DOWNLOAD}"
+    );
+    let out = server.python(&script, json!({"content": VLLM_FIXTURES}));
+    let batch = &out["batch"];
+    assert_eq!(batch["status"], "failed", "{batch}");
+    let errors = batch["errors"]["data"].as_array().expect("errors.data");
+    let found: Vec<(&Value, &Value, &Value)> = errors
+        .iter()
+        .map(|error| (&error["line"], &error["code"], &error["param"]))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (&json!(2), &json!("model_not_found"), &json!("body.model")),
+            (&json!(3), &json!("invalid_url"), &json!("url")),
+            (
+                &json!(4),
+                &json!("streaming_unsupported"),
+                &json!("body.stream")
+            ),
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(mock.server.stats().requests, 0, "nothing was sent");
 }
 
 #[test]

@@ -6,6 +6,8 @@
 mod resolve;
 mod start;
 
+pub use start::models;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -163,6 +163,19 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
     })
 }
 
+/// The models the backends of `config` serve, merged, as a run's preflight finds them; `None`
+/// when preflight is off. For a server validating a batch before it runs it.
+pub async fn models(config: &RunConfig) -> Result<Option<Arc<ModelCatalog>>, Error> {
+    let backends = config
+        .backends
+        .iter()
+        .cloned()
+        .map(HttpBackend::new)
+        .collect::<Result<Vec<_>, BackendError>>()?;
+    let pool = BackendPool::new(backends, config.stage.most_workers());
+    Ok(check_backends(config, &pool).await?.0)
+}
+
 /// Preflight of every backend (unless turned off): the models each has, merged into one
 /// catalog, and what kind of server each is (`ollama 0.12.3`, `openai-compatible`).
 async fn check_backends(

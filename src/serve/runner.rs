@@ -22,6 +22,7 @@ use super::finalize::{self, RowCounts};
 use super::stall::{self, StoreFailed};
 use super::store::{Store, StoreError};
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
+use crate::backend::preflight::ModelCatalog;
 use crate::engine;
 use crate::error::Error;
 use crate::metrics::{LiveRun, RunWatch};
@@ -269,6 +270,26 @@ impl Runner {
             .map(|updated| updated.flatten().map(|(batch, ())| batch))
     }
 
+    /// What the backends serve, for validation; `None` when they cannot be asked now (the
+    /// run's own preflight then says why) or preflight is off.
+    async fn models(&self) -> Option<Arc<ModelCatalog>> {
+        let console = Console {
+            quiet: true,
+            stderr_is_terminal: false,
+        };
+        let config = self
+            .template
+            .resolve(console, None, |name| std::env::var(name).ok())
+            .ok()?;
+        match engine::models(&config).await {
+            Ok(models) => models,
+            Err(error) => {
+                tracing::warn!("Cannot list the backends' models to validate a batch: {error}.");
+                None
+            }
+        }
+    }
+
     /// Validates (the first time) and runs the batch through the engine.
     async fn run_engine(&self, batch: Batch, server: &Shutdown) -> Ending {
         let id = batch.id.clone();
@@ -278,9 +299,11 @@ impl Runner {
         if batch.status == BatchStatus::Validating {
             let (path, endpoint) = (input.clone(), batch.endpoint.clone());
             let max_line = self.template.max_line_bytes;
-            let checked =
-                tokio::task::spawn_blocking(move || check::check_input(&path, &endpoint, max_line))
-                    .await;
+            let models = self.models().await;
+            let checked = tokio::task::spawn_blocking(move || {
+                check::check_input(&path, &endpoint, max_line, models.as_deref())
+            })
+            .await;
             let total = match checked {
                 Ok(Ok(Ok(total))) => total,
                 Ok(Ok(Err(problems))) => return Ending::Failed(problems),
