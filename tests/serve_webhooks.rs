@@ -317,3 +317,34 @@ fn an_event_pending_when_the_server_is_killed_is_delivered_after_the_restart() {
         second.log()
     );
 }
+
+#[test]
+fn webhook_flags_without_their_secret_are_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let refused = |args: &[&str], env: &[(&str, &str)], expected: &str| {
+        let output = support::batchflow()
+            .env_remove(SECRET_ENV)
+            .envs(env.iter().copied())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(
+            !stderr.contains("dGhl"),
+            "the secret is not printed: {stderr}"
+        );
+    };
+    let url = ["--webhook-url", "http://127.0.0.1:9/hooks"];
+    refused(&url, &[], "--webhook-secret-env");
+    let both = [&url[..], &["--webhook-secret-env", SECRET_ENV]].concat();
+    refused(
+        &both,
+        &[],
+        &format!("--webhook-secret-env {SECRET_ENV}: the variable is not set"),
+    );
+    refused(&both, &[(SECRET_ENV, "whsec_dGhl!!")], "not base64");
+}
