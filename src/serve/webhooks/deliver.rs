@@ -84,59 +84,12 @@ impl Deliverer {
     pub async fn run(self, server: Shutdown) {
         let mut retries: HashMap<String, Retry> = HashMap::new();
         loop {
-            let pending = match self.pending().await {
-                Ok(pending) => pending,
-                Err(error) => {
-                    tracing::error!("Cannot read the webhook outbox: {error}.");
-                    Vec::new()
-                }
+            // Cut by a stop at any await: an event delivered but not yet removed is delivered
+            // again by the next server, which at-least-once allows.
+            let next_due = tokio::select! {
+                _ = server.stopping() => return,
+                next_due = self.pass(&mut retries) => next_due,
             };
-            retries.retain(|id, _| pending.iter().any(|(event, _)| &event.id == id));
-            let mut next_due: Option<Instant> = None;
-            for (event, now) in pending {
-                match verdict(event.kind.status(), now) {
-                    Verdict::Wait => continue,
-                    Verdict::Drop => {
-                        tracing::info!(event_id = %event.id, batch_id = %event.data.id, "Dropping a stale webhook event.");
-                        self.remove(&event.id).await;
-                        continue;
-                    }
-                    Verdict::Deliver => {}
-                }
-                if let Some(retry) = retries.get(&event.id) {
-                    if retry.due > Instant::now() {
-                        next_due = Some(next_due.map_or(retry.due, |due| due.min(retry.due)));
-                        continue;
-                    }
-                }
-                let attempt = tokio::select! {
-                    _ = server.stopping() => return,
-                    attempt = self.attempt(&event) => attempt,
-                };
-                match attempt {
-                    Ok(()) => {
-                        tracing::info!(event_id = %event.id, batch_id = %event.data.id, kind = ?event.kind, "Webhook delivered.");
-                        retries.remove(&event.id);
-                        self.remove(&event.id).await;
-                    }
-                    Err(error) => {
-                        let retry = retries.entry(event.id.clone()).or_insert(Retry {
-                            failures: 0,
-                            due: Instant::now(),
-                        });
-                        retry.failures += 1;
-                        let wait = backoff(retry.failures, fastrand::f64());
-                        retry.due = Instant::now() + wait;
-                        next_due = Some(next_due.map_or(retry.due, |due| due.min(retry.due)));
-                        tracing::warn!(
-                            event_id = %event.id,
-                            failures = retry.failures,
-                            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                            "Webhook delivery failed: {error}."
-                        );
-                    }
-                }
-            }
             let retry_due = async {
                 match next_due {
                     Some(due) => tokio::time::sleep_until(due).await,
@@ -151,6 +104,50 @@ impl Deliverer {
         }
     }
 
+    /// Tries once each pending event that is due; when the soonest retry is due, if any.
+    async fn pass(&self, retries: &mut HashMap<String, Retry>) -> Option<Instant> {
+        let pending = match self.pending().await {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::error!("Cannot read the webhook outbox: {error}.");
+                Vec::new()
+            }
+        };
+        retries.retain(|id, _| pending.iter().any(|(event, _)| &event.id == id));
+        let mut next_due: Option<Instant> = None;
+        for (event, now) in pending {
+            match verdict(event.kind.status(), now) {
+                Verdict::Wait => continue,
+                Verdict::Drop => {
+                    tracing::info!(event_id = %event.id, batch_id = %event.data.id, "Dropping a stale webhook event.");
+                    self.remove(&event).await;
+                    continue;
+                }
+                Verdict::Deliver => {}
+            }
+            let waiting = retries
+                .get(&event.id)
+                .map(|retry| retry.due)
+                .filter(|due| *due > Instant::now());
+            if let Some(due) = waiting {
+                next_due = Some(next_due.map_or(due, |next| next.min(due)));
+                continue;
+            }
+            match self.attempt(&event).await {
+                Ok(()) => {
+                    tracing::info!(event_id = %event.id, batch_id = %event.data.id, kind = ?event.kind, "Webhook delivered.");
+                    retries.remove(&event.id);
+                    self.remove(&event).await;
+                }
+                Err(error) => {
+                    let due = failed(retries, &event.id, &error);
+                    next_due = Some(next_due.map_or(due, |next| next.min(due)));
+                }
+            }
+        }
+        next_due
+    }
+
     /// The pending events, each with its batch's status now (`None`: no such batch).
     async fn pending(&self) -> Result<Vec<(Event, Option<BatchStatus>)>, StoreError> {
         let (outbox, store) = (self.outbox.clone(), self.store.clone());
@@ -162,8 +159,8 @@ impl Deliverer {
             })?
     }
 
-    async fn remove(&self, id: &str) {
-        let (outbox, owned) = (self.outbox.clone(), id.to_owned());
+    async fn remove(&self, event: &Event) {
+        let (outbox, owned) = (self.outbox.clone(), event.clone());
         match tokio::task::spawn_blocking(move || outbox.remove(&owned)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!("Cannot remove a webhook event: {error}."),
@@ -196,6 +193,24 @@ impl Deliverer {
             Err(AttemptError::Status(response.status()))
         }
     }
+}
+
+/// Counts a failed attempt of event `id`; when it is due again.
+fn failed(retries: &mut HashMap<String, Retry>, id: &str, error: &AttemptError) -> Instant {
+    let retry = retries.entry(id.to_owned()).or_insert(Retry {
+        failures: 0,
+        due: Instant::now(),
+    });
+    retry.failures += 1;
+    let wait = backoff(retry.failures, fastrand::f64());
+    retry.due = Instant::now() + wait;
+    tracing::warn!(
+        event_id = %id,
+        failures = retry.failures,
+        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "Webhook delivery failed: {error}."
+    );
+    retry.due
 }
 
 /// The outbox's events with their batches' statuses (blocking).

@@ -4,7 +4,7 @@
 //! across restarts:
 //!
 //! ```text
-//!  runner ──Events::announce──▶ outbox.rs (<data-dir>/webhooks/<evt_id>.json, before the record)
+//!  runner ──Events::announce──▶ outbox.rs (<data-dir>/webhooks/<batch_id>.json, before the record)
 //!                                   │ wake
 //!                                   ▼
 //!                       deliver.rs: POST, signed (sign.rs), until 2xx; backoff; then remove
@@ -83,6 +83,14 @@ impl Events {
             batch_id.to_owned(),
         );
         let kept = tokio::task::spawn_blocking(move || {
+            // A batch whose earlier close failed on the disk announces again: its event
+            // keeps its id, so the receiver gets one.
+            if outbox
+                .of_batch(&batch)?
+                .is_some_and(|pending| pending.kind == kind)
+            {
+                return Ok(());
+            }
             let event = Event {
                 id: store.new_id("evt_")?,
                 object: "event".to_owned(),
@@ -161,7 +169,7 @@ fn recover(data_dir: &Path, store: &Store) -> Result<Outbox, StoreError> {
             pending += 1;
         } else {
             tracing::info!(event_id = %event.id, batch_id = %event.data.id, "Dropping a stale webhook event.");
-            outbox.remove(&event.id)?;
+            outbox.remove(&event)?;
         }
     }
     if pending > 0 {

@@ -1,7 +1,7 @@
-//! The events not yet acknowledged, one small JSON file each in `<data-dir>/webhooks/`:
-//! written atomically (by the store's `write_json`) before the first attempt, removed once the
-//! receiver answers 2xx, so that a server killed meanwhile delivers them after its restart,
-//! under the same event id. Blocking I/O: callers on the runtime go through `spawn_blocking`.
+//! The events not yet acknowledged, one small JSON file each in `<data-dir>/webhooks/`, named
+//! by its batch (a batch ends once, so it has one event at most): written atomically (by the
+//! store's `write_json`) before the first attempt, removed once the receiver answers 2xx, so
+//! that a server killed meanwhile delivers them after its restart, under the same event id. Blocking I/O: callers on the runtime go through `spawn_blocking`.
 //! When to deliver and how is `deliver.rs`'s business.
 
 use std::fs;
@@ -86,9 +86,15 @@ impl Outbox {
         Ok(Outbox { dir })
     }
 
-    /// Keeps `event` until [`Outbox::remove`]; its id is one the store made.
+    /// Keeps `event` until [`Outbox::remove`], in place of any other of its batch; the
+    /// batch's id is one the store made.
     pub fn add(&self, event: &Event) -> Result<(), StoreError> {
-        write_json(&self.path(&event.id), event)
+        write_json(&self.path(&event.data.id), event)
+    }
+
+    /// The pending event of batch `batch_id`, if any.
+    pub fn of_batch(&self, batch_id: &str) -> Result<Option<Event>, StoreError> {
+        read_json(&self.path(batch_id))
     }
 
     /// The pending events, oldest first. One that cannot be read is logged and skipped.
@@ -112,8 +118,16 @@ impl Outbox {
 
     /// Forgets a delivered (or stale) event. Not synced: a removal lost to a crash only
     /// delivers the event once more, which at-least-once allows.
-    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.path(id);
+    pub fn remove(&self, event: &Event) -> Result<(), StoreError> {
+        let path = self.path(&event.data.id);
+        // Only this event: one that replaced it since (its batch announced again while it
+        // waited) stays.
+        if self
+            .of_batch(&event.data.id)?
+            .is_none_or(|kept| kept.id != event.id)
+        {
+            return Ok(());
+        }
         match fs::remove_file(&path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => {
                 Err(StoreError::Io { path, cause: error })
@@ -122,8 +136,8 @@ impl Outbox {
         }
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    fn path(&self, batch_id: &str) -> PathBuf {
+        self.dir.join(format!("{batch_id}.json"))
     }
 }
 
@@ -138,7 +152,7 @@ mod tests {
             created_at,
             kind: EventKind::Completed,
             data: EventData {
-                id: "batch_1".to_owned(),
+                id: format!("batch_{id}"),
             },
         }
     }
@@ -148,7 +162,7 @@ mod tests {
         let body = serde_json::to_string(&event("evt_1", 7)).expect("JSON");
         assert_eq!(
             body,
-            r#"{"id":"evt_1","object":"event","created_at":7,"type":"batch.completed","data":{"id":"batch_1"}}"#
+            r#"{"id":"evt_1","object":"event","created_at":7,"type":"batch.completed","data":{"id":"batch_evt_1"}}"#
         );
     }
 
@@ -158,7 +172,7 @@ mod tests {
         let outbox = Outbox::open(dir.path()).expect("opens");
         outbox.add(&event("evt_b", 2)).expect("adds");
         outbox.add(&event("evt_a", 1)).expect("adds");
-        fs::write(dir.path().join("webhooks/evt_c.json.tmp"), b"{").expect("writes");
+        fs::write(dir.path().join("webhooks/batch_c.json.tmp"), b"{").expect("writes");
         let reopened = Outbox::open(dir.path()).expect("opens again");
         let ids: Vec<String> = reopened
             .pending()
@@ -167,8 +181,21 @@ mod tests {
             .map(|event| event.id)
             .collect();
         assert_eq!(ids, ["evt_a", "evt_b"]);
-        reopened.remove("evt_a").expect("removes");
-        reopened.remove("evt_a").expect("removing twice is fine");
+        reopened.remove(&event("evt_a", 1)).expect("removes");
+        reopened
+            .remove(&event("evt_a", 1))
+            .expect("removing twice is fine");
         assert_eq!(reopened.pending().expect("lists"), [event("evt_b", 2)]);
+        // A batch's newer event replaces its older one, which is then no longer removable.
+        let newer = Event {
+            id: "evt_b2".to_owned(),
+            ..event("evt_b", 3)
+        };
+        reopened.add(&newer).expect("replaces");
+        reopened.remove(&event("evt_b", 2)).expect("a no-op");
+        assert_eq!(
+            reopened.of_batch("batch_evt_b").expect("reads"),
+            Some(newer)
+        );
     }
 }
