@@ -22,8 +22,9 @@ use super::{FlagDuration, flag_duration};
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A served pipeline file: TOML with a [serve] section (listen, data_dir, api_key_env,
-    /// max_file_bytes, allow_open, grace), the [backend] every batch runs against, and [sink]
-    /// checkpoint_rows/checkpoint_secs. Flags given here win over the file.
+    /// max_file_bytes, allow_open, grace, webhook_url, webhook_secret_env), the [backend] every
+    /// batch runs against, and [sink] checkpoint_rows/checkpoint_secs. Flags given here win
+    /// over the file.
     #[arg(value_name = "PIPELINE.toml")]
     pub file: Option<PathBuf>,
 
