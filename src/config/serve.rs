@@ -219,6 +219,24 @@ mod tests {
     }
 
     #[test]
+    fn webhook_keys_resolve_together() {
+        let file = parsed(concat!(
+            "[serve]\ndata_dir = \"d\"\nwebhook_url = \"https://hooks.example/batch\"\n",
+            "webhook_secret_env = \"HOOK_SECRET\"\n",
+        ));
+        let pipeline = resolve_serve(&file, Path::new(".")).expect("valid");
+        assert_eq!(
+            pipeline.webhook_url.map(String::from).as_deref(),
+            Some("https://hooks.example/batch")
+        );
+        assert_eq!(pipeline.webhook_secret_env.as_deref(), Some("HOOK_SECRET"));
+        let alone = parsed("[serve]\ndata_dir = \"d\"\nwebhook_secret_env = \"HOOK_SECRET\"\n");
+        let problems = resolve_serve(&alone, Path::new(".")).expect_err("invalid");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].starts_with("serve.webhook_secret_env"));
+    }
+
+    #[test]
     fn every_problem_of_a_served_pipeline_is_listed() {
         let file = parsed(concat!(
             "[serve]\nlisten = \"everywhere\"\ndata_dir = \"s3://bucket/\"\n",
