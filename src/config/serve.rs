@@ -1,5 +1,5 @@
 //! Served pipelines: a file with a `[serve]` section describes `batchflow serve` (address,
-//! data directory, clients' key, upload limit, connection bounds, grace) with the `[backend]` every batch runs
+//! data directory, clients' key, upload limit, connection bounds, grace, webhooks) with the `[backend]` every batch runs
 //! against and the checkpoint keys of `[sink]`. Requests come from uploaded files, so
 //! `[source]` and `[request]` have no place in it, and the sink's output keys neither: each
 //! batch's results live in the data directory. Checked and resolved without I/O, like a run's
@@ -46,6 +46,10 @@ pub struct ServeSection {
     pub max_connections: Option<usize>,
     /// A connection whose request headers take longer than this is closed. Default 10s.
     pub header_timeout: Option<DurationValue>,
+    /// Where batch ends are posted as OpenAI webhook events; needs `webhook_secret_env`.
+    pub webhook_url: Option<String>,
+    /// The environment variable holding the webhooks' signing secret (`whsec_<base64>`).
+    pub webhook_secret_env: Option<String>,
 }
 
 /// `[sink]` of a served pipeline: how often each batch's results are checkpointed.
@@ -67,6 +71,8 @@ pub struct ServePipeline {
     pub grace: Option<Duration>,
     pub max_connections: Option<usize>,
     pub header_timeout: Option<Duration>,
+    pub webhook_url: Option<url::Url>,
+    pub webhook_secret_env: Option<String>,
     pub backend: BackendSection,
     backend_parts: BackendParts,
     pub checkpoint_rows: Option<u64>,
@@ -125,6 +131,26 @@ pub fn resolve_serve(file: &ServeFile, folder: &Path) -> Result<ServePipeline, V
     if header_timeout == Some(Duration::ZERO) {
         problems.push("serve.header_timeout must be longer than zero".into());
     }
+    let webhook_url = serve
+        .webhook_url
+        .as_deref()
+        .and_then(|text| match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                problems.push(format!("serve.webhook_url: {text:?} is not an http(s) URL"));
+                None
+            }
+        });
+    match (&serve.webhook_url, &serve.webhook_secret_env) {
+        (Some(_), None) => problems.push(
+            "serve.webhook_url needs serve.webhook_secret_env, the variable holding the signing secret"
+                .into(),
+        ),
+        (None, Some(_)) => {
+            problems.push("serve.webhook_secret_env is set but serve.webhook_url is not".into());
+        }
+        _ => {}
+    }
     let checkpoint_interval = file
         .sink
         .checkpoint_secs
@@ -140,6 +166,8 @@ pub fn resolve_serve(file: &ServeFile, folder: &Path) -> Result<ServePipeline, V
         grace,
         max_connections: serve.max_connections,
         header_timeout,
+        webhook_url,
+        webhook_secret_env: serve.webhook_secret_env.clone(),
         backend: file.backend.clone(),
         backend_parts,
         checkpoint_rows: file.sink.checkpoint_rows,
@@ -191,10 +219,29 @@ mod tests {
     }
 
     #[test]
+    fn webhook_keys_resolve_together() {
+        let file = parsed(concat!(
+            "[serve]\ndata_dir = \"d\"\nwebhook_url = \"https://hooks.example/batch\"\n",
+            "webhook_secret_env = \"HOOK_SECRET\"\n",
+        ));
+        let pipeline = resolve_serve(&file, Path::new(".")).expect("valid");
+        assert_eq!(
+            pipeline.webhook_url.map(String::from).as_deref(),
+            Some("https://hooks.example/batch")
+        );
+        assert_eq!(pipeline.webhook_secret_env.as_deref(), Some("HOOK_SECRET"));
+        let alone = parsed("[serve]\ndata_dir = \"d\"\nwebhook_secret_env = \"HOOK_SECRET\"\n");
+        let problems = resolve_serve(&alone, Path::new(".")).expect_err("invalid");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].starts_with("serve.webhook_secret_env"));
+    }
+
+    #[test]
     fn every_problem_of_a_served_pipeline_is_listed() {
         let file = parsed(concat!(
             "[serve]\nlisten = \"everywhere\"\ndata_dir = \"s3://bucket/\"\n",
             "max_file_bytes = 0\ngrace = \"soon\"\nmax_connections = 0\n",
+            "webhook_url = \"ftp://x\"\n",
             "[backend]\nworkers = \"many\"\n[sink]\ncheckpoint_rows = 0\n",
         ));
         let problems = resolve_serve(&file, Path::new(".")).expect_err("invalid");
@@ -204,6 +251,7 @@ mod tests {
             "serve.max_file_bytes",
             "serve.grace",
             "serve.max_connections",
+            "serve.webhook_url",
             "backend.workers",
             "sink.checkpoint_rows",
         ] {
@@ -212,6 +260,7 @@ mod tests {
                 "{key}: {problems:#?}"
             );
         }
-        assert_eq!(problems.len(), 7, "{problems:#?}");
+        // webhook_url: not http(s), and without its secret's variable.
+        assert_eq!(problems.len(), 9, "{problems:#?}");
     }
 }

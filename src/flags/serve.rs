@@ -1,5 +1,5 @@
 //! Flags of `batchflow serve` and how they become the library's `ServeOptions`: the server's
-//! own knobs (address, data directory, clients' key, upload limit, connection bounds) and the few run knobs every
+//! own knobs (address, data directory, clients' key, upload limit, connection bounds, webhooks) and the few run knobs every
 //! batch shares (backends, workers, grace, checkpoints), laid over a served pipeline file's
 //! when one is given (the command line wins).
 
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use batchflow::config::ServePipeline;
 use batchflow::options::{RunOptions, Workers};
+use batchflow::serve::webhooks::{Secret, WebhookOptions};
 use batchflow::serve::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FILE_BYTES,
     ServeOptions,
@@ -21,8 +22,9 @@ use super::{FlagDuration, flag_duration};
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A served pipeline file: TOML with a [serve] section (listen, data_dir, api_key_env,
-    /// max_file_bytes, allow_open, grace), the [backend] every batch runs against, and [sink]
-    /// checkpoint_rows/checkpoint_secs. Flags given here win over the file.
+    /// max_file_bytes, allow_open, grace, webhook_url, webhook_secret_env), the [backend] every
+    /// batch runs against, and [sink] checkpoint_rows/checkpoint_secs. Flags given here win
+    /// over the file.
     #[arg(value_name = "PIPELINE.toml")]
     pub file: Option<PathBuf>,
 
@@ -92,6 +94,17 @@ pub struct ServeArgs {
     /// long between requests, is closed (default 10s).
     #[arg(long, value_parser = flag_duration, value_name = "DURATION")]
     pub header_timeout: Option<FlagDuration>,
+
+    /// Post each batch's end (batch.completed, batch.failed, batch.expired, batch.cancelled)
+    /// to this URL as an OpenAI webhook event, signed with --webhook-secret-env's secret;
+    /// retried with backoff until answered 2xx, across restarts.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<url::Url>,
+
+    /// Name of an environment variable holding the webhooks' signing secret, `whsec_<base64>`
+    /// as OpenAI gives it. The secret itself is never printed, logged or stored.
+    #[arg(long, value_name = "VAR")]
+    pub webhook_secret_env: Option<String>,
 }
 
 impl ServeArgs {
@@ -142,6 +155,7 @@ impl ServeArgs {
         {
             anyhow::bail!("--header-timeout must be longer than zero");
         }
+        let webhook = self.webhook(file, &env)?;
         Ok(ServeOptions {
             listen: self
                 .listen
@@ -165,6 +179,40 @@ impl ServeArgs {
                 .map(|timeout| timeout.0)
                 .or(file.and_then(|file| file.header_timeout))
                 .unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            webhook,
         })
+    }
+
+    /// The webhooks these flags and `file` ask for; `env` reads the secret.
+    fn webhook(
+        &self,
+        file: Option<&ServePipeline>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<WebhookOptions>> {
+        let url = self
+            .webhook_url
+            .clone()
+            .or(file.and_then(|file| file.webhook_url.clone()));
+        let secret_env = self
+            .webhook_secret_env
+            .as_ref()
+            .or(file.and_then(|file| file.webhook_secret_env.as_ref()));
+        let (url, name) = match (url, secret_env) {
+            (None, None) => return Ok(None),
+            (Some(url), Some(name)) => (url, name),
+            (Some(_), None) => anyhow::bail!(
+                "--webhook-url needs --webhook-secret-env, the variable holding the signing secret"
+            ),
+            (None, Some(_)) => anyhow::bail!("--webhook-secret-env needs --webhook-url"),
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!("--webhook-url {url}: not an http(s) URL");
+        }
+        let text = env(name)
+            .filter(|secret| !secret.is_empty())
+            .with_context(|| format!("--webhook-secret-env {name}: the variable is not set"))?;
+        let secret =
+            Secret::parse(&text).with_context(|| format!("--webhook-secret-env {name}"))?;
+        Ok(Some(WebhookOptions { url, secret }))
     }
 }

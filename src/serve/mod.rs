@@ -12,7 +12,7 @@
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
 //! shutdown; `lock.rs` makes it the data directory's only server, `listen.rs` bounds its
-//! connections. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
+//! connections, `webhooks/` announces the batches that end. The flags that fill [`ServeOptions`] are the binary's; the run of a batch is the
 //! engine's, configured from [`ServeOptions::run`].
 
 mod batches;
@@ -25,6 +25,7 @@ mod metrics;
 mod runner;
 mod stall;
 pub mod store;
+pub mod webhooks;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use crate::shutdown::Shutdown;
 use listen::ConnectionLimits;
 use lock::LockError;
 use store::{Store, StoreError};
+use webhooks::{Events, WebhookError, WebhookOptions};
 use wire::ApiError;
 
 /// Files over this are refused with 413 unless `--max-file-bytes` says otherwise: OpenAI's
@@ -83,6 +85,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// A connection whose request headers take longer than this is closed.
     pub header_timeout: Duration,
+    /// Where batch ends are announced; `None` announces nothing.
+    pub webhook: Option<WebhookOptions>,
 }
 
 /// Why the server could not start or went down.
@@ -101,6 +105,8 @@ pub enum ServeError {
         "--listen {0} is reachable from other machines: give clients a key with --api-key-env, or pass --allow-open"
     )]
     OpenWithoutKey(SocketAddr),
+    #[error("--webhook-url: {0}")]
+    Webhooks(#[from] WebhookError),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -136,7 +142,18 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
             cause,
         })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
-    let (runner, running) = runner::Runner::start(store.clone(), options.run, shutdown.clone());
+    // Before the runner, which announces through it.
+    let (events, delivering) = match options.webhook {
+        Some(webhook) => {
+            let (events, task) =
+                webhooks::start(webhook, &options.data_dir, store.clone(), shutdown.clone())
+                    .await?;
+            (events, Some(task))
+        }
+        None => (Events::default(), None),
+    };
+    let (runner, running) =
+        runner::Runner::start(store.clone(), options.run, events, shutdown.clone());
     let state = AppState {
         store,
         runner,
@@ -152,6 +169,11 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
     listen::serve_connections(listener, router, limits, shutdown.stopping()).await;
     if running.await.is_err() {
         tracing::error!("The batch runner panicked.");
+    }
+    if let Some(delivering) = delivering {
+        if delivering.await.is_err() {
+            tracing::error!("The webhook delivery task panicked.");
+        }
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! mid-batch leaves it `in_progress`; the next start queues it again, and the engine's resume
 //! sends only what its results lack, so each custom_id ends up exactly once. A batch whose
 //! data directory fails under it (a full disk) stalls: it keeps its state and runs again
-//! after a pause (`stall.rs`), first in the queue.
+//! after a pause (`stall.rs`), first in the queue. Each end is announced to the webhooks
+//! (`webhooks/`) as its record is written.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use super::check;
 use super::finalize::{self, RowCounts};
 use super::stall::{self, StoreFailed};
 use super::store::{Store, StoreError};
+use super::webhooks::Events;
 use super::wire::{Batch, BatchError, BatchErrors, BatchStatus, RequestCounts, unix_now};
 use crate::backend::preflight::ModelCatalog;
 use crate::engine;
@@ -50,6 +52,8 @@ pub struct Runner {
     queue: Mutex<VecDeque<String>>,
     wake: Notify,
     current: Mutex<Option<Current>>,
+    /// Where batch ends are announced.
+    events: Events,
 }
 
 /// How a run ended, for the record.
@@ -77,6 +81,7 @@ impl Runner {
     pub fn start(
         store: Store,
         template: RunOptions,
+        events: Events,
         server: Shutdown,
     ) -> (Arc<Runner>, JoinHandle<()>) {
         let runner = Arc::new(Runner {
@@ -85,6 +90,7 @@ impl Runner {
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             current: Mutex::new(None),
+            events,
         });
         let task = tokio::spawn(Arc::clone(&runner).run_queue(server));
         (runner, task)
@@ -429,12 +435,12 @@ impl Runner {
         let reason = errors
             .first()
             .map_or(String::new(), |error| error.message.clone());
-        self.update(id, move |batch| {
+        let close = self.update(id, move |batch| {
             batch.status = BatchStatus::Failed;
             batch.failed_at = Some(unix_now());
             batch.errors = Some(BatchErrors::new(errors));
-        })
-        .await?;
+        });
+        self.events.announce(id, BatchStatus::Failed, close).await?;
         tracing::warn!(batch_id = %id, reason, "Batch failed.");
         Ok(())
     }
@@ -477,24 +483,28 @@ impl Runner {
             }
         };
         let cancelled = batch.status == BatchStatus::Cancelling;
-        let closed = self
-            .update(id, move |batch| {
-                batch.output_file_id = output;
-                batch.error_file_id = errors;
-                batch.request_counts = RequestCounts {
-                    total: batch.request_counts.total.max(counts.ok + counts.errors),
-                    completed: counts.ok,
-                    failed: counts.errors,
-                };
-                if cancelled {
-                    batch.status = BatchStatus::Cancelled;
-                    batch.cancelled_at = Some(unix_now());
-                } else {
-                    batch.status = BatchStatus::Completed;
-                    batch.completed_at = Some(unix_now());
-                }
-            })
-            .await?;
+        let ending = if cancelled {
+            BatchStatus::Cancelled
+        } else {
+            BatchStatus::Completed
+        };
+        let close = self.update(id, move |batch| {
+            batch.output_file_id = output;
+            batch.error_file_id = errors;
+            batch.request_counts = RequestCounts {
+                total: batch.request_counts.total.max(counts.ok + counts.errors),
+                completed: counts.ok,
+                failed: counts.errors,
+            };
+            if cancelled {
+                batch.status = BatchStatus::Cancelled;
+                batch.cancelled_at = Some(unix_now());
+            } else {
+                batch.status = BatchStatus::Completed;
+                batch.completed_at = Some(unix_now());
+            }
+        });
+        let closed = self.events.announce(id, ending, close).await?;
         if let Some(batch) = closed {
             tracing::info!(
                 batch_id = %id,

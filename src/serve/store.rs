@@ -31,7 +31,7 @@ const ID_CHARS: usize = 24;
 const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 pub const FILE_PREFIX: &str = "file-";
 pub const BATCH_PREFIX: &str = "batch_";
-const TEMPORARY_SUFFIX: &str = ".tmp";
+pub(super) const TEMPORARY_SUFFIX: &str = ".tmp";
 
 /// Why the store could not read or write. Messages name the path.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum StoreError {
     Random,
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub(super) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |cause| StoreError::Io {
         path: path.to_owned(),
         cause,
@@ -402,7 +402,9 @@ pub fn is_id(prefix: &str, id: &str) -> bool {
     })
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, StoreError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -423,7 +425,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sto
 
 /// Writes `value` to `path` atomically: a synced sibling renamed over it, then the folder
 /// synced so that the rename itself survives a crash.
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StoreError> {
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StoreError> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(TEMPORARY_SUFFIX);
     let temporary = PathBuf::from(temporary);
