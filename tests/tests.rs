@@ -29,5 +29,6 @@ mod serve_faults;
 mod serve_limits;
 mod serve_observe;
 mod serve_owner;
+mod serve_shape;
 mod verify;
 mod writers;

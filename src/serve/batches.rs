@@ -1,6 +1,6 @@
 //! The Batches API handlers: create (the request checked, the batch recorded as `validating`
 //! and queued), retrieve (with live counts while it runs), list (newest first, `after` and
-//! `limit`) and cancel. What happens to a batch after it is queued is the runner's.
+//! `limit`; an unknown `after` is a 400) and cancel. What happens to a batch after it is queued is the runner's.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::check::ENDPOINTS;
 use super::store::{BATCH_PREFIX, StoredBatch};
-use super::wire::{ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, unix_now};
+use super::wire::{
+    ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, page, unix_now,
+};
 use super::{AppState, blocking};
 
 /// The one completion window OpenAI offers; batchflow has no deadline of its own.
@@ -152,14 +154,21 @@ pub async fn list(
     let runner = state.runner.clone();
     let (data, has_more) = blocking(&state.store, move |store| {
         let batches = store.batches()?.into_iter().map(|stored| stored.batch);
-        let (mut data, has_more) =
-            super::page(batches, |batch| &batch.id, query.after.as_deref(), limit);
-        for batch in &mut data {
-            runner.live_counts(batch);
-        }
-        Ok((data, has_more))
+        Ok(page(
+            batches.collect(),
+            |batch| &batch.id,
+            |_| true,
+            query.after.as_deref(),
+            limit,
+        )
+        .map(|(mut data, has_more)| {
+            for batch in &mut data {
+                runner.live_counts(batch);
+            }
+            (data, has_more)
+        }))
     })
-    .await?;
+    .await??;
     Ok(Json(BatchList {
         object: "list",
         first_id: data.first().map(|batch| batch.id.clone()),
