@@ -1,6 +1,7 @@
 //! The shape of what `batchflow serve` answers, checked with the `openai` SDK validating every
 //! response strictly: lists that page as the SDK's auto-pagination expects (order, limit,
-//! `after`, an exact `has_more`, an unknown `after` refused).
+//! `after`, an exact `has_more`, an unknown `after` refused), and output and error files whose
+//! every line has OpenAI's shape, whatever the backend answered.
 
 use batchflow::mock::MockConfig;
 use serde_json::{Value, json};
@@ -94,4 +95,111 @@ print(json.dumps({
         out["outputs_only"],
         json!([200, {"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false}])
     );
+}
+
+/// A chat line for `/v1/chat/completions` whose prompt is `prompt` (a mock directive, say).
+fn chat_line(custom_id: &str, prompt: &str) -> String {
+    json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "llama3.2", "messages": [{"role": "user", "content": prompt}]}})
+    .to_string()
+        + "\n"
+}
+
+/// Checks one output or error line against OpenAI's shape; its custom_id.
+fn check_line(line: &str, seen: &mut std::collections::HashSet<String>) -> String {
+    let line: Value = serde_json::from_str(line).expect("a JSON line");
+    let fields: Vec<&String> = line.as_object().expect("an object").keys().collect();
+    assert_eq!(fields, ["custom_id", "error", "id", "response"], "{line}");
+    let id = line["id"].as_str().expect("an id");
+    assert!(id.starts_with("batch_req_") && id.len() > 10, "{line}");
+    assert!(seen.insert(id.to_owned()), "{id} on two lines");
+    let response = &line["response"];
+    if !response.is_null() {
+        assert!(response["status_code"].is_u64(), "{line}");
+        let request_id = response["request_id"].as_str().expect("a request_id");
+        assert!(!request_id.is_empty(), "{line}");
+        let body = &response["body"];
+        assert!(body.is_object(), "{line}");
+        if let Some(own) = body["id"].as_str() {
+            assert_eq!(request_id, own, "{line}");
+        } else {
+            assert!(request_id.starts_with("req_"), "{line}");
+        }
+    }
+    let error = &line["error"];
+    assert!(
+        error.is_null() || (error["code"].is_string() && error["message"].is_string()),
+        "{line}"
+    );
+    line["custom_id"].as_str().expect("a custom_id").to_owned()
+}
+
+#[test]
+fn output_and_error_lines_have_openai_shape_whatever_the_backend_did() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mock = Mock::start(MockConfig::default());
+    // No retries, so that each fault is the request's last word at once.
+    let config = dir.path().join("serve.toml");
+    let text = format!(
+        "[serve]\ndata_dir = \"data\"\n\n[backend]\nurl = \"{}\"\nretries = 0\n",
+        mock.url()
+    );
+    std::fs::write(&config, text).expect("written");
+    let config = config.to_str().expect("a UTF-8 path");
+    let server = Server::start(&dir.path().join("data"), &mock, &[config]);
+    let mut content = openai_lines(6);
+    for (id, prompt) in [
+        ("refused", "[mock:status=400]"),
+        ("crashed", "[mock:status=500]"),
+        ("reset", "[mock:fail=1:reset]"),
+        ("html", "[mock:fail=1:html]"),
+        ("truncated", "[mock:fail=1:truncated]"),
+    ] {
+        content.push_str(&chat_line(id, prompt));
+    }
+    let script = r#"
+f = client.files.create(file=('requests.jsonl', args['content'].encode()), purpose='batch')
+batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')
+batch = wait(batch.id, lambda b: b.status in ('completed', 'failed'))
+text = lambda file_id: client.files.content(file_id).text if file_id else ''
+print(json.dumps({'batch': batch.model_dump(), 'output': text(batch.output_file_id),
+    'errors': text(batch.error_file_id)}))
+"#;
+    let out = server.python(script, json!({"content": content}));
+    let batch = &out["batch"];
+    assert_eq!(batch["status"], "completed", "{batch}\n{}", server.log());
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 11, "completed": 6, "failed": 5})
+    );
+    let mut seen = std::collections::HashSet::new();
+    let output = out["output"].as_str().expect("the output file");
+    for line in output.lines() {
+        check_line(line, &mut seen);
+        let line: Value = serde_json::from_str(line).expect("a JSON line");
+        assert!(line["error"].is_null(), "{line}");
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+    }
+    let errors: std::collections::HashMap<String, Value> = out["errors"]
+        .as_str()
+        .expect("the error file")
+        .lines()
+        .map(|line| {
+            let id = check_line(line, &mut seen);
+            (id, serde_json::from_str(line).expect("a JSON line"))
+        })
+        .collect();
+    assert_eq!(seen.len(), 11, "{output}\n{errors:?}");
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    for (id, line) in &errors {
+        assert!(line["error"]["code"].is_string(), "{line}");
+        assert_ne!(line["response"]["body"], "", "{line}");
+        if id == "reset" {
+            assert!(line["response"].is_null(), "no HTTP answer: {line}");
+        } else {
+            assert!(line["response"]["body"].is_object(), "{line}");
+        }
+    }
+    assert_eq!(errors["refused"]["response"]["status_code"], 400);
+    assert_eq!(errors["crashed"]["response"]["status_code"], 500);
 }

@@ -222,6 +222,33 @@ pub struct BatchList {
     pub has_more: bool,
 }
 
+/// One line of a batch's output or error file, in OpenAI's shape: `id` is `batch_req_…`, unique
+/// per line; `response` is null only when the request got no HTTP answer; `error` is null on
+/// an ok line.
+#[derive(Debug, Serialize)]
+pub struct OutputLine<'a> {
+    pub id: String,
+    pub custom_id: Option<&'a str>,
+    pub response: Option<LineResponse<'a>>,
+    pub error: Option<LineError<'a>>,
+}
+
+/// The HTTP answer of an output line: `body` always a JSON object.
+#[derive(Debug, Serialize)]
+pub struct LineResponse<'a> {
+    pub status_code: u16,
+    /// The backend's response id (`chatcmpl-…`), else one made up (`req_…`); never empty.
+    pub request_id: String,
+    pub body: &'a serde_json::value::RawValue,
+}
+
+/// Why an error line failed: one of OpenAI's codes or the engine's.
+#[derive(Debug, Serialize)]
+pub struct LineError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
 /// `POST /batches`.
 #[derive(Debug, Deserialize)]
 pub struct CreateBatch {
