@@ -203,3 +203,54 @@ print(json.dumps({'batch': batch.model_dump(), 'output': text(batch.output_file_
     assert_eq!(errors["refused"]["response"]["status_code"], 400);
     assert_eq!(errors["crashed"]["response"]["status_code"], 500);
 }
+
+#[test]
+fn a_cancelled_batch_accounts_for_every_request_it_never_sent() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // 20 ms a request, 4 at a time: 400 requests take two seconds, so the cancel lands mid-run.
+    let mock = Mock::start(MockConfig {
+        latency: std::time::Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    let server = Server::start(&dir.path().join("data"), &mock, &["--workers", "4"]);
+    let mut content = openai_lines(399);
+    content.push_str(&chat_line("refused", "[mock:status=400]"));
+    let script = r#"
+f = client.files.create(file=('requests.jsonl', args['content'].encode()), purpose='batch')
+batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')
+wait(batch.id, lambda b: b.request_counts.completed > 0)
+client.batches.cancel(batch.id)
+batch = wait(batch.id, lambda b: b.status == 'cancelled')
+text = lambda file_id: client.files.content(file_id).text if file_id else ''
+print(json.dumps({'batch': batch.model_dump(), 'output': text(batch.output_file_id),
+    'errors': text(batch.error_file_id)}))
+"#;
+    let out = server.python(script, json!({"content": content}));
+    let batch = &out["batch"];
+    assert_eq!(batch["status"], "cancelled", "{batch}\n{}", server.log());
+    let counts = &batch["request_counts"];
+    let count = |name: &str| counts[name].as_u64().expect("a count");
+    assert_eq!(count("total"), 400, "{batch}");
+    assert_eq!(count("completed") + count("failed"), 400, "{batch}");
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    let output = out["output"].as_str().expect("the output file");
+    for line in output.lines() {
+        assert!(ids.insert(check_line(line, &mut seen)), "{line} twice");
+    }
+    assert_eq!(output.lines().count() as u64, count("completed"), "{batch}");
+    let errors = out["errors"].as_str().expect("the error file");
+    let mut cancelled = 0;
+    for line in errors.lines() {
+        assert!(ids.insert(check_line(line, &mut seen)), "{line} twice");
+        let line: Value = serde_json::from_str(line).expect("a JSON line");
+        if line["error"]["code"] == "batch_cancelled" {
+            assert!(line["response"].is_null(), "never sent: {line}");
+            cancelled += 1;
+        }
+    }
+    assert_eq!(errors.lines().count() as u64, count("failed"), "{batch}");
+    assert!(cancelled > 0 && cancelled < 400, "{cancelled} never sent");
+    // Every request of the input is in one file or the other, once.
+    assert_eq!(ids.len(), 400);
+}
