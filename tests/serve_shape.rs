@@ -254,3 +254,83 @@ print(json.dumps({'batch': batch.model_dump(), 'output': text(batch.output_file_
     // Every request of the input is in one file or the other, once.
     assert_eq!(ids.len(), 400);
 }
+
+/// Polls a batch until `until` holds, printing every poll's counts.
+const POLL: &str = r#"
+polls = []
+def poll(batch_id, until):
+    deadline = time.time() + 60
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        polls.append([batch.status, batch.request_counts.completed, batch.request_counts.failed])
+        if until(batch):
+            return batch
+        assert time.time() < deadline, batch
+        time.sleep(0.02)
+"#;
+
+#[test]
+fn request_counts_never_fall_across_a_kill_and_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data = dir.path().join("data");
+    // 20 ms a request, 4 at a time, a checkpoint every 400 rows: the kill lands mid-batch,
+    // before the first checkpoint, and loses every row done, which the restart sends again.
+    let mock = Mock::start(MockConfig {
+        latency: std::time::Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    let args = ["--workers", "4", "--checkpoint-rows", "400"];
+    let mut first = Server::start(&data, &mock, &args);
+    let mut content = openai_lines(600);
+    content.push_str(&chat_line("refused", "[mock:status=400]"));
+    let script = format!(
+        "{POLL}{}",
+        r#"
+f = client.files.create(file=('requests.jsonl', args['content'].encode()), purpose='batch')
+batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')
+poll(batch.id, lambda b: b.request_counts.completed >= 175)
+print(json.dumps({'id': batch.id, 'polls': polls}))
+"#
+    );
+    let before = first.python(&script, json!({"content": content}));
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("the server ends");
+
+    // One worker now: the rows sent again come in slower than they did before the kill, so a
+    // count made from them alone would be seen to fall.
+    let second = Server::start(
+        &data,
+        &mock,
+        &["--workers", "1", "--checkpoint-rows", "400"],
+    );
+    let script = format!(
+        "{POLL}{}",
+        r#"
+batch = poll(args['id'], lambda b: b.status in ('completed', 'failed'))
+print(json.dumps({'polls': polls, 'counts': batch.request_counts.model_dump()}))
+"#
+    );
+    let after = second.python(&script, json!({"id": before["id"]}));
+    assert_eq!(
+        after["counts"],
+        json!({"total": 601, "completed": 600, "failed": 1}),
+        "{}",
+        second.log()
+    );
+    let polls: Vec<&Value> = before["polls"]
+        .as_array()
+        .expect("polls")
+        .iter()
+        .chain(after["polls"].as_array().expect("polls"))
+        .collect();
+    for field in [1, 2] {
+        let seen: Vec<u64> = polls
+            .iter()
+            .map(|poll| poll[field].as_u64().expect("a count"))
+            .collect();
+        assert!(
+            seen.windows(2).all(|pair| pair[0] <= pair[1]),
+            "counts fell: {polls:?}"
+        );
+    }
+}

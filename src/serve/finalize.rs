@@ -42,10 +42,12 @@ pub struct RowCounts {
 }
 
 impl RowCounts {
-    /// Sets `counts`' completed and failed to these rows plus what a run has written since.
+    /// Raises `counts`' completed and failed to these rows plus what a run has written since;
+    /// never lowers them: a run resumed after a kill sends again what its last checkpoint
+    /// lacked, and its counts start below what was shown before.
     pub fn add_run(&self, run: &StatsSnapshot, counts: &mut RequestCounts) {
-        counts.completed = self.ok + run.succeeded;
-        counts.failed = self.errors + run.failed + run.invalid;
+        counts.completed = counts.completed.max(self.ok + run.succeeded);
+        counts.failed = counts.failed.max(self.errors + run.failed + run.invalid);
     }
 }
 
