@@ -6,11 +6,12 @@
 //! again (a cancelled one), leaves lines there for rows its last checkpoint lacks. Both become
 //! stored Files through the store ([`result_files`]). Every line has OpenAI's shape
 //! ([`OutputLine`]); a cancelled batch's error file also holds a `batch_cancelled` line for
-//! each request it never sent, so that its counts add up to its total.
+//! each request it never sent, so that its counts add up to its total (`cancelled.rs`).
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+mod cancelled;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
@@ -247,102 +248,6 @@ fn request_id(body: &RawValue) -> String {
         .unwrap_or_else(|| format!("req_{}", random_id()))
 }
 
-/// What the error file says of a request that a cancel kept from being sent.
-const NOT_SENT: &str = "This request was not executed: the batch was cancelled first.";
-
-/// Appends to the error file at `path` a `batch_cancelled` line for each request of `input`
-/// that the dataset `results` has no row for; how many. Holds the custom_ids of the results
-/// (compact per-id state), never the input.
-fn write_cancelled(input: &Path, results: &Path, path: &Path) -> Result<u64, ResultsError> {
-    #[derive(serde::Deserialize)]
-    struct Request {
-        custom_id: Option<String>,
-    }
-    let done = custom_ids(results)?;
-    let io_error = |path: &Path| {
-        let path = path.to_owned();
-        move |cause: io::Error| ResultsError::Io { path, cause }
-    };
-    let mut reader = BufReader::new(File::open(input).map_err(io_error(input))?);
-    let file = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(io_error(path))?;
-    let mut writer = BufWriter::new(file);
-    let (mut text, mut line, mut written) = (Vec::new(), Vec::new(), 0);
-    loop {
-        text.clear();
-        if reader
-            .read_until(b'\n', &mut text)
-            .map_err(io_error(input))?
-            == 0
-        {
-            break;
-        }
-        // The file passed validation before it ran; a line without a custom_id (a batch
-        // cancelled while it was being validated) has nothing to report under.
-        let Some(custom_id) = serde_json::from_slice::<Request>(&text)
-            .ok()
-            .and_then(|request| request.custom_id)
-        else {
-            continue;
-        };
-        if done.contains(&custom_id) {
-            continue;
-        }
-        let output = OutputLine {
-            id: format!("batch_req_{}", random_id()),
-            custom_id: Some(&custom_id),
-            response: None,
-            error: Some(LineError {
-                code: "batch_cancelled",
-                message: NOT_SENT,
-            }),
-        };
-        line.clear();
-        serde_json::to_writer(&mut line, &output).map_err(|error| ResultsError::Io {
-            path: path.to_owned(),
-            cause: io::Error::other(error),
-        })?;
-        line.push(b'\n');
-        writer.write_all(&line).map_err(io_error(path))?;
-        written += 1;
-    }
-    let file = writer
-        .into_inner()
-        .map_err(|error| io_error(path)(error.into_error()))?;
-    file.sync_all().map_err(io_error(path))?;
-    Ok(written)
-}
-
-/// The custom_ids the dataset `results` has rows for.
-fn custom_ids(results: &Path) -> Result<HashSet<String>, ResultsError> {
-    let mut ids = HashSet::new();
-    if !results.is_dir() {
-        return Ok(ids);
-    }
-    for part in dataset::parquet_files(results)? {
-        if checkpoint::holds_nothing(&part)? {
-            continue;
-        }
-        let existing = checkpoint::inspect(&part)?;
-        for batch in existing.reader(&part, &["custom_id"])? {
-            let batch = batch.map_err(|error| ResultsError::Io {
-                path: part.clone(),
-                cause: io::Error::other(error),
-            })?;
-            let Some(column) = batch.column_by_name("custom_id") else {
-                continue;
-            };
-            let column = column.as_string::<i32>();
-            ids.extend(
-                (0..batch.num_rows()).filter_map(|row| text(column, row).map(str::to_owned)),
-            );
-        }
-    }
-    Ok(ids)
-}
-
 /// The batch's output file (its ok rows) and error file as stored Files, `None` where a file
 /// would be empty; and the rows counted.
 pub fn result_files(
@@ -374,7 +279,7 @@ pub fn result_files(
         .filter(|stored| stored.batch.status == BatchStatus::Cancelling)
         .and_then(|stored| store.content_path(&stored.batch.input_file_id));
     if let Some(input) = cancelled_input {
-        counts.errors += write_cancelled(&input, &dir.join("results"), &errors)?;
+        counts.errors += cancelled::write_cancelled(&input, &dir.join("results"), &errors)?;
     }
     let error_bytes = std::fs::metadata(&errors).map_or(0, |metadata| metadata.len());
     let errors_id = if store.file(&ids.error)?.is_some() {
