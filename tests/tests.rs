@@ -30,5 +30,6 @@ mod serve_limits;
 mod serve_observe;
 mod serve_owner;
 mod serve_webhooks;
+mod serve_shape;
 mod verify;
 mod writers;

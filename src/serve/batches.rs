@@ -1,6 +1,8 @@
 //! The Batches API handlers: create (the request checked, the batch recorded as `validating`
-//! and queued), retrieve (with live counts while it runs), list (newest first, `after` and
-//! `limit`) and cancel. What happens to a batch after it is queued is the runner's.
+//! and queued), retrieve (the counts its record holds, which the runner raises every second
+//! while it runs, so that they never fall, even across a restart), list (newest first,
+//! `after` and `limit`; an unknown `after` is a 400) and cancel. What happens to a batch
+//! after it is queued is the runner's.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -10,7 +12,9 @@ use serde::Deserialize;
 
 use super::check::ENDPOINTS;
 use super::store::{BATCH_PREFIX, StoredBatch};
-use super::wire::{ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, unix_now};
+use super::wire::{
+    ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, page, unix_now,
+};
 use super::{AppState, blocking};
 
 /// The one completion window OpenAI offers; batchflow has no deadline of its own.
@@ -117,13 +121,9 @@ pub async fn retrieve(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let (runner, looked_up) = (state.runner.clone(), id.clone());
+    let looked_up = id.clone();
     let found = blocking(&state.store, move |store| {
-        Ok(store.batch(&looked_up)?.map(|stored| {
-            let mut batch = stored.batch;
-            runner.live_counts(&mut batch);
-            batch
-        }))
+        Ok(store.batch(&looked_up)?.map(|stored| stored.batch))
     })
     .await?;
     found
@@ -149,17 +149,14 @@ pub async fn list(
             Some("limit"),
         ));
     }
-    let runner = state.runner.clone();
-    let (data, has_more) = blocking(&state.store, move |store| {
-        let batches = store.batches()?.into_iter().map(|stored| stored.batch);
-        let (mut data, has_more) =
-            super::page(batches, |batch| &batch.id, query.after.as_deref(), limit);
-        for batch in &mut data {
-            runner.live_counts(batch);
-        }
-        Ok((data, has_more))
-    })
-    .await?;
+    let batches = blocking(&state.store, |store| store.batches()).await?;
+    let (data, has_more) = page(
+        batches.into_iter().map(|stored| stored.batch).collect(),
+        |batch| &batch.id,
+        |_| true,
+        query.after.as_deref(),
+        limit,
+    )?;
     Ok(Json(BatchList {
         object: "list",
         first_id: data.first().map(|batch| batch.id.clone()),

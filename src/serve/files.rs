@@ -1,5 +1,5 @@
-//! The Files API handlers: multipart upload (`purpose=batch`), list, retrieve, content and
-//! delete. An upload is streamed to a staging file and counted as it arrives: over
+//! The Files API handlers: multipart upload (`purpose=batch`), list (`purpose`, `order`,
+//! `limit`, `after`), retrieve, content and delete. An upload is streamed to a staging file and counted as it arrives: over
 //! `--max-file-bytes` it is refused with 413 and the staging file removed, and only a whole
 //! upload is committed (the store's job), so nothing half-stored is ever listed. The other
 //! fields are held only up to [`MAX_FIELD_BYTES`], unknown ones not at all.
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::store::{FileDeletion, StoredFile};
-use super::wire::{ApiError, FileDeleted, FileList, FileObject, unix_now};
+use super::wire::{ApiError, FileDeleted, FileList, FileObject, Order, page, unix_now};
 use super::{AppState, blocking};
 
 /// Purposes an upload may have: batchflow only runs batches.
@@ -206,6 +206,7 @@ pub struct ListQuery {
     purpose: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    order: Option<String>,
 }
 
 pub async fn list(
@@ -220,12 +221,19 @@ pub async fn list(
             Some("limit"),
         ));
     }
+    let order = Order::parse(query.order.as_deref())?;
     let files = blocking(&state.store, |store| store.files()).await?;
-    let files = files
-        .into_iter()
-        .map(|stored| stored.file)
-        .filter(|file| query.purpose.as_ref().is_none_or(|p| *p == file.purpose));
-    let (data, has_more) = super::page(files, |file| &file.id, query.after.as_deref(), limit);
+    let mut files: Vec<FileObject> = files.into_iter().map(|stored| stored.file).collect();
+    if order == Order::Asc {
+        files.reverse();
+    }
+    let (data, has_more) = page(
+        files,
+        |file| &file.id,
+        |file| query.purpose.as_ref().is_none_or(|p| *p == file.purpose),
+        query.after.as_deref(),
+        limit,
+    )?;
     Ok(Json(FileList {
         object: "list",
         first_id: data.first().map(|file| file.id.clone()),

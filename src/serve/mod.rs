@@ -248,24 +248,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// One page of `items` (already in listing order): those after the one whose id is `after`
-/// (all if it is `None` or unknown, as OpenAI does), at most `limit`; and whether more follow.
-fn page<T>(
-    items: impl Iterator<Item = T>,
-    id: impl Fn(&T) -> &str,
-    after: Option<&str>,
-    limit: usize,
-) -> (Vec<T>, bool) {
-    let mut items: Vec<T> = items.collect();
-    if let Some(position) = after.and_then(|after| items.iter().position(|item| id(item) == after))
-    {
-        items.drain(..=position);
-    }
-    let has_more = items.len() > limit;
-    items.truncate(limit);
-    (items, has_more)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,19 +259,5 @@ mod tests {
         assert!(!same_secret(b"s3cretX", b"s3cret"));
         assert!(!same_secret(b"s3creT", b"s3cret"));
         assert!(!same_secret(b"", b"s3cret"));
-    }
-
-    #[test]
-    fn pages_start_after_the_given_id() {
-        let items = || ["a", "b", "c", "d"].map(String::from).into_iter();
-        let (first, more) = page(items(), String::as_str, None, 2);
-        assert_eq!((first, more), (vec!["a".to_owned(), "b".to_owned()], true));
-        let (second, more) = page(items(), String::as_str, Some("b"), 2);
-        assert_eq!(
-            (second, more),
-            (vec!["c".to_owned(), "d".to_owned()], false)
-        );
-        let (last, more) = page(items(), String::as_str, Some("d"), 2);
-        assert!(last.is_empty() && !more);
     }
 }

@@ -33,14 +33,15 @@ use crate::shutdown::Shutdown;
 use crate::sink::parquet::OutputMode;
 use crate::source::Input;
 
-/// The batch being run, for live counts, metrics and cancelling.
+/// How often a running batch's counts are written to its record.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The batch being run, for metrics and cancelling.
 struct Current {
     id: String,
     shutdown: Shutdown,
     /// The engine's counters for this run, once it has started sending.
     watch: RunWatch,
-    /// Rows its results already held when this run started.
-    kept: RowCounts,
 }
 
 /// The queue and the batch being run.
@@ -194,21 +195,6 @@ impl Runner {
         }
         drop(queue);
         self.wake.notify_one();
-    }
-
-    /// The batch's counts as of now: while it runs, its results before this run plus the
-    /// results this run has written so far, read from the engine's counters.
-    pub fn live_counts(&self, batch: &mut Batch) {
-        let current = self.current();
-        let Some(current) = current.as_ref().filter(|current| current.id == batch.id) else {
-            return;
-        };
-        let Some(live) = current.watch.live() else {
-            return;
-        };
-        current
-            .kept
-            .add_run(&live.snapshot(Instant::now()), &mut batch.request_counts);
     }
 
     /// Batches waiting to run.
@@ -387,7 +373,6 @@ impl Runner {
             id: id.to_owned(),
             shutdown: shutdown.clone(),
             watch: watch.clone(),
-            kept,
         });
         // A cancel that came before the batch was current found nothing to stop.
         if self
@@ -398,10 +383,20 @@ impl Runner {
             shutdown.stop();
         }
         let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
-        let outcome = engine::run(config, None, shutdown).await;
+        let run = engine::run(config, None, shutdown);
+        tokio::pin!(run);
+        // The counts clients see are the record's, written here every second, never the
+        // engine's live counters: what a poll showed is then on disk, and a server killed and
+        // started again never shows less.
+        let mut every = tokio::time::interval(COUNTS_EVERY);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = every.tick() => self.record_counts(id, &watch, kept),
+            }
+        };
         follow.abort();
-        // The run's last counts go into the record before the live ones stop being read, so
-        // that a poll while finalizing never sees them fall.
+        // The run's last counts go into the record, so that a poll while finalizing sees them.
         if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
             // Counts only: a failure (logged) leaves the last ones written, which finalizing
             // corrects.
@@ -429,6 +424,30 @@ impl Runner {
             }
             Some(fatal) => Ending::Failed(vec![problem("engine_error", &fatal.to_string())]),
         }
+    }
+
+    /// Raises the record's counts to the run's, off the runtime and without waiting for the
+    /// write, so that the run is never held up by it. Only a running batch's counts change:
+    /// a write that lands late finds the batch closed and leaves its final counts alone.
+    fn record_counts(&self, id: &str, watch: &RunWatch, kept: RowCounts) {
+        let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) else {
+            return;
+        };
+        let (store, owned) = (self.store.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let raised = store.update_batch(&owned, |batch| {
+                if matches!(
+                    batch.status,
+                    BatchStatus::InProgress | BatchStatus::Cancelling
+                ) {
+                    kept.add_run(&last, &mut batch.request_counts);
+                }
+            });
+            if let Err(error) = raised {
+                // The next second's write tries again; finalizing writes the true counts.
+                tracing::warn!(batch_id = %owned, "Cannot record the batch's counts: {error}.");
+            }
+        });
     }
 
     async fn fail(&self, id: &str, errors: Vec<BatchError>) -> Result<(), StoreFailed> {

@@ -70,10 +70,7 @@ pub fn engine_stalled(error: &Error) -> bool {
 /// Whether making the batch's result files failed on the disk rather than on its data.
 pub fn finalize_stalled(error: &FinalizeError) -> bool {
     match error {
-        FinalizeError::Results(error)
-        | FinalizeError::ErrorsFile(ErrorsFileError::Results(error)) => results_failed(error),
-        FinalizeError::ErrorsFile(ErrorsFileError::Io { .. }) => true,
-        FinalizeError::ErrorsFile(ErrorsFileError::Exists { .. }) => false,
+        FinalizeError::Results(error) => results_failed(error),
         FinalizeError::Store(error) => store_failed(error),
     }
 }

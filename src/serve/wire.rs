@@ -50,6 +50,57 @@ pub struct FileDeleted {
     pub deleted: bool,
 }
 
+/// The order of a list by creation: `desc` (newest first, the default) or `asc`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    #[default]
+    Desc,
+}
+
+impl Order {
+    /// The `order` query parameter; `None` gives the default.
+    pub fn parse(given: Option<&str>) -> Result<Order, ApiError> {
+        match given {
+            None | Some("desc") => Ok(Order::Desc),
+            Some("asc") => Ok(Order::Asc),
+            Some(other) => Err(ApiError::invalid(
+                format!("order must be 'asc' or 'desc', not '{other}'."),
+                Some("order"),
+            )),
+        }
+    }
+}
+
+/// One page of `items` (in listing order): those kept by `keep` after the item whose id is
+/// `after`, at most `limit`; and whether more follow. `after` is looked up among all items,
+/// kept or not, so that a filter does not change what a cursor means. An `after` that names
+/// no item is a 400: answering with the first page again would send a client that follows
+/// `has_more` round in a loop, and one whose cursor was deleted would silently see items
+/// twice.
+pub fn page<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    keep: impl Fn(&T) -> bool,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<T>, bool), ApiError> {
+    let mut items = items;
+    if let Some(after) = after {
+        let Some(position) = items.iter().position(|item| id(item) == after) else {
+            return Err(ApiError::invalid(
+                format!("after: no object with id '{after}' to list after."),
+                Some("after"),
+            ));
+        };
+        items.drain(..=position);
+    }
+    let mut kept = items.into_iter().filter(|item| keep(item));
+    let data: Vec<T> = kept.by_ref().take(limit).collect();
+    let has_more = kept.next().is_some();
+    Ok((data, has_more))
+}
+
 /// Where a batch stands.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +220,33 @@ pub struct BatchList {
     pub first_id: Option<String>,
     pub last_id: Option<String>,
     pub has_more: bool,
+}
+
+/// One line of a batch's output or error file, in OpenAI's shape: `id` is `batch_req_…`, unique
+/// per line; `response` is null only when the request got no HTTP answer; `error` is null on
+/// an ok line.
+#[derive(Debug, Serialize)]
+pub struct OutputLine<'a> {
+    pub id: String,
+    pub custom_id: Option<&'a str>,
+    pub response: Option<LineResponse<'a>>,
+    pub error: Option<LineError<'a>>,
+}
+
+/// The HTTP answer of an output line: `body` always a JSON object.
+#[derive(Debug, Serialize)]
+pub struct LineResponse<'a> {
+    pub status_code: u16,
+    /// The backend's response id (`chatcmpl-…`), else one made up (`req_…`); never empty.
+    pub request_id: String,
+    pub body: &'a serde_json::value::RawValue,
+}
+
+/// Why an error line failed: one of OpenAI's codes or the engine's.
+#[derive(Debug, Serialize)]
+pub struct LineError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
 }
 
 /// `POST /batches`.
@@ -334,6 +412,55 @@ mod tests {
         assert_eq!(text, "\"in_progress\"");
         assert!(BatchStatus::Cancelled.is_terminal());
         assert!(!BatchStatus::Cancelling.is_terminal());
+    }
+
+    fn letters() -> Vec<String> {
+        ["a", "b", "c", "d"].map(String::from).to_vec()
+    }
+
+    fn ids(page: Result<(Vec<String>, bool), ApiError>) -> (Vec<String>, bool) {
+        page.expect("a page")
+    }
+
+    #[test]
+    fn pages_start_after_the_given_id_and_know_when_more_follow() {
+        let all = |_: &String| true;
+        let (first, more) = ids(page(letters(), String::as_str, all, None, 2));
+        assert_eq!((first, more), (vec!["a".to_owned(), "b".to_owned()], true));
+        let (second, more) = ids(page(letters(), String::as_str, all, Some("b"), 2));
+        assert_eq!(
+            (second, more),
+            (vec!["c".to_owned(), "d".to_owned()], false)
+        );
+        let (last, more) = ids(page(letters(), String::as_str, all, Some("d"), 2));
+        assert!(last.is_empty() && !more);
+    }
+
+    #[test]
+    fn an_unknown_cursor_is_refused_not_read_as_the_start() {
+        let error =
+            page(letters(), String::as_str, |_| true, Some("x"), 2).expect_err("no such id");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.param, Some("after"));
+    }
+
+    #[test]
+    fn a_filtered_page_counts_only_what_it_keeps() {
+        let not_c = |item: &String| item != "c";
+        // "c" is passed over, so nothing kept follows "b"…"d" beyond the limit.
+        let (data, more) = ids(page(letters(), String::as_str, not_c, Some("a"), 2));
+        assert_eq!((data, more), (vec!["b".to_owned(), "d".to_owned()], false));
+        // A cursor on an item the filter drops still places the page.
+        let (data, more) = ids(page(letters(), String::as_str, not_c, Some("c"), 2));
+        assert_eq!((data, more), (vec!["d".to_owned()], false));
+    }
+
+    #[test]
+    fn order_is_asc_or_desc() {
+        assert_eq!(Order::parse(None).expect("default"), Order::Desc);
+        assert_eq!(Order::parse(Some("asc")).expect("asc"), Order::Asc);
+        let error = Order::parse(Some("up")).expect_err("not an order");
+        assert_eq!(error.param, Some("order"));
     }
 
     #[test]
