@@ -29,7 +29,7 @@ mod serve_faults;
 mod serve_limits;
 mod serve_observe;
 mod serve_owner;
-mod serve_webhooks;
 mod serve_shape;
+mod serve_webhooks;
 mod verify;
 mod writers;
