@@ -33,7 +33,7 @@ fn slow_mock() -> Mock {
 const CREATE: &str = r#"
 f = client.files.create(file=('requests.jsonl', args['content'].encode()), purpose='batch')
 batch = client.batches.create(input_file_id=f.id, endpoint=args.get('endpoint', '/v1/chat/completions'),
-    completion_window='24h')
+    completion_window=args.get('window', '24h'))
 "#;
 
 const DOWNLOAD: &str = r#"
@@ -160,6 +160,44 @@ fn a_cancelled_batch_ends_cancelled_with_its_partial_results() {
     assert_eq!(output.len() as u64, completed);
     // A cancelled batch cannot be cancelled again.
     assert_eq!(out["extra"], 409);
+}
+
+#[test]
+fn a_batch_past_its_completion_window_expires_with_its_finished_lines_kept() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mock = slow_mock();
+    let server = Server::start(&dir.path().join("data"), &mock, &["--workers", "4"]);
+    let script = format!(
+        "{CREATE}batch = wait(batch.id, lambda b: b.status in ('expired', 'completed', 'failed'))\n{DOWNLOAD}"
+    );
+    let total = 2000;
+    let out = server.python(
+        &script,
+        json!({"content": openai_lines(total), "window": "3s"}),
+    );
+    let batch = &out["batch"];
+    assert_eq!(batch["status"], "expired", "{batch}\n{}", server.log());
+    assert!(batch["expired_at"].as_u64() >= batch["expires_at"].as_u64());
+    let counts = &batch["request_counts"];
+    let (completed, failed) = (
+        counts["completed"].as_u64().expect("a count"),
+        counts["failed"].as_u64().expect("a count"),
+    );
+    assert_eq!(counts["total"], total, "{batch}");
+    assert_eq!(completed + failed, total as u64, "{batch}");
+    assert!(completed > 0 && failed > 0, "{batch}");
+    let output = by_id(&out["output"]);
+    let errors = by_id(&out["errors"]);
+    assert_eq!(output.len() as u64, completed);
+    assert_eq!(errors.len() as u64, failed);
+    for line in errors.values() {
+        assert_eq!(line["error"]["code"], "batch_expired", "{line}");
+        assert!(line["response"].is_null(), "{line}");
+    }
+    assert!(
+        output.keys().all(|id| !errors.contains_key(id)),
+        "each custom_id in one file"
+    );
 }
 
 #[test]

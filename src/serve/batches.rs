@@ -17,9 +17,17 @@ use super::wire::{
 };
 use super::{AppState, blocking};
 
-/// The one completion window OpenAI offers; batchflow has no deadline of its own.
+/// The one completion window OpenAI offers, and the longest batchflow takes. Shorter ones
+/// (`"90s"`, `"30m"`) are batchflow's extension, for local use: at the window's end a batch is
+/// `expired`, its finished lines kept.
 const COMPLETION_WINDOW: &str = "24h";
 const WINDOW_SECS: u64 = 24 * 3600;
+
+/// The window's length in seconds, if it is one batchflow takes: 1 s up to 24 h.
+fn window_secs(window: &str) -> Option<u64> {
+    let secs = humantime::parse_duration(window.trim()).ok()?.as_secs();
+    (1..=WINDOW_SECS).contains(&secs).then_some(secs)
+}
 /// OpenAI's limit on metadata pairs.
 const MAX_METADATA: usize = 16;
 
@@ -34,12 +42,14 @@ pub async fn create(
             ApiError::invalid(rejection.body_text(), None)
         }
     })?;
-    if request.completion_window != COMPLETION_WINDOW {
+    let Some(window) = window_secs(&request.completion_window) else {
         return Err(ApiError::invalid(
-            format!("completion_window must be '{COMPLETION_WINDOW}'."),
+            format!(
+                "completion_window must be '{COMPLETION_WINDOW}' (or, with batchflow, a shorter duration such as '90s' or '30m')."
+            ),
             Some("completion_window"),
         ));
-    }
+    };
     if !ENDPOINTS.contains(&request.endpoint.as_str()) {
         return Err(ApiError::invalid(
             format!(
@@ -92,7 +102,7 @@ pub async fn create(
                 error_file_id: None,
                 created_at,
                 in_progress_at: None,
-                expires_at: Some(created_at + WINDOW_SECS),
+                expires_at: Some(created_at + window),
                 finalizing_at: None,
                 completed_at: None,
                 failed_at: None,
@@ -197,5 +207,20 @@ pub async fn cancel(
             state.runner.cancel(&id);
             Ok(Json(batch))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openais_window_and_shorter_ones_are_taken_longer_ones_not() {
+        assert_eq!(window_secs("24h"), Some(WINDOW_SECS));
+        assert_eq!(window_secs("90s"), Some(90));
+        assert_eq!(window_secs("30m"), Some(1800));
+        assert_eq!(window_secs("25h"), None);
+        assert_eq!(window_secs("0s"), None);
+        assert_eq!(window_secs("soon"), None);
     }
 }

@@ -10,6 +10,8 @@
 
 mod cancelled;
 
+pub use cancelled::Unsent;
+
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -20,7 +22,7 @@ use arrow_array::{Array, StringArray};
 use serde_json::value::RawValue;
 
 use super::store::{Store, StoreError};
-use super::wire::{BatchStatus, LineError, LineResponse, OutputLine, RequestCounts};
+use super::wire::{LineError, LineResponse, OutputLine, RequestCounts};
 use crate::backend::http::random_id;
 use crate::sink::checkpoint::{self, ResultsError};
 use crate::sink::{dataset, results};
@@ -253,6 +255,7 @@ fn request_id(body: &RawValue) -> String {
 pub fn result_files(
     store: &Store,
     id: &str,
+    unsent: Option<Unsent>,
 ) -> Result<(Option<String>, Option<String>, RowCounts), FinalizeError> {
     let dir = store.batch_dir(id)?;
     let ids = store.result_file_ids(id)?;
@@ -272,14 +275,15 @@ pub fn result_files(
     };
     let errors = dir.join("errors.jsonl");
     write_errors(&dir.join("results"), &errors)?;
-    // A cancelled batch accounts for every request: those it never sent are failed too, so
-    // that completed + failed is the total, as OpenAI's cancelled batches report.
-    let cancelled_input = store
-        .batch(id)?
-        .filter(|stored| stored.batch.status == BatchStatus::Cancelling)
-        .and_then(|stored| store.content_path(&stored.batch.input_file_id));
-    if let Some(input) = cancelled_input {
-        counts.errors += cancelled::write_cancelled(&input, &dir.join("results"), &errors)?;
+    // A cancelled or expired batch accounts for every request: those it never sent are
+    // failed too, so that completed + failed is the total, as OpenAI's batches report.
+    if let Some(why) = unsent {
+        let input = store
+            .batch(id)?
+            .and_then(|stored| store.content_path(&stored.batch.input_file_id));
+        if let Some(input) = input {
+            counts.errors += cancelled::write_unsent(&input, &dir.join("results"), &errors, why)?;
+        }
     }
     let error_bytes = std::fs::metadata(&errors).map_or(0, |metadata| metadata.len());
     let errors_id = if store.file(&ids.error)?.is_some() {
@@ -387,7 +391,7 @@ mod tests {
         // A killed run's error file: a line for a row its last checkpoint lacks.
         let errors = batch_dir.join("errors.jsonl");
         std::fs::write(&errors, "{\"custom_id\": \"lost\"}\n").expect("written");
-        let (output, error_file, counts) = result_files(&store, &id).expect("finalized");
+        let (output, error_file, counts) = result_files(&store, &id, None).expect("finalized");
         assert_eq!(counts, RowCounts { ok: 3, errors: 2 });
         assert!(output.is_some());
         let error_file = error_file.expect("an error file");
@@ -403,7 +407,7 @@ mod tests {
         assert_eq!(ids, ["req-3", "req-4"], "{text}");
 
         // Finalizing again after a crash makes no second pair of files.
-        let again = result_files(&store, &id).expect("finalized");
+        let again = result_files(&store, &id, None).expect("finalized");
         assert_eq!((again.0, again.1), (output, Some(error_file)));
         assert_eq!(store.files().expect("listed").len(), 2);
         assert!(!errors.exists());

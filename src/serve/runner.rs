@@ -12,14 +12,15 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::check;
-use super::finalize::{self, RowCounts};
+use super::finalize::{self, RowCounts, Unsent};
 use super::stall::{self, StoreFailed};
 use super::store::{Store, StoreError};
 use super::webhooks::Events;
@@ -64,6 +65,9 @@ enum Ending {
     Failed(Vec<BatchError>),
     /// The engine ran to its end (or to a cancel).
     Ran,
+    /// The batch's completion window closed before it ended: what ran is kept, the rest is
+    /// `batch_expired`.
+    Expired,
     /// The data directory failed (logged): the batch stays as it is, to be run again.
     Stalled,
 }
@@ -223,6 +227,8 @@ impl Runner {
         let ending = match batch.status {
             // Cancelled while queued: nothing ran (or what a previous server ran is kept).
             BatchStatus::Cancelling => Ending::Ran,
+            // Its window closed while it waited (or while the server was down).
+            _ if batch.expires_at.is_some_and(|at| at <= unix_now()) => Ending::Expired,
             _ => self.run_engine(batch, server).await,
         };
         let closed = match ending {
@@ -232,7 +238,8 @@ impl Runner {
             }
             Ending::Stalled => Err(StoreFailed),
             Ending::Failed(errors) => self.fail(id, errors).await,
-            Ending::Ran => self.finish(id).await,
+            Ending::Ran => self.finish(id, false).await,
+            Ending::Expired => self.finish(id, true).await,
         };
         match closed {
             Ok(()) => Turn::Done,
@@ -285,6 +292,7 @@ impl Runner {
     /// Validates (the first time) and runs the batch through the engine.
     async fn run_engine(&self, batch: Batch, server: &Shutdown) -> Ending {
         let id = batch.id.clone();
+        let expires_at = batch.expires_at;
         let Some(input) = self.store.content_path(&batch.input_file_id) else {
             return Ending::Failed(vec![problem("invalid_file", "the input file is gone")]);
         };
@@ -326,11 +334,17 @@ impl Runner {
                 Err(StoreFailed) => return Ending::Stalled,
             }
         }
-        self.engine(&id, input, server).await
+        self.engine(&id, input, expires_at, server).await
     }
 
-    /// The engine's run of the batch, resuming its results.
-    async fn engine(&self, id: &str, input: PathBuf, server: &Shutdown) -> Ending {
+    /// The engine's run of the batch, resuming its results, stopped at `expires_at`.
+    async fn engine(
+        &self,
+        id: &str,
+        input: PathBuf,
+        expires_at: Option<u64>,
+        server: &Shutdown,
+    ) -> Ending {
         let dir = match self.store.batch_dir(id) {
             Ok(dir) => dir,
             Err(error) => {
@@ -383,6 +397,9 @@ impl Runner {
             shutdown.stop();
         }
         let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
+        let expired = Arc::new(AtomicBool::new(false));
+        let expiry = expires_at
+            .map(|at| tokio::spawn(expire_at(at, shutdown.clone(), Arc::clone(&expired))));
         let run = engine::run(config, None, shutdown);
         tokio::pin!(run);
         // The counts clients see are the record's, written here every second, never the
@@ -396,6 +413,9 @@ impl Runner {
             }
         };
         follow.abort();
+        if let Some(expiry) = expiry {
+            expiry.abort();
+        }
         // The run's last counts go into the record, so that a poll while finalizing sees them.
         if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
             // Counts only: a failure (logged) leaves the last ones written, which finalizing
@@ -417,6 +437,7 @@ impl Runner {
             Err(error) => Some(error),
         };
         match fatal {
+            None if expired.load(Ordering::SeqCst) => Ending::Expired,
             None => Ending::Ran,
             Some(fatal) if stall::engine_stalled(&fatal) => {
                 tracing::error!(batch_id = %id, "Writing the batch's results failed: {fatal}.");
@@ -464,9 +485,9 @@ impl Runner {
         Ok(())
     }
 
-    /// Writes the output and error files and closes the batch as completed, or cancelled if
-    /// it was being cancelled.
-    async fn finish(&self, id: &str) -> Result<(), StoreFailed> {
+    /// Writes the output and error files and closes the batch as completed, cancelled if it
+    /// was being cancelled, or `expired`.
+    async fn finish(&self, id: &str, expired: bool) -> Result<(), StoreFailed> {
         let finalizing = self
             .update(id, |batch| {
                 if batch.status == BatchStatus::InProgress {
@@ -481,9 +502,16 @@ impl Runner {
         if batch.status == BatchStatus::Finalizing {
             tracing::info!(batch_id = %id, "Batch finalizing.");
         }
+        let cancelled = batch.status == BatchStatus::Cancelling;
+        let unsent = match (cancelled, expired) {
+            (true, _) => Some(Unsent::Cancelled),
+            (false, true) => Some(Unsent::Expired),
+            (false, false) => None,
+        };
         let (store, owned) = (self.store.clone(), id.to_owned());
         let files =
-            tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned)).await;
+            tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned, unsent))
+                .await;
         let (output, errors, counts) = match files {
             Ok(Ok(files)) => files,
             Ok(Err(error)) if stall::finalize_stalled(&error) => {
@@ -501,11 +529,10 @@ impl Runner {
                     .await;
             }
         };
-        let cancelled = batch.status == BatchStatus::Cancelling;
-        let ending = if cancelled {
-            BatchStatus::Cancelled
-        } else {
-            BatchStatus::Completed
+        let ending = match unsent {
+            Some(Unsent::Cancelled) => BatchStatus::Cancelled,
+            Some(Unsent::Expired) => BatchStatus::Expired,
+            None => BatchStatus::Completed,
         };
         let close = self.update(id, move |batch| {
             batch.output_file_id = output;
@@ -515,12 +542,11 @@ impl Runner {
                 completed: counts.ok,
                 failed: counts.errors,
             };
-            if cancelled {
-                batch.status = BatchStatus::Cancelled;
-                batch.cancelled_at = Some(unix_now());
-            } else {
-                batch.status = BatchStatus::Completed;
-                batch.completed_at = Some(unix_now());
+            batch.status = ending;
+            match ending {
+                BatchStatus::Cancelled => batch.cancelled_at = Some(unix_now()),
+                BatchStatus::Expired => batch.expired_at = Some(unix_now()),
+                _ => batch.completed_at = Some(unix_now()),
             }
         });
         let closed = self.events.announce(id, ending, close).await?;
@@ -535,6 +561,16 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Stops a batch's run at `at` (Unix seconds), its completion window's end, saying so in
+/// `expired`: in-flight requests drain, the rest are `batch_expired`.
+async fn expire_at(at: u64, batch: Shutdown, expired: Arc<AtomicBool>) {
+    let wait = Duration::from_secs(at.saturating_sub(unix_now()));
+    tokio::time::sleep(wait).await;
+    expired.store(true, Ordering::SeqCst);
+    tracing::info!("A batch's completion window closed: stopping it.");
+    batch.stop();
 }
 
 /// Passes the server's stop and abort on to a batch's run.

@@ -1,6 +1,7 @@
-//! The error lines of the requests a cancelled batch never sent: one `batch_cancelled` line,
-//! with no response, for each input line whose custom_id its results lack, so that the
-//! batch's counts add up to its total as OpenAI's do. The rest of finalizing is the parent's.
+//! The error lines of the requests a cancelled or expired batch never sent: one
+//! `batch_cancelled` or `batch_expired` line, with no response, for each input line whose
+//! custom_id its results lack, so that the batch's counts add up to its total as OpenAI's do.
+//! The rest of finalizing is the parent's.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -15,16 +16,37 @@ use crate::serve::wire::{LineError, OutputLine};
 use crate::sink::checkpoint::{self, ResultsError};
 use crate::sink::dataset;
 
-/// What the error file says of a request that a cancel kept from being sent.
-const NOT_SENT: &str = "This request was not executed: the batch was cancelled first.";
+/// Why a batch ended before sending every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    Cancelled,
+    Expired,
+}
 
-/// Appends to the error file at `path` a `batch_cancelled` line for each request of `input`
-/// that the dataset `results` has no row for; how many. Holds the custom_ids of the results
-/// (compact per-id state), never the input.
-pub(super) fn write_cancelled(
+impl Unsent {
+    /// The error of each request it kept from being sent.
+    fn error(self) -> LineError<'static> {
+        match self {
+            Unsent::Cancelled => LineError {
+                code: "batch_cancelled",
+                message: "This request was not executed: the batch was cancelled first.",
+            },
+            Unsent::Expired => LineError {
+                code: "batch_expired",
+                message: "This request could not be executed before the completion window expired.",
+            },
+        }
+    }
+}
+
+/// Appends to the error file at `path` a line for each request of `input` that the dataset
+/// `results` has no row for, with the error of `why`; how many. Holds the custom_ids of the
+/// results (compact per-id state), never the input.
+pub(super) fn write_unsent(
     input: &Path,
     results: &Path,
     path: &Path,
+    why: Unsent,
 ) -> Result<u64, ResultsError> {
     #[derive(serde::Deserialize)]
     struct Request {
@@ -66,10 +88,7 @@ pub(super) fn write_cancelled(
             id: format!("batch_req_{}", random_id()),
             custom_id: Some(&custom_id),
             response: None,
-            error: Some(LineError {
-                code: "batch_cancelled",
-                message: NOT_SENT,
-            }),
+            error: Some(why.error()),
         };
         line.clear();
         serde_json::to_writer(&mut line, &output).map_err(|error| ResultsError::Io {
