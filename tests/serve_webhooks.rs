@@ -177,7 +177,7 @@ fn outbox(data: &Path) -> usize {
 }
 
 const CREATE: &str = "f = client.files.create(file=('requests.jsonl', args['content'].encode()), purpose='batch')\n\
-    batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')\n";
+    batch = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window=args.get('window', '24h'))\n";
 
 /// Runs a batch of `lines` to its end; its id.
 fn completed_batch(server: &Server, lines: usize) -> String {
@@ -190,7 +190,7 @@ fn completed_batch(server: &Server, lines: usize) -> String {
 }
 
 #[test]
-fn completed_failed_and_cancelled_batches_are_announced_as_openai_signs_them() {
+fn completed_failed_cancelled_and_expired_batches_are_announced_as_openai_signs_them() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let data = dir.path().join("data");
     let receiver = Receiver::start(0);
@@ -212,11 +212,20 @@ fn completed_failed_and_cancelled_batches_are_announced_as_openai_signs_them() {
          print(json.dumps({{'id': batch.id}}))"
     );
     let cancelled = server.python(&script, json!({"content": openai_lines(2000)}))["id"].clone();
-    support::wait_until("three events are delivered and none is pending", || {
-        receiver.accepted().len() >= 3 && outbox(&data) == 0
+    let script = format!(
+        "{CREATE}batch = wait(batch.id, lambda b: b.status == 'expired')\n\
+         print(json.dumps({{'id': batch.id}}))"
+    );
+    let expired = server.python(
+        &script,
+        json!({"content": openai_lines(2000), "window": "2s"}),
+    )["id"]
+        .clone();
+    support::wait_until("four events are delivered and none is pending", || {
+        receiver.accepted().len() >= 4 && outbox(&data) == 0
     });
     let deliveries = receiver.deliveries();
-    assert_eq!(deliveries.len(), 3, "{deliveries:#?}\n{}", server.log());
+    assert_eq!(deliveries.len(), 4, "{deliveries:#?}\n{}", server.log());
     let mut events: Vec<(String, String)> = unwrapped(&deliveries)
         .iter()
         .map(|event| {
@@ -234,6 +243,10 @@ fn completed_failed_and_cancelled_batches_are_announced_as_openai_signs_them() {
                 cancelled.as_str().expect("an id").to_owned()
             ),
             ("batch.completed".to_owned(), completed),
+            (
+                "batch.expired".to_owned(),
+                expired.as_str().expect("an id").to_owned()
+            ),
             (
                 "batch.failed".to_owned(),
                 failed.as_str().expect("an id").to_owned()
