@@ -271,7 +271,7 @@ fn an_unknown_model_is_refused_before_reading_with_the_models_listed() {
 }
 
 #[test]
-fn a_model_rejected_mid_run_stops_early_instead_of_failing_every_line() {
+fn a_model_rejected_mid_run_is_each_lines_error_and_the_run_goes_on() {
     let mock = Mock::start(fast_mock(2));
     let input: String = (0..500)
         .map(|index| {
@@ -285,13 +285,18 @@ fn a_model_rejected_mid_run_stops_early_instead_of_failing_every_line() {
         &input,
         &["--backend", &mock.url(), "--no-preflight", "--workers", "2"],
     );
-    assert_eq!(run.code(), Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("model \"gone\""), "{}", run.stderr);
-    assert!(
-        run.lines.len() < 100,
-        "stopped early, wrote {} lines",
-        run.lines.len()
-    );
+    // Issue 22: as OpenAI's and vLLM's batch runners do, the line fails, not the run.
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert_eq!(run.lines.len(), 500, "every line answered");
+    for line in &run.lines {
+        assert_eq!(line["error"]["code"], "model_not_found", "{line}");
+        assert!(
+            line["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("\"gone\"")),
+            "{line}"
+        );
+    }
 }
 
 #[test]

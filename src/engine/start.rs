@@ -116,13 +116,7 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
         }
         _ => None,
     };
-    let backends = config
-        .backends
-        .iter()
-        .cloned()
-        .map(HttpBackend::new)
-        .collect::<Result<Vec<_>, BackendError>>()?;
-    let pool = Arc::new(BackendPool::new(backends, config.stage.most_workers()));
+    let pool = Arc::new(pool_of(&config)?);
     let base_url = pool
         .backends()
         .map(HttpBackend::base_url)
@@ -166,14 +160,18 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
 /// The models the backends of `config` serve, merged, as a run's preflight finds them; `None`
 /// when preflight is off. For a server validating a batch before it runs it.
 pub async fn models(config: &RunConfig) -> Result<Option<Arc<ModelCatalog>>, Error> {
+    Ok(check_backends(config, &pool_of(config)?).await?.0)
+}
+
+/// The backends of `config`, each with its share of the workers.
+fn pool_of(config: &RunConfig) -> Result<BackendPool, Error> {
     let backends = config
         .backends
         .iter()
         .cloned()
         .map(HttpBackend::new)
         .collect::<Result<Vec<_>, BackendError>>()?;
-    let pool = BackendPool::new(backends, config.stage.most_workers());
-    Ok(check_backends(config, &pool).await?.0)
+    Ok(BackendPool::new(backends, config.stage.most_workers()))
 }
 
 /// Preflight of every backend (unless turned off): the models each has, merged into one
