@@ -115,6 +115,11 @@ fn now_ms() -> u64 {
         })
 }
 
+/// When a lease taken or renewed now for `lease_for` ends, in milliseconds since the epoch.
+fn expiry(lease_for: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(lease_for.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -137,7 +142,7 @@ impl Lease {
         let record = |token| Record {
             token,
             holder: Holder::me(),
-            expires_at_ms: now_ms() + u64::try_from(lease_for.as_millis()).unwrap_or(u64::MAX),
+            expires_at_ms: expiry(lease_for),
             released: false,
         };
         for _ in 0..TAKE_ATTEMPTS {
@@ -240,8 +245,7 @@ impl Shared {
             return Err(self.fenced(held.record.token));
         }
         let mut record = held.record.clone();
-        record.expires_at_ms =
-            now_ms() + u64::try_from(self.lease_for.as_millis()).unwrap_or(u64::MAX);
+        record.expires_at_ms = expiry(self.lease_for);
         let bytes = serde_json::to_vec(&record).map_err(|error| ResultsError::Io {
             path: PathBuf::from(self.remote.url_of(&self.name)),
             cause: error.into(),
@@ -281,7 +285,7 @@ impl Shared {
             return;
         };
         let condition = PutCondition::Unchanged(held.version.clone());
-        if let Err(error) = self.remote.put(&self.name, bytes, &condition) {
+        if let Err(error) = self.quick.put(&self.name, bytes, &condition) {
             tracing::debug!(
                 "Cannot release the lease of {}: {error}.",
                 self.owner.describe()
