@@ -43,8 +43,19 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// The new generation a run in `mode` starts, if it starts one: a new run does, and an
+    /// `--overwrite` does, replacing the other shard layouts too; a resume goes on with the
+    /// shard's own.
+    pub fn for_mode(mode: OutputMode) -> Option<Marker> {
+        match mode {
+            OutputMode::New => Some(Marker::new(false)),
+            OutputMode::Overwrite => Some(Marker::new(true)),
+            OutputMode::Resume { .. } => None,
+        }
+    }
+
     /// A new generation.
-    pub fn new(replaces_other_layouts: bool) -> Marker {
+    fn new(replaces_other_layouts: bool) -> Marker {
         Marker {
             generation: format!("{:016x}", fastrand::u64(..)),
             replaces_other_layouts,
@@ -148,22 +159,20 @@ pub fn settle(
     let mut parts = dataset::list_parts(dir, owner)?;
     let others = dataset::other_layout_parts(dir, owner)?;
     let mut dropped = Vec::new();
-    let marker = match mode {
-        OutputMode::New | OutputMode::Overwrite => {
+    let marker = match preset.or_else(|| Marker::for_mode(mode)) {
+        Some(marker) => {
             if let (OutputMode::New, Some(part)) = (mode, parts.first()) {
                 return Err(ResultsError::Exists {
                     path: part.path.clone(),
                 });
             }
-            let replacing = mode == OutputMode::Overwrite;
-            if !replacing {
+            if !marker.replaces_other_layouts {
                 refuse_other_layouts(dir, owner, &others)?;
             }
-            let marker = preset.unwrap_or_else(|| Marker::new(replacing));
             write(dir, owner, &marker)?;
             Some(marker)
         }
-        OutputMode::Resume { .. } => {
+        None => {
             let marker = read(dir, owner)?;
             if !marker
                 .as_ref()
@@ -254,26 +263,34 @@ fn refuse_other_layouts(
     if others.is_empty() {
         return Ok(());
     }
-    let mut names: Vec<String> = others.iter().take(3).map(|path| file_name(path)).collect();
+    let names: Vec<String> = others.iter().map(|path| file_name(path)).collect();
+    Err(other_layout(&dir.display().to_string(), owner, &names))
+}
+
+/// The refusal of a run of `owner` in `dir` (a path or a store's URL), which holds `others`:
+/// parts of another shard layout, the first three named.
+pub fn other_layout(dir: &str, owner: PartOwner, others: &[String]) -> ResultsError {
+    let mut names: Vec<&str> = others.iter().take(3).map(String::as_str).collect();
+    let more = format!("and {} more", others.len().saturating_sub(names.len()));
     if others.len() > names.len() {
-        names.push(format!("and {} more", others.len() - names.len()));
+        names.push(&more);
     }
-    Err(ResultsError::OtherLayout {
-        dir: dir.display().to_string(),
+    ResultsError::OtherLayout {
+        dir: dir.to_owned(),
         owner: owner.describe(),
         parts: names.join(", "),
-    })
+    }
 }
 
 /// Removes the parts of other layouts, unless one of their runs is still writing.
 fn remove_other_layouts(dir: &Path, others: &[PathBuf]) -> Result<(), ResultsError> {
-    let owners: std::collections::BTreeSet<(u64, u64)> = others
+    let mut owners: Vec<PartOwner> = others
         .iter()
         .filter_map(|path| dataset::owner_of(&file_name(path)))
-        .map(|owner| (owner.index, owner.count))
         .collect();
-    for (index, count) in owners {
-        let other = PartOwner { index, count };
+    owners.sort_by_key(|owner| (owner.count, owner.index));
+    owners.dedup();
+    for other in owners {
         let lock_path = dataset::lock_path(dir, other);
         if let Some(holder) = lock::holder(&lock_path)? {
             return Err(ResultsError::Busy {

@@ -151,11 +151,7 @@ pub fn prepare(
             };
             let lock = dataset::lock(&output.path, owner, lock_file)?;
             // A run that starts a generation on a store records it there before anything else.
-            let marker = match (output.mode, remote) {
-                (OutputMode::New, Some(_)) => Some(Marker::new(false)),
-                (OutputMode::Overwrite, Some(_)) => Some(Marker::new(true)),
-                _ => None,
-            };
+            let marker = remote.as_ref().and_then(|_| Marker::for_mode(output.mode));
             let mut shard = remote
                 .as_ref()
                 .map(|remote| {

@@ -391,16 +391,7 @@ impl RemoteShard {
                 .collect();
         let marker_name = generation::marker_name(owner);
         let local_marker = dir.join(&marker_name);
-        let other_layout = || ResultsError::OtherLayout {
-            dir: remote.url().to_owned(),
-            owner: owner.describe(),
-            parts: others
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
+        let other_layout = || generation::other_layout(remote.url(), owner, &others);
         let replaces_others = match (mode, marker) {
             (OutputMode::New, _) if !others.is_empty() => return Err(other_layout()),
             (OutputMode::New, _) if !parts.is_empty() => {
