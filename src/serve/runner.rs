@@ -12,7 +12,6 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -397,11 +396,16 @@ impl Runner {
             shutdown.stop();
         }
         let follow = tokio::spawn(follow_server(server.clone(), shutdown.clone()));
-        let expired = Arc::new(AtomicBool::new(false));
-        let expiry = expires_at
-            .map(|at| tokio::spawn(expire_at(at, shutdown.clone(), Arc::clone(&expired))));
-        let run = engine::run(config, None, shutdown);
+        let run = engine::run(config, None, shutdown.clone());
         tokio::pin!(run);
+        // At the end of its completion window the batch stops as a cancel stops it: in-flight
+        // requests drain, the rest are `batch_expired`. (Without a window the branch below is
+        // never polled.)
+        let window = tokio::time::sleep(Duration::from_secs(
+            expires_at.map_or(0, |at| at.saturating_sub(unix_now())),
+        ));
+        tokio::pin!(window);
+        let mut expired = false;
         // The counts clients see are the record's, written here every second, never the
         // engine's live counters: what a poll showed is then on disk, and a server killed and
         // started again never shows less.
@@ -410,12 +414,14 @@ impl Runner {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = every.tick() => self.record_counts(id, &watch, kept),
+                _ = &mut window, if expires_at.is_some() && !expired => {
+                    expired = true;
+                    tracing::info!(batch_id = %id, "The batch's completion window closed: stopping it.");
+                    shutdown.stop();
+                }
             }
         };
         follow.abort();
-        if let Some(expiry) = expiry {
-            expiry.abort();
-        }
         // The run's last counts go into the record, so that a poll while finalizing sees them.
         if let Some(last) = watch.live().map(|live| live.snapshot(Instant::now())) {
             // Counts only: a failure (logged) leaves the last ones written, which finalizing
@@ -437,7 +443,7 @@ impl Runner {
             Err(error) => Some(error),
         };
         match fatal {
-            None if expired.load(Ordering::SeqCst) => Ending::Expired,
+            None if expired => Ending::Expired,
             None => Ending::Ran,
             Some(fatal) if stall::engine_stalled(&fatal) => {
                 tracing::error!(batch_id = %id, "Writing the batch's results failed: {fatal}.");
@@ -561,16 +567,6 @@ impl Runner {
         }
         Ok(())
     }
-}
-
-/// Stops a batch's run at `at` (Unix seconds), its completion window's end, saying so in
-/// `expired`: in-flight requests drain, the rest are `batch_expired`.
-async fn expire_at(at: u64, batch: Shutdown, expired: Arc<AtomicBool>) {
-    let wait = Duration::from_secs(at.saturating_sub(unix_now()));
-    tokio::time::sleep(wait).await;
-    expired.store(true, Ordering::SeqCst);
-    tracing::info!("A batch's completion window closed: stopping it.");
-    batch.stop();
 }
 
 /// Passes the server's stop and abort on to a batch's run.
