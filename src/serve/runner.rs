@@ -57,6 +57,12 @@ pub struct Runner {
     events: Events,
 }
 
+/// How a served batch's runs report: to the server's log, warnings and errors only.
+const SERVED: Console = Console {
+    quiet: true,
+    stderr_is_terminal: false,
+};
+
 /// How a run ended, for the record.
 enum Ending {
     /// The server is stopping: the batch stays as it is, to be resumed.
@@ -271,13 +277,9 @@ impl Runner {
     /// What the backends serve, for validation; `None` when they cannot be asked now (the
     /// run's own preflight then says why) or preflight is off.
     async fn models(&self) -> Option<Arc<ModelCatalog>> {
-        let console = Console {
-            quiet: true,
-            stderr_is_terminal: false,
-        };
         let config = self
             .template
-            .resolve(console, None, |name| std::env::var(name).ok())
+            .resolve(SERVED, None, |name| std::env::var(name).ok())
             .ok()?;
         match engine::models(&config).await {
             Ok(models) => models,
@@ -361,18 +363,16 @@ impl Runner {
         let options = RunOptions {
             input: Input::File(input),
             results: Some(results),
-            errors_file: Some(dir.join("errors.jsonl")),
             stats_file: Some(dir.join("stats.json")),
+            // Finalizing writes the error file from the results, in OpenAI's line shape, so
+            // the engine keeps none of its own.
+            errors_file: None,
             existing: OutputMode::Resume {
                 retry_errors: false,
             },
             ..self.template.clone()
         };
-        let console = Console {
-            quiet: true,
-            stderr_is_terminal: false,
-        };
-        let mut config = match options.resolve(console, None, |name| std::env::var(name).ok()) {
+        let mut config = match options.resolve(SERVED, None, |name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(error) => {
                 return Ending::Failed(vec![problem("invalid_config", &error.to_string())]);

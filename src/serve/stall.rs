@@ -13,7 +13,6 @@ use super::store::StoreError;
 use crate::error::Error;
 use crate::sink::SinkError;
 use crate::sink::checkpoint::ResultsError;
-use crate::sink::errors::ErrorsFileError;
 
 /// The first pause after a stall; each further one doubles, up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
@@ -55,14 +54,12 @@ pub fn settle<T>(
     }
 }
 
-/// Whether the engine stopped because writing the batch's results or error file failed.
+/// Whether the engine stopped because writing the batch's results failed.
 pub fn engine_stalled(error: &Error) -> bool {
     match error {
         Error::Output(error) => sink_failed(error),
-        Error::Results(error) | Error::ErrorsFile(ErrorsFileError::Results(error)) => {
-            results_failed(error)
-        }
-        Error::ErrorsFile(ErrorsFileError::Io { .. }) | Error::OpenOutput { .. } => true,
+        Error::Results(error) => results_failed(error),
+        Error::OpenOutput { .. } => true,
         _ => false,
     }
 }

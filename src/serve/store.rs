@@ -4,7 +4,7 @@
 //! files/<file_id>/content      the bytes, renamed into place only once whole
 //! files/<file_id>/meta.json    its File object; a file without one does not exist
 //! batches/<batch_id>.json      the Batch object
-//! batches/<batch_id>/          the batch's run: results/ (the engine's dataset), errors.jsonl, stats.json
+//! batches/<batch_id>/          the batch's run: results/ (the engine's dataset), stats.json
 //! ```
 //!
 //! Every JSON record is written atomically (`<name>.tmp`, fsync, rename, fsync of the folder),
