@@ -21,7 +21,7 @@ use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
 use crate::sink::dataset::{self, PartOwner};
 use crate::sink::generation::{self, Marker};
 use crate::sink::lock;
-use crate::storage::{self, Remote, StorageError};
+use crate::storage::{self, Remote, Staging, StorageError};
 
 /// The results at a path or URL, listed.
 pub struct ResultsSet {
@@ -49,40 +49,6 @@ pub struct ResultsEntry {
 enum Source {
     Local,
     Remote { remote: Remote, staging: Staging },
-}
-
-/// A private folder under the temporary directory, removed with what is in it when dropped.
-pub struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    /// This user's folder for `key` (a URL) in this process.
-    pub fn create(what: &str, key: &str) -> Result<Staging, ResultsError> {
-        let dir = storage::staging_name(what, &format!("{key} {}", std::process::id()));
-        storage::create_private_dir(&dir)?;
-        Ok(Staging { dir })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // Nothing in it is kept: a folder left by a crash is this user's, in the temporary
-        // directory, and taken again by the next run of the same URL in the same process id.
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Downloads the object at `url` into `staging`, under its own name; its local path.
-pub fn download(url: &str, staging: &Staging) -> Result<PathBuf, ResultsError> {
-    let (remote, name) = Remote::open_object(url)?;
-    let local = staging.path().join(&name);
-    remote.download(&name, &local)?;
-    Ok(local)
 }
 
 impl ResultsSet {

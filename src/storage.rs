@@ -168,6 +168,42 @@ pub fn staging_name(prefix: &str, key: &str) -> PathBuf {
     ))
 }
 
+/// A private folder under the temporary directory for what is downloaded from a store (an
+/// input, results being read), removed with what is in it when dropped.
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// This user's folder for `key` (a URL) in this process.
+    pub fn create(what: &str, key: &str) -> Result<Staging, StorageError> {
+        let dir = staging_name(what, &format!("{key} {}", std::process::id()));
+        create_private_dir(&dir)?;
+        Ok(Staging { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Downloads the object at `url` into this folder, under its own name: its local path and
+    /// size.
+    pub fn download(&self, url: &str) -> Result<(PathBuf, u64), StorageError> {
+        let (remote, name) = Remote::open_object(url)?;
+        let local = self.dir.join(&name);
+        let bytes = remote.download(&name, &local)?;
+        Ok((local, bytes))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Nothing in it is kept: a folder left by a crash is this user's, in the temporary
+        // directory, and taken again by the next run of the same URL in the same process id.
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A folder of objects (a prefix) in a store.
 #[derive(Clone)]
 pub struct Remote {

@@ -95,9 +95,9 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
         Input::File(path) => match path.to_str().filter(|text| storage::is_url(text)) {
             Some(url) => {
                 let url = url.to_owned();
-                let local = blocking(move || download_input(&url)).await?;
-                config.input = Input::File(local.clone());
-                Some(DownloadedInput(local))
+                let (staging, local) = blocking(move || download_input(&url)).await?;
+                config.input = Input::File(local);
+                Some(staging)
             }
             None => None,
         },
@@ -291,29 +291,15 @@ fn stdin_file(input: &Input) -> Option<fs::Metadata> {
     File::from(handle).metadata().ok()
 }
 
-/// A downloaded input, removed (with its folder) when dropped: at the end of checking, once
-/// the source holds it open, or on any error before.
-struct DownloadedInput(PathBuf);
-
-impl Drop for DownloadedInput {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-        if let Some(folder) = self.0.parent() {
-            let _ = fs::remove_dir(folder);
-        }
-    }
-}
-
 /// Downloads an input object to a folder of its own in the temporary directory, under the
-/// object's name (which the results record as the input's).
-fn download_input(url: &str) -> Result<PathBuf, Error> {
-    let (remote, name) = storage::Remote::open_object(url)?;
-    let folder = storage::staging_name("batchflow-input", &format!("{url} {}", std::process::id()));
-    storage::create_private_dir(&folder)?;
-    let local = folder.join(&name);
-    let bytes = remote.download(&name, &local)?;
+/// object's name (which the results record as the input's). The folder, and the file with it,
+/// go when it is dropped: at the end of checking, once the source holds the file open, or on
+/// any error before.
+fn download_input(url: &str) -> Result<(storage::Staging, PathBuf), Error> {
+    let staging = storage::Staging::create("batchflow-input", url)?;
+    let (local, bytes) = staging.download(url)?;
     tracing::info!("Downloaded the input {url} ({bytes} bytes).");
-    Ok(local)
+    Ok((staging, local))
 }
 
 /// Checks every file of the run against the others (see [`crate::paths`]), then points each

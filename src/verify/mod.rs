@@ -47,7 +47,7 @@ use arrow_array::types::Int64Type;
 use crate::idset::IdHasher;
 use crate::item::{ErrorCode, SourceItem};
 use crate::options::RunOptions;
-use crate::results_set::{self, Opened, ResultsEntry, ResultsSet, Staging};
+use crate::results_set::{self, Opened, ResultsEntry, ResultsSet};
 use crate::sink::checkpoint::ResultsError;
 use crate::source::{self, Input, SourceError, SourceOptions};
 use crate::storage;
@@ -110,8 +110,9 @@ pub fn verify(
         Input::Stdin => return Err(VerifyError::Stdin),
         Input::File(input) if storage::is_url(&input.to_string_lossy()) => {
             let url = input.to_string_lossy();
-            let staging = Staging::create("batchflow-verify-input", &url)?;
-            let local = results_set::download(&url, &staging)?;
+            let staging = storage::Staging::create("batchflow-verify-input", &url)
+                .map_err(ResultsError::from)?;
+            let (local, _) = staging.download(&url).map_err(ResultsError::from)?;
             downloaded = Some(staging);
             local_options = RunOptions {
                 input: Input::File(local),
