@@ -234,10 +234,11 @@ fn a_served_pipeline_file_starts_the_server_and_flags_win_over_it() {
     assert_eq!(batch["status"], "completed", "{}", server.log());
     assert_eq!(batch["request_counts"]["completed"], 25);
     let id = batch["id"].as_str().expect("an id");
+    assert!(dir.path().join("state/index.sqlite").is_file());
     assert!(
         dir.path()
-            .join(format!("state/batches/{id}.json"))
-            .is_file()
+            .join(format!("state/batches/{id}/results"))
+            .is_dir()
     );
     drop(server);
 
@@ -249,8 +250,8 @@ fn a_served_pipeline_file_starts_the_server_and_flags_win_over_it() {
     let batch = server.python(ONE_BATCH, json!({"content": openai_lines(5)}));
     assert_eq!(batch["status"], "completed", "{}", server.log());
     let id = batch["id"].as_str().expect("an id");
-    assert!(other.join(format!("batches/{id}.json")).is_file());
-    assert!(!dir.path().join(format!("state/batches/{id}.json")).exists());
+    assert!(other.join(format!("batches/{id}/results")).is_dir());
+    assert!(!dir.path().join(format!("state/batches/{id}")).exists());
 }
 
 #[test]

@@ -30,6 +30,7 @@ mod serve_limits;
 mod serve_observe;
 mod serve_owner;
 mod serve_shape;
+mod serve_store;
 mod serve_webhooks;
 mod verify;
 mod writers;

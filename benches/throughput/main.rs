@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|servestore|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -17,6 +17,8 @@
 //! - `serve` (issue 15): a 100,000-request batch through `batchflow serve`'s Batches API,
 //!   create to `completed`, over the CLI with the same workers on the same mock (target
 //!   >= 0.98); and the server's peak RSS with ten such batches created at once (< 100 MB).
+//! - `servestore` (issue 22): list, retrieve, create and a metrics scrape of `batchflow serve`
+//!   with 100,000 stored batches (under 10 ms each, under 2× the time at 100).
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
@@ -45,6 +47,7 @@ mod memory;
 mod mock;
 mod objectstore;
 mod serve;
+mod servestore;
 mod shards;
 mod slots;
 mod verify;
@@ -72,7 +75,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "slots",
     "auto",
     "backends",
@@ -82,6 +85,7 @@ const SECTIONS: [&str; 9] = [
     "objectstore",
     "verify",
     "serve",
+    "servestore",
 ];
 
 fn main() -> ExitCode {
@@ -146,7 +150,8 @@ fn main() -> ExitCode {
             "objectstore" => objectstore::run(&plan),
             "memory" => memory::run(&plan),
             "verify" => verify::run(&plan),
-            _ => serve::run(&plan),
+            "serve" => serve::run(&plan),
+            _ => servestore::run(&plan),
         };
         if let Err(error) = result {
             eprintln!("throughput: section `{section}` failed: {error}");

@@ -243,7 +243,7 @@ impl Completed {
 
 /// A running `batchflow serve` with its own data directory; killed when dropped unless
 /// stopped.
-struct Server {
+pub struct Server {
     child: Option<Child>,
     started: Instant,
     addr: String,
@@ -251,7 +251,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(plan: &Plan, mock: &Mock, workers: u32, data_dir: &Path) -> io::Result<Server> {
+    pub fn start(plan: &Plan, mock: &Mock, workers: u32, data_dir: &Path) -> io::Result<Server> {
         fs::create_dir_all(data_dir)?;
         let log = data_dir.with_extension("log");
         let started = Instant::now();
@@ -277,7 +277,8 @@ impl Server {
 
     /// The address the server logs once it listens.
     fn bound_address(&mut self) -> io::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A start moves an earlier data directory's records into the index first.
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let text = fs::read_to_string(&self.log)?;
             let found = text
@@ -303,7 +304,7 @@ impl Server {
     }
 
     /// SIGTERM, then what the whole process cost.
-    fn stop(mut self, limit: Duration) -> io::Result<Usage> {
+    pub fn stop(mut self, limit: Duration) -> io::Result<Usage> {
         let child = self
             .child
             .take()
@@ -347,7 +348,7 @@ impl Server {
     }
 
     /// `POST /v1/batches` over `file_id`: the batch's id.
-    fn create(&self, file_id: &str) -> io::Result<String> {
+    pub fn create(&self, file_id: &str) -> io::Result<String> {
         let body = json!({
             "input_file_id": file_id,
             "endpoint": ENDPOINT,
@@ -424,7 +425,7 @@ impl Server {
 
     /// One HTTP/1.1 exchange on a fresh connection: the JSON body of a 200 answer.
     /// `write_body` writes exactly `length` bytes.
-    fn call(
+    pub fn call(
         &self,
         method: &str,
         path: &str,
@@ -432,6 +433,22 @@ impl Server {
         length: u64,
         write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<Value> {
+        let body = self.exchange(method, path, content_type, length, write_body)?;
+        serde_json::from_str(&body).map_err(|error| {
+            io::Error::other(format!("{method} {path}: not JSON ({error}): {body}"))
+        })
+    }
+
+    /// One request on a connection of its own: the body of a 200 answer, else an error
+    /// holding the answer.
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        length: u64,
+        write_body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<String> {
         let stream = TcpStream::connect(&self.addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         stream.set_write_timeout(Some(Duration::from_secs(60)))?;
@@ -472,9 +489,7 @@ impl Server {
         if status != Some(200) {
             return Err(io::Error::other(format!("{method} {path}: {head}\n{body}")));
         }
-        serde_json::from_str(body).map_err(|error| {
-            io::Error::other(format!("{method} {path}: not JSON ({error}): {body}"))
-        })
+        Ok(body.to_owned())
     }
 }
 

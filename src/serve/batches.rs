@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::check::ENDPOINTS;
-use super::store::{BATCH_PREFIX, StoredBatch};
+use super::store::{BATCH_PREFIX, Page, StoredBatch};
 use super::wire::{
-    ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, page, unix_now,
+    ApiError, Batch, BatchList, BatchStatus, CreateBatch, RequestCounts, unix_now, unknown_cursor,
 };
 use super::{AppState, blocking};
 
@@ -74,11 +74,11 @@ pub async fn create(
     let file = blocking(&state.store, move |store| store.file(&input)).await?;
     match file {
         None => return Err(ApiError::not_found("File", &request.input_file_id)),
-        Some(stored) if stored.file.purpose != "batch" => {
+        Some(file) if file.purpose != "batch" => {
             return Err(ApiError::invalid(
                 format!(
                     "File {} has purpose '{}'; a batch's input has purpose 'batch'.",
-                    request.input_file_id, stored.file.purpose
+                    request.input_file_id, file.purpose
                 ),
                 Some("input_file_id"),
             ));
@@ -132,10 +132,7 @@ pub async fn retrieve(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Batch>, ApiError> {
     let looked_up = id.clone();
-    let found = blocking(&state.store, move |store| {
-        Ok(store.batch(&looked_up)?.map(|stored| stored.batch))
-    })
-    .await?;
+    let found = blocking(&state.store, move |store| store.batch(&looked_up)).await?;
     found
         .map(Json)
         .ok_or_else(|| ApiError::not_found("Batch", &id))
@@ -159,14 +156,13 @@ pub async fn list(
             Some("limit"),
         ));
     }
-    let batches = blocking(&state.store, |store| store.batches()).await?;
-    let (data, has_more) = page(
-        batches.into_iter().map(|stored| stored.batch).collect(),
-        |batch| &batch.id,
-        |_| true,
-        query.after.as_deref(),
-        limit,
-    )?;
+    let after = query.after.clone();
+    let page = blocking(&state.store, move |store| {
+        store.batches(after.as_deref(), limit)
+    })
+    .await?
+    .ok_or_else(|| unknown_cursor(query.after.as_deref()))?;
+    let Page { data, has_more } = page;
     Ok(Json(BatchList {
         object: "list",
         first_id: data.first().map(|batch| batch.id.clone()),

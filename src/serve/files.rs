@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::store::{FileDeletion, StoredFile};
-use super::wire::{ApiError, FileDeleted, FileList, FileObject, Order, page, unix_now};
+use super::store::{FileDeletion, Page, StoredFile};
+use super::wire::{ApiError, FileDeleted, FileList, FileObject, Order, unix_now, unknown_cursor};
 use super::{AppState, blocking};
 
 /// Purposes an upload may have: batchflow only runs batches.
@@ -222,18 +222,13 @@ pub async fn list(
         ));
     }
     let order = Order::parse(query.order.as_deref())?;
-    let files = blocking(&state.store, |store| store.files()).await?;
-    let mut files: Vec<FileObject> = files.into_iter().map(|stored| stored.file).collect();
-    if order == Order::Asc {
-        files.reverse();
-    }
-    let (data, has_more) = page(
-        files,
-        |file| &file.id,
-        |file| query.purpose.as_ref().is_none_or(|p| *p == file.purpose),
-        query.after.as_deref(),
-        limit,
-    )?;
+    let (purpose, after) = (query.purpose.clone(), query.after.clone());
+    let page = blocking(&state.store, move |store| {
+        store.files(purpose.as_deref(), order, after.as_deref(), limit)
+    })
+    .await?
+    .ok_or_else(|| unknown_cursor(query.after.as_deref()))?;
+    let Page { data, has_more } = page;
     Ok(Json(FileList {
         object: "list",
         first_id: data.first().map(|file| file.id.clone()),
@@ -249,7 +244,7 @@ pub async fn retrieve(
 ) -> Result<Json<FileObject>, ApiError> {
     let looked_up = id.clone();
     match blocking(&state.store, move |store| store.file(&looked_up)).await? {
-        Some(stored) => Ok(Json(stored.file)),
+        Some(file) => Ok(Json(file)),
         None => Err(ApiError::not_found("File", &id)),
     }
 }

@@ -280,7 +280,7 @@ pub fn result_files(
     if let Some(why) = unsent {
         let input = store
             .batch(id)?
-            .and_then(|stored| store.content_path(&stored.batch.input_file_id));
+            .and_then(|batch| store.content_path(&batch.input_file_id));
         if let Some(input) = input {
             counts.errors += cancelled::write_unsent(&input, &dir.join("results"), &errors, why)?;
         }
@@ -409,8 +409,92 @@ mod tests {
         // Finalizing again after a crash makes no second pair of files.
         let again = result_files(&store, &id, None).expect("finalized");
         assert_eq!((again.0, again.1), (output, Some(error_file)));
-        assert_eq!(store.files().expect("listed").len(), 2);
+        let listed = store
+            .files(None, crate::serve::wire::Order::Desc, None, 10)
+            .expect("listed")
+            .expect("no cursor to miss");
+        assert_eq!(listed.data.len(), 2);
         assert!(!errors.exists());
+    }
+
+    #[test]
+    fn a_batch_broken_mid_run_keeps_what_ran_and_fails_each_line_it_never_sent() {
+        use crate::serve::store::{StoredBatch, StoredFile};
+        use crate::serve::wire::{Batch, BatchStatus, FileObject, RequestCounts};
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let (input, staged) = store.staging().expect("staged");
+        let lines: String = (0..5)
+            .map(|line| format!("{{\"custom_id\": \"req-{line}\"}}\n"))
+            .collect();
+        std::fs::write(&staged, lines).expect("written");
+        let file = FileObject {
+            id: input.clone(),
+            object: "file".into(),
+            bytes: 0,
+            created_at: 0,
+            filename: "in.jsonl".into(),
+            purpose: "batch".into(),
+            status: "processed".into(),
+        };
+        let order = store.next_order();
+        store
+            .commit_file(&StoredFile { file, order })
+            .expect("stored");
+        let id = store
+            .new_id(crate::serve::store::BATCH_PREFIX)
+            .expect("an id");
+        let batch: Batch = serde_json::from_value(json!({
+            "id": id, "object": "batch", "endpoint": "/v1/chat/completions", "errors": null,
+            "input_file_id": input, "completion_window": "24h", "status": "in_progress",
+            "output_file_id": null, "error_file_id": null, "created_at": 0,
+            "in_progress_at": null, "expires_at": null, "finalizing_at": null,
+            "completed_at": null, "failed_at": null, "expired_at": null, "cancelling_at": null,
+            "cancelled_at": null, "request_counts": RequestCounts::default(), "metadata": null,
+        }))
+        .expect("a batch");
+        assert_eq!(batch.status, BatchStatus::InProgress);
+        let order = store.next_order();
+        assert!(
+            store
+                .create_batch(&StoredBatch { batch, order })
+                .expect("stored")
+        );
+        dataset(
+            &store.batch_dir(&id).expect("its folder").join("results"),
+            2,
+            1,
+        );
+
+        let (output, error_file, counts) =
+            result_files(&store, &id, Some(Unsent::Failed)).expect("finalized");
+        assert_eq!(counts, RowCounts { ok: 2, errors: 3 });
+        assert!(output.is_some());
+        let path = store
+            .content_path(&error_file.expect("an error file"))
+            .expect("stored");
+        let text = std::fs::read_to_string(path).expect("readable");
+        let codes: Vec<(String, String)> = text
+            .lines()
+            .map(|line| {
+                let line: Value = serde_json::from_str(line).expect("a JSON line");
+                let custom_id = line["custom_id"].as_str().unwrap_or_default().to_owned();
+                let code = line["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                (custom_id, code)
+            })
+            .collect();
+        assert_eq!(codes[0].0, "req-2");
+        assert_eq!(
+            codes[1..],
+            [
+                ("req-3".to_owned(), "batch_failed".to_owned()),
+                ("req-4".to_owned(), "batch_failed".to_owned())
+            ],
+            "{text}"
+        );
     }
 
     #[test]

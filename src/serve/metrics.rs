@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use super::store::Store;
 use super::wire::{ApiError, BatchStatus};
 use super::{AppState, blocking};
 use crate::metrics::text::{self, Family, Kind, Value};
@@ -23,20 +24,7 @@ struct ServerFigures {
 }
 
 pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let by_status = blocking(&state.store, |store| {
-        let batches = store.batches()?;
-        Ok(BatchStatus::ALL
-            .into_iter()
-            .map(|status| {
-                let count = batches
-                    .iter()
-                    .filter(|stored| stored.batch.status == status)
-                    .count();
-                (status, count as u64)
-            })
-            .collect())
-    })
-    .await?;
+    let by_status = blocking(&state.store, Store::batch_counts).await?;
     let running = state.runner.running();
     let figures = ServerFigures {
         by_status,

@@ -67,14 +67,25 @@ const SERVED: Console = Console {
 enum Ending {
     /// The server is stopping: the batch stays as it is, to be resumed.
     Suspended,
+    /// Refused before anything was sent (the input, the configuration).
     Failed(Vec<BatchError>),
     /// The engine ran to its end (or to a cancel).
     Ran,
+    /// The engine stopped with an error: what ran is kept in the output and error files, the
+    /// rest is `batch_failed`, and the batch ends `failed`.
+    Broken(Vec<BatchError>),
     /// The batch's completion window closed before it ended: what ran is kept, the rest is
     /// `batch_expired`.
     Expired,
     /// The data directory failed (logged): the batch stays as it is, to be run again.
     Stalled,
+}
+
+/// How a batch that ran is closed.
+enum Close {
+    Ran,
+    Expired,
+    Broken(Vec<BatchError>),
 }
 
 /// How a batch's turn in the queue ended.
@@ -147,18 +158,12 @@ impl Runner {
     /// The ids of batches not yet in a final state, oldest first.
     async fn unfinished(&self) -> Result<Vec<String>, StoreError> {
         let store = self.store.clone();
-        let batches = tokio::task::spawn_blocking(move || store.batches())
+        tokio::task::spawn_blocking(move || store.unfinished_batches())
             .await
             .map_err(|error| StoreError::Io {
                 path: PathBuf::new(),
                 cause: std::io::Error::other(error),
-            })??;
-        Ok(batches
-            .into_iter()
-            .rev()
-            .filter(|stored| !stored.batch.status.is_terminal())
-            .map(|stored| stored.batch.id)
-            .collect())
+            })?
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
@@ -243,8 +248,9 @@ impl Runner {
             }
             Ending::Stalled => Err(StoreFailed),
             Ending::Failed(errors) => self.fail(id, errors).await,
-            Ending::Ran => self.finish(id, false).await,
-            Ending::Expired => self.finish(id, true).await,
+            Ending::Ran => self.finish(id, Close::Ran).await,
+            Ending::Expired => self.finish(id, Close::Expired).await,
+            Ending::Broken(errors) => self.finish(id, Close::Broken(errors)).await,
         };
         match closed {
             Ok(()) => Turn::Done,
@@ -257,7 +263,7 @@ impl Runner {
     async fn load(&self, id: &str) -> Result<Option<Batch>, StoreFailed> {
         let (store, owned) = (self.store.clone(), id.to_owned());
         let loaded = tokio::task::spawn_blocking(move || store.batch(&owned)).await;
-        stall::settle(id, "read", loaded).map(|stored| stored.flatten().map(|stored| stored.batch))
+        stall::settle(id, "read", loaded).map(Option::flatten)
     }
 
     /// Changes the batch's record off the runtime; `Ok(None)` if there is no such batch, or
@@ -449,7 +455,7 @@ impl Runner {
                 tracing::error!(batch_id = %id, "Writing the batch's results failed: {fatal}.");
                 Ending::Stalled
             }
-            Some(fatal) => Ending::Failed(vec![problem("engine_error", &fatal.to_string())]),
+            Some(fatal) => Ending::Broken(vec![problem("engine_error", &fatal.to_string())]),
         }
     }
 
@@ -491,9 +497,9 @@ impl Runner {
         Ok(())
     }
 
-    /// Writes the output and error files and closes the batch as completed, cancelled if it
-    /// was being cancelled, or `expired`.
-    async fn finish(&self, id: &str, expired: bool) -> Result<(), StoreFailed> {
+    /// Writes the output and error files and closes the batch: cancelled if it was being
+    /// cancelled, else as `close` says.
+    async fn finish(&self, id: &str, close: Close) -> Result<(), StoreFailed> {
         let finalizing = self
             .update(id, |batch| {
                 if batch.status == BatchStatus::InProgress {
@@ -509,16 +515,21 @@ impl Runner {
             tracing::info!(batch_id = %id, "Batch finalizing.");
         }
         let cancelled = batch.status == BatchStatus::Cancelling;
-        let unsent = match (cancelled, expired) {
-            (true, _) => Some(Unsent::Cancelled),
-            (false, true) => Some(Unsent::Expired),
-            (false, false) => None,
+        let (unsent, errors) = match close {
+            _ if cancelled => (Some(Unsent::Cancelled), None),
+            Close::Ran => (None, None),
+            Close::Expired => (Some(Unsent::Expired), None),
+            Close::Broken(errors) => (Some(Unsent::Failed), Some(errors)),
         };
+        let reason = errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|error| error.message.clone());
         let (store, owned) = (self.store.clone(), id.to_owned());
         let files =
             tokio::task::spawn_blocking(move || finalize::result_files(&store, &owned, unsent))
                 .await;
-        let (output, errors, counts) = match files {
+        let (output, error_file, counts) = match files {
             Ok(Ok(files)) => files,
             Ok(Err(error)) if stall::finalize_stalled(&error) => {
                 tracing::error!(batch_id = %id, "Cannot write the batch's files: {error}.");
@@ -538,11 +549,15 @@ impl Runner {
         let ending = match unsent {
             Some(Unsent::Cancelled) => BatchStatus::Cancelled,
             Some(Unsent::Expired) => BatchStatus::Expired,
+            Some(Unsent::Failed) => BatchStatus::Failed,
             None => BatchStatus::Completed,
         };
         let close = self.update(id, move |batch| {
             batch.output_file_id = output;
-            batch.error_file_id = errors;
+            batch.error_file_id = error_file;
+            if let Some(errors) = errors {
+                batch.errors = Some(BatchErrors::new(errors));
+            }
             batch.request_counts = RequestCounts {
                 total: batch.request_counts.total.max(counts.ok + counts.errors),
                 completed: counts.ok,
@@ -552,6 +567,7 @@ impl Runner {
             match ending {
                 BatchStatus::Cancelled => batch.cancelled_at = Some(unix_now()),
                 BatchStatus::Expired => batch.expired_at = Some(unix_now()),
+                BatchStatus::Failed => batch.failed_at = Some(unix_now()),
                 _ => batch.completed_at = Some(unix_now()),
             }
         });
@@ -562,6 +578,7 @@ impl Runner {
                 status = ?batch.status,
                 completed = counts.ok,
                 failed = counts.errors,
+                reason,
                 "Batch closed."
             );
         }

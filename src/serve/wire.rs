@@ -72,33 +72,17 @@ impl Order {
     }
 }
 
-/// One page of `items` (in listing order): those kept by `keep` after the item whose id is
-/// `after`, at most `limit`; and whether more follow. `after` is looked up among all items,
-/// kept or not, so that a filter does not change what a cursor means. An `after` that names
-/// no item is a 400: answering with the first page again would send a client that follows
-/// `has_more` round in a loop, and one whose cursor was deleted would silently see items
-/// twice.
-pub fn page<T>(
-    items: Vec<T>,
-    id: impl Fn(&T) -> &str,
-    keep: impl Fn(&T) -> bool,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<T>, bool), ApiError> {
-    let mut items = items;
-    if let Some(after) = after {
-        let Some(position) = items.iter().position(|item| id(item) == after) else {
-            return Err(ApiError::invalid(
-                format!("after: no object with id '{after}' to list after."),
-                Some("after"),
-            ));
-        };
-        items.drain(..=position);
-    }
-    let mut kept = items.into_iter().filter(|item| keep(item));
-    let data: Vec<T> = kept.by_ref().take(limit).collect();
-    let has_more = kept.next().is_some();
-    Ok((data, has_more))
+/// The answer to a list whose `after` names no stored object: a 400. Answering with the first
+/// page again would send a client that follows `has_more` round in a loop, and one whose
+/// cursor was deleted would silently see items twice.
+pub fn unknown_cursor(after: Option<&str>) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "after: no object with id '{}' to list after.",
+            after.unwrap_or_default()
+        ),
+        Some("after"),
+    )
 }
 
 /// Where a batch stands.
@@ -412,47 +396,6 @@ mod tests {
         assert_eq!(text, "\"in_progress\"");
         assert!(BatchStatus::Cancelled.is_terminal());
         assert!(!BatchStatus::Cancelling.is_terminal());
-    }
-
-    fn letters() -> Vec<String> {
-        ["a", "b", "c", "d"].map(String::from).to_vec()
-    }
-
-    fn ids(page: Result<(Vec<String>, bool), ApiError>) -> (Vec<String>, bool) {
-        page.expect("a page")
-    }
-
-    #[test]
-    fn pages_start_after_the_given_id_and_know_when_more_follow() {
-        let all = |_: &String| true;
-        let (first, more) = ids(page(letters(), String::as_str, all, None, 2));
-        assert_eq!((first, more), (vec!["a".to_owned(), "b".to_owned()], true));
-        let (second, more) = ids(page(letters(), String::as_str, all, Some("b"), 2));
-        assert_eq!(
-            (second, more),
-            (vec!["c".to_owned(), "d".to_owned()], false)
-        );
-        let (last, more) = ids(page(letters(), String::as_str, all, Some("d"), 2));
-        assert!(last.is_empty() && !more);
-    }
-
-    #[test]
-    fn an_unknown_cursor_is_refused_not_read_as_the_start() {
-        let error =
-            page(letters(), String::as_str, |_| true, Some("x"), 2).expect_err("no such id");
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        assert_eq!(error.param, Some("after"));
-    }
-
-    #[test]
-    fn a_filtered_page_counts_only_what_it_keeps() {
-        let not_c = |item: &String| item != "c";
-        // "c" is passed over, so nothing kept follows "b"…"d" beyond the limit.
-        let (data, more) = ids(page(letters(), String::as_str, not_c, Some("a"), 2));
-        assert_eq!((data, more), (vec!["b".to_owned(), "d".to_owned()], false));
-        // A cursor on an item the filter drops still places the page.
-        let (data, more) = ids(page(letters(), String::as_str, not_c, Some("c"), 2));
-        assert_eq!((data, more), (vec!["d".to_owned()], false));
     }
 
     #[test]

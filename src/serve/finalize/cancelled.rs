@@ -21,6 +21,8 @@ use crate::sink::dataset;
 pub enum Unsent {
     Cancelled,
     Expired,
+    /// The engine stopped with an error after sending started.
+    Failed,
 }
 
 impl Unsent {
@@ -34,6 +36,10 @@ impl Unsent {
             Unsent::Expired => LineError {
                 code: "batch_expired",
                 message: "This request could not be executed before the completion window expired.",
+            },
+            Unsent::Failed => LineError {
+                code: "batch_failed",
+                message: "This request was not executed: the batch failed first (see its errors).",
             },
         }
     }

@@ -222,9 +222,7 @@ pub(super) fn statuses(
         .pending()?
         .into_iter()
         .map(|event| {
-            let status = store
-                .batch(&event.data.id)?
-                .map(|stored| stored.batch.status);
+            let status = store.batch(&event.data.id)?.map(|batch| batch.status);
             Ok((event, status))
         })
         .collect()
