@@ -23,10 +23,9 @@ use batchflow::progress;
 use batchflow::shutdown::Shutdown;
 use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
-use clap::Parser;
 use flags::{
-    Cli, Command, DemoArgs, LogArgs, MockArgs, PipelineRunArgs, RunArgs, ServeArgs, StatusArgs,
-    TuneArgs, ValidateArgs, VerifyArgs,
+    Cli, Command, DemoArgs, Given, LogArgs, MockArgs, PipelineRunArgs, RunArgs, ServeArgs,
+    StatusArgs, TuneArgs, ValidateArgs, VerifyArgs, folder_of_saved,
 };
 
 /// A results file's row group is built in buffers of megabytes that are freed at each
@@ -45,7 +44,7 @@ fn return_large_blocks_to_the_system() {
 
 fn main() -> ExitCode {
     return_large_blocks_to_the_system();
-    let cli = Cli::parse();
+    let cli = Cli::parse_noting_given();
     init_logging(cli.log);
     // One thread runs the stage and every connection, so a request's future and its socket
     // never wake each other across threads: on the multi-threaded runtime those hand-offs cost
@@ -171,8 +170,82 @@ fn env(name: &str) -> Option<String> {
 }
 
 async fn run_batch(args: RunArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
-    let stdout = args.output.is_none() || args.jsonl;
-    run_options(args.options(), args.mock, stdout, log, shutdown).await
+    if args.records.prompt.is_some() {
+        return run_records(args, log, shutdown).await;
+    }
+    if args.knobs.dry_run {
+        let mock = match args.knobs.backend.mock {
+            true => Some(start_mock(None).await?),
+            false => None,
+        };
+        let url = mock.as_ref().map(MockServer::url);
+        let config = args.options().resolve(console(log), url, env)?;
+        return dry_run(config, &ExtraColumns::default(), &shutdown).await;
+    }
+    let output = &args.knobs.output;
+    let stdout = output.output.is_none() || output.jsonl;
+    run_options(
+        args.options(),
+        args.knobs.backend.mock,
+        stdout,
+        log,
+        shutdown,
+    )
+    .await
+}
+
+/// Records with `--prompt`: the pipeline the flags describe (saved first with
+/// `--save-pipeline`), run as `run FILE` runs one.
+async fn run_records(
+    args: RunArgs,
+    log: LogArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<ExitStatus> {
+    let save = args.records.save_pipeline.clone();
+    let folder = folder_of_saved(save.as_deref());
+    let file = match args.records.pipeline(
+        args.input.as_deref(),
+        &args.knobs.backend,
+        Some(&args.knobs),
+        &args.given,
+        &folder,
+    ) {
+        Ok(file) => file,
+        Err(problem) => {
+            eprintln!("batchflow: {problem}");
+            return Ok(ExitStatus::Error);
+        }
+    };
+    if let Some(path) = &save {
+        let text = toml::to_string_pretty(&file).context("cannot write the pipeline as TOML")?;
+        let header = format!(
+            "# Written by `batchflow --save-pipeline`; run it again with\n#   batchflow run {}\n",
+            path.display()
+        );
+        std::fs::write(path, format!("{header}{text}"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!("Saved the pipeline to {}.", path.display());
+    }
+    let source = PipelineSource::Built {
+        file: Box::new(file),
+        folder,
+        saved: save,
+    };
+    run_pipeline_from(source, &[], &args.knobs, &args.given, log, shutdown).await
+}
+
+/// Prints the first requests a run would send (and the records' columns), sending nothing.
+async fn dry_run(
+    config: RunConfig,
+    extras: &ExtraColumns,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ExitStatus> {
+    let rendered = tokio::select! {
+        _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
+        rendered = batchflow::validate::dry_run(config, extras) => rendered?,
+    };
+    print!("{rendered}");
+    Ok(ExitStatus::Success)
 }
 
 /// Resolves `options` (against the built-in mock when `mock`) and runs them, with JSONL on
@@ -235,6 +308,29 @@ fn report_problems(file: &Path, problems: &[String]) -> ExitStatus {
     ExitStatus::Error
 }
 
+/// Where a run's pipeline comes from.
+enum PipelineSource {
+    /// A pipeline file, with `--set` overrides.
+    File(std::path::PathBuf),
+    /// Made from a run's flags (records with `--prompt`), relative paths read from `folder`;
+    /// `saved` where `--save-pipeline` wrote it.
+    Built {
+        file: Box<batchflow::config::PipelineFile>,
+        folder: std::path::PathBuf,
+        saved: Option<std::path::PathBuf>,
+    },
+}
+
+impl PipelineSource {
+    /// How messages name it.
+    fn label(&self) -> &Path {
+        match self {
+            PipelineSource::File(path) => path,
+            PipelineSource::Built { .. } => Path::new("--prompt"),
+        }
+    }
+}
+
 /// A pipeline file resolved into a run, with the built-in mock it asked for (kept alive by
 /// the caller for the run's length).
 struct PipelineRun {
@@ -244,20 +340,27 @@ struct PipelineRun {
     _mock: Option<MockServer>,
 }
 
-/// Loads and checks `file` with `sets`, lays `flags` over its options and resolves them;
-/// problems with the file are printed and come back as the exit status. When the file or
-/// `mock` asks for the built-in mock, `mock_workers` sizes it, or says not to start it.
+/// Loads and checks the pipeline (a file with `sets`), lays `flags` over its options and
+/// resolves them; problems with the pipeline are printed and come back as the exit status.
+/// When the pipeline or `mock` asks for the built-in mock, `mock_workers` sizes it, or says
+/// not to start it.
 async fn pipeline_run(
-    file: &Path,
+    source: &PipelineSource,
     sets: &[String],
     mock: bool,
     mock_workers: impl FnOnce(&Pipeline) -> Option<Option<Workers>>,
     flags: impl FnOnce(&mut RunOptions),
     log: LogArgs,
 ) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
-    let (pipeline, extras) = match batchflow::validate::load_checked(file, sets, env)? {
+    let checked = match source {
+        PipelineSource::File(file) => batchflow::validate::load_checked(file, sets, env)?,
+        PipelineSource::Built { file, folder, .. } => {
+            batchflow::validate::check_built(file, folder)
+        }
+    };
+    let (pipeline, extras) = match checked {
         Ok(checked) => checked,
-        Err(problems) => return Ok(Err(report_problems(file, &problems))),
+        Err(problems) => return Ok(Err(report_problems(source.label(), &problems))),
     };
     let workers = (mock || pipeline.backend.mock)
         .then(|| mock_workers(&pipeline))
@@ -269,7 +372,13 @@ async fn pipeline_run(
     let mut options = RunOptions::default();
     pipeline.apply(&mut options);
     options.extras = extras.clone();
-    options.pipeline_file = Some(file.to_owned());
+    match source {
+        PipelineSource::File(file) => options.pipeline_file = Some(file.clone()),
+        PipelineSource::Built { saved, .. } => {
+            options.pipeline_file = saved.clone();
+            options.knobs = batchflow::paths::Knobs::flags();
+        }
+    }
     flags(&mut options);
     let config = options.resolve(console(log), mock.as_ref().map(MockServer::url), env)?;
     Ok(Ok(PipelineRun {
@@ -280,14 +389,44 @@ async fn pipeline_run(
     }))
 }
 
+/// `--model NAME` over a pipeline file: its `request.model`, set before the file is checked
+/// (for records the model is part of each request's shape).
+fn model_set(model: Option<&str>) -> Option<String> {
+    model.map(|model| format!("request.model={}", toml::Value::String(model.to_owned())))
+}
+
 async fn run_pipeline(
     args: PipelineRunArgs,
     log: LogArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
-    let flags = |options: &mut RunOptions| args.lay_over(options);
-    let mock_workers = |pipeline: &Pipeline| (!args.dry_run).then_some(pipeline.workers);
-    let run = pipeline_run(&args.file, &args.set, args.mock, mock_workers, flags, log).await?;
+    let mut sets = args.set.clone();
+    if args.given.has("model") {
+        sets.extend(model_set(args.knobs.backend.model.as_deref()));
+    }
+    let source = PipelineSource::File(args.file.clone());
+    run_pipeline_from(source, &sets, &args.knobs, &args.given, log, shutdown).await
+}
+
+/// Runs a pipeline with the run's flags laid over it (those `given` win), or shows its first
+/// requests with `--dry-run`.
+async fn run_pipeline_from(
+    source: PipelineSource,
+    sets: &[String],
+    knobs: &flags::RunKnobs,
+    given: &Given,
+    log: LogArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<ExitStatus> {
+    let flags = |options: &mut RunOptions| knobs.lay_over(options, given);
+    let mock_workers = |pipeline: &Pipeline| {
+        let workers = match given.has("workers") {
+            true => Some(knobs.workers),
+            false => pipeline.workers,
+        };
+        (!knobs.dry_run).then_some(workers)
+    };
+    let run = pipeline_run(&source, sets, knobs.backend.mock, mock_workers, flags, log).await?;
     let PipelineRun {
         config,
         pipeline,
@@ -297,13 +436,8 @@ async fn run_pipeline(
         Ok(run) => run,
         Err(status) => return Ok(status),
     };
-    if args.dry_run {
-        let rendered = tokio::select! {
-            _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
-            rendered = batchflow::validate::dry_run(config, &extras) => rendered?,
-        };
-        print!("{rendered}");
-        return Ok(ExitStatus::Success);
+    if knobs.dry_run {
+        return dry_run(config, &extras, &shutdown).await;
     }
     // A JSONL file is the engine's to check and open, like every other output.
     let jsonl = match &pipeline.jsonl {
@@ -314,16 +448,51 @@ async fn run_pipeline(
 }
 
 async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
-    let pipeline_file = args.run.input.clone().filter(|path| {
+    let pipeline_file = args.input.clone().filter(|path| {
         path.extension()
             .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
     });
+    let source = match (pipeline_file, &args.records.prompt) {
+        (Some(file), _) => Some(PipelineSource::File(file)),
+        (None, Some(_)) => {
+            let built = args.records.pipeline(
+                args.input.as_deref(),
+                &args.backend,
+                None,
+                &args.given,
+                Path::new("."),
+            );
+            match built {
+                Ok(file) => Some(PipelineSource::Built {
+                    file: Box::new(file),
+                    folder: ".".into(),
+                    saved: None,
+                }),
+                Err(problem) => {
+                    eprintln!("batchflow: {problem}");
+                    return Ok(ExitStatus::Error);
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let flags = |options: &mut RunOptions| {
+        args.backend.lay_over(options, &args.given);
+        if args.given.has("max_line_bytes") {
+            options.max_line_bytes = args.max_line_bytes;
+        }
+    };
     // Kept alive for the whole measurement.
     let mut _mock = None;
-    let config = match pipeline_file {
+    let config = match source {
         // The pipeline's own settings, as `run FILE [--mock]` would take them.
-        Some(file) => {
-            match pipeline_run(&file, &[], args.run.mock, |_| Some(None), |_| {}, log).await? {
+        Some(source) => {
+            let mut sets = Vec::new();
+            if matches!(source, PipelineSource::File(_)) && args.given.has("model") {
+                sets.extend(model_set(args.backend.model.as_deref()));
+            }
+            let mock = args.backend.mock;
+            match pipeline_run(&source, &sets, mock, |_| Some(None), flags, log).await? {
                 Ok(run) => {
                     _mock = run._mock;
                     run.config
@@ -332,11 +501,17 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
             }
         }
         None => {
-            if args.run.mock {
-                _mock = Some(start_mock(Some(args.run.workers)).await?);
+            if args.backend.mock {
+                _mock = Some(start_mock(None).await?);
             }
             let url = _mock.as_ref().map(MockServer::url);
-            args.run.options().resolve(console(log), url, env)?
+            let mut options = RunOptions {
+                input: Input::from_arg(args.input.clone()),
+                ..RunOptions::default()
+            };
+            args.backend.lay_over(&mut options, &Given::all());
+            options.max_line_bytes = args.max_line_bytes;
+            options.resolve(console(log), url, env)?
         }
     };
     let sample_requests = args.sample.max(1);
@@ -347,7 +522,33 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
 }
 
 async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
-    match batchflow::validate::validate(&args.file, &args.set, args.offline, env).await? {
+    let mut sets = args.set.clone();
+    let backend = &args.backend;
+    if args.given.has("model") {
+        sets.extend(model_set(backend.model.as_deref()));
+    }
+    if args.given.has("api_key_env") {
+        sets.extend(
+            backend
+                .api_key_env
+                .as_ref()
+                .map(|name| format!("backend.api_key_env={}", toml::Value::String(name.clone()))),
+        );
+    }
+    if args.given.has("backend") && !backend.backend.is_empty() {
+        let urls = toml::Value::Array(
+            backend
+                .backend
+                .iter()
+                .map(|url| toml::Value::String(url.clone()))
+                .collect(),
+        );
+        sets.push(format!("backend.urls={urls}"));
+        sets.push("backend.url=\"\"".to_owned());
+    }
+    // The built-in mock answers every model: there is no backend to check.
+    let offline = args.offline || backend.mock;
+    match batchflow::validate::validate(&args.file, &sets, offline, env).await? {
         Ok(summary) => {
             print!("{summary}");
             Ok(ExitStatus::Success)

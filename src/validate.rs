@@ -249,7 +249,16 @@ fn check_loaded(
     file: &Path,
     loaded: &PipelineFile,
 ) -> Result<(Pipeline, ExtraColumns), Vec<String>> {
-    let pipeline = config::resolve(loaded, folder_of(file))?;
+    check_built(loaded, folder_of(file))
+}
+
+/// The same checks of a pipeline made some other way (from a run's flags): relative paths
+/// are relative to `folder`.
+pub fn check_built(
+    loaded: &PipelineFile,
+    folder: &Path,
+) -> Result<(Pipeline, ExtraColumns), Vec<String>> {
+    let pipeline = config::resolve(loaded, folder)?;
     let columns = source_columns(&pipeline).map_err(|problem| vec![problem])?;
     if let Some(columns) = &columns {
         let problems = check_columns(&pipeline, columns);

@@ -8,6 +8,7 @@ mod bad_input;
 mod dataset;
 mod deploy;
 mod edges;
+mod front_door;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;

@@ -57,7 +57,7 @@ pub struct SourceSection {
     /// the record's content.
     pub id_column: Option<String>,
     /// Records: columns copied into the results.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passthrough: Vec<String>,
 }
 
@@ -132,10 +132,10 @@ pub struct BackendSection {
     /// Base URL (the forms `OLLAMA_HOST` accepts); default `$OLLAMA_HOST`, else 127.0.0.1:11434.
     pub url: Option<String>,
     /// Several base URLs: the batch is spread over them (each gets `workers`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
     /// Use the built-in mock server instead (a dry run without a GPU).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mock: bool,
     pub api_key_env: Option<String>,
     /// A count, or `"auto"`.

@@ -4,19 +4,20 @@
 //! `RunOptions::default()` or `MockConfig::default()`.
 
 mod options;
+mod records;
+mod run;
 mod serve;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use batchflow::mock::MockConfig;
-use batchflow::options::{RunOptions, Workers, parse_duration};
-use batchflow::source::Shard;
+use batchflow::options::{RunOptions, parse_duration};
 use batchflow::storage::StoreSettings;
-use clap::builder::TypedValueParser as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+pub use records::folder_of_saved;
+pub use run::{Given, PipelineRunArgs, RunArgs, RunKnobs, TuneArgs, ValidateArgs};
 pub use serve::ServeArgs;
 
 const EXIT_CODES: &str = "\
@@ -72,6 +73,36 @@ pub struct Cli {
     pub log: LogArgs,
 }
 
+impl Cli {
+    /// Parses the command line, noting which flags it gave (a flag given wins over a pipeline
+    /// file's value; one left at its default does not), and refusing what clap alone cannot.
+    pub fn parse_noting_given() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+        match (&mut cli.command, matches.subcommand()) {
+            (None, _) => {
+                cli.run.given = Given::from_matches(&matches);
+                if let Some(problem) = cli.run.usage_problem() {
+                    Cli::command()
+                        .error(clap::error::ErrorKind::MissingRequiredArgument, problem)
+                        .exit();
+                }
+            }
+            (Some(Command::Run(args)), Some((_, given))) => {
+                args.given = Given::from_matches(given);
+            }
+            (Some(Command::Tune(args)), Some((_, given))) => {
+                args.given = Given::from_matches(given);
+            }
+            (Some(Command::Validate(args)), Some((_, given))) => {
+                args.given = Given::from_matches(given);
+            }
+            _ => {}
+        }
+        cli
+    }
+}
+
 // Parsed once per process: the size of a variant costs nothing worth boxing for.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -103,109 +134,6 @@ pub enum Command {
     /// JSONL file, create a batch, poll it, download its output and error files, with the
     /// engine's concurrency, retries and crash-safe results underneath.
     Serve(ServeArgs),
-}
-
-/// Flags of `run FILE`. Command-line values win over the file's.
-#[derive(Debug, Clone, Args)]
-pub struct PipelineRunArgs {
-    /// The pipeline file.
-    #[arg(value_name = "PIPELINE.toml")]
-    pub file: PathBuf,
-
-    /// Override a value of the file, e.g. `--set backend.workers=16` or
-    /// `--set request.model=qwen3:8b` (repeatable; TOML values, or plain text).
-    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
-    pub set: Vec<String>,
-
-    /// Continue the pipeline's Parquet results file.
-    #[arg(long)]
-    pub resume: bool,
-
-    /// With --resume, also send again the requests whose rows are errors.
-    #[arg(long, requires = "resume")]
-    pub retry_errors: bool,
-
-    /// Replace an existing results file (and JSONL and error files).
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-
-    /// Print the first few rendered requests and the results columns, without calling the
-    /// backend.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    /// Keep the run's figures in this JSON file (overrides sink.stats).
-    #[arg(long, value_name = "FILE.json")]
-    pub stats: Option<PathBuf>,
-
-    /// Write every request that ends in error, and every invalid input line, to this JSONL
-    /// file (overrides sink.errors).
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub errors: Option<PathBuf>,
-
-    /// With --resume, continue a results file made with another model, template, options or
-    /// output schema (the change is recorded in the file).
-    #[arg(long, requires = "resume")]
-    pub allow_config_change: bool,
-
-    /// When standard error is not a terminal, log a progress line this often.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
-    pub progress_interval: FlagDuration,
-
-    /// Use the built-in mock server as the backend.
-    #[arg(long)]
-    pub mock: bool,
-
-    /// Process only shard I of N (see the main command's --shard).
-    #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
-    pub shard: Option<Shard>,
-
-    /// Serve the run's figures for Prometheus at http://ADDR/metrics while it runs (requests
-    /// by outcome, retries by cause, in flight, worker limit, latency, tokens, backend health,
-    /// GPU memory), e.g. `127.0.0.1:9464`; port 0 picks a free one (logged). An address in use
-    /// stops the run before its first request.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
-
-    /// Keep the metrics endpoint up this long after the run (with the final figures and
-    /// batchflow_run_finished 1), for a last scrape; an interrupt ends it sooner.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().metrics_linger), value_parser = flag_duration, value_name = "DURATION", requires = "metrics")]
-    pub metrics_linger: FlagDuration,
-
-    #[command(flatten)]
-    pub store: StoreArgs,
-}
-
-/// Flags of `tune`: the run flags (backend, model, timeouts…) plus the sample's size.
-#[derive(Debug, Clone, Args)]
-pub struct TuneArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-
-    /// Requests sent at each worker count: the first ones of the input (JSONL, Parquet, or a
-    /// pipeline's records).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub sample: usize,
-
-    /// The most workers to try.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub max_workers: usize,
-}
-
-/// Flags of `validate FILE`.
-#[derive(Debug, Clone, Args)]
-pub struct ValidateArgs {
-    /// The pipeline file.
-    #[arg(value_name = "PIPELINE.toml")]
-    pub file: PathBuf,
-
-    /// Override a value of the file, as with `run`.
-    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
-    pub set: Vec<String>,
-
-    /// Do not contact the backend.
-    #[arg(long)]
-    pub offline: bool,
 }
 
 /// Flags of `status`.
@@ -240,171 +168,6 @@ pub struct VerifyArgs {
     /// The --max-line-bytes the runs were given: longer lines were invalid lines.
     #[arg(long, default_value_t = RunOptions::default().max_line_bytes, value_name = "BYTES")]
     pub max_line_bytes: usize,
-}
-
-/// Flags of a batch run.
-#[derive(Debug, Clone, Args)]
-#[command(group(clap::ArgGroup::new("outputs").args(["output", "errors"]).multiple(true)))]
-pub struct RunArgs {
-    /// Input file: OpenAI Batch request lines (JSONL), or a Parquet file with columns
-    /// custom_id, method, url, body (JSON text or a struct). `-` or nothing reads JSONL from
-    /// standard input.
-    #[arg(value_name = "INPUT")]
-    pub input: Option<PathBuf>,
-
-    /// Requests in flight at once, per backend: a number matching the server's parallel slots
-    /// (OLLAMA_NUM_PARALLEL, summed over its loaded models), or `auto` to find it while running
-    /// (it grows while latency stays flat and backs off when requests queue or get 503/429).
-    #[arg(short, long, default_value_t = RunOptions::default().workers, value_parser = Workers::parse, value_name = "N|auto")]
-    pub workers: Workers,
-
-    /// Sets `model` in every request body, replacing any model the line names.
-    #[arg(short, long, value_name = "NAME")]
-    pub model: Option<String>,
-
-    /// Server base URL: `host`, `host:port` or `http://host:port[/prefix]`.
-    /// Default: $OLLAMA_HOST, else 127.0.0.1:11434. Each line's `url` path is appended.
-    /// Repeat it to spread the batch over several servers (each gets --workers).
-    #[arg(short, long, value_name = "URL")]
-    pub backend: Vec<String>,
-
-    /// Name of an environment variable holding an API key, sent as a bearer token.
-    /// The key itself is never printed or logged.
-    #[arg(long, value_name = "VAR")]
-    pub api_key_env: Option<String>,
-
-    /// Limit for one attempt of one request, from connecting to the last byte of the answer
-    /// (seconds, or a duration such as `90s`, `10m`). LLM calls on CPU can take minutes.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().timeout), value_parser = flag_duration, value_name = "DURATION")]
-    pub timeout: FlagDuration,
-
-    /// Limit for opening a connection.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().connect_timeout), value_parser = flag_duration, value_name = "DURATION")]
-    pub connect_timeout: FlagDuration,
-
-    /// Attempts after the first, for connection errors, timeouts, 429, 500, 502, 503, 504 and
-    /// malformed answers. Other 4xx answers are never retried.
-    #[arg(long, default_value_t = RunOptions::default().retry.max_retries, value_name = "N")]
-    pub retries: u32,
-
-    /// First backoff's upper bound; it doubles per failure (full jitter). A server's
-    /// Retry-After takes precedence.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().retry.base_delay), value_parser = flag_duration, value_name = "DURATION")]
-    pub retry_base: FlagDuration,
-
-    /// Longest backoff between two attempts.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().retry.max_delay), value_parser = flag_duration, value_name = "DURATION")]
-    pub retry_max: FlagDuration,
-
-    /// Write results in input order (through a bounded reorder buffer) instead of completion
-    /// order.
-    #[arg(long)]
-    pub ordered: bool,
-
-    /// Skip the checks that the backend answers and has the model before reading input.
-    #[arg(long)]
-    pub no_preflight: bool,
-
-    /// After SIGINT/SIGTERM, how long in-flight requests may take to finish. A second
-    /// interrupt aborts at once.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().grace), value_parser = flag_duration, value_name = "DURATION")]
-    pub grace: FlagDuration,
-
-    /// Longer input lines are refused (with an error line) without being held in memory.
-    #[arg(long, default_value_t = RunOptions::default().max_line_bytes, value_name = "BYTES")]
-    pub max_line_bytes: usize,
-
-    /// Larger response bodies are refused and recorded as `invalid_response`.
-    #[arg(long, default_value_t = RunOptions::default().max_response_bytes, value_name = "BYTES")]
-    pub max_response_bytes: usize,
-
-    /// Write results to this Parquet file, checkpointed as it goes so that a crash loses at
-    /// most the rows since the last checkpoint; readers opening it at any moment see the last
-    /// checkpoint whole. A path ending in `/` names a dataset directory instead: part files
-    /// `part-<i>-of-<n>-<seq>.parquet` (read with `DIR/*.parquet`), which --shard runs can
-    /// share. Standard output then gets no JSONL unless --jsonl is given.
-    #[arg(short, long, value_name = "RESULTS.parquet|DIR/")]
-    pub output: Option<PathBuf>,
-
-    /// Continue an existing --output file: keep its rows and send only the requests it lacks.
-    #[arg(long, requires = "output")]
-    pub resume: bool,
-
-    /// With --resume, also send again the requests whose rows are errors (their old rows are
-    /// dropped).
-    #[arg(long, requires = "resume")]
-    pub retry_errors: bool,
-
-    /// Replace an existing --output or --errors file.
-    #[arg(long, requires = "outputs", conflicts_with = "resume")]
-    pub overwrite: bool,
-
-    /// Write every request that ends in error, and every invalid input line, to this JSONL
-    /// file as OpenAI Batch output lines (beside --output or JSONL on standard output). With
-    /// --resume it holds exactly the results file's error rows.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub errors: Option<PathBuf>,
-
-    /// With --resume, continue a results file made with another model, template, options or
-    /// output schema; the change is recorded in the file. Without it such a resume is refused.
-    #[arg(long, requires = "resume")]
-    pub allow_config_change: bool,
-
-    /// Checkpoint the results file after this many new rows (or 8 MiB of them)...
-    #[arg(long, default_value_t = RunOptions::default().checkpoint_rows, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub checkpoint_rows: u64,
-
-    /// ...or after this long, whichever comes first.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().checkpoint_interval), value_parser = flag_duration, value_name = "DURATION")]
-    pub checkpoint_secs: FlagDuration,
-
-    /// In a dataset directory (--output DIR/), start a new part file after this many row
-    /// groups (checkpoints), or once a part holds 8 MiB.
-    #[arg(long, default_value_t = RunOptions::default().part_row_groups, value_name = "GROUPS", value_parser = clap::value_parser!(u64).range(1..=4096).map(|groups| groups as usize))]
-    pub part_row_groups: usize,
-
-    /// Leave the raw response body out of the results file.
-    #[arg(long, requires = "output")]
-    pub no_raw: bool,
-
-    /// With --output, also write JSONL results to standard output.
-    #[arg(long, requires = "output")]
-    pub jsonl: bool,
-
-    /// Keep the run's figures (counts, rates, ETA, tokens, latency, GPU) in this JSON file,
-    /// rewritten atomically every 2 seconds and at the end.
-    #[arg(long, value_name = "FILE.json")]
-    pub stats: Option<PathBuf>,
-
-    /// When standard error is not a terminal, log a progress line this often.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
-    pub progress_interval: FlagDuration,
-
-    /// Serve the run's figures for Prometheus at http://ADDR/metrics while it runs (requests
-    /// by outcome, retries by cause, in flight, worker limit, latency, tokens, backend health,
-    /// GPU memory), e.g. `127.0.0.1:9464`; port 0 picks a free one (logged). An address in use
-    /// stops the run before its first request.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
-
-    /// Keep the metrics endpoint up this long after the run (with the final figures and
-    /// batchflow_run_finished 1), for a last scrape; an interrupt ends it sooner.
-    #[arg(long, default_value_t = FlagDuration(RunOptions::default().metrics_linger), value_parser = flag_duration, value_name = "DURATION", requires = "metrics")]
-    pub metrics_linger: FlagDuration,
-
-    /// Process only shard I of N (`--shard 0/4`): the requests whose custom_id hashes to I.
-    /// N machines given the same input and I = 0…N-1 split it exactly, without coordination;
-    /// give each its own --output.
-    #[arg(long, value_name = "I/N", value_parser = Shard::parse)]
-    pub shard: Option<Shard>,
-
-    /// Send the batch to a built-in mock server instead of a real one (a dry run without a
-    /// GPU). The mock has models llama3.2 and nomic-embed-text.
-    #[arg(long, conflicts_with = "backend")]
-    pub mock: bool,
-
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 /// Object-storage flags of a run writing a dataset to `s3://`, `gs://` or `az://`.
@@ -565,10 +328,16 @@ mod tests {
     fn help_shows_the_librarys_defaults() {
         let defaults = RunOptions::default();
         let cli = Cli::try_parse_from(["batchflow"]).expect("parses");
-        assert_eq!(cli.run.workers, defaults.workers);
-        assert_eq!(cli.run.timeout.0, defaults.timeout);
-        assert_eq!(cli.run.retry_base.0, defaults.retry.base_delay);
-        assert_eq!(cli.run.checkpoint_rows, defaults.checkpoint_rows);
+        assert_eq!(cli.run.knobs.workers, defaults.workers);
+        assert_eq!(cli.run.knobs.backend.timeout.0, defaults.timeout);
+        assert_eq!(
+            cli.run.knobs.backend.retry_base.0,
+            defaults.retry.base_delay
+        );
+        assert_eq!(
+            cli.run.knobs.output.checkpoint_rows,
+            defaults.checkpoint_rows
+        );
         assert_eq!(FlagDuration(Duration::from_secs(600)).to_string(), "10m");
     }
 
@@ -594,7 +363,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["batchflow", "in.jsonl", "-w", "3", "--ordered"]).expect("parses");
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.workers, Workers::Fixed(3));
+        assert_eq!(cli.run.knobs.workers, batchflow::options::Workers::Fixed(3));
         let cli =
             Cli::try_parse_from(["batchflow", "mock-server", "--slots", "2"]).expect("parses");
         assert!(matches!(

@@ -1,88 +1,144 @@
-//! Flags into the library's options: a batch's flags laid over `RunOptions::default()`, the
-//! flags of `run FILE` laid over what the pipeline file gave (the command line wins), and the
-//! mock server's flags into a `MockConfig`.
+//! Flags into the library's options: a run's knobs laid over `RunOptions::default()` (the main
+//! command) or over what a pipeline file gave (`run FILE`, where only the flags given win),
+//! and the mock server's flags into a `MockConfig`.
 
 use batchflow::mock::MockConfig;
 use batchflow::mock::faults::FaultRates;
 use batchflow::options::RunOptions;
 use batchflow::sink::parquet::OutputMode;
 use batchflow::source::Input;
-use batchflow::stage::retry::RetryPolicy;
 
-use super::{MockArgs, PipelineRunArgs, RunArgs};
-
-/// What to do with existing outputs, as `--resume`, `--retry-errors` and `--overwrite` say.
-fn existing(resume: bool, retry_errors: bool, overwrite: bool) -> OutputMode {
-    if resume {
-        OutputMode::Resume { retry_errors }
-    } else if overwrite {
-        OutputMode::Overwrite
-    } else {
-        OutputMode::New
-    }
-}
+use super::MockArgs;
+use super::run::{BackendArgs, Given, OutputArgs, RunArgs, RunKnobs, WatchArgs};
 
 impl RunArgs {
-    /// The run these flags ask for.
+    /// The run these flags ask for, on request lines (records go through a pipeline).
     pub fn options(&self) -> RunOptions {
-        let defaults = RunOptions::default();
-        RunOptions {
+        let mut options = RunOptions {
             input: Input::from_arg(self.input.clone()),
-            model: self.model.clone(),
-            backends: self.backend.clone(),
-            api_key_env: self.api_key_env.clone(),
-            workers: self.workers,
-            timeout: self.timeout.0,
-            connect_timeout: self.connect_timeout.0,
-            retry: RetryPolicy {
-                max_retries: self.retries,
-                base_delay: self.retry_base.0,
-                max_delay: self.retry_max.0,
-                ..defaults.retry
-            },
-            ordered: self.ordered,
-            preflight: !self.no_preflight,
-            grace: self.grace.0,
-            max_line_bytes: self.max_line_bytes,
-            max_response_bytes: self.max_response_bytes,
-            shard: self.shard,
-            results: self.output.clone(),
-            existing: existing(self.resume, self.retry_errors, self.overwrite),
-            allow_config_change: self.allow_config_change,
-            keep_raw: !self.no_raw,
-            checkpoint_rows: self.checkpoint_rows,
-            checkpoint_interval: self.checkpoint_secs.0,
-            part_row_groups: self.part_row_groups,
-            errors_file: self.errors.clone(),
-            stats_file: self.stats.clone(),
-            progress_interval: self.progress_interval.0,
-            metrics: self.metrics,
-            metrics_linger: self.metrics_linger.0,
-            store: self.store.settings(),
-            ..defaults
+            ..RunOptions::default()
+        };
+        self.knobs.lay_over(&mut options, &Given::all());
+        options
+    }
+}
+
+impl RunKnobs {
+    /// Lays the flags that `given` holds over `options`.
+    pub fn lay_over(&self, options: &mut RunOptions, given: &Given) {
+        if given.has("workers") {
+            options.workers = self.workers;
+        }
+        if given.has("shard") {
+            options.shard = self.shard.or(options.shard);
+        }
+        if given.has("max_line_bytes") {
+            options.max_line_bytes = self.max_line_bytes;
+        }
+        if given.has("grace") {
+            options.grace = self.grace.0;
+        }
+        self.backend.lay_over(options, given);
+        self.output.lay_over(options, given);
+        self.watch.lay_over(options, given);
+        options.store = self.store.settings();
+    }
+}
+
+impl BackendArgs {
+    /// Lays the flags that `given` holds over `options`. `--model` is the pipeline's
+    /// `request.model` when there is a file (applied before it is checked), so it is laid
+    /// here only on request lines.
+    pub fn lay_over(&self, options: &mut RunOptions, given: &Given) {
+        if given.has("model") && options.records.is_none() {
+            options.model = self.model.clone();
+        }
+        if given.has("backend") && !self.backend.is_empty() {
+            options.backends = self.backend.clone();
+        }
+        if given.has("api_key_env") && self.api_key_env.is_some() {
+            options.api_key_env = self.api_key_env.clone();
+            options.knobs.api_key_env = "--api-key-env".into();
+        }
+        if given.has("timeout") {
+            options.timeout = self.timeout.0;
+        }
+        if given.has("connect_timeout") {
+            options.connect_timeout = self.connect_timeout.0;
+        }
+        let retry = &mut options.retry;
+        if given.has("retries") {
+            retry.max_retries = self.retries;
+        }
+        if given.has("retry_base") {
+            retry.base_delay = self.retry_base.0;
+        }
+        if given.has("retry_max") {
+            retry.max_delay = self.retry_max.0;
+        }
+        if given.has("max_response_bytes") {
+            options.max_response_bytes = self.max_response_bytes;
+        }
+        if given.has("no_preflight") && self.no_preflight {
+            options.preflight = false;
+            options.knobs.no_preflight = "--no-preflight".into();
         }
     }
 }
 
-impl PipelineRunArgs {
-    /// Lays these flags over the options a pipeline file gave.
-    pub fn lay_over(&self, options: &mut RunOptions) {
-        options.existing = existing(self.resume, self.retry_errors, self.overwrite);
+impl OutputArgs {
+    pub fn lay_over(&self, options: &mut RunOptions, given: &Given) {
+        options.existing = if self.resume {
+            OutputMode::Resume {
+                retry_errors: self.retry_errors,
+            }
+        } else if self.overwrite {
+            OutputMode::Overwrite
+        } else {
+            OutputMode::New
+        };
         options.allow_config_change = self.allow_config_change;
-        if let Some(stats) = &self.stats {
-            options.stats_file = Some(stats.clone());
-            options.knobs.stats = "--stats".into();
+        if given.has("output") && self.output.is_some() {
+            options.results = self.output.clone();
+            options.knobs.output = "--output".into();
         }
-        if let Some(errors) = &self.errors {
-            options.errors_file = Some(errors.clone());
+        if given.has("errors") && self.errors.is_some() {
+            options.errors_file = self.errors.clone();
             options.knobs.errors = "--errors".into();
         }
-        options.progress_interval = self.progress_interval.0;
-        options.shard = self.shard.or(options.shard);
-        options.metrics = self.metrics.or(options.metrics);
-        options.metrics_linger = self.metrics_linger.0;
-        options.store = self.store.settings();
-        options.pipeline_file = Some(self.file.clone());
+        if given.has("no_raw") && self.no_raw {
+            options.keep_raw = false;
+        }
+        if given.has("ordered") && self.ordered {
+            options.ordered = true;
+        }
+        if given.has("checkpoint_rows") {
+            options.checkpoint_rows = self.checkpoint_rows;
+        }
+        if given.has("checkpoint_secs") {
+            options.checkpoint_interval = self.checkpoint_secs.0;
+        }
+        if given.has("part_row_groups") {
+            options.part_row_groups = self.part_row_groups;
+        }
+    }
+}
+
+impl WatchArgs {
+    pub fn lay_over(&self, options: &mut RunOptions, given: &Given) {
+        if given.has("stats") && self.stats.is_some() {
+            options.stats_file = self.stats.clone();
+            options.knobs.stats = "--stats".into();
+        }
+        if given.has("progress_interval") {
+            options.progress_interval = self.progress_interval.0;
+        }
+        if given.has("metrics") && self.metrics.is_some() {
+            options.metrics = self.metrics;
+        }
+        if given.has("metrics_linger") {
+            options.metrics_linger = self.metrics_linger.0;
+        }
     }
 }
 
