@@ -74,11 +74,15 @@ struct RunningModels {
     models: Vec<RunningModel>,
 }
 
-#[derive(Debug, Deserialize)]
-struct RunningModel {
-    name: String,
+/// A model an Ollama backend has loaded, as `/api/ps` tells it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct RunningModel {
+    pub name: String,
+    /// Its whole size in memory; more than `size_vram` when part of it runs on the CPU.
     #[serde(default)]
-    size_vram: u64,
+    pub size: u64,
+    #[serde(default)]
+    pub size_vram: u64,
 }
 
 /// A backend that does not answer `/api/ps` this fast is skipped for this sample.
@@ -86,20 +90,23 @@ const PS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The models an Ollama backend has loaded; empty when it does not answer `/api/ps`.
 pub async fn loaded_models(backend: &HttpBackend) -> Vec<LoadedModel> {
+    running_models(backend)
+        .await
+        .into_iter()
+        .map(|model| LoadedModel {
+            name: model.name,
+            size_vram_bytes: model.size_vram,
+        })
+        .collect()
+}
+
+/// `/api/ps` whole; empty when the backend does not answer it (not Ollama, or too slow).
+pub async fn running_models(backend: &HttpBackend) -> Vec<RunningModel> {
     let Ok((200, body)) = backend.get_within("/api/ps", PS_TIMEOUT).await else {
         return Vec::new();
     };
     serde_json::from_slice::<RunningModels>(&body)
-        .map(|running| {
-            running
-                .models
-                .into_iter()
-                .map(|model| LoadedModel {
-                    name: model.name,
-                    size_vram_bytes: model.size_vram,
-                })
-                .collect()
-        })
+        .map(|running| running.models)
         .unwrap_or_default()
 }
 

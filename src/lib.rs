@@ -67,6 +67,7 @@ pub mod metrics;
 pub mod mock;
 pub mod options;
 pub mod paths;
+pub mod plan;
 pub mod progress;
 pub mod reply;
 pub mod results_set;

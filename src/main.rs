@@ -24,8 +24,8 @@ use batchflow::shutdown::Shutdown;
 use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
 use flags::{
-    Cli, Command, DemoArgs, Given, LogArgs, MockArgs, PipelineRunArgs, RunArgs, ServeArgs,
-    StatusArgs, TuneArgs, ValidateArgs, VerifyArgs, folder_of_saved,
+    Cli, Command, DemoArgs, Given, LogArgs, MockArgs, PipelineRunArgs, PlanArgs, RunArgs,
+    ServeArgs, StatusArgs, TuneArgs, ValidateArgs, VerifyArgs, folder_of_saved,
 };
 
 /// A results file's row group is built in buffers of megabytes that are freed at each
@@ -114,6 +114,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitStatus> {
         Some(Command::Run(args)) => run_pipeline(args, cli.log, shutdown).await,
         Some(Command::Validate(args)) => validate(args).await,
         Some(Command::Tune(args)) => tune(args, cli.log).await,
+        Some(Command::Plan(args)) => plan(args, cli.log).await,
         Some(Command::Verify(args)) => verify(args, cli.log).await,
         Some(Command::Serve(args)) => serve(args, shutdown).await,
     }
@@ -334,6 +335,8 @@ impl PipelineSource {
 /// A pipeline file resolved into a run, with the built-in mock it asked for (kept alive by
 /// the caller for the run's length).
 struct PipelineRun {
+    /// The options `config` was resolved from.
+    options: RunOptions,
     config: RunConfig,
     pipeline: Pipeline,
     extras: ExtraColumns,
@@ -382,6 +385,7 @@ async fn pipeline_run(
     flags(&mut options);
     let config = options.resolve(console(log), mock.as_ref().map(MockServer::url), env)?;
     Ok(Ok(PipelineRun {
+        options,
         config,
         pipeline,
         extras,
@@ -432,6 +436,7 @@ async fn run_pipeline_from(
         pipeline,
         extras,
         _mock,
+        ..
     } = match run {
         Ok(run) => run,
         Err(status) => return Ok(status),
@@ -447,7 +452,13 @@ async fn run_pipeline_from(
     execute(config, jsonl, log, shutdown).await
 }
 
-async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+/// The options a probe runs (`tune`, `plan`): the input as requests, records with
+/// `--prompt`, or a pipeline file, with the backend flags laid over; and the built-in mock
+/// when asked for, kept alive by the caller.
+async fn probe_options(
+    args: &TuneArgs,
+    log: LogArgs,
+) -> anyhow::Result<Result<(RunOptions, Option<MockServer>), ExitStatus>> {
     let pipeline_file = args.input.clone().filter(|path| {
         path.extension()
             .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
@@ -470,7 +481,7 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
                 }),
                 Err(problem) => {
                     eprintln!("batchflow: {problem}");
-                    return Ok(ExitStatus::Error);
+                    return Ok(Err(ExitStatus::Error));
                 }
             }
         }
@@ -482,9 +493,7 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
             options.max_line_bytes = args.max_line_bytes;
         }
     };
-    // Kept alive for the whole measurement.
-    let mut _mock = None;
-    let config = match source {
+    match source {
         // The pipeline's own settings, as `run FILE [--mock]` would take them.
         Some(source) => {
             let mut sets = Vec::new();
@@ -493,31 +502,71 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
             }
             let mock = args.backend.mock;
             match pipeline_run(&source, &sets, mock, |_| Some(None), flags, log).await? {
-                Ok(run) => {
-                    _mock = run._mock;
-                    run.config
-                }
-                Err(status) => return Ok(status),
+                Ok(run) => Ok(Ok((run.options, run._mock))),
+                Err(status) => Ok(Err(status)),
             }
         }
         None => {
-            if args.backend.mock {
-                _mock = Some(start_mock(None).await?);
-            }
-            let url = _mock.as_ref().map(MockServer::url);
+            let mock = match args.backend.mock {
+                true => Some(start_mock(None).await?),
+                false => None,
+            };
             let mut options = RunOptions {
                 input: Input::from_arg(args.input.clone()),
                 ..RunOptions::default()
             };
             args.backend.lay_over(&mut options, &Given::all());
             options.max_line_bytes = args.max_line_bytes;
-            options.resolve(console(log), url, env)?
+            Ok(Ok((options, mock)))
         }
+    }
+}
+
+async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let (mut options, mock) = match probe_options(&args, log).await? {
+        Ok(found) => found,
+        Err(status) => return Ok(status),
     };
-    let sample_requests = args.sample.max(1);
-    let sample = batchflow::tune::sample(&config.input, sample_requests)?;
-    let report = batchflow::tune::tune(&config, sample, sample_requests, args.max_workers).await?;
+    let probe = batchflow::tune::Probe {
+        sample: args.sample.max(1),
+        max_workers: args.max_workers,
+        keep: None,
+    };
+    // A pipe is read once: the probe's requests are kept in memory and read again.
+    options.input = batchflow::tune::sample(&options.input, probe.most_requests())?;
+    let url = mock.as_ref().map(MockServer::url);
+    let report = batchflow::tune::tune(&options, &probe, console(log), url, env).await?;
     print!("{}", report.render());
+    Ok(ExitStatus::Success)
+}
+
+async fn plan(args: PlanArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    let (mut options, mock) = match probe_options(&args.probe, log).await? {
+        Ok(found) => found,
+        Err(status) => return Ok(status),
+    };
+    if matches!(options.input, Input::Stdin) {
+        eprintln!(
+            "batchflow: plan reads its input twice (the probe, then a count of every line): give it a file, not standard input"
+        );
+        return Ok(ExitStatus::Error);
+    }
+    if let Some(output) = &args.output {
+        options.results = Some(output.clone());
+        options.knobs.output = "--output".into();
+    }
+    let probe = batchflow::tune::Probe {
+        sample: args.probe.sample.max(1),
+        max_workers: args.probe.max_workers,
+        keep: args.output.clone(),
+    };
+    let url = mock.as_ref().map(MockServer::url);
+    let report = batchflow::plan::plan(&options, &probe, console(log), url, env).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
     Ok(ExitStatus::Success)
 }
 

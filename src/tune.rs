@@ -1,32 +1,63 @@
-//! `batchflow tune`: sends a sample of the real input at 1, 2, 4, 8, … workers until
-//! throughput stops rising, and says which worker count to use. When one worker is as fast as
-//! two, the server is serving one request at a time, and the fix is on the server
-//! (`OLLAMA_NUM_PARALLEL`), not in the client.
+//! The probe of `batchflow tune` and `batchflow plan`: sends the real input's requests at 1, 2,
+//! 4, 8, … workers until throughput stops rising, and says which worker count to use. Each
+//! step sends the next requests of the input, never one twice: they are written to a results
+//! file (the run's `--output`, kept so that the run that follows resumes past them, or a
+//! scratch file), and each step resumes it. When one worker is as fast as two, the server is
+//! serving one request at a time, and the fix is on the server (`OLLAMA_NUM_PARALLEL`), not in
+//! the client.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead};
+use std::path::PathBuf;
 
-use crate::engine::{self, RunConfig};
+use crate::engine;
 use crate::error::Error;
+use crate::options::{Console, RunOptions, Workers};
 use crate::progress::ProgressMode;
 use crate::shutdown::Shutdown;
+use crate::sink::parquet::OutputMode;
 use crate::source::{Input, SourceError};
 
 /// A step must beat the best so far by this much to count as "still rising".
 const RISE: f64 = 1.10;
 
 /// One measured worker count.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TuneStep {
     pub workers: usize,
     pub requests_per_sec: f64,
     pub p50_latency_ms: Option<f64>,
+    pub p90_latency_ms: Option<f64>,
     /// Failed requests and invalid input lines.
     pub failed: u64,
+    /// Requests answered at this step, and the tokens the server counted for them.
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// How a probe runs.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Requests sent at each worker count: the next ones of the input.
+    pub sample: usize,
+    /// The most workers to try.
+    pub max_workers: usize,
+    /// The results file the probe's requests are kept in (created, or continued); `None`
+    /// for a scratch file removed afterwards.
+    pub keep: Option<PathBuf>,
+}
+
+impl Probe {
+    /// Requests the probe may send at most: `sample` at each doubling up to `max_workers`.
+    pub fn most_requests(&self) -> usize {
+        let steps = usize::BITS - self.max_workers.max(1).leading_zeros();
+        self.sample.max(1) * steps as usize
+    }
 }
 
 /// The measurements and what they suggest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TuneReport {
     pub steps: Vec<TuneStep>,
     /// The fewest workers within 5% of the best throughput.
@@ -73,61 +104,121 @@ pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
     Ok(Input::Text(text.into()))
 }
 
-/// Runs the sample at 1, 2, 4, … workers (up to `max_workers`) against `base`'s backends.
+/// Sends `options`' input at 1, 2, 4, … workers (up to `probe.max_workers`), `probe.sample`
+/// new requests at each, as `options` would run them (its backends, or `backend_override`).
 pub async fn tune(
-    base: &RunConfig,
-    sample: Input,
-    sample_requests: usize,
-    max_workers: usize,
+    options: &RunOptions,
+    probe: &Probe,
+    console: Console,
+    backend_override: Option<String>,
+    env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<TuneReport, Error> {
+    let scratch = match &probe.keep {
+        Some(_) => None,
+        None => Some(
+            crate::storage::Staging::create("probe", &options.input.name()).map_err(|error| {
+                Error::Internal(format!(
+                    "cannot make a scratch folder for the probe: {error}"
+                ))
+            })?,
+        ),
+    };
+    let results = match (&probe.keep, &scratch) {
+        (Some(keep), _) => keep.clone(),
+        (None, Some(scratch)) => scratch.path().join("probe.parquet"),
+        (None, None) => unreachable!("a probe without a kept file has a scratch folder"),
+    };
+    let sample = probe.sample.max(1);
+    // A first run that sends nothing checks the backend and makes the results file, so that
+    // no step's rate carries those costs: every step then starts alike.
+    let warm_up = Step {
+        workers: 1,
+        limit: 0,
+        preflight: options.preflight,
+    };
+    engine_step(options, &results, &warm_up, console, &backend_override, env).await?;
     let mut steps: Vec<TuneStep> = Vec::new();
     let mut workers = 1;
     let mut best = 0.0f64;
-    while workers <= max_workers.max(1) {
-        let mut config = base.clone();
-        config.input = sample.clone();
-        config.source.limit = Some(sample_requests as u64);
-        config.results = None;
-        config.preflight = steps.is_empty() && base.preflight;
-        config.stage.workers = workers;
-        config.stage.adaptive_max = None;
-        config.progress.mode = ProgressMode::Off;
-        config.progress.stats_file = None;
-        config.errors_file = None;
-        config.jsonl_file = None;
-        // Each step is a run of its own: none may hold the address of the next.
-        config.metrics = None;
-        for backend in &mut config.backends {
-            backend.pool_size = workers;
+    while workers <= probe.max_workers.max(1) {
+        let step = Step {
+            workers,
+            limit: sample as u64,
+            preflight: false,
+        };
+        let stats = engine_step(options, &results, &step, console, &backend_override, env).await?;
+        if stats.done == 0 {
+            // The input ran out: what was measured stands.
+            break;
         }
-        let report = engine::run(
-            config,
-            Some(engine::JsonlStream {
-                writer: Box::new(io::sink()),
-                file: None,
-            }),
-            Shutdown::new(),
-        )
-        .await?;
-        if let Some(fatal) = report.fatal {
-            return Err(fatal);
-        }
-        let seconds = report.stats.elapsed_secs.max(f64::MIN_POSITIVE);
-        let rate = report.stats.done as f64 / seconds;
+        let seconds = stats.elapsed_secs.max(f64::MIN_POSITIVE);
+        let rate = stats.done as f64 / seconds;
         tracing::info!("Tune: {workers} workers: {rate:.1} requests/s.");
         steps.push(TuneStep {
             workers,
             requests_per_sec: rate,
-            p50_latency_ms: report.stats.latency_ms.p50,
-            failed: report.stats.failed + report.stats.invalid,
+            p50_latency_ms: stats.latency_ms.p50,
+            p90_latency_ms: stats.latency_ms.p90,
+            failed: stats.failed + stats.invalid,
+            requests: stats.done,
+            prompt_tokens: stats.prompt_tokens,
+            completion_tokens: stats.completion_tokens,
         });
-        if rate < best * RISE {
+        if rate < best * RISE || stats.done < sample as u64 {
             break;
         }
         best = best.max(rate);
         workers *= 2;
     }
     Ok(recommend(steps))
+}
+
+/// One run of the probe.
+struct Step {
+    workers: usize,
+    /// Requests it sends, at most.
+    limit: u64,
+    preflight: bool,
+}
+
+/// Runs `step` on `options`' input, resuming the probe's `results` (or making them), with
+/// nothing else written: its figures.
+async fn engine_step(
+    options: &RunOptions,
+    results: &std::path::Path,
+    step: &Step,
+    console: Console,
+    backend_override: &Option<String>,
+    env: impl Fn(&str) -> Option<String> + Copy,
+) -> Result<crate::stats::StatsSnapshot, Error> {
+    let mut run = options.clone();
+    run.results = Some(results.to_owned());
+    run.existing = match results.exists() {
+        true => OutputMode::Resume {
+            retry_errors: false,
+        },
+        false => OutputMode::New,
+    };
+    run.allow_config_change = false;
+    run.workers = Workers::Fixed(u32::try_from(step.workers).unwrap_or(u32::MAX));
+    run.preflight = step.preflight;
+    run.stats_file = None;
+    run.errors_file = None;
+    run.jsonl_file = None;
+    // Each step is a run of its own: none may hold the address of the next.
+    run.metrics = None;
+    let mut config = run.resolve(console, backend_override.clone(), env)?;
+    config.source.limit = Some(step.limit);
+    config.stage.adaptive_max = None;
+    config.progress.mode = ProgressMode::Off;
+    for backend in &mut config.backends {
+        backend.pool_size = step.workers;
+    }
+    let report = engine::run(config, None, Shutdown::new()).await?;
+    match report.fatal {
+        Some(fatal) => Err(fatal),
+        None => Ok(report.stats),
+    }
 }
 
 /// Picks the fewest workers within 5% of the best rate.
@@ -185,7 +276,11 @@ mod tests {
             workers,
             requests_per_sec,
             p50_latency_ms: None,
+            p90_latency_ms: None,
             failed: 0,
+            requests: 10,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         }
     }
 

@@ -19,6 +19,7 @@ mod observe;
 mod parquet_input;
 mod pipeline;
 mod pipelines;
+mod plan;
 mod readers;
 mod remote_results;
 mod resume;

@@ -17,7 +17,7 @@ use batchflow::options::{RunOptions, parse_duration};
 use batchflow::storage::StoreSettings;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 pub use records::folder_of_saved;
-pub use run::{Given, PipelineRunArgs, RunArgs, RunKnobs, TuneArgs, ValidateArgs};
+pub use run::{Given, PipelineRunArgs, PlanArgs, RunArgs, RunKnobs, TuneArgs, ValidateArgs};
 pub use serve::ServeArgs;
 
 const EXIT_CODES: &str = "\
@@ -94,6 +94,9 @@ impl Cli {
             (Some(Command::Tune(args)), Some((_, given))) => {
                 args.given = Given::from_matches(given);
             }
+            (Some(Command::Plan(args)), Some((_, given))) => {
+                args.probe.given = Given::from_matches(given);
+            }
             (Some(Command::Validate(args)), Some((_, given))) => {
                 args.given = Given::from_matches(given);
             }
@@ -117,6 +120,13 @@ pub enum Command {
     /// Check a pipeline file: fields and types, template columns against the source, the output
     /// schema, and (unless --offline) the backend and its model. Lists every problem.
     Validate(ValidateArgs),
+    /// Know before you start: count the input, probe the server at rising concurrency on the
+    /// input's first requests, and project the run (requests, prompt and completion tokens,
+    /// recommended --workers, wall time with a range), with a check and its fix for what would
+    /// slow it (one slot, a CPU/GPU split, prompts over their context, varying load options,
+    /// keep_alive). Takes the run's input, records and backend flags; --output keeps the
+    /// probe's results for the run.
+    Plan(PlanArgs),
     /// Measure throughput on a sample of the input at 1, 2, 4, 8, … workers until it stops
     /// rising, and recommend --workers (and OLLAMA_NUM_PARALLEL when the server is the limit).
     /// The input is a JSONL or Parquet file, a pipe, stdin, or a pipeline file (`.toml`: its

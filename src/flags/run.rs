@@ -331,7 +331,7 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = RunOptions::default().max_line_bytes, value_name = "BYTES")]
     pub max_line_bytes: usize,
 
-    /// Requests sent at each worker count: the first ones of the input.
+    /// Requests sent at each worker count: the next ones of the input (never one twice).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub sample: usize,
 
@@ -341,6 +341,22 @@ pub struct TuneArgs {
 
     #[arg(skip)]
     pub given: Given,
+}
+
+/// Flags of `plan`: the probe's, plus where to keep its results and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub probe: TuneArgs,
+
+    /// Keep the probe's results in this results file (as a run's --output): the run that
+    /// follows, with --resume, does not send those requests again.
+    #[arg(short, long, value_name = "RESULTS.parquet|DIR/")]
+    pub output: Option<PathBuf>,
+
+    /// Print the plan as one JSON object (for scripts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `validate FILE`.
