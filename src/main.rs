@@ -146,12 +146,14 @@ async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus
 }
 
 /// Starts the built-in mock with as many slots as the run has workers per backend (with
-/// `--workers auto`, as many as the default).
+/// `--workers auto`, as many as the default). It answers any model, so that a batch written
+/// for another server runs against it unchanged.
 async fn start_mock(workers: Option<Workers>) -> anyhow::Result<MockServer> {
     let default = RunOptions::default().workers;
     let config = MockConfig {
         slots: workers.unwrap_or(default).count_or(default.count_or(1)) as usize,
         latency_spread: 0.5,
+        any_model: true,
         ..MockConfig::default()
     };
     let mock = MockServer::start(config).await?;
