@@ -248,12 +248,12 @@ struct PipelineRun {
 
 /// Loads and checks `file` with `sets`, lays `flags` over its options and resolves them;
 /// problems with the file are printed and come back as the exit status. When the file or
-/// `mock` asks for the built-in mock, `mock_workers` sizes it, or says not to start it.
+/// `mock` asks for the built-in mock, `mock_workers` sizes it.
 async fn pipeline_run(
     file: &Path,
     sets: &[String],
     mock: bool,
-    mock_workers: impl FnOnce(&Pipeline) -> Option<Option<Workers>>,
+    mock_workers: impl FnOnce(&Pipeline) -> Option<Workers>,
     flags: impl FnOnce(&mut RunOptions),
     log: LogArgs,
 ) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
@@ -261,12 +261,9 @@ async fn pipeline_run(
         Ok(checked) => checked,
         Err(problems) => return Ok(Err(report_problems(file, &problems))),
     };
-    let workers = (mock || pipeline.backend.mock)
-        .then(|| mock_workers(&pipeline))
-        .flatten();
-    let mock = match workers {
-        Some(workers) => Some(start_mock(workers).await?),
-        None => None,
+    let mock = match mock || pipeline.backend.mock {
+        true => Some(start_mock(mock_workers(&pipeline)).await?),
+        false => None,
     };
     let mut options = RunOptions::default();
     pipeline.apply(&mut options);
@@ -288,7 +285,9 @@ async fn run_pipeline(
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
     let flags = |options: &mut RunOptions| args.lay_over(options);
-    let mock_workers = |pipeline: &Pipeline| (!args.dry_run).then_some(pipeline.workers);
+    // A dry run sends nothing, but starts the mock all the same: it resolves as the run
+    // against the mock would, which needs no API key.
+    let mock_workers = |pipeline: &Pipeline| pipeline.workers;
     let run = pipeline_run(&args.file, &args.set, args.mock, mock_workers, flags, log).await?;
     let PipelineRun {
         config,
@@ -324,15 +323,13 @@ async fn tune(args: TuneArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     let mut _mock = None;
     let config = match pipeline_file {
         // The pipeline's own settings, as `run FILE [--mock]` would take them.
-        Some(file) => {
-            match pipeline_run(&file, &[], args.run.mock, |_| Some(None), |_| {}, log).await? {
-                Ok(run) => {
-                    _mock = run._mock;
-                    run.config
-                }
-                Err(status) => return Ok(status),
+        Some(file) => match pipeline_run(&file, &[], args.run.mock, |_| None, |_| {}, log).await? {
+            Ok(run) => {
+                _mock = run._mock;
+                run.config
             }
-        }
+            Err(status) => return Ok(status),
+        },
         None => {
             if args.run.mock {
                 _mock = Some(start_mock(Some(args.run.workers)).await?);

@@ -152,7 +152,8 @@ pub struct PipelineRunArgs {
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
     pub progress_interval: FlagDuration,
 
-    /// Use the built-in mock server as the backend.
+    /// Use the built-in mock server as the backend: it answers any model, needs no API key,
+    /// and answers a requested output schema with JSON that follows it.
     #[arg(long)]
     pub mock: bool,
 
@@ -399,7 +400,8 @@ pub struct RunArgs {
     pub shard: Option<Shard>,
 
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
-    /// GPU). The mock has models llama3.2 and nomic-embed-text.
+    /// GPU). The mock answers any model the batch names, needs no API key, and answers a
+    /// requested output schema with JSON that follows it.
     #[arg(long, conflicts_with = "backend")]
     pub mock: bool,
 
@@ -508,6 +510,10 @@ pub struct MockArgs {
         default_values_t = MockConfig::default().models
     )]
     pub models: Vec<String>,
+
+    /// Answer any model name too, listing each one asked for beside --models (as --mock does).
+    #[arg(long)]
+    pub any_model: bool,
 }
 
 /// Flags of the demo.
