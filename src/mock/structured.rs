@@ -174,7 +174,11 @@ impl<'a> Generator<'a> {
         } else {
             least
         };
-        let prefix = schema.get("prefixItems").and_then(Value::as_array);
+        // `items` as a list is the older spelling of `prefixItems`.
+        let prefix = schema
+            .get("prefixItems")
+            .or(schema.get("items"))
+            .and_then(Value::as_array);
         let items = schema.get("items").filter(|items| items.is_object());
         let values = (0..count)
             .map(|index| {
@@ -190,8 +194,13 @@ impl<'a> Generator<'a> {
 
     /// An integer within the schema's bounds, 0 to 9 when it has none.
     fn integer(&mut self, schema: &Value) -> Value {
-        let (low, high) = range(schema, 0.0, 9.0);
-        let (low, high) = (low.ceil(), high.floor());
+        let low = bound(schema, "minimum")
+            .map(f64::ceil)
+            .or(bound(schema, "exclusiveMinimum").map(|low| low.floor() + 1.0));
+        let high = bound(schema, "maximum")
+            .map(f64::floor)
+            .or(bound(schema, "exclusiveMaximum").map(|high| high.ceil() - 1.0));
+        let (low, high) = range(low, high, 0.0, 9.0);
         if high < low {
             return json!(low as i64);
         }
@@ -199,10 +208,13 @@ impl<'a> Generator<'a> {
         json!((low as i64).saturating_add((self.draw() % span) as i64))
     }
 
-    /// A number within the schema's bounds, in [0, 1) when it has none.
+    /// A number strictly inside the schema's bounds (so that exclusive ones hold too), in
+    /// (0, 1) when it has none.
     fn number(&mut self, schema: &Value) -> Value {
-        let (low, high) = range(schema, 0.0, 1.0);
-        let fraction = (self.draw() % 1000) as f64 / 1000.0;
+        let low = bound(schema, "minimum").or(bound(schema, "exclusiveMinimum"));
+        let high = bound(schema, "maximum").or(bound(schema, "exclusiveMaximum"));
+        let (low, high) = range(low, high, 0.0, 1.0);
+        let fraction = (self.draw() % 999 + 1) as f64 / 1000.0;
         json!(low + (high - low).max(0.0) * fraction)
     }
 
@@ -255,13 +267,9 @@ fn count_bound(schema: &Value, keyword: &str) -> Option<usize> {
     bound(schema, keyword).map(|count| count.clamp(0.0, MAX_COUNT as f64) as usize)
 }
 
-/// The closed range a number must fall in: the schema's bounds, else `default_low` and
-/// `default_high` (moved to fit the one bound the schema gives). An exclusive bound is moved
-/// inward by one, as integers need and numbers do not mind.
-fn range(schema: &Value, default_low: f64, default_high: f64) -> (f64, f64) {
-    let low = bound(schema, "minimum").or(bound(schema, "exclusiveMinimum").map(|low| low + 1.0));
-    let high =
-        bound(schema, "maximum").or(bound(schema, "exclusiveMaximum").map(|high| high - 1.0));
+/// The range a value is drawn from: the schema's bounds `low` and `high`, else `default_low`
+/// and `default_high`, moved to fit the one bound the schema gives.
+fn range(low: Option<f64>, high: Option<f64>, default_low: f64, default_high: f64) -> (f64, f64) {
     let width = default_high - default_low;
     match (low, high) {
         (Some(low), Some(high)) => (low, high),
@@ -383,5 +391,26 @@ mod tests {
                 .is_some_and(|items| items.iter().all(Value::is_boolean))
         );
         assert!(answer(&json!({"type": "integer", "minimum": 5, "maximum": 5}), "p") == json!(5));
+    }
+
+    #[test]
+    fn exclusive_bounds_are_kept_out() {
+        for prompt in ["a", "b", "c", "d", "e", "f"] {
+            let value = answer(
+                &json!({"type": "object", "properties": {
+                    "n": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                    "i": {"type": "integer", "exclusiveMinimum": 2.5, "exclusiveMaximum": 4},
+                    "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "boolean"}], "minItems": 2, "maxItems": 2},
+                }}),
+                prompt,
+            );
+            let n = value["n"].as_f64().expect("a number");
+            assert!(n > 0.0 && n < 1.0, "{value}");
+            assert_eq!(value["i"], 3, "{value}");
+            assert!(
+                value["pair"][0].is_i64() && value["pair"][1].is_boolean(),
+                "{value}"
+            );
+        }
     }
 }
