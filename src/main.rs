@@ -146,12 +146,14 @@ async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus
 }
 
 /// Starts the built-in mock with as many slots as the run has workers per backend (with
-/// `--workers auto`, as many as the default).
+/// `--workers auto`, as many as the default). It answers any model, so that a batch written
+/// for another server runs against it unchanged.
 async fn start_mock(workers: Option<Workers>) -> anyhow::Result<MockServer> {
     let default = RunOptions::default().workers;
     let config = MockConfig {
         slots: workers.unwrap_or(default).count_or(default.count_or(1)) as usize,
         latency_spread: 0.5,
+        any_model: true,
         ..MockConfig::default()
     };
     let mock = MockServer::start(config).await?;
@@ -345,13 +347,12 @@ struct PipelineRun {
 
 /// Loads and checks the pipeline (a file with `sets`), lays `flags` over its options and
 /// resolves them; problems with the pipeline are printed and come back as the exit status.
-/// When the pipeline or `mock` asks for the built-in mock, `mock_workers` sizes it, or says
-/// not to start it.
+/// When the pipeline or `mock` asks for the built-in mock, `mock_workers` sizes it.
 async fn pipeline_run(
     source: &PipelineSource,
     sets: &[String],
     mock: bool,
-    mock_workers: impl FnOnce(&Pipeline) -> Option<Option<Workers>>,
+    mock_workers: impl FnOnce(&Pipeline) -> Option<Workers>,
     flags: impl FnOnce(&mut RunOptions),
     log: LogArgs,
 ) -> anyhow::Result<Result<PipelineRun, ExitStatus>> {
@@ -365,12 +366,9 @@ async fn pipeline_run(
         Ok(checked) => checked,
         Err(problems) => return Ok(Err(report_problems(source.label(), &problems))),
     };
-    let workers = (mock || pipeline.backend.mock)
-        .then(|| mock_workers(&pipeline))
-        .flatten();
-    let mock = match workers {
-        Some(workers) => Some(start_mock(workers).await?),
-        None => None,
+    let mock = match mock || pipeline.backend.mock {
+        true => Some(start_mock(mock_workers(&pipeline)).await?),
+        false => None,
     };
     let mut options = RunOptions::default();
     pipeline.apply(&mut options);
@@ -423,12 +421,11 @@ async fn run_pipeline_from(
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
     let flags = |options: &mut RunOptions| knobs.lay_over(options, given);
-    let mock_workers = |pipeline: &Pipeline| {
-        let workers = match given.has("workers") {
-            true => Some(knobs.workers),
-            false => pipeline.workers,
-        };
-        (!knobs.dry_run).then_some(workers)
+    // A dry run sends nothing, but starts the mock all the same: it resolves as the run
+    // against the mock would, which needs no API key.
+    let mock_workers = |pipeline: &Pipeline| match given.has("workers") {
+        true => Some(knobs.workers),
+        false => pipeline.workers,
     };
     let run = pipeline_run(&source, sets, knobs.backend.mock, mock_workers, flags, log).await?;
     let PipelineRun {
@@ -501,7 +498,7 @@ async fn probe_options(
                 sets.extend(model_set(args.backend.model.as_deref()));
             }
             let mock = args.backend.mock;
-            match pipeline_run(&source, &sets, mock, |_| Some(None), flags, log).await? {
+            match pipeline_run(&source, &sets, mock, |_| None, flags, log).await? {
                 Ok(run) => Ok(Ok((run.options, run._mock))),
                 Err(status) => Ok(Err(status)),
             }

@@ -14,6 +14,7 @@ mod fuzz_parser;
 mod layout;
 mod metrics;
 mod misbehaviour;
+mod mock_models;
 mod object_storage;
 mod observe;
 mod parquet_input;

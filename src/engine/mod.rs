@@ -43,6 +43,9 @@ pub struct RunConfig {
     pub backends: Vec<HttpBackendConfig>,
     /// Check the server and its models before reading input.
     pub preflight: bool,
+    /// The backend answers any model name (the built-in mock): no name is checked against
+    /// what it lists.
+    pub any_model: bool,
     pub stage: StageConfig,
     /// The Parquet results file, if any.
     pub results: Option<ParquetOutput>,

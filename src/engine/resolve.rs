@@ -1,6 +1,6 @@
 //! Options into a run: [`RunOptions::resolve`] turns every knob into the engine's
 //! [`RunConfig`], with the backend's address and API key taken from the environment where the
-//! options leave them open.
+//! options leave them open (the built-in mock, which answers any model, needs no key).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use crate::stage::{OutputCheck, StageConfig};
 use crate::storage::{self, StorageError};
 
 impl RunOptions {
-    /// The run these options describe. `backend_override` (the built-in mock's URL) beats
+    /// The run these options describe. `backend_override` (the built-in mock's URL, which
+    /// answers any model and needs no key) beats
     /// [`RunOptions::backends`], which beat `OLLAMA_HOST`, which beats the default. `env` reads
     /// environment variables (a parameter, so that tests need not touch the process's).
     pub fn resolve(
@@ -28,6 +29,7 @@ impl RunOptions {
         backend_override: Option<String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<RunConfig, Error> {
+        let mock = backend_override.is_some();
         let addresses: Vec<String> = match backend_override {
             Some(address) => vec![address],
             None if !self.backends.is_empty() => self.backends.clone(),
@@ -37,7 +39,9 @@ impl RunOptions {
                     .unwrap_or_else(|| DEFAULT_OLLAMA_HOST.to_owned()),
             ],
         };
+        // The built-in mock neither needs nor checks a key, so none is required for it.
         let api_key = match &self.api_key_env {
+            Some(_) if mock => None,
             Some(name) => Some(env(name).filter(|key| !key.is_empty()).ok_or_else(|| {
                 Error::ApiKeyMissing {
                     name: name.clone(),
@@ -77,6 +81,7 @@ impl RunOptions {
             },
             backends,
             preflight: self.preflight,
+            any_model: mock,
             stage: StageConfig {
                 workers,
                 adaptive_max,
@@ -237,5 +242,23 @@ mod tests {
             .resolve(Console::default(), None, |_| Some("s3cret".into()))
             .expect("ok");
         assert_eq!(config.backends[0].api_key.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn the_built_in_mock_needs_no_api_key_and_answers_any_model() {
+        let options = RunOptions {
+            api_key_env: Some("MY_KEY".into()),
+            ..RunOptions::default()
+        };
+        let mock = Some("http://127.0.0.1:5".to_owned());
+        let config = options
+            .resolve(Console::default(), mock, |_| None)
+            .expect("no key needed for the mock");
+        assert_eq!(config.backends[0].api_key, None);
+        assert!(config.any_model);
+        let real = options
+            .resolve(Console::default(), None, |_| Some("s3cret".into()))
+            .expect("ok");
+        assert!(!real.any_model);
     }
 }

@@ -175,7 +175,9 @@ fn pool_of(config: &RunConfig) -> Result<BackendPool, Error> {
 }
 
 /// Preflight of every backend (unless turned off): the models each has, merged into one
-/// catalog, and what kind of server each is (`ollama 0.12.3`, `openai-compatible`).
+/// catalog, and what kind of server each is (`ollama 0.12.3`, `openai-compatible`). A backend
+/// that answers any model (the built-in mock) is identified but gives no catalog: it could
+/// not list the models of lines not read yet.
 async fn check_backends(
     config: &RunConfig,
     pool: &BackendPool,
@@ -198,6 +200,9 @@ async fn check_backends(
                 kinds.push("openai-compatible".to_owned());
                 tracing::info!("Backend {url} is an OpenAI-compatible server.")
             }
+        }
+        if config.any_model {
+            continue;
         }
         if let Some(model) = named_model {
             if !checked.has(model) {

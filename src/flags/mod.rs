@@ -281,6 +281,10 @@ pub struct MockArgs {
         default_values_t = MockConfig::default().models
     )]
     pub models: Vec<String>,
+
+    /// Answer any model name too, listing each one asked for beside --models (as --mock does).
+    #[arg(long)]
+    pub any_model: bool,
 }
 
 /// Flags of the demo.

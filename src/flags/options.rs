@@ -162,6 +162,7 @@ impl MockArgs {
             retry_after: self.retry_after.0,
             hang: self.hang.0,
             models: self.models.clone(),
+            any_model: self.any_model,
             ..MockConfig::default()
         }
     }

@@ -165,7 +165,8 @@ pub struct BackendArgs {
     pub api_key_env: Option<String>,
 
     /// Send the batch to a built-in mock server instead of a real one (a dry run without a
-    /// GPU).
+    /// GPU). The mock answers any model the batch names, needs no API key, and answers a
+    /// requested output schema with JSON that follows it.
     #[arg(long, conflicts_with = "backend")]
     pub mock: bool,
 

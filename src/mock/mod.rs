@@ -8,6 +8,7 @@
 
 pub mod faults;
 pub mod replies;
+pub mod structured;
 
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -63,6 +64,9 @@ pub struct MockConfig {
     pub hang: Duration,
     /// Models the server has, as `name:tag`.
     pub models: Vec<String>,
+    /// Answer every model name, not only `models`, and list each one asked for beside them:
+    /// the mock stands in for whatever server a batch was written for (`--mock`).
+    pub any_model: bool,
     pub embedding_dimensions: usize,
     /// Keep a log of every arrival (for tests of retry timing); grows with the requests.
     pub record_arrivals: bool,
@@ -81,6 +85,7 @@ impl Default for MockConfig {
             retry_after: Duration::from_secs(1),
             hang: Duration::from_secs(3600),
             models: vec!["llama3.2:latest".into(), "nomic-embed-text:latest".into()],
+            any_model: false,
             embedding_dimensions: 8,
             record_arrivals: false,
         }
@@ -157,6 +162,8 @@ struct MockState {
     stats: Arc<MockStats>,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
     loaded: Mutex<BTreeSet<String>>,
+    /// With `any_model`, the names asked for that `models` lacks (one entry per name).
+    asked: Mutex<BTreeSet<String>>,
 }
 
 /// A running mock. Dropping it stops the server.
@@ -189,6 +196,7 @@ impl MockServer {
             stats: Arc::clone(&stats),
             arrivals: Arc::clone(&arrivals),
             loaded: Mutex::new(BTreeSet::new()),
+            asked: Mutex::new(BTreeSet::new()),
             config,
         });
         let listener = listener.tap_io(|stream| {
@@ -261,8 +269,7 @@ fn router(state: Arc<MockState>) -> Router {
 
 async fn tags(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
     let models: Vec<Value> = state
-        .config
-        .models
+        .listed_models()
         .iter()
         .map(|name| {
             json!({
@@ -301,8 +308,7 @@ async fn running_models(State(state): State<Arc<MockState>>) -> axum::Json<Value
 
 async fn openai_models(State(state): State<Arc<MockState>>) -> axum::Json<Value> {
     let data: Vec<Value> = state
-        .config
-        .models
+        .listed_models()
         .iter()
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "library"}))
         .collect();
@@ -325,16 +331,36 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 impl MockState {
+    /// Whether the mock answers `model`; with `any_model` it does, and remembers the name.
     fn has_model(&self, model: &str) -> bool {
         let tagged = if model.contains(':') {
             model.to_owned()
         } else {
             format!("{model}:latest")
         };
+        let known = self
+            .config
+            .models
+            .iter()
+            .any(|name| *name == tagged || name == model);
+        if !known && self.config.any_model {
+            self.asked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(model.to_owned());
+        }
+        known || self.config.any_model
+    }
+
+    /// The models `/api/tags` and `/v1/models` list: the configured ones, then those asked for.
+    fn listed_models(&self) -> Vec<String> {
+        let asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
         self.config
             .models
             .iter()
-            .any(|name| *name == tagged || name == model)
+            .chain(asked.iter())
+            .cloned()
+            .collect()
     }
 
     fn latency(&self, directive: Option<Directive>) -> Duration {

@@ -1,11 +1,14 @@
 //! The mock's answers, shaped like Ollama's and OpenAI's (see `shared/reference/wire-formats.md`):
 //! field names, nesting, nanosecond durations and token counts. Replies are a pure function of
-//! the request, so tests can predict them.
+//! the request, so tests can predict them; a structured answer's text comes from
+//! [`structured`].
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+
+use super::structured;
 
 /// The inference endpoints the mock serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,51 +58,6 @@ pub fn reply_text(model: &str, prompt: &str) -> String {
     format!("Mock reply from {model}: {}", echo.join(" "))
 }
 
-/// The schema a request asks its answer to follow: Ollama `format` (a JSON schema, or "json")
-/// or OpenAI `response_format.json_schema.schema`.
-pub fn requested_format(request: &Value) -> Option<Value> {
-    match request.get("format") {
-        Some(Value::String(kind)) if kind == "json" => Some(json!({"type": "object"})),
-        Some(schema @ Value::Object(_)) => Some(schema.clone()),
-        _ => request
-            .pointer("/response_format/json_schema/schema")
-            .cloned(),
-    }
-}
-
-/// An answer that follows `schema`: every property filled with a value of its type, derived
-/// from the prompt so that it is stable.
-pub fn structured_text(schema: &Value, prompt: &str) -> String {
-    let mut hasher = DefaultHasher::new();
-    prompt.hash(&mut hasher);
-    let seed = hasher.finish();
-    let mut object = serde_json::Map::new();
-    let properties = schema.get("properties").and_then(Value::as_object);
-    for (index, (name, property)) in properties.into_iter().flatten().enumerate() {
-        let pick = seed.rotate_left(index as u32 * 7);
-        let value = if let Some(choices) = property
-            .get("enum")
-            .and_then(Value::as_array)
-            .filter(|c| !c.is_empty())
-        {
-            choices[(pick % choices.len() as u64) as usize].clone()
-        } else {
-            match property.get("type").and_then(Value::as_str) {
-                Some("integer") => json!(pick % 10),
-                Some("number") => json!((pick % 1000) as f64 / 1000.0),
-                Some("boolean") => json!(pick % 2 == 0),
-                Some("array") => json!([format!("{name} a"), format!("{name} b")]),
-                _ => json!(format!("mock {name}")),
-            }
-        };
-        object.insert(name.clone(), value);
-    }
-    if object.is_empty() {
-        object.insert("reply".into(), Value::String(reply_text("mock", prompt)));
-    }
-    Value::Object(object).to_string()
-}
-
 /// A deterministic unit vector for an input text.
 fn embedding(text: &str, dimensions: usize) -> Vec<f32> {
     let mut values: Vec<f32> = (0..dimensions)
@@ -143,8 +101,8 @@ pub fn success(
     dimensions: usize,
 ) -> Value {
     let prompt = prompt_text(endpoint, request);
-    let text = || match requested_format(request) {
-        Some(schema) => structured_text(&schema, &prompt),
+    let text = || match structured::requested_format(request) {
+        Some(schema) => structured::structured_text(&schema, &prompt, &reply_text(model, &prompt)),
         None => reply_text(model, &prompt),
     };
     let total = nanos(elapsed);
