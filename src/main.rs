@@ -139,7 +139,8 @@ async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus
     } else {
         None
     };
-    let options = args.options(served.as_ref(), run, env)?;
+    let mut options = args.options(served.as_ref(), run, env)?;
+    options.mock = _mock.as_ref().map(MockServer::url);
     shutdown.set_grace(options.run.grace);
     batchflow::serve::serve(options, shutdown).await?;
     Ok(ExitStatus::Success)

@@ -388,3 +388,35 @@ fn the_standalone_mock_server_keeps_its_models_unless_asked_to_answer_any() {
     );
     assert!(after.lines[0]["error"].is_null(), "{}", after.stdout);
 }
+
+#[test]
+fn a_server_on_the_mock_runs_a_batch_naming_a_model_of_its_own_without_a_key() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut command = batchflow();
+    command
+        .env_remove("OPENAI_API_KEY")
+        .args(["serve", "--mock", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--backend-api-key-env", "OPENAI_API_KEY"]);
+    let server = crate::serve::Server::spawn(command);
+    let lines: String = (0..5)
+        .map(|index| {
+            let line = json!({
+                "custom_id": format!("req-{index}"),
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+            });
+            format!("{line}\n")
+        })
+        .collect();
+    let batch = server.python(
+        "f = client.files.create(file=('in.jsonl', args['content'].encode()), purpose='batch')\n\
+         b = client.batches.create(input_file_id=f.id, endpoint='/v1/chat/completions', completion_window='24h')\n\
+         b = wait(b.id, lambda b: b.status in ('completed', 'failed'))\n\
+         print(json.dumps(b.model_dump()))",
+        json!({"content": lines}),
+    );
+    assert_eq!(batch["status"], "completed", "{batch}\n{}", server.log());
+    assert_eq!(batch["request_counts"]["completed"], 5, "{batch}");
+}

@@ -180,6 +180,7 @@ impl ServeArgs {
                 .or(file.and_then(|file| file.header_timeout))
                 .unwrap_or(DEFAULT_HEADER_TIMEOUT),
             webhook,
+            mock: None,
         })
     }
 

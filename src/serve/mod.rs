@@ -87,6 +87,9 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Where batch ends are announced; `None` announces nothing.
     pub webhook: Option<WebhookOptions>,
+    /// The built-in mock's URL when batches run against it: it answers any model (so batch
+    /// files are not checked against a model list) and needs no API key.
+    pub mock: Option<String>,
 }
 
 /// Why the server could not start or went down.
@@ -152,8 +155,13 @@ pub async fn serve(options: ServeOptions, shutdown: Shutdown) -> Result<(), Serv
         }
         None => (Events::default(), None),
     };
-    let (runner, running) =
-        runner::Runner::start(store.clone(), options.run, events, shutdown.clone());
+    let (runner, running) = runner::Runner::start(
+        store.clone(),
+        options.run,
+        options.mock,
+        events,
+        shutdown.clone(),
+    );
     let state = AppState {
         store,
         runner,

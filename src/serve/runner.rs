@@ -49,6 +49,8 @@ pub struct Runner {
     store: Store,
     /// Every batch's run starts from this (backends, workers, timeouts, retries).
     template: RunOptions,
+    /// The built-in mock's URL, when batches run against it.
+    mock: Option<String>,
     /// Batch ids waiting, oldest first: a few bytes each, as many as there are batches.
     queue: Mutex<VecDeque<String>>,
     wake: Notify,
@@ -102,12 +104,14 @@ impl Runner {
     pub fn start(
         store: Store,
         template: RunOptions,
+        mock: Option<String>,
         events: Events,
         server: Shutdown,
     ) -> (Arc<Runner>, JoinHandle<()>) {
         let runner = Arc::new(Runner {
             store,
             template,
+            mock,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             current: Mutex::new(None),
@@ -281,8 +285,12 @@ impl Runner {
     }
 
     /// What the backends serve, for validation; `None` when they cannot be asked now (the
-    /// run's own preflight then says why) or preflight is off.
+    /// run's own preflight then says why), preflight is off, or the backend is the built-in
+    /// mock, which answers any model.
     async fn models(&self) -> Option<Arc<ModelCatalog>> {
+        if self.mock.is_some() {
+            return None;
+        }
         let config = self
             .template
             .resolve(SERVED, None, |name| std::env::var(name).ok())
@@ -378,7 +386,8 @@ impl Runner {
             },
             ..self.template.clone()
         };
-        let mut config = match options.resolve(SERVED, None, |name| std::env::var(name).ok()) {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut config = match options.resolve(SERVED, self.mock.clone(), env) {
             Ok(config) => config,
             Err(error) => {
                 return Ending::Failed(vec![problem("invalid_config", &error.to_string())]);
