@@ -57,6 +57,11 @@ fn is_invalid_input_code(code: &str) -> bool {
 pub struct StatusCounts {
     pub ok: u64,
     pub error: u64,
+    /// Error rows of input lines that could not be sent (their code says the line is at
+    /// fault): sending them again fails the same way until the input changes.
+    pub invalid_input: u64,
+    /// Of those, lines refused for reusing an earlier line's custom_id.
+    pub duplicates: u64,
 }
 
 pub fn count_statuses(
@@ -64,16 +69,28 @@ pub fn count_statuses(
     existing: &ExistingResults,
 ) -> Result<StatusCounts, ResultsError> {
     let mut counts = StatusCounts::default();
-    for batch in existing.reader(path, &["status"])? {
+    for batch in existing.reader(path, &["status", "error_code"])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;
         let Some(status) = batch.column_by_name("status") else {
             continue;
         };
-        for value in status.as_string::<i32>().iter().flatten() {
-            if value == "ok" {
-                counts.ok += 1;
-            } else {
-                counts.error += 1;
+        let codes = batch
+            .column_by_name("error_code")
+            .map(|codes| codes.as_string::<i32>());
+        for (row, value) in status.as_string::<i32>().iter().enumerate() {
+            match value {
+                None => continue,
+                Some("ok") => counts.ok += 1,
+                Some(_) => counts.error += 1,
+            }
+            let code = codes
+                .filter(|codes| codes.is_valid(row))
+                .and_then(|codes| ErrorCode::from_name(codes.value(row)));
+            if code.is_some_and(ErrorCode::is_invalid_input) {
+                counts.invalid_input += 1;
+            }
+            if code == Some(ErrorCode::DuplicateCustomId) {
+                counts.duplicates += 1;
             }
         }
     }
