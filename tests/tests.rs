@@ -18,6 +18,7 @@ mod observe;
 mod parquet_input;
 mod pipeline;
 mod pipelines;
+mod prune;
 mod readers;
 mod remote_results;
 mod resume;

@@ -99,6 +99,8 @@ pub struct RunReport {
     /// Kept rows whose custom_id (or line) is not in this input: a sign of resuming with a
     /// different input. Only known when the whole input was read.
     pub unknown_kept: Option<u64>,
+    /// Of those, the rows `--prune` dropped from the results file; `None` unless it ran.
+    pub pruned: Option<u64>,
     /// The metrics endpoint, still serving the final figures: dropping it stops it,
     /// [`MetricsEndpoint::close`] lingers first.
     pub metrics: Option<MetricsEndpoint>,
@@ -154,7 +156,7 @@ async fn drive(
         catalog,
         ollama,
         sinks,
-        source_options,
+        mut source_options,
         kept_rows,
         dropped_errors,
         done_count,
@@ -171,6 +173,11 @@ async fn drive(
         ollama,
     };
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
+    let prune_asked = config
+        .results
+        .as_ref()
+        .is_some_and(|output| matches!(output.mode, OutputMode::Resume { prune: true, .. }));
+    source_options.track_done = prune_asked && source_options.done.is_some();
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
     // Batches of up to stage::OUTCOMES_HELD: one to fill while the writer drains another.
@@ -220,6 +227,29 @@ async fn drive(
             }
         }
     }
+    let input_read = stage_report.input_exhausted && !shutdown.was_interrupted();
+    let mut pruned = None;
+    if let Some(output) = config
+        .results
+        .as_ref()
+        .filter(|_| prune_asked && fatal.is_none())
+    {
+        let errors = config
+            .errors_file
+            .clone()
+            .map(|path| (config.knobs.errors.clone(), path));
+        let kept = Kept {
+            rows: kept_rows,
+            keys: done_count,
+        };
+        match prune(output, errors, kept, source_summary.as_mut(), input_read).await {
+            Ok(rows) => {
+                stats.set_pruned(rows.unwrap_or(0));
+                pruned = rows;
+            }
+            Err(error) => fatal = Some(error),
+        }
+    }
     let final_stats = match progress.finish().await {
         Some(snapshot) => snapshot,
         None => stats.snapshot(Instant::now()),
@@ -238,12 +268,60 @@ async fn drive(
         }),
         kept_rows,
         dropped_errors,
-        skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),
+        skipped_lines: source_summary
+            .as_ref()
+            .map_or(0, |summary| summary.skipped_done),
         unknown_kept: source_summary
             .filter(|summary| stage_report.input_exhausted && !summary.reached_limit)
             .map(|summary| done_count.saturating_sub(summary.skipped_done)),
+        pruned,
         metrics,
     })
+}
+
+/// What the results file held when the run resumed it.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// Rows, written before this run's.
+    rows: u64,
+    /// Distinct keys (custom_ids and invalid lines) among them.
+    keys: u64,
+}
+
+/// Drops the results' rows of lines the input no longer has, once the whole input was read
+/// (before that, a missing line may only be unread). Returns the rows dropped, or `None` when
+/// the run did not read its whole input.
+async fn prune(
+    output: &ParquetOutput,
+    errors: Option<(String, PathBuf)>,
+    kept: Kept,
+    summary: Option<&mut SourceSummary>,
+    input_read: bool,
+) -> Result<Option<u64>, Error> {
+    let Some(summary) = summary else {
+        return Ok(None);
+    };
+    if !input_read || summary.reached_limit {
+        tracing::warn!(
+            "Not pruned: the run stopped before the end of its input. Run --resume --prune again to prune."
+        );
+        return Ok(None);
+    }
+    let matched = summary.matched.take().unwrap_or_default();
+    // Every key the file had was met again: nothing to drop, no need to rewrite.
+    if kept.rows == 0 || matched.len() as u64 >= kept.keys {
+        return Ok(Some(0));
+    }
+    let output = output.clone();
+    let pruned = tokio::task::spawn_blocking(move || {
+        let errors = errors
+            .as_ref()
+            .map(|(knob, path)| (knob.as_str(), path.as_path()));
+        sink::prune::prune(&output, kept.rows, &matched, errors)
+    })
+    .await
+    .map_err(|error| Error::Internal(format!("the prune thread failed: {error}")))??;
+    Ok(Some(pruned))
 }
 
 /// Sets the run's expected result count: known at once for Parquet and embedded input, counted

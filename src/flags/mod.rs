@@ -125,6 +125,11 @@ pub struct PipelineRunArgs {
     #[arg(long, requires = "resume")]
     pub retry_errors: bool,
 
+    /// With --resume, once the whole input was read, drop the results' rows whose custom_id
+    /// (or invalid line) the input no longer has, such as the old rows of edited records.
+    #[arg(long, requires = "resume")]
+    pub prune: bool,
+
     /// Replace an existing results file (and JSONL and error files).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
@@ -334,6 +339,12 @@ pub struct RunArgs {
     /// dropped).
     #[arg(long, requires = "resume")]
     pub retry_errors: bool,
+
+    /// With --resume, once the whole input was read, drop the --output rows whose custom_id
+    /// (or invalid line) the input no longer has, such as the old rows of edited records.
+    /// Not for a dataset directory.
+    #[arg(long, requires = "resume")]
+    pub prune: bool,
 
     /// Replace an existing --output or --errors file.
     #[arg(long, requires = "outputs", conflicts_with = "resume")]

@@ -11,10 +11,14 @@ use batchflow::stage::retry::RetryPolicy;
 
 use super::{MockArgs, PipelineRunArgs, RunArgs};
 
-/// What to do with existing outputs, as `--resume`, `--retry-errors` and `--overwrite` say.
-fn existing(resume: bool, retry_errors: bool, overwrite: bool) -> OutputMode {
+/// What to do with existing outputs, as `--resume`, `--retry-errors`, `--prune` and
+/// `--overwrite` say.
+fn existing(resume: bool, retry_errors: bool, prune: bool, overwrite: bool) -> OutputMode {
     if resume {
-        OutputMode::Resume { retry_errors }
+        OutputMode::Resume {
+            retry_errors,
+            prune,
+        }
     } else if overwrite {
         OutputMode::Overwrite
     } else {
@@ -47,7 +51,7 @@ impl RunArgs {
             max_response_bytes: self.max_response_bytes,
             shard: self.shard,
             results: self.output.clone(),
-            existing: existing(self.resume, self.retry_errors, self.overwrite),
+            existing: existing(self.resume, self.retry_errors, self.prune, self.overwrite),
             allow_config_change: self.allow_config_change,
             keep_raw: !self.no_raw,
             checkpoint_rows: self.checkpoint_rows,
@@ -67,7 +71,7 @@ impl RunArgs {
 impl PipelineRunArgs {
     /// Lays these flags over the options a pipeline file gave.
     pub fn lay_over(&self, options: &mut RunOptions) {
-        options.existing = existing(self.resume, self.retry_errors, self.overwrite);
+        options.existing = existing(self.resume, self.retry_errors, self.prune, self.overwrite);
         options.allow_config_change = self.allow_config_change;
         if let Some(stats) = &self.stats {
             options.stats_file = Some(stats.clone());

@@ -375,6 +375,7 @@ impl Runner {
             errors_file: None,
             existing: OutputMode::Resume {
                 retry_errors: false,
+                prune: false,
             },
             ..self.template.clone()
         };

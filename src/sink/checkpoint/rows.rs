@@ -1,12 +1,13 @@
 //! Whole-file passes over the kept rows: what is done (for resume), counts by status (for
-//! `status`), and the rewrite without error rows (for `--retry-errors`).
+//! `status`), and the rewrites without error rows (for `--retry-errors`) or without the rows of
+//! lines the input no longer has (for `--prune`).
 
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::Array;
 use arrow_array::cast::AsArray;
+use arrow_array::{Array, BooleanArray, RecordBatch};
 use parquet::file::metadata::KeyValue;
 
 use super::existing::ExistingResults;
@@ -106,29 +107,97 @@ pub fn drop_error_rows(
     codec: Codec,
     key_values: Vec<KeyValue>,
 ) -> Result<u64, ResultsError> {
+    let keep = |batch: &RecordBatch, _first_row: u64| {
+        batch.column_by_name("status").map(|status| {
+            status
+                .as_string::<i32>()
+                .iter()
+                .map(|value| Some(value == Some("ok")))
+                .collect()
+        })
+    };
+    rewrite_keeping(
+        path,
+        existing,
+        codec,
+        key_values,
+        FileState::Interrupted,
+        keep,
+    )
+}
+
+/// Rewrites the file without the rows among its first `earlier_rows` (those an earlier run
+/// wrote) whose custom_id, or invalid line, is not in `matched`: what this run's input still
+/// has of the done set. Rows with neither were never done, so they stay. The rewrite keeps the
+/// file's state and replaces it by an atomic rename. Returns how many rows were dropped.
+pub fn drop_unmatched_rows(
+    path: &Path,
+    existing: &ExistingResults,
+    codec: Codec,
+    key_values: Vec<KeyValue>,
+    earlier_rows: u64,
+    matched: &DoneSet,
+) -> Result<u64, ResultsError> {
+    let keep = |batch: &RecordBatch, first_row: u64| {
+        let (ids, lines, codes) = (
+            batch.column_by_name("custom_id")?.as_string::<i32>(),
+            batch
+                .column_by_name("request_line")?
+                .as_primitive::<arrow_array::types::Int64Type>(),
+            batch.column_by_name("error_code")?.as_string::<i32>(),
+        );
+        let keep = (0..batch.num_rows()).map(|row| {
+            let kept = if first_row + row as u64 >= earlier_rows {
+                true
+            } else if codes.is_valid(row) && is_invalid_input_code(codes.value(row)) {
+                let line = u64::try_from(lines.value(row)).unwrap_or(0);
+                matched.invalid_lines.contains(&line)
+            } else if ids.is_valid(row) {
+                matched.ids.contains(id_hash(ids.value(row)))
+            } else {
+                true
+            };
+            Some(kept)
+        });
+        Some(keep.collect())
+    };
+    let state = existing.state().unwrap_or(FileState::Interrupted);
+    rewrite_keeping(path, existing, codec, key_values, state, keep)
+}
+
+/// Writes the rows that `keep` marks (given each batch and the number of its first row) to a
+/// rewrite file beside `path`, closed as `state`, then renames it over `path`. A batch `keep`
+/// cannot judge (a column missing) is kept whole. Returns how many rows were dropped.
+fn rewrite_keeping(
+    path: &Path,
+    existing: &ExistingResults,
+    codec: Codec,
+    key_values: Vec<KeyValue>,
+    state: FileState,
+    mut keep: impl FnMut(&RecordBatch, u64) -> Option<BooleanArray>,
+) -> Result<u64, ResultsError> {
     let schema = existing.schema(path)?;
     let temporary = with_suffix(path, ".rewrite");
     let mut writer =
         ResultsWriter::create(&temporary, Arc::clone(&schema), true, codec, key_values)?;
-    let mut dropped = 0;
+    let (mut dropped, mut first_row) = (0, 0);
     for batch in existing.reader(path, &[])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;
-        let Some(status) = batch.column_by_name("status") else {
-            continue;
+        let rows = batch.num_rows() as u64;
+        let kept = match keep(&batch, first_row) {
+            Some(mask) => {
+                dropped += rows - mask.true_count() as u64;
+                arrow_select::filter::filter_record_batch(&batch, &mask)
+                    .map_err(|error| parquet_error(path)(error.into()))?
+            }
+            None => batch,
         };
-        let keep: arrow_array::BooleanArray = status
-            .as_string::<i32>()
-            .iter()
-            .map(|value| Some(value == Some("ok")))
-            .collect();
-        dropped += (batch.num_rows() - keep.true_count()) as u64;
-        let kept = arrow_select::filter::filter_record_batch(&batch, &keep)
-            .map_err(|error| parquet_error(path)(error.into()))?;
+        first_row += rows;
         if kept.num_rows() > 0 {
             writer.write_row_group(&kept)?;
         }
     }
-    writer.close(FileState::Interrupted)?;
+    writer.close(state)?;
     fs::rename(&temporary, path).map_err(io_error(path))?;
     sync_folder(path)?;
     Ok(dropped)
