@@ -181,7 +181,7 @@ fn prune_drops_stale_error_rows_from_the_error_file_too() {
 }
 
 #[test]
-fn prune_needs_resume_and_a_single_results_file() {
+fn prune_needs_resume_and_is_refused_for_a_dataset_on_object_storage() {
     let mock = fast_mock();
     let dir = tempfile::tempdir().expect("a temp dir");
     let input = support::write_input(dir.path(), &support::chat_lines(3));
@@ -191,6 +191,10 @@ fn prune_needs_resume_and_a_single_results_file() {
                 .arg(&input)
                 .args(["--backend", &mock.url(), "--quiet"])
                 .args(args)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                // Nothing listens there: the refusal comes before any request to the store.
+                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
                 .stdin(Stdio::null())
                 .output()
                 .expect("runs"),
@@ -202,16 +206,81 @@ fn prune_needs_resume_and_a_single_results_file() {
     assert!(alone.stderr.contains("--resume"), "{}", alone.stderr);
     assert!(!file.exists());
 
-    let folder = format!("{}/", dir.path().join("set").display());
-    let dataset = output(&["--output", &folder, "--resume", "--prune"]);
-    assert_eq!(dataset.code(), Some(2), "{}", dataset.stderr);
+    let remote = output(&["--output", "s3://bucket/run/", "--resume", "--prune"]);
+    assert_eq!(remote.code(), Some(2), "{}", remote.stderr);
     assert!(
-        dataset
+        remote
             .stderr
-            .contains("--prune rewrites a single results file"),
+            .contains("dataset on object storage (s3://bucket/run/)"),
         "{}",
-        dataset.stderr
+        remote.stderr
     );
+}
+
+/// Every row of every part of a dataset directory.
+fn dataset_rows(dir: &Path) -> Vec<support::ResultRow> {
+    let mut rows = Vec::new();
+    for entry in fs::read_dir(dir).expect("list").flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".parquet") {
+            rows.extend(result_rows(&entry.path()));
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_local_dataset_is_pruned_part_by_part() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.jsonl");
+    let set = dir.path().join("set");
+    let write = |ids: &[String]| {
+        let text: String = ids.iter().map(|id| chat_line(id, id) + "\n").collect();
+        fs::write(&input, text).expect("write input");
+    };
+    let run = |extra: &[&str]| {
+        parse_output(
+            batchflow()
+                .arg(&input)
+                .args(["--backend", &mock.url(), "--quiet", "--ordered"])
+                .args(["--output", &format!("{}/", set.display())])
+                .args(["--checkpoint-rows", "10", "--part-row-groups", "2"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .output()
+                .expect("runs"),
+        )
+    };
+    let old: Vec<String> = (0..60).map(|index| format!("req-{index}")).collect();
+    write(&old);
+    assert_eq!(run(&[]).code(), Some(0));
+    let parts = fs::read_dir(&set).expect("list").count();
+    assert!(parts >= 3, "{parts} files: the rows span several parts");
+    // Every third request edited: stale rows in every part.
+    let current: Vec<String> = (0..60)
+        .map(|index| match index % 3 {
+            0 => format!("edited-{index}"),
+            _ => format!("req-{index}"),
+        })
+        .collect();
+    write(&current);
+    let pruned = run(&["--resume", "--prune"]);
+    assert_eq!(pruned.code(), Some(0), "{}", pruned.stderr);
+    let rows = dataset_rows(&set);
+    let ids: BTreeSet<String> = rows.iter().filter_map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(rows.len(), 60, "one row per current line");
+    assert_eq!(ids, current.into_iter().collect::<BTreeSet<_>>());
+    let status = batchflow()
+        .args(["status", utf8(&set)])
+        .output()
+        .expect("status runs");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{report}");
+    assert!(report.contains("60 rows in all"), "{report}");
+    // The rewritten parts are still the shard's generation: a plain resume keeps them all.
+    let again = run(&["--resume"]);
+    assert_eq!(again.code(), Some(0), "{}", again.stderr);
+    assert_eq!(dataset_rows(&set).len(), 60);
 }
 
 fn start(mock: &Mock, input: &Path, results: &Path, extra: &[&str]) -> Child {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::http::HttpBackendConfig;
 use crate::error::{Error, ExitStatus};
+use crate::item::DoneSet;
 use crate::metrics::{LiveRun, MetricsConfig, MetricsEndpoint, MetricsListener, RunWatch};
 use crate::paths::Knobs;
 use crate::progress::{Probes, Progress, ProgressConfig};
@@ -178,6 +179,7 @@ async fn drive(
         .as_ref()
         .is_some_and(|output| matches!(output.mode, OutputMode::Resume { prune: true, .. }));
     source_options.track_done = prune_asked && source_options.done.is_some();
+    let done = source_options.done.clone().filter(|_| prune_asked);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
     // Batches of up to stage::OUTCOMES_HELD: one to fill while the writer drains another.
@@ -238,11 +240,7 @@ async fn drive(
             .errors_file
             .clone()
             .map(|path| (config.knobs.errors.clone(), path));
-        let kept = Kept {
-            rows: kept_rows,
-            keys: done_count,
-        };
-        match prune(output, errors, kept, source_summary.as_mut(), input_read).await {
+        match prune(output, errors, done, source_summary.as_mut(), input_read).await {
             Ok(rows) => {
                 stats.set_pruned(rows.unwrap_or(0));
                 pruned = rows;
@@ -279,37 +277,29 @@ async fn drive(
     })
 }
 
-/// What the results file held when the run resumed it.
-#[derive(Debug, Clone, Copy)]
-struct Kept {
-    /// Rows, written before this run's.
-    rows: u64,
-    /// Distinct keys (custom_ids and invalid lines) among them.
-    keys: u64,
-}
-
 /// Drops the results' rows of lines the input no longer has, once the whole input was read
 /// (before that, a missing line may only be unread). Returns the rows dropped, or `None` when
 /// the run did not read its whole input.
 async fn prune(
     output: &ParquetOutput,
     errors: Option<(String, PathBuf)>,
-    kept: Kept,
+    done: Option<Arc<DoneSet>>,
     summary: Option<&mut SourceSummary>,
     input_read: bool,
 ) -> Result<Option<u64>, Error> {
-    let Some(summary) = summary else {
-        return Ok(None);
+    // Nothing was kept: nothing can be stale.
+    let Some(done) = done else {
+        return Ok(Some(0));
     };
-    if !input_read || summary.reached_limit {
+    let Some(summary) = summary.filter(|summary| input_read && !summary.reached_limit) else {
         tracing::warn!(
             "Not pruned: the run stopped before the end of its input. Run --resume --prune again to prune."
         );
         return Ok(None);
-    }
+    };
     let matched = summary.matched.take().unwrap_or_default();
-    // Every key the file had was met again: nothing to drop, no need to rewrite.
-    if kept.rows == 0 || matched.len() as u64 >= kept.keys {
+    // Every key the results had was met again: nothing to drop, no need to read them.
+    if matched.len() >= done.len() {
         return Ok(Some(0));
     }
     let output = output.clone();
@@ -317,7 +307,7 @@ async fn prune(
         let errors = errors
             .as_ref()
             .map(|(knob, path)| (knob.as_str(), path.as_path()));
-        sink::prune::prune(&output, kept.rows, &matched, errors)
+        sink::prune::prune(&output, &done, &matched, errors)
     })
     .await
     .map_err(|error| Error::Internal(format!("the prune thread failed: {error}")))??;

@@ -342,7 +342,7 @@ pub struct RunArgs {
 
     /// With --resume, once the whole input was read, drop the --output rows whose custom_id
     /// (or invalid line) the input no longer has, such as the old rows of edited records.
-    /// Not for a dataset directory.
+    /// Not for a dataset on object storage.
     #[arg(long, requires = "resume")]
     pub prune: bool,
 

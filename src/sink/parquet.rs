@@ -75,8 +75,12 @@ pub struct PreparedOutput {
 /// resuming or overwriting. Creates nothing.
 pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     let path = &output.path;
-    if output.dataset.is_some() && matches!(output.mode, OutputMode::Resume { prune: true, .. }) {
-        return Err(ResultsError::PruneDataset { path: path.clone() });
+    if let Some(remote) = &output.remote
+        && matches!(output.mode, OutputMode::Resume { prune: true, .. })
+    {
+        return Err(ResultsError::PruneRemote {
+            url: remote.url().to_owned(),
+        });
     }
     if output.remote.is_some() {
         // What the remote holds is listed when the output is prepared (this runs on the async

@@ -36,7 +36,10 @@ use std::path::{Path, PathBuf};
 use parquet::errors::ParquetError;
 
 pub use existing::{ExistingResults, inspect};
-pub use rows::{StatusCounts, count_statuses, drop_error_rows, drop_unmatched_rows, read_done};
+pub use rows::{
+    StatusCounts, count_statuses, count_unmatched_rows, drop_error_rows, drop_unmatched_rows,
+    read_done,
+};
 pub use side_files::{SIDE_FILES, STAGING_SUFFIX, holds_nothing, remove_leftovers};
 pub use writer::{Codec, ResultsWriter};
 
@@ -124,9 +127,9 @@ pub enum ResultsError {
     LateWrite { url: String },
 
     #[error(
-        "--prune rewrites a single results file; {path} is a dataset directory, whose parts are sealed and uploaded one by one. Resume it without --prune, or write the edited input's results to a new file or directory"
+        "--prune rewrites results in place, which a dataset on object storage ({url}) does not allow safely: resume it without --prune, or write the edited input's results to a new dataset"
     )]
-    PruneDataset { path: PathBuf },
+    PruneRemote { url: String },
 
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },

@@ -13,7 +13,7 @@ use parquet::file::metadata::KeyValue;
 use super::existing::ExistingResults;
 use super::side_files::sync_folder;
 use super::writer::{Codec, ResultsWriter};
-use super::{FileState, ResultsError, io_error, parquet_error};
+use super::{FileState, ResultsError, STATE_KEY, io_error, parquet_error};
 use crate::item::{DoneSet, ErrorCode, id_hash};
 use crate::paths::with_suffix;
 
@@ -126,42 +126,74 @@ pub fn drop_error_rows(
     )
 }
 
-/// Rewrites the file without the rows among its first `earlier_rows` (those an earlier run
-/// wrote) whose custom_id, or invalid line, is not in `matched`: what this run's input still
-/// has of the done set. Rows with neither were never done, so they stay. The rewrite keeps the
-/// file's state and replaces it by an atomic rename. Returns how many rows were dropped.
+/// Whether each row of `batch` stays under `--prune`: a row is dropped when an earlier run
+/// had it done (its custom_id, or its line for an invalid one, is in `done`) and this run's
+/// input did not have it again (it is not in `matched`). This run's own rows are never in
+/// `done` (a done line is skipped, not written), so they stay; so do rows with no key.
+/// `None` when a column is missing: the batch is kept whole.
+fn unmatched_mask(batch: &RecordBatch, done: &DoneSet, matched: &DoneSet) -> Option<BooleanArray> {
+    let (ids, lines, codes) = (
+        batch.column_by_name("custom_id")?.as_string::<i32>(),
+        batch
+            .column_by_name("request_line")?
+            .as_primitive::<arrow_array::types::Int64Type>(),
+        batch.column_by_name("error_code")?.as_string::<i32>(),
+    );
+    let keep = (0..batch.num_rows()).map(|row| {
+        let stale = if codes.is_valid(row) && is_invalid_input_code(codes.value(row)) {
+            let line = u64::try_from(lines.value(row)).unwrap_or(0);
+            done.invalid_lines.contains(&line) && !matched.invalid_lines.contains(&line)
+        } else if ids.is_valid(row) {
+            let id = id_hash(ids.value(row));
+            done.ids.contains(id) && !matched.ids.contains(id)
+        } else {
+            false
+        };
+        Some(!stale)
+    });
+    Some(keep.collect())
+}
+
+/// How many rows `--prune` would drop from the file (see [`drop_unmatched_rows`]), reading
+/// only the three key columns.
+pub fn count_unmatched_rows(
+    path: &Path,
+    existing: &ExistingResults,
+    done: &DoneSet,
+    matched: &DoneSet,
+) -> Result<u64, ResultsError> {
+    let mut stale = 0;
+    for batch in existing.reader(path, &["custom_id", "request_line", "error_code"])? {
+        let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;
+        if let Some(keep) = unmatched_mask(&batch, done, matched) {
+            stale += (batch.num_rows() - keep.true_count()) as u64;
+        }
+    }
+    Ok(stale)
+}
+
+/// Rewrites the file without the rows an earlier run had done that this run's input did not
+/// have again (`done` without `matched`), for `--prune`. The rewrite keeps the file's footer
+/// entries and state, and replaces it by an atomic rename. Returns how many rows were dropped.
 pub fn drop_unmatched_rows(
     path: &Path,
     existing: &ExistingResults,
     codec: Codec,
-    key_values: Vec<KeyValue>,
-    earlier_rows: u64,
+    done: &DoneSet,
     matched: &DoneSet,
 ) -> Result<u64, ResultsError> {
-    let keep = |batch: &RecordBatch, first_row: u64| {
-        let (ids, lines, codes) = (
-            batch.column_by_name("custom_id")?.as_string::<i32>(),
-            batch
-                .column_by_name("request_line")?
-                .as_primitive::<arrow_array::types::Int64Type>(),
-            batch.column_by_name("error_code")?.as_string::<i32>(),
-        );
-        let keep = (0..batch.num_rows()).map(|row| {
-            let kept = if first_row + row as u64 >= earlier_rows {
-                true
-            } else if codes.is_valid(row) && is_invalid_input_code(codes.value(row)) {
-                let line = u64::try_from(lines.value(row)).unwrap_or(0);
-                matched.invalid_lines.contains(&line)
-            } else if ids.is_valid(row) {
-                matched.ids.contains(id_hash(ids.value(row)))
-            } else {
-                true
-            };
-            Some(kept)
-        });
-        Some(keep.collect())
-    };
+    // The file's own entries (what made it, its generation), less the state the close writes.
+    let key_values = existing
+        .metadata
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry.key.starts_with("batchflow.") && entry.key != STATE_KEY)
+        .cloned()
+        .collect();
     let state = existing.state().unwrap_or(FileState::Interrupted);
+    let keep = |batch: &RecordBatch, _first_row: u64| unmatched_mask(batch, done, matched);
     rewrite_keeping(path, existing, codec, key_values, state, keep)
 }
 
