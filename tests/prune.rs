@@ -296,6 +296,35 @@ fn start(mock: &Mock, input: &Path, results: &Path, extra: &[&str]) -> Child {
         .expect("starts")
 }
 
+/// [`start`] with its log on stderr, to be read by [`wait_for_pruning`].
+fn start_logging(mock: &Mock, input: &Path, results: &Path, extra: &[&str]) -> Child {
+    batchflow()
+        .arg(input)
+        .args(["--backend", &mock.url(), "--output"])
+        .arg(results)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts")
+}
+
+/// Reads the run's log until it says it is pruning; false when the run ended without pruning
+/// (an earlier kill may have left nothing to prune).
+fn wait_for_pruning(child: &mut Child) -> bool {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let found = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Pruning the rows of"));
+    // The rest of the log is drained on a thread, so that a full pipe cannot stall the run.
+    std::thread::spawn(move || lines.for_each(drop));
+    found
+}
+
 #[test]
 fn sigkill_at_any_moment_of_a_pruning_run_loses_no_kept_row() {
     let mock = Mock::start(MockConfig {
@@ -306,15 +335,6 @@ fn sigkill_at_any_moment_of_a_pruning_run_loses_no_kept_row() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let input = dir.path().join("input.jsonl");
     let results = dir.path().join("results.parquet");
-    let (count, edited) = (3000, 1000);
-    let ids = |edited: usize| -> Vec<String> {
-        (0..count)
-            .map(|index| match index < edited {
-                true => format!("new-{index}"),
-                false => format!("req-{index}"),
-            })
-            .collect()
-    };
     let write = |ids: &[String]| {
         let text: String = ids
             .iter()
@@ -322,18 +342,34 @@ fn sigkill_at_any_moment_of_a_pruning_run_loses_no_kept_row() {
             .collect();
         fs::write(&input, text).expect("write input");
     };
-    write(&ids(0));
+    let old: Vec<String> = (0..3000).map(|index| format!("req-{index}")).collect();
+    write(&old);
     let first = start(&mock, &input, &results, &[])
         .wait_with_output()
         .expect("runs");
     assert_eq!(first.status.code(), Some(0));
-    write(&ids(edited));
-    let unedited: HashSet<String> = ids(edited).into_iter().skip(edited).collect();
-    let flags = ["--resume", "--prune", "--checkpoint-rows", "100"];
+    // A third of the lines gone, a few new: the resumed run sends little, so that the kills
+    // land in its reading and pruning as much as in its sending.
+    let unedited: Vec<String> = old.into_iter().skip(1000).collect();
+    let current: Vec<String> = (0..200)
+        .map(|index| format!("new-{index}"))
+        .chain(unedited.iter().cloned())
+        .collect();
+    write(&current);
+    let unedited: HashSet<String> = unedited.into_iter().collect();
+    let flags = ["--resume", "--prune", "--checkpoint-rows", "50"];
     let mut rng = fastrand::Rng::with_seed(20261203);
-    for kill in 0..12 {
-        let mut child = start(&mock, &input, &results, &flags);
-        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+    let mut pruning = 0;
+    for kill in 0..16 {
+        let mut child = start_logging(&mock, &input, &results, &flags);
+        if kill % 2 == 0 {
+            // Anywhere in the run: start, reading, sending, checkpoints, pruning.
+            std::thread::sleep(Duration::from_millis(rng.u64(0..1500)));
+        } else if wait_for_pruning(&mut child) {
+            // Within the rewrite, which takes a few milliseconds.
+            pruning += 1;
+            std::thread::sleep(Duration::from_micros(rng.u64(0..20_000)));
+        }
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         checkpoint::inspect(&results).unwrap_or_else(|error| panic!("kill {kill} left {error}"));
@@ -347,6 +383,7 @@ fn sigkill_at_any_moment_of_a_pruning_run_loses_no_kept_row() {
             unedited.difference(&present).count()
         );
     }
+    assert!(pruning > 0, "some kills were aimed at the pruning");
     let finished = start(&mock, &input, &results, &flags)
         .wait_with_output()
         .expect("runs");
@@ -358,8 +395,8 @@ fn sigkill_at_any_moment_of_a_pruning_run_loses_no_kept_row() {
     );
     let rows = result_rows(&results);
     let present: BTreeSet<String> = rows.iter().filter_map(|(id, _, _)| id.clone()).collect();
-    assert_eq!(rows.len(), count, "one row per current line");
-    assert_eq!(present, ids(edited).into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(rows.len(), current.len(), "one row per current line");
+    assert_eq!(present, current.into_iter().collect::<BTreeSet<_>>());
     let leftovers: Vec<String> = fs::read_dir(dir.path())
         .expect("list")
         .flatten()

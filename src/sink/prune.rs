@@ -55,6 +55,10 @@ pub fn prune(
             (lock, vec![path.clone()])
         }
     };
+    tracing::info!(
+        "Pruning the rows of {} whose lines the input no longer has.",
+        path.display()
+    );
     let mut dropped = 0;
     let mut kept = Vec::new();
     for file in files {
