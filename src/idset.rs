@@ -1,5 +1,7 @@
 //! A compact set of 64-bit custom_id hashes: the one piece of state kept per request, for
-//! duplicate detection and for the requests a resumed run skips.
+//! duplicate detection and for the requests a resumed run skips. [`IdMap`] is the same set with
+//! a small value beside each id (duplicate detection keeps the line that first used it, 4 bytes
+//! more an id); [`IdSet`] is the map with no value, which costs nothing beside the ids.
 //!
 //! Eight bytes an id, plus a table for recent ids up to an eighth as many. A `HashSet<u64>`
 //! keeps a little under 9 bytes an id at best, 19 at its usual load and 28 while it doubles:
@@ -9,7 +11,7 @@
 //! says it should sit in the vector and gallops from there: a handful of probes, mostly on one
 //! page.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Fewest recent ids held apart before a merge; past that, an eighth of the merged ids, so
@@ -17,18 +19,33 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// them quadratic: 0.46 µs an id at ten million), for one or two bytes an id of table.
 const PENDING_MIN: usize = 4096;
 
-/// A set of id hashes.
-#[derive(Debug, Default, Clone)]
-pub struct IdSet {
+/// Id hashes, each with a value.
+#[derive(Debug, Clone)]
+pub struct IdMap<V> {
     /// Merged ids, ascending, each once.
     sorted: Vec<u64>,
+    /// The value of each id in `sorted`, at the same index.
+    values: Vec<V>,
     /// Ids added since the last merge, none of them in `sorted`.
-    pending: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    pending: HashMap<u64, V, BuildHasherDefault<IdHasher>>,
 }
 
-impl IdSet {
+/// A set of id hashes.
+pub type IdSet = IdMap<()>;
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap {
+            sorted: Vec::new(),
+            values: Vec::new(),
+            pending: HashMap::default(),
+        }
+    }
+}
+
+impl<V: Copy + Default> IdMap<V> {
     pub fn new() -> Self {
-        IdSet::default()
+        IdMap::default()
     }
 
     pub fn len(&self) -> usize {
@@ -40,40 +57,59 @@ impl IdSet {
     }
 
     pub fn contains(&self, id: u64) -> bool {
-        self.pending.contains(&id) || sorted_contains(&self.sorted, id)
+        self.get(id).is_some()
     }
 
-    /// Adds `id`; false when it was already there.
-    pub fn insert(&mut self, id: u64) -> bool {
-        if sorted_contains(&self.sorted, id) || !self.pending.insert(id) {
-            return false;
+    /// The value `id` was first added with.
+    pub fn get(&self, id: u64) -> Option<V> {
+        match self.pending.get(&id) {
+            Some(value) => Some(*value),
+            None => sorted_find(&self.sorted, id).map(|index| self.values[index]),
         }
+    }
+
+    /// Adds `id` with `value`; when it was already there, keeps it and returns its value.
+    pub fn try_insert(&mut self, id: u64, value: V) -> Result<(), V> {
+        if let Some(first) = self.get(id) {
+            return Err(first);
+        }
+        self.pending.insert(id, value);
         if self.pending.len() >= (self.sorted.len() / 8).max(PENDING_MIN) {
             self.merge_pending();
         }
-        true
+        Ok(())
     }
 
     /// Moves the pending ids into the sorted vector: sorts them, then merges from the back so
     /// that no second copy of the vector is needed.
     fn merge_pending(&mut self) {
-        let mut fresh: Vec<u64> = self.pending.drain().collect();
-        fresh.sort_unstable();
+        let mut fresh: Vec<(u64, V)> = self.pending.drain().collect();
+        fresh.sort_unstable_by_key(|(id, _)| *id);
         let old_len = self.sorted.len();
         self.sorted.reserve_exact(fresh.len());
         self.sorted.resize(old_len + fresh.len(), 0);
+        self.values.reserve_exact(fresh.len());
+        self.values.resize(old_len + fresh.len(), V::default());
         let (mut old, mut new) = (old_len, fresh.len());
         while new > 0 {
             let write = old + new - 1;
-            if old > 0 && self.sorted[old - 1] > fresh[new - 1] {
+            if old > 0 && self.sorted[old - 1] > fresh[new - 1].0 {
                 self.sorted[write] = self.sorted[old - 1];
+                self.values[write] = self.values[old - 1];
                 old -= 1;
             } else {
-                self.sorted[write] = fresh[new - 1];
+                (self.sorted[write], self.values[write]) = fresh[new - 1];
                 new -= 1;
             }
         }
         self.pending.shrink_to(PENDING_MIN);
+    }
+}
+
+impl IdSet {
+    /// Adds `id`; false when it was already there.
+    pub fn insert(&mut self, id: u64) -> bool {
+        self.try_insert(id, ()).is_ok()
     }
 }
 
@@ -85,11 +121,11 @@ impl Extend<u64> for IdSet {
     }
 }
 
-/// Whether ascending `sorted` holds `id`, starting from where an evenly spread id would sit.
-fn sorted_contains(sorted: &[u64], id: u64) -> bool {
+/// Where ascending `sorted` holds `id`, searched from where an evenly spread id would sit.
+fn sorted_find(sorted: &[u64], id: u64) -> Option<usize> {
     let len = sorted.len();
     if len == 0 {
-        return false;
+        return None;
     }
     // id / 2⁶⁴ × len, always below len.
     let guess = ((u128::from(id) * len as u128) >> 64) as usize;
@@ -117,7 +153,10 @@ fn sorted_contains(sorted: &[u64], id: u64) -> bool {
             step *= 2;
         }
     }
-    sorted[low..high].binary_search(&id).is_ok()
+    sorted[low..high]
+        .binary_search(&id)
+        .ok()
+        .map(|found| low + found)
 }
 
 /// The ids are hashes already: hashing them again would only cost time.
@@ -144,6 +183,7 @@ impl Hasher for IdHasher {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     /// Ids that fill both halves of the set: enough to merge many times.
     fn spread_ids(count: u64, seed: u64) -> Vec<u64> {
@@ -185,6 +225,20 @@ mod tests {
         }
         for id in [3, u64::MAX - 2, (1 << 63) + 1, (1 << 63) - 1] {
             assert!(!set.contains(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_map_keeps_the_first_value_of_each_id_across_merges() {
+        let mut map: IdMap<u32> = IdMap::new();
+        let ids = spread_ids(50_000, 11);
+        for (line, &id) in (1u32..).zip(&ids) {
+            assert_eq!(map.try_insert(id, line), Ok(()));
+        }
+        assert!(map.sorted.len() > 40_000, "most ids were merged");
+        for (line, &id) in (1u32..).zip(&ids).step_by(7) {
+            assert_eq!(map.try_insert(id, 0), Err(line));
+            assert_eq!(map.get(id), Some(line));
         }
     }
 

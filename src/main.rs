@@ -612,9 +612,11 @@ fn log_resume_notes(report: &RunReport) {
             report.skipped_lines
         );
     }
-    if let Some(unknown) = report.unknown_kept.filter(|unknown| *unknown > 0) {
+    if let Some(pruned) = report.pruned.filter(|pruned| *pruned > 0) {
+        tracing::info!("Pruned {pruned} rows no longer in the input.");
+    } else if let Some(unknown) = report.unknown_kept.filter(|unknown| *unknown > 0) {
         tracing::warn!(
-            "Rows for custom_ids (or lines) not in this input: {unknown}; was the results file resumed with a different input."
+            "Rows for custom_ids (or lines) not in this input: {unknown}; was the results file resumed with a different input? --resume --prune drops them."
         );
     }
     match (&report.output, report.interrupted, report.fatal.is_some()) {

@@ -373,6 +373,13 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
         snapshot.average_rate_per_sec
     );
     let _ = writeln!(text, "  workers:  {} at the end", snapshot.workers);
+    if snapshot.pruned > 0 {
+        let _ = writeln!(
+            text,
+            "  pruned:   {} rows no longer in the input",
+            snapshot.pruned
+        );
+    }
     if !snapshot.errors_by_code.is_empty() {
         let _ = writeln!(text, "  errors:   {}", counts(&snapshot.errors_by_code));
     }

@@ -112,6 +112,8 @@ pub struct RunStats {
     in_flight: AtomicU64,
     /// The concurrency limit now (it moves with `--workers auto`).
     workers: AtomicU64,
+    /// Rows `--prune` dropped, known once the run has ended.
+    pruned: AtomicU64,
     finished: Mutex<Finished>,
     retries_by_cause: Mutex<BTreeMap<&'static str, u64>>,
     window: Mutex<RateWindow>,
@@ -127,6 +129,7 @@ impl RunStats {
             total: AtomicU64::new(u64::MAX),
             in_flight: AtomicU64::new(0),
             workers: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
             finished: Mutex::new(Finished {
                 succeeded: 0,
                 failed: 0,
@@ -161,6 +164,10 @@ impl RunStats {
     /// Sets how many results the run should produce (input lines not already done).
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+    }
+
+    pub fn set_pruned(&self, rows: u64) {
+        self.pruned.store(rows, Ordering::Relaxed);
     }
 
     pub fn set_workers(&self, workers: usize) {
@@ -288,6 +295,7 @@ impl RunStats {
             invalid: finished.invalid,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             workers: self.workers.load(Ordering::Relaxed),
+            pruned: self.pruned.load(Ordering::Relaxed),
             retries: retries_by_cause.values().sum(),
             retries_by_cause,
             errors_by_code: finished
@@ -382,6 +390,10 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// The concurrency limit at the end (what `--workers auto` settled on).
     pub workers: u64,
+    /// Rows of the resumed results file that `--prune` dropped: their lines are no longer in
+    /// the input.
+    #[serde(default)]
+    pub pruned: u64,
     pub retries: u64,
     pub retries_by_cause: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,

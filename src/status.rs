@@ -69,6 +69,8 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
                     rows: sum.rows + status.rows,
                     ok: sum.ok + status.ok,
                     errors: sum.errors + status.errors,
+                    invalid_input: sum.invalid_input + status.invalid_input,
+                    duplicates: sum.duplicates + status.duplicates,
                     row_groups: sum.row_groups + status.row_groups,
                     // How the run ended is in its last part.
                     state: status.state.or(sum.state),
@@ -147,6 +149,11 @@ pub struct ResultsStatus {
     pub rows: u64,
     pub ok: u64,
     pub errors: u64,
+    /// Of the errors, rows of input lines that could not be sent (`--retry-errors` cannot
+    /// help them: the input must change).
+    pub invalid_input: u64,
+    /// Of those, lines refused for reusing an earlier line's custom_id.
+    pub duplicates: u64,
     pub row_groups: usize,
     pub state: Option<FileState>,
     /// What produced the file; `None` for a file written before fingerprints.
@@ -170,6 +177,8 @@ pub fn read_file(
                 rows: 0,
                 ok: 0,
                 errors: 0,
+                invalid_input: 0,
+                duplicates: 0,
                 row_groups: 0,
                 state: None,
                 fingerprint: None,
@@ -190,6 +199,8 @@ pub fn read_file(
         rows: existing.rows(),
         ok: counts.ok,
         errors: counts.error,
+        invalid_input: counts.invalid_input,
+        duplicates: counts.duplicates,
         row_groups: existing.metadata.num_row_groups(),
         state: existing.state(),
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
@@ -244,13 +255,7 @@ impl ResultsStatus {
         );
         let _ = writeln!(report, "  row groups: {}", self.row_groups);
         let _ = writeln!(report, "  next:       {next}");
-        if self.errors > 0 {
-            let _ = writeln!(
-                report,
-                "  errors:     --resume --retry-errors sends the {} failed requests again",
-                self.errors
-            );
-        }
+        self.render_errors(&mut report);
         match &self.fingerprint {
             Some(fingerprint) => {
                 let _ = writeln!(report, "  made by:");
@@ -264,5 +269,31 @@ impl ResultsStatus {
             }
         }
         report
+    }
+
+    /// What to do about the error rows: send the failed requests again, or fix the input
+    /// lines that no retry can help.
+    fn render_errors(&self, report: &mut String) {
+        let failed = self.errors.saturating_sub(self.invalid_input);
+        if failed > 0 {
+            let _ = writeln!(
+                report,
+                "  errors:     --resume --retry-errors sends the {failed} failed requests again"
+            );
+        }
+        if self.duplicates > 0 {
+            let _ = writeln!(
+                report,
+                "  duplicates: {} lines reuse an earlier line's custom_id; sending them again fails the same way: give each line its own id (for records, --id-column or source.id_column in a pipeline file) or remove the repeated lines",
+                self.duplicates
+            );
+        }
+        let other_invalid = self.invalid_input.saturating_sub(self.duplicates);
+        if other_invalid > 0 {
+            let _ = writeln!(
+                report,
+                "  invalid:    {other_invalid} input lines could not be sent; fix them in the input (each error row names its line and why), then --resume --retry-errors"
+            );
+        }
     }
 }

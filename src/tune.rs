@@ -196,6 +196,7 @@ async fn engine_step(
     run.existing = match results.exists() {
         true => OutputMode::Resume {
             retry_errors: false,
+            prune: false,
         },
         false => OutputMode::New,
     };

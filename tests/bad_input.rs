@@ -490,7 +490,7 @@ fn duplicate_ids_thousands_of_lines_apart_are_caught_and_the_first_use_is_kept()
     for index in 0..BETWEEN {
         case = case.ok(index as u64 + 2, format!("req-{index}"));
     }
-    let says = r#"custom_id "twin" is already used by an earlier line"#;
+    let says = r#"custom_id "twin" is already used by line 1"#;
     let last = BETWEEN as u64 + 2;
     let case = case
         .bad(last, Some("twin"), "duplicate_custom_id", says)
@@ -657,7 +657,7 @@ fn bad_parquet_rows_are_named_by_row_and_the_rest_is_processed() {
             8,
             Some("row-1"),
             "duplicate_custom_id",
-            "already used by an earlier row",
+            "already used by row 1",
         )
         .ok(9, "row-9");
     check_all(&[case]);
@@ -933,6 +933,94 @@ fn an_input_that_fails_to_read_does_not_leave_a_results_file_marked_complete() {
 /// Peak resident memory of a child, from `wait4(2)`: the kernel's own high-water mark for that
 /// one process, whatever ran beside it.
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+/// Runs a records pipeline (`records.jsonl` in `dir`, prompt `Rate {{name}}`) to
+/// `results.parquet`.
+fn run_records(mock: &Mock, dir: &Path, records: &str) -> Run {
+    std::fs::write(dir.join("records.jsonl"), records).expect("write records");
+    let pipeline = dir.join("pipe.toml");
+    let text = format!(
+        "[source]\npath = \"records.jsonl\"\n\n[request]\nmodel = \"llama3.2\"\nprompt = \"Rate {{{{name}}}}\"\n\n[backend]\nurl = \"{}\"\n\n[sink]\nparquet = \"results.parquet\"\n",
+        mock.url()
+    );
+    std::fs::write(&pipeline, text).expect("write the pipeline");
+    let output = batchflow()
+        .args(["run", utf8(&pipeline)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    parse_output(output)
+}
+
+#[test]
+fn identical_records_are_named_by_both_lines_with_how_to_give_ids() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let records = "{\"name\":\"Ada\",\"bio\":\"x\"}\n{\"name\":\"Bob\",\"bio\":\"y\"}\n{\"name\":\"Cy\",\"bio\":\"z\"}\n{\"bio\":\"y\",\"name\":\"Bob\"}\n";
+    let run = run_records(&mock, dir.path(), records);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let rows = result_rows(&dir.path().join("results.parquet"));
+    let duplicate = rows
+        .iter()
+        .find(|(_, line, _)| *line == 4)
+        .expect("line 4 has a row");
+    assert_eq!(duplicate.2.as_deref(), Some("duplicate_custom_id"));
+    let id = duplicate.0.clone().expect("the duplicate row keeps its id");
+    assert!(id.starts_with("rec-"), "{id}");
+    let says = format!("line 4: custom_id \"{id}\" is already used by line 2");
+    assert!(run.stderr.contains(&says), "{}", run.stderr);
+    for hint in ["made from the record's content", "source.id_column"] {
+        assert!(run.stderr.contains(hint), "no {hint:?} in {}", run.stderr);
+    }
+    assert_eq!(rows.len(), 4, "{rows:?}");
+}
+
+#[test]
+fn status_after_a_duplicate_suggests_the_fix_and_not_retry_errors() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let records = "{\"name\":\"Ada\"}\n{\"name\":\"Ada\"}\n{\"name\":\"Bob\"}\n";
+    let run = run_records(&mock, dir.path(), records);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let status = batchflow()
+        .args(["status", utf8(&dir.path().join("results.parquet"))])
+        .output()
+        .expect("status runs");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{report}");
+    assert!(report.contains("rows:       3 (ok 2, error 1)"), "{report}");
+    assert!(!report.contains("--retry-errors"), "{report}");
+    assert!(report.contains("duplicates: 1 lines"), "{report}");
+    assert!(report.contains("source.id_column"), "{report}");
+}
+
+#[test]
+fn status_counts_failed_requests_apart_from_duplicate_lines() {
+    let mock = fast_mock();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = [
+        chat_line("a", "hi"),
+        chat_line("a", "again"),
+        chat_line("gone", "x [mock:fail=9:404]"),
+    ]
+    .join("\n");
+    let input_path = dir.path().join("input.jsonl");
+    std::fs::write(&input_path, input + "\n").expect("write input");
+    let results = dir.path().join("results.parquet");
+    let run = run_on(&mock, &input_path, &["--output", utf8(&results)]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    let status = batchflow()
+        .args(["status", utf8(&results)])
+        .output()
+        .expect("status runs");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(report.contains("rows:       3 (ok 1, error 2)"), "{report}");
+    assert!(
+        report.contains("--resume --retry-errors sends the 1 failed requests again"),
+        "{report}"
+    );
+    assert!(report.contains("duplicates: 1 lines"), "{report}");
+}
+
 mod peak_memory {
     use std::io;
     use std::os::unix::process::ExitStatusExt;

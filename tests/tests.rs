@@ -21,6 +21,7 @@ mod parquet_input;
 mod pipeline;
 mod pipelines;
 mod plan;
+mod prune;
 mod readers;
 mod remote_results;
 mod resume;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::http::HttpBackendConfig;
 use crate::error::{Error, ExitStatus};
+use crate::item::DoneSet;
 use crate::metrics::{LiveRun, MetricsConfig, MetricsEndpoint, MetricsListener, RunWatch};
 use crate::paths::Knobs;
 use crate::progress::{Probes, Progress, ProgressConfig};
@@ -102,6 +103,8 @@ pub struct RunReport {
     /// Kept rows whose custom_id (or line) is not in this input: a sign of resuming with a
     /// different input. Only known when the whole input was read.
     pub unknown_kept: Option<u64>,
+    /// Of those, the rows `--prune` dropped from the results file; `None` unless it ran.
+    pub pruned: Option<u64>,
     /// The metrics endpoint, still serving the final figures: dropping it stops it,
     /// [`MetricsEndpoint::close`] lingers first.
     pub metrics: Option<MetricsEndpoint>,
@@ -157,7 +160,7 @@ async fn drive(
         catalog,
         ollama,
         sinks,
-        source_options,
+        mut source_options,
         kept_rows,
         dropped_errors,
         done_count,
@@ -174,6 +177,12 @@ async fn drive(
         ollama,
     };
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
+    let prune_asked = config
+        .results
+        .as_ref()
+        .is_some_and(|output| matches!(output.mode, OutputMode::Resume { prune: true, .. }));
+    source_options.track_done = prune_asked && source_options.done.is_some();
+    let done = source_options.done.clone().filter(|_| prune_asked);
     let (item_sender, items) = mpsc::channel(CHANNEL_CAPACITY);
     let source = source::spawn(input, source_options, item_sender, shutdown.clone())?;
     // Batches of up to stage::OUTCOMES_HELD: one to fill while the writer drains another.
@@ -223,6 +232,25 @@ async fn drive(
             }
         }
     }
+    let input_read = stage_report.input_exhausted && !shutdown.was_interrupted();
+    let mut pruned = None;
+    if let Some(output) = config
+        .results
+        .as_ref()
+        .filter(|_| prune_asked && fatal.is_none())
+    {
+        let errors = config
+            .errors_file
+            .clone()
+            .map(|path| (config.knobs.errors.clone(), path));
+        match prune(output, errors, done, source_summary.as_mut(), input_read).await {
+            Ok(rows) => {
+                stats.set_pruned(rows.unwrap_or(0));
+                pruned = rows;
+            }
+            Err(error) => fatal = Some(error),
+        }
+    }
     let final_stats = match progress.finish().await {
         Some(snapshot) => snapshot,
         None => stats.snapshot(Instant::now()),
@@ -241,12 +269,52 @@ async fn drive(
         }),
         kept_rows,
         dropped_errors,
-        skipped_lines: source_summary.map_or(0, |summary| summary.skipped_done),
+        skipped_lines: source_summary
+            .as_ref()
+            .map_or(0, |summary| summary.skipped_done),
         unknown_kept: source_summary
             .filter(|summary| stage_report.input_exhausted && !summary.reached_limit)
             .map(|summary| done_count.saturating_sub(summary.skipped_done)),
+        pruned,
         metrics,
     })
+}
+
+/// Drops the results' rows of lines the input no longer has, once the whole input was read
+/// (before that, a missing line may only be unread). Returns the rows dropped, or `None` when
+/// the run did not read its whole input.
+async fn prune(
+    output: &ParquetOutput,
+    errors: Option<(String, PathBuf)>,
+    done: Option<Arc<DoneSet>>,
+    summary: Option<&mut SourceSummary>,
+    input_read: bool,
+) -> Result<Option<u64>, Error> {
+    // Nothing was kept: nothing can be stale.
+    let Some(done) = done else {
+        return Ok(Some(0));
+    };
+    let Some(summary) = summary.filter(|summary| input_read && !summary.reached_limit) else {
+        tracing::warn!(
+            "Not pruned: the run stopped before the end of its input. Run --resume --prune again to prune."
+        );
+        return Ok(None);
+    };
+    let matched = summary.matched.take().unwrap_or_default();
+    // Every key the results had was met again: nothing to drop, no need to read them.
+    if matched.len() >= done.len() {
+        return Ok(Some(0));
+    }
+    let output = output.clone();
+    let pruned = tokio::task::spawn_blocking(move || {
+        let errors = errors
+            .as_ref()
+            .map(|(knob, path)| (knob.as_str(), path.as_path()));
+        sink::prune::prune(&output, &done, &matched, errors)
+    })
+    .await
+    .map_err(|error| Error::Internal(format!("the prune thread failed: {error}")))??;
+    Ok(Some(pruned))
 }
 
 /// Sets the run's expected result count: known at once for Parquet and embedded input, counted

@@ -73,6 +73,7 @@ impl RunOptions {
                 model_override: self.model.clone(),
                 max_line_bytes: self.max_line_bytes,
                 done: None,
+                track_done: false,
                 records: self.records.clone(),
                 shard: self.shard,
                 limit: None,

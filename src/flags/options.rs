@@ -91,6 +91,7 @@ impl OutputArgs {
         options.existing = if self.resume {
             OutputMode::Resume {
                 retry_errors: self.retry_errors,
+                prune: self.prune,
             }
         } else if self.overwrite {
             OutputMode::Overwrite

@@ -224,6 +224,12 @@ pub struct OutputArgs {
     #[arg(long, requires = "resume")]
     pub retry_errors: bool,
 
+    /// With --resume, once the whole input was read, drop the results' rows whose custom_id
+    /// (or invalid line) the input no longer has, such as the old rows of edited records. Not
+    /// for a dataset on object storage.
+    #[arg(long, requires = "resume")]
+    pub prune: bool,
+
     /// Replace an existing --output or --errors file.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,

@@ -383,6 +383,7 @@ impl Runner {
             errors_file: None,
             existing: OutputMode::Resume {
                 retry_errors: false,
+                prune: false,
             },
             ..self.template.clone()
         };

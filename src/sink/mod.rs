@@ -15,6 +15,7 @@ pub mod jsonl;
 pub mod lock;
 pub mod mode;
 pub mod parquet;
+pub mod prune;
 pub mod remote;
 pub mod results;
 

@@ -8,6 +8,7 @@ pub enum OutputMode {
     New,
     /// Replace an existing file.
     Overwrite,
-    /// Continue an existing file; with `retry_errors`, drop its error rows and redo them.
-    Resume { retry_errors: bool },
+    /// Continue an existing file; with `retry_errors`, drop its error rows and redo them; with
+    /// `prune`, once the whole input was read, drop the rows of lines it no longer has.
+    Resume { retry_errors: bool, prune: bool },
 }

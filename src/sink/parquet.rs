@@ -75,6 +75,13 @@ pub struct PreparedOutput {
 /// resuming or overwriting. Creates nothing.
 pub fn check_path(output: &ParquetOutput) -> Result<(), ResultsError> {
     let path = &output.path;
+    if let Some(remote) = &output.remote
+        && matches!(output.mode, OutputMode::Resume { prune: true, .. })
+    {
+        return Err(ResultsError::PruneRemote {
+            url: remote.url().to_owned(),
+        });
+    }
     if output.remote.is_some() {
         // What the remote holds is listed when the output is prepared (this runs on the async
         // runtime, which must not wait on a store); a refusal there still precedes any write.
@@ -458,7 +465,13 @@ fn take_kept(
     key_values: Vec<KeyValue>,
     done: &mut DoneSet,
 ) -> Result<(ExistingResults, u64), ResultsError> {
-    let retry_errors = matches!(output.mode, OutputMode::Resume { retry_errors: true });
+    let retry_errors = matches!(
+        output.mode,
+        OutputMode::Resume {
+            retry_errors: true,
+            ..
+        }
+    );
     let mut dropped = 0;
     if retry_errors && !existing.groups_with_errors().is_empty() {
         dropped = checkpoint::drop_error_rows(path, &existing, output.codec, key_values)?;

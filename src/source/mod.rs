@@ -102,6 +102,9 @@ pub struct SourceOptions {
     pub max_line_bytes: usize,
     /// Lines an earlier run finished (on resume): skipped without output.
     pub done: Option<Arc<DoneSet>>,
+    /// Gather the done lines this input still has, in [`SourceSummary::matched`]
+    /// (`--resume --prune` drops the others).
+    pub track_done: bool,
     /// Pipelines over records: how each record becomes a request.
     pub records: Option<Arc<template::RecordShape>>,
     /// Process only this shard of the input.
@@ -158,7 +161,7 @@ impl Shard {
 }
 
 /// What the source saw, once it has ended.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 pub struct SourceSummary {
     /// Non-blank lines (or Parquet rows) read, of this shard only.
     pub lines: u64,
@@ -168,6 +171,8 @@ pub struct SourceSummary {
     pub sent: u64,
     /// Reading stopped at [`SourceOptions::limit`], before the input's end.
     pub reached_limit: bool,
+    /// With [`SourceOptions::track_done`]: the skipped lines' keys, as the done set has them.
+    pub matched: Option<DoneSet>,
 }
 
 /// An input that has been opened but not read.
@@ -404,7 +409,10 @@ fn forward(
     each: Each<'_>,
     mut next: impl FnMut() -> Result<Option<SourceItem>, SourceError>,
 ) -> Result<SourceSummary, SourceError> {
-    let mut summary = SourceSummary::default();
+    let mut summary = SourceSummary {
+        matched: options.track_done.then(DoneSet::default),
+        ..SourceSummary::default()
+    };
     loop {
         if options.limit.is_some_and(|limit| summary.sent >= limit) {
             summary.reached_limit = true;
@@ -423,6 +431,16 @@ fn forward(
             .is_some_and(|done| is_done(done, &item))
         {
             summary.skipped_done += 1;
+            if let Some(matched) = &mut summary.matched {
+                match &item {
+                    SourceItem::Request(request) => {
+                        matched.ids.insert(crate::item::id_hash(&request.custom_id));
+                    }
+                    SourceItem::Invalid(invalid) => {
+                        matched.invalid_lines.insert(invalid.line);
+                    }
+                }
+            }
             continue;
         }
         if let SourceItem::Invalid(invalid) = &item

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::lines::RawLine;
 use super::template::{RecordShape, Shaped};
-use crate::idset::IdSet;
+use crate::idset::IdMap;
 use crate::item::{ErrorCode, InvalidLine, Request, SourceItem, id_hash};
 
 /// Longest accepted `custom_id`, in bytes. Ids are stored in results and compared on resume;
@@ -51,13 +51,15 @@ impl fmt::Display for Position {
 }
 
 /// Turns raw lines (or rows already made into JSON values) into requests. Stateful: it
-/// remembers every valid `custom_id` (as a 64-bit hash, 8 bytes each) to flag duplicates.
+/// remembers every valid `custom_id` (as a 64-bit hash, 8 bytes each) with the line that used
+/// it first (4 bytes more), to flag duplicates naming both lines.
 pub struct RequestParser {
     model_override: Option<String>,
     text_bodies: bool,
     /// Records mode: each value is a record to shape into a request first.
     shape: Option<Arc<RecordShape>>,
-    seen_ids: IdSet,
+    /// The line or row of each id's first use; 0 past `u32::MAX`, where it is not named.
+    seen_ids: IdMap<u32>,
     /// How the user sets the model for every line, for messages (`--model`, `request.model`).
     model_knob: String,
 }
@@ -68,7 +70,7 @@ impl RequestParser {
             model_override,
             text_bodies: false,
             shape: None,
-            seen_ids: IdSet::new(),
+            seen_ids: IdMap::new(),
             model_knob: "--model".into(),
         }
     }
@@ -188,11 +190,9 @@ impl RequestParser {
             .body_model(&mut body, position.unit())
             .map_err(refused)?;
         disable_streaming(&url, &mut body);
-        if !self.seen_ids.insert(id_hash(&custom_id)) {
-            let what = format!(
-                "custom_id {custom_id:?} is already used by an earlier {}",
-                position.unit()
-            );
+        let line = u32::try_from(position.number()).unwrap_or(0);
+        if let Err(first) = self.seen_ids.try_insert(id_hash(&custom_id), line) {
+            let what = self.duplicate_message(&custom_id, position, first);
             return Err(refused((ErrorCode::DuplicateCustomId, what)));
         }
         let body = serde_json::to_vec(&Value::Object(body))
@@ -205,6 +205,30 @@ impl RequestParser {
             model,
             body: Bytes::from(body),
         })
+    }
+
+    /// Why a second use of `custom_id` is refused: the line that used it first and, when the
+    /// id was made from the record's content (so the two records are the same), how to give
+    /// ids instead.
+    fn duplicate_message(&self, custom_id: &str, position: Position, first: u32) -> String {
+        let unit = position.unit();
+        let earlier = match first {
+            0 => format!("an earlier {unit}"),
+            first => format!("{unit} {first}"),
+        };
+        let mut what = format!("custom_id {custom_id:?} is already used by {earlier}");
+        if self
+            .shape
+            .as_deref()
+            .is_some_and(|shape| shape.id_column.is_none())
+        {
+            what.push_str(&format!(
+                " (this id is made from the record's content: the two records are identical; \
+                 give each record an id with --id-column COLUMN on the command line or \
+                 source.id_column = \"COLUMN\" in a pipeline file, or remove the repeated {unit})"
+            ));
+        }
+        what
     }
 
     /// `body`: a JSON object (or, from Parquet, JSON text of one).
@@ -392,9 +416,12 @@ mod tests {
         assert_eq!(body["model"], "m:1");
         assert_eq!(body["stream"], false);
         assert_eq!(request.model.as_deref(), Some("m:1"));
-        let (code, message) = invalid_message(parse(&mut parser, line));
+        let (code, message) = invalid_message(parser.parse(RawLine::Line {
+            number: 9,
+            bytes: line.as_bytes(),
+        }));
         assert_eq!(code, ErrorCode::DuplicateCustomId);
-        assert!(message.contains("\"a\""), "{message}");
+        assert_eq!(message, "line 9: custom_id \"a\" is already used by line 7");
         assert!(parse(&mut parser, "  \t").is_none());
     }
 
@@ -432,10 +459,7 @@ mod tests {
         );
         let (code, message) = invalid_message(Some(rows.parse_value(Position::Row(5), text_body)));
         assert_eq!(code, ErrorCode::DuplicateCustomId);
-        assert!(
-            message.ends_with("is already used by an earlier row"),
-            "{message}"
-        );
+        assert!(message.ends_with("is already used by row 4"), "{message}");
         let (code, message) =
             invalid_message(Some(rows.parse_value(Position::Row(6), request("[1]"))));
         assert_eq!(code, ErrorCode::InvalidRequest);

@@ -552,6 +552,7 @@ fn read_input(
         model_override: options.model.clone(),
         max_line_bytes: options.max_line_bytes,
         done: None,
+        track_done: false,
         records: options.records.clone(),
         shard: None,
         limit: None,

@@ -22,7 +22,8 @@
 //!
 //! The parts: `side_files` (the staging and rewrite files beside the results), `existing` (a
 //! file found on disk, checked but not modified), `writer` (appending and checkpointing) and
-//! `rows` (whole-file passes: what is done, counts by status, the `--retry-errors` rewrite).
+//! `rows` (whole-file passes: what is done, counts by status, the `--retry-errors` and
+//! `--prune` rewrites).
 
 mod existing;
 mod rows;
@@ -35,7 +36,10 @@ use std::path::{Path, PathBuf};
 use parquet::errors::ParquetError;
 
 pub use existing::{ExistingResults, inspect};
-pub use rows::{StatusCounts, count_statuses, drop_error_rows, read_done};
+pub use rows::{
+    StatusCounts, count_statuses, count_unmatched_rows, drop_error_rows, drop_unmatched_rows,
+    read_done,
+};
 pub use side_files::{SIDE_FILES, STAGING_SUFFIX, holds_nothing, remove_leftovers};
 pub use writer::{Codec, ResultsWriter};
 
@@ -121,6 +125,11 @@ pub enum ResultsError {
         "{url} changed after this run read it: a write of the run it took over from landed late. This run publishes nothing more, so nothing is lost or doubled; run again with --resume"
     )]
     LateWrite { url: String },
+
+    #[error(
+        "--prune rewrites results in place, which a dataset on object storage ({url}) does not allow safely: resume it without --prune, or write the edited input's results to a new dataset"
+    )]
+    PruneRemote { url: String },
 
     #[error("{path} already exists; pass --resume to continue it or --overwrite to replace it")]
     Exists { path: PathBuf },
