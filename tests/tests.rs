@@ -20,6 +20,7 @@ mod parquet_input;
 mod pipeline;
 mod pipelines;
 mod readers;
+mod readme;
 mod remote_results;
 mod resume;
 mod scale;
