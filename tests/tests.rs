@@ -23,6 +23,7 @@ mod pipelines;
 mod plan;
 mod prune;
 mod readers;
+mod readme;
 mod remote_results;
 mod resume;
 mod scale;
