@@ -282,6 +282,17 @@ pub struct MockArgs {
     )]
     pub models: Vec<String>,
 
+    /// Time a model takes to load: waited by its first request and by each request that asks
+    /// for another num_ctx than the model was loaded with (as Ollama reloads it), and given
+    /// as that reply's load_duration.
+    #[arg(long, default_value_t = FlagDuration(MockConfig::default().load_delay), value_parser = flag_duration, value_name = "DURATION")]
+    pub load_delay: FlagDuration,
+
+    /// Share of each loaded model that /api/ps reports on the CPU (size_vram below size), to
+    /// simulate a model split between CPU and GPU.
+    #[arg(long, default_value_t = MockConfig::default().cpu_share, value_parser = parse_fraction, value_name = "FRACTION")]
+    pub cpu_share: f64,
+
     /// Answer any model name too, listing each one asked for beside --models (as --mock does).
     #[arg(long)]
     pub any_model: bool,

@@ -164,6 +164,8 @@ impl MockArgs {
             hang: self.hang.0,
             models: self.models.clone(),
             any_model: self.any_model,
+            load_delay: self.load_delay.0,
+            cpu_share: self.cpu_share,
             ..MockConfig::default()
         }
     }

@@ -10,7 +10,7 @@ pub mod faults;
 pub mod replies;
 pub mod structured;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +70,19 @@ pub struct MockConfig {
     pub embedding_dimensions: usize,
     /// Keep a log of every arrival (for tests of retry timing); grows with the requests.
     pub record_arrivals: bool,
+    /// Time a model takes to load, as Ollama spends it on a model's first request and again
+    /// whenever a request asks for another `num_ctx` than the model was loaded with: the
+    /// request waits it in its slot, and its reply's `load_duration` says it.
+    pub load_delay: Duration,
+    /// Share of a loaded model held on the CPU, as `/api/ps` tells it (`size_vram` below
+    /// `size`): 0 is all in GPU memory.
+    pub cpu_share: f64,
 }
+
+/// Ollama's context length when a request sets no `num_ctx`.
+pub const DEFAULT_NUM_CTX: u64 = 4096;
+/// The size `/api/ps` gives every loaded model.
+const MODEL_BYTES: u64 = 3_500_000_000;
 
 impl Default for MockConfig {
     fn default() -> MockConfig {
@@ -88,6 +100,8 @@ impl Default for MockConfig {
             any_model: false,
             embedding_dimensions: 8,
             record_arrivals: false,
+            load_delay: Duration::ZERO,
+            cpu_share: 0.0,
         }
     }
 }
@@ -109,6 +123,8 @@ pub struct MockStats {
     pub in_slots: AtomicU64,
     pub max_in_slots: AtomicU64,
     pub waiting: AtomicU64,
+    /// Model loads: each model's first request, and each change of its context.
+    pub loads: AtomicU64,
 }
 
 /// A copy of [`MockStats`] at one moment.
@@ -125,6 +141,8 @@ pub struct MockCounts {
     pub bad_outputs: u64,
     pub client_errors: u64,
     pub max_in_slots: u64,
+    #[serde(default)]
+    pub loads: u64,
 }
 
 impl MockStats {
@@ -142,6 +160,7 @@ impl MockStats {
             bad_outputs: read(&self.bad_outputs),
             client_errors: read(&self.client_errors),
             max_in_slots: read(&self.max_in_slots),
+            loads: read(&self.loads),
         }
     }
 }
@@ -161,7 +180,8 @@ struct MockState {
     plan: FaultPlan,
     stats: Arc<MockStats>,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
-    loaded: Mutex<BTreeSet<String>>,
+    /// Each loaded model with the context it was loaded with.
+    loaded: Mutex<BTreeMap<String, u64>>,
     /// With `any_model`, the names asked for that `models` lacks (one entry per name).
     asked: Mutex<BTreeSet<String>>,
 }
@@ -195,7 +215,7 @@ impl MockServer {
             plan: FaultPlan::new(config.faults, config.seed),
             stats: Arc::clone(&stats),
             arrivals: Arc::clone(&arrivals),
-            loaded: Mutex::new(BTreeSet::new()),
+            loaded: Mutex::new(BTreeMap::new()),
             asked: Mutex::new(BTreeSet::new()),
             config,
         });
@@ -291,14 +311,16 @@ async fn running_models(State(state): State<Arc<MockState>>) -> axum::Json<Value
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let in_gpu = 1.0 - state.config.cpu_share.clamp(0.0, 1.0);
     let models: Vec<Value> = loaded
         .iter()
-        .map(|name| {
+        .map(|(name, context)| {
             json!({
                 "name": name,
                 "model": name,
-                "size": 3_500_000_000u64,
-                "size_vram": 3_500_000_000u64,
+                "size": MODEL_BYTES,
+                "size_vram": (MODEL_BYTES as f64 * in_gpu).round() as u64,
+                "context_length": context,
                 "expires_at": "2099-01-01T00:00:00Z",
             })
         })
@@ -363,6 +385,23 @@ impl MockState {
             .collect()
     }
 
+    /// Notes `call`'s model as loaded with its context; the time the load takes when this
+    /// request loads it (the model's first, or a context other than the loaded one's), as
+    /// Ollama reloads a model whose `num_ctx` changes.
+    fn load(&self, call: &Call) -> Option<Duration> {
+        let context = replies::num_ctx(&call.request);
+        let previous = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call.model.clone(), context);
+        let loads = previous.is_none_or(|loaded| loaded != context);
+        if loads {
+            self.stats.loads.fetch_add(1, Ordering::SeqCst);
+        }
+        (loads && !self.config.load_delay.is_zero()).then_some(self.config.load_delay)
+    }
+
     fn latency(&self, directive: Option<Directive>) -> Duration {
         if let Some(Directive::Delay(delay)) = directive {
             return delay;
@@ -393,7 +432,7 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
     let arrived = Instant::now();
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    let call = match admit(&state, endpoint, &body, arrived) {
+    let mut call = match admit(&state, endpoint, &body, arrived) {
         Ok(call) => call,
         Err(refusal) => return *refusal,
     };
@@ -413,13 +452,11 @@ async fn infer(State(state): State<Arc<MockState>>, endpoint: Endpoint, body: By
     let in_slots = stats.in_slots.fetch_add(1, Ordering::SeqCst) + 1;
     stats.max_in_slots.fetch_max(in_slots, Ordering::SeqCst);
     let _slot = SlotGuard(stats);
-    state
-        .loaded
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(call.model.clone());
-
     let started = Instant::now();
+    call.load = state.load(&call);
+    if let Some(load) = call.load {
+        tokio::time::sleep(load).await;
+    }
     if call.fault == Some(Fault::Hang) {
         stats.hangs.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(state.config.hang).await;
@@ -438,6 +475,8 @@ struct Call {
     model: String,
     directive: Option<Directive>,
     fault: Option<Fault>,
+    /// The model load this request waited for, if it loaded the model.
+    load: Option<Duration>,
 }
 
 impl Call {
@@ -454,6 +493,7 @@ impl Call {
             &self.model,
             request,
             started.elapsed(),
+            self.load,
             state.config.embedding_dimensions,
         )
     }
@@ -534,6 +574,7 @@ fn admit(
         model,
         directive,
         fault,
+        load: None,
     })
 }
 

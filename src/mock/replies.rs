@@ -92,12 +92,21 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The context `request` asks for (Ollama's `options.num_ctx`), else Ollama's default.
+pub fn num_ctx(request: &Value) -> u64 {
+    request["options"]["num_ctx"]
+        .as_u64()
+        .filter(|context| *context > 0)
+        .unwrap_or(super::DEFAULT_NUM_CTX)
+}
+
 /// The successful answer to `request` at `endpoint`, having spent `elapsed` in a slot.
 pub fn success(
     endpoint: Endpoint,
     model: &str,
     request: &Value,
     elapsed: Duration,
+    load: Option<Duration>,
     dimensions: usize,
 ) -> Value {
     let prompt = prompt_text(endpoint, request);
@@ -106,7 +115,8 @@ pub fn success(
         None => reply_text(model, &prompt),
     };
     let total = nanos(elapsed);
-    let load = total / 100;
+    // A warm model answers with a load of a hundredth of its time (tens of microseconds).
+    let load = load.map_or(total / 100, nanos);
     let prompt_eval = total / 5;
     let now = SystemTime::now();
     let created_at = humantime::format_rfc3339_nanos(now).to_string();
@@ -124,7 +134,8 @@ pub fn success(
                 "done_reason": "stop",
                 "total_duration": total,
                 "load_duration": load,
-                "prompt_eval_count": tokens(&prompt),
+                // Ollama cuts a prompt longer than the context, and counts what it kept.
+                "prompt_eval_count": tokens(&prompt).min(num_ctx(request)),
                 "prompt_eval_duration": prompt_eval,
                 "eval_count": tokens(&content),
                 "eval_duration": total - load - prompt_eval,
@@ -208,6 +219,7 @@ mod tests {
             "m",
             &request,
             Duration::from_millis(50),
+            None,
             4,
         );
         assert_eq!(
@@ -222,7 +234,14 @@ mod tests {
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {
         let request = json!({"model": "e", "input": ["a", "b"]});
-        let reply = success(Endpoint::OllamaEmbed, "e", &request, Duration::ZERO, 8);
+        let reply = success(
+            Endpoint::OllamaEmbed,
+            "e",
+            &request,
+            Duration::ZERO,
+            None,
+            8,
+        );
         let first: Vec<f64> =
             serde_json::from_value(reply["embeddings"][0].clone()).expect("floats");
         assert_eq!(first.len(), 8);
@@ -230,7 +249,14 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-3, "{norm}");
         assert_eq!(
             reply,
-            success(Endpoint::OllamaEmbed, "e", &request, Duration::ZERO, 8)
+            success(
+                Endpoint::OllamaEmbed,
+                "e",
+                &request,
+                Duration::ZERO,
+                None,
+                8
+            )
         );
     }
 }
