@@ -359,8 +359,10 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
 fn log_resume_notes(report: &RunReport) {
     if report.kept_rows > 0 || report.skipped_lines > 0 {
         tracing::info!(
-            "Resumed: {} rows kept from earlier runs, {} input lines skipped as done.",
+            "Resumed: {} rows kept from earlier runs ({} failed, {} invalid), {} input lines skipped as done.",
             report.kept_rows,
+            report.kept_failed,
+            report.kept_invalid,
             report.skipped_lines
         );
     }
