@@ -11,6 +11,7 @@ mod edges;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;
+mod messages;
 mod metrics;
 mod misbehaviour;
 mod object_storage;
