@@ -69,6 +69,7 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
                     rows: sum.rows + status.rows,
                     ok: sum.ok + status.ok,
                     errors: sum.errors + status.errors,
+                    invalid: sum.invalid + status.invalid,
                     row_groups: sum.row_groups + status.row_groups,
                     // How the run ended is in its last part.
                     state: status.state.or(sum.state),
@@ -147,6 +148,9 @@ pub struct ResultsStatus {
     pub rows: u64,
     pub ok: u64,
     pub errors: u64,
+    /// Of the error rows, those of input lines that could not become a request; the others
+    /// are requests that failed.
+    pub invalid: u64,
     pub row_groups: usize,
     pub state: Option<FileState>,
     /// What produced the file; `None` for a file written before fingerprints.
@@ -170,6 +174,7 @@ pub fn read_file(
                 rows: 0,
                 ok: 0,
                 errors: 0,
+                invalid: 0,
                 row_groups: 0,
                 state: None,
                 fingerprint: None,
@@ -190,6 +195,7 @@ pub fn read_file(
         rows: existing.rows(),
         ok: counts.ok,
         errors: counts.error,
+        invalid: counts.invalid,
         row_groups: existing.metadata.num_row_groups(),
         state: existing.state(),
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
@@ -237,18 +243,25 @@ impl ResultsStatus {
         let mut report = String::new();
         let _ = writeln!(report, "{}", path.display());
         let _ = writeln!(report, "  state:      {state}");
+        let failed = self.errors.saturating_sub(self.invalid);
         let _ = writeln!(
             report,
-            "  rows:       {} (ok {}, error {})",
-            self.rows, self.ok, self.errors
+            "  rows:       {} (ok {}, failed {failed}, invalid {})",
+            self.rows, self.ok, self.invalid
         );
         let _ = writeln!(report, "  row groups: {}", self.row_groups);
         let _ = writeln!(report, "  next:       {next}");
-        if self.errors > 0 {
+        if failed > 0 {
             let _ = writeln!(
                 report,
-                "  errors:     --resume --retry-errors sends the {} failed requests again",
-                self.errors
+                "  failed:     --resume --retry-errors sends the {failed} failed requests again"
+            );
+        }
+        if self.invalid > 0 {
+            let _ = writeln!(
+                report,
+                "  invalid:    {} input lines could not become a request (their rows say why); fix them, then --resume --retry-errors",
+                self.invalid
             );
         }
         match &self.fingerprint {

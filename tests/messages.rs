@@ -164,6 +164,17 @@ fn a_resume_that_completes_a_file_holding_errors_exits_1() {
         resumed.stderr
     );
 
+    // `status` counts the file's rows with the same words.
+    let status = batchflow()
+        .args(["status", results])
+        .output()
+        .expect("the binary runs");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("rows:       4 (ok 2, failed 1, invalid 1)"),
+        "{status}"
+    );
+
     // The same input in one go ends the same way.
     let again = dir.path().join("again.parquet");
     let args = [

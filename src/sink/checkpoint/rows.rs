@@ -58,6 +58,9 @@ fn is_invalid_input_code(code: &str) -> bool {
 pub struct StatusCounts {
     pub ok: u64,
     pub error: u64,
+    /// Of the error rows, those of input lines that could not become a request (the others
+    /// are requests that failed).
+    pub invalid: u64,
 }
 
 pub fn count_statuses(
@@ -65,16 +68,25 @@ pub fn count_statuses(
     existing: &ExistingResults,
 ) -> Result<StatusCounts, ResultsError> {
     let mut counts = StatusCounts::default();
-    for batch in existing.reader(path, &["status"])? {
+    for batch in existing.reader(path, &["status", "error_code"])? {
         let batch = batch.map_err(|error| parquet_error(path)(error.into()))?;
         let Some(status) = batch.column_by_name("status") else {
             continue;
         };
-        for value in status.as_string::<i32>().iter().flatten() {
-            if value == "ok" {
-                counts.ok += 1;
-            } else {
-                counts.error += 1;
+        let codes = batch
+            .column_by_name("error_code")
+            .map(|codes| codes.as_string::<i32>());
+        for (row, value) in status.as_string::<i32>().iter().enumerate() {
+            match value {
+                None => {}
+                Some("ok") => counts.ok += 1,
+                Some(_) => {
+                    counts.error += 1;
+                    let invalid = codes.is_some_and(|codes| {
+                        codes.is_valid(row) && is_invalid_input_code(codes.value(row))
+                    });
+                    counts.invalid += u64::from(invalid);
+                }
             }
         }
     }
