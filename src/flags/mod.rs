@@ -25,7 +25,7 @@ Exit codes (what the results hold at the end, rows kept by --resume included):
   1    the run finished, but some rows are errors: failed (a request sent that ended in
        error) or invalid (an input line that could not become a request)
   2    usage, configuration or I/O error (bad flag, backend unreachable, unknown model,
-       unreadable input); results written so far are kept
+       unreadable input)
   130  interrupted (SIGINT/SIGTERM); results finished before the stop are written
 
 Examples:
