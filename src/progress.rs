@@ -370,10 +370,10 @@ pub fn progress_line(snapshot: &StatsSnapshot, width: Option<usize>) -> String {
         parts.push(format!("p50 {:.2}s p95 {:.2}s", p50 / 1e3, p95 / 1e3));
     }
     parts.push(gpu_text(&snapshot.gpus));
+    const SEPARATOR: &str = " · ";
     let mut parts = parts.into_iter();
     let mut line = parts.next().unwrap_or_default();
     for part in parts {
-        const SEPARATOR: &str = " · ";
         let wider = line.chars().count() + SEPARATOR.chars().count() + part.chars().count();
         if width.is_some_and(|width| wider > width) {
             break;
