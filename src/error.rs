@@ -70,9 +70,9 @@ pub enum Error {
 /// Process exit codes, as documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
-    /// Every request succeeded.
+    /// Every row of the results is ok.
     Success,
-    /// The run finished but some requests failed or some lines were invalid.
+    /// The run finished but some rows of the results (kept ones included) are errors.
     SomeFailed,
     /// Usage, configuration or I/O error.
     Error,

@@ -216,6 +216,9 @@ pub struct DoneSet {
     pub ids: IdSet,
     /// Line numbers of invalid input lines with a result (they may have no custom_id).
     pub invalid_lines: HashSet<u64>,
+    /// Rows of requests that were sent and ended in error: with the invalid lines, what makes
+    /// a resumed run's results hold errors (and its exit status 1) though it sent nothing new.
+    pub failed: u64,
 }
 
 impl DoneSet {

@@ -126,7 +126,7 @@ async fn serve(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<ExitStatus
     let served = match &args.file {
         Some(file) => match batchflow::validate::load_served(file, &args.set, env)? {
             Ok(served) => Some(served),
-            Err(problems) => return Ok(report_problems(file, &problems)),
+            Err(problems) => return Ok(report_problems(file, &args.set, &problems)),
         },
         None => None,
     };
@@ -304,10 +304,14 @@ async fn execute(
     Ok(status)
 }
 
-/// Prints each problem of a pipeline file on its own line; the exit status for it.
-fn report_problems(file: &Path, problems: &[String]) -> ExitStatus {
+/// Prints each problem of a pipeline file on its own line, naming the `--set` that caused it
+/// rather than the file where one did; the exit status for it.
+fn report_problems(file: &Path, sets: &[String], problems: &[String]) -> ExitStatus {
     for problem in problems {
-        eprintln!("batchflow: {}: {problem}", file.display());
+        match batchflow::config::blamed_set(problem, sets) {
+            Some(set) => eprintln!("batchflow: --set {set}: {problem}"),
+            None => eprintln!("batchflow: {}: {problem}", file.display()),
+        }
     }
     ExitStatus::Error
 }
@@ -365,7 +369,7 @@ async fn pipeline_run(
     };
     let (pipeline, extras) = match checked {
         Ok(checked) => checked,
-        Err(problems) => return Ok(Err(report_problems(source.label(), &problems))),
+        Err(problems) => return Ok(Err(report_problems(source.label(), sets, &problems))),
     };
     let mock = match mock || pipeline.backend.mock {
         true => Some(start_mock(mock_workers(&pipeline)).await?),
@@ -600,15 +604,17 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
             print!("{summary}");
             Ok(ExitStatus::Success)
         }
-        Err(problems) => Ok(report_problems(&args.file, &problems)),
+        Err(problems) => Ok(report_problems(&args.file, &args.set, &problems)),
     }
 }
 
 fn log_resume_notes(report: &RunReport) {
     if report.kept_rows > 0 || report.skipped_lines > 0 {
         tracing::info!(
-            "Resumed: {} rows kept from earlier runs, {} input lines skipped as done.",
+            "Resumed: {} rows kept from earlier runs ({} failed, {} invalid), {} input lines skipped as done.",
             report.kept_rows,
+            report.kept_failed,
+            report.kept_invalid,
             report.skipped_lines
         );
     }
@@ -657,7 +663,7 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     if is_pipeline {
         match batchflow::validate::load_checked(&args.input, &[], env)? {
             Ok((pipeline, _)) => pipeline.apply(&mut options),
-            Err(problems) => return Ok(report_problems(&args.input, &problems)),
+            Err(problems) => return Ok(report_problems(&args.input, &[], &problems)),
         }
     } else {
         options.input = Input::from_arg(Some(args.input));

@@ -46,6 +46,7 @@ pub struct Knobs {
     pub api_key_env: String,
     pub model: String,
     pub no_preflight: String,
+    pub backend: String,
 }
 
 impl Knobs {
@@ -60,6 +61,7 @@ impl Knobs {
             api_key_env: "--api-key-env".into(),
             model: "--model".into(),
             no_preflight: "--no-preflight".into(),
+            backend: "--backend URL".into(),
         }
     }
 
@@ -75,6 +77,7 @@ impl Knobs {
             api_key_env: "backend.api_key_env".into(),
             model: "request.model".into(),
             no_preflight: "backend.preflight = false".into(),
+            backend: "backend.url".into(),
         }
     }
 }

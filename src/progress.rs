@@ -227,11 +227,14 @@ impl Ticker {
                 bar.set_length(total);
             }
             bar.set_position(snapshot.done);
-            bar.set_message(progress_line(snapshot));
+            bar.set_message(match stderr_columns() {
+                Some(columns) => bar_message(snapshot, columns),
+                None => progress_line(snapshot, None),
+            });
         }
         if let (Some(due), ProgressMode::Log { interval }) = (self.next_log, self.config.mode) {
             if now >= due && !stopping {
-                tracing::info!("Progress: {}.", progress_line(snapshot));
+                tracing::info!("Progress: {}.", progress_line(snapshot, None));
                 self.next_log = Some(now + interval);
             }
         }
@@ -266,7 +269,7 @@ impl Ticker {
 
 fn new_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+    let style = ProgressStyle::with_template("{spinner} {elapsed_precise} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(250));
@@ -319,9 +322,26 @@ fn gpu_text(gpus: &Option<Vec<GpuFigures>>) -> String {
     }
 }
 
-/// The one-line progress text (bar message and log line).
-pub fn progress_line(snapshot: &StatsSnapshot) -> String {
-    let mut line = match snapshot.total {
+/// Columns the bar's template takes before its message: `{spinner} {elapsed_precise} `.
+const BAR_PREFIX_COLUMNS: usize = 11;
+
+/// The bar's message for a terminal `columns` wide: the progress line cut to what fits after
+/// the bar's prefix.
+fn bar_message(snapshot: &StatsSnapshot, columns: usize) -> String {
+    progress_line(snapshot, Some(columns.saturating_sub(BAR_PREFIX_COLUMNS)))
+}
+
+/// The width of the terminal stderr is on, read at each redraw so a resized window is followed.
+fn stderr_columns() -> Option<usize> {
+    terminal_size::terminal_size_of(io::stderr()).map(|(width, _)| usize::from(width.0))
+}
+
+/// The one-line progress text (bar message and log line), its figures in order of importance:
+/// done/total, failed, invalid, rate, ETA, then the rest. Within `width` columns, when given,
+/// figures that do not fit are left out from the least important on (done/total always stays),
+/// so a narrow terminal loses the latency or the GPU rather than the failures.
+pub fn progress_line(snapshot: &StatsSnapshot, width: Option<usize>) -> String {
+    let mut parts = vec![match snapshot.total {
         Some(total) if total > 0 => format!(
             "{}/{} {:.1}%",
             snapshot.done,
@@ -329,26 +349,38 @@ pub fn progress_line(snapshot: &StatsSnapshot) -> String {
             snapshot.done as f64 * 100.0 / total as f64
         ),
         _ => format!("{} done", snapshot.done),
-    };
+    }];
+    parts.push(format!("{} failed", snapshot.failed));
+    parts.push(format!("{} invalid", snapshot.invalid));
     let rate = snapshot
         .rate_per_sec
         .unwrap_or(snapshot.average_rate_per_sec);
-    let _ = write!(line, " · {rate:.1}/s");
+    // A tenth of a result per second matters only while results are slow.
+    match rate < 100.0 {
+        true => parts.push(format!("{rate:.1}/s")),
+        false => parts.push(format!("{rate:.0}/s")),
+    }
     if let Some(eta) = snapshot.eta_secs {
-        let _ = write!(line, " · ETA {}", seconds(eta));
+        parts.push(format!("ETA {}", seconds(eta)));
     }
-    let _ = write!(
-        line,
-        " · {} in flight · {} retried · {} failed · {:.0} tok/s",
-        snapshot.in_flight,
-        snapshot.retries,
-        snapshot.failed + snapshot.invalid,
-        snapshot.completion_tokens_per_sec
-    );
+    parts.push(format!("{} in flight", snapshot.in_flight));
+    parts.push(format!("{} retried", snapshot.retries));
+    parts.push(format!("{:.0} tok/s", snapshot.completion_tokens_per_sec));
     if let (Some(p50), Some(p95)) = (snapshot.latency_ms.p50, snapshot.latency_ms.p95) {
-        let _ = write!(line, " · p50 {:.2}s p95 {:.2}s", p50 / 1e3, p95 / 1e3);
+        parts.push(format!("p50 {:.2}s p95 {:.2}s", p50 / 1e3, p95 / 1e3));
     }
-    let _ = write!(line, " · {}", gpu_text(&snapshot.gpus));
+    parts.push(gpu_text(&snapshot.gpus));
+    const SEPARATOR: &str = " · ";
+    let mut parts = parts.into_iter();
+    let mut line = parts.next().unwrap_or_default();
+    for part in parts {
+        let wider = line.chars().count() + SEPARATOR.chars().count() + part.chars().count();
+        if width.is_some_and(|width| wider > width) {
+            break;
+        }
+        line.push_str(SEPARATOR);
+        line.push_str(&part);
+    }
     line
 }
 
@@ -459,4 +491,95 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::LatencyFigures;
+
+    /// A busy run's figures, every number near its widest.
+    fn busy() -> StatsSnapshot {
+        let mut snapshot = RunStats::new(Instant::now()).snapshot(Instant::now());
+        snapshot.total = Some(1_000_000);
+        snapshot.done = 123_456;
+        snapshot.succeeded = 123_000;
+        snapshot.failed = 321;
+        snapshot.invalid = 135;
+        snapshot.rate_per_sec = Some(1234.5);
+        snapshot.eta_secs = Some(7_101.0);
+        snapshot.in_flight = 64;
+        snapshot.retries = 4_321;
+        snapshot.completion_tokens_per_sec = 98_765.0;
+        snapshot.latency_ms = LatencyFigures {
+            p50: Some(1_234.0),
+            p95: Some(5_678.0),
+            ..LatencyFigures::default()
+        };
+        snapshot.gpus = Some(vec![GpuFigures {
+            name: "NVIDIA H100".into(),
+            memory_used_bytes: 70 << 30,
+            memory_total_bytes: 80 << 30,
+            utilization_percent: 97,
+        }]);
+        snapshot
+    }
+
+    #[test]
+    fn an_80_column_bar_keeps_the_failures_and_drops_the_rest() {
+        let message = bar_message(&busy(), 80);
+        assert!(
+            message.chars().count() + BAR_PREFIX_COLUMNS <= 80,
+            "{} columns: {message}",
+            message.chars().count() + BAR_PREFIX_COLUMNS
+        );
+        assert!(
+            message.starts_with(
+                "123456/1000000 12.3% · 321 failed · 135 invalid · 1234/s · ETA 1h58m"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("GPU"), "{message}");
+    }
+
+    #[test]
+    fn without_a_width_every_figure_is_shown_in_order() {
+        let line = progress_line(&busy(), None);
+        let order = [
+            "123456/1000000",
+            "321 failed",
+            "135 invalid",
+            "1234/s",
+            "ETA",
+            "64 in flight",
+            "4321 retried",
+            "98765 tok/s",
+            "p50 1.23s p95 5.68s",
+            "GPU 70.0/80.0 GiB 97%",
+        ];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|figure| {
+                line.find(figure)
+                    .unwrap_or_else(|| panic!("{figure} in {line}"))
+            })
+            .collect();
+        assert!(positions.is_sorted(), "{line}");
+    }
+
+    #[test]
+    fn a_tiny_terminal_still_shows_how_far_the_run_is() {
+        assert_eq!(bar_message(&busy(), 20), "123456/1000000 12.3%");
+    }
+
+    #[test]
+    fn progress_and_summary_count_failed_and_invalid_apart() {
+        let snapshot = busy();
+        let line = progress_line(&snapshot, None);
+        let summary = summary(&snapshot, "http://127.0.0.1:1");
+        for words in ["321 failed", "135 invalid"] {
+            assert!(line.contains(words), "{line}");
+            assert!(summary.contains(words), "{summary}");
+        }
+    }
 }

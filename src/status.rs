@@ -248,10 +248,11 @@ impl ResultsStatus {
         let mut report = String::new();
         let _ = writeln!(report, "{}", path.display());
         let _ = writeln!(report, "  state:      {state}");
+        let failed = self.errors.saturating_sub(self.invalid_input);
         let _ = writeln!(
             report,
-            "  rows:       {} (ok {}, error {})",
-            self.rows, self.ok, self.errors
+            "  rows:       {} (ok {}, failed {failed}, invalid {})",
+            self.rows, self.ok, self.invalid_input
         );
         let _ = writeln!(report, "  row groups: {}", self.row_groups);
         let _ = writeln!(report, "  next:       {next}");
@@ -278,7 +279,7 @@ impl ResultsStatus {
         if failed > 0 {
             let _ = writeln!(
                 report,
-                "  errors:     --resume --retry-errors sends the {failed} failed requests again"
+                "  failed:     --resume --retry-errors sends the {failed} failed requests again"
             );
         }
         if self.duplicates > 0 {

@@ -76,12 +76,18 @@ pub fn source_columns(pipeline: &Pipeline) -> Result<Option<SourceColumns>, Stri
         if text.is_empty() {
             continue;
         }
-        let record: Value = serde_json::from_str(text).map_err(|error| {
-            format!(
-                "source.path: the first record of {} is not JSON ({error})",
-                path.display()
-            )
-        })?;
+        let record: Value =
+            serde_json::from_str(text).map_err(
+                |error| match crate::source::lines::csv_header_hint(text) {
+                    Some(hint) => {
+                        format!("source.path: the first line of {} {hint}", path.display())
+                    }
+                    None => format!(
+                        "source.path: the first record of {} is not JSON ({error})",
+                        path.display()
+                    ),
+                },
+            )?;
         let Value::Object(fields) = record else {
             return Err(format!(
                 "source.path: the first record of {} is not a JSON object",

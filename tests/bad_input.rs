@@ -987,7 +987,10 @@ fn status_after_a_duplicate_suggests_the_fix_and_not_retry_errors() {
         .expect("status runs");
     let report = String::from_utf8_lossy(&status.stdout);
     assert_eq!(status.status.code(), Some(0), "{report}");
-    assert!(report.contains("rows:       3 (ok 2, error 1)"), "{report}");
+    assert!(
+        report.contains("rows:       3 (ok 2, failed 0, invalid 1)"),
+        "{report}"
+    );
     assert!(!report.contains("--retry-errors"), "{report}");
     assert!(report.contains("duplicates: 1 lines"), "{report}");
     assert!(report.contains("source.id_column"), "{report}");
@@ -1013,7 +1016,10 @@ fn status_counts_failed_requests_apart_from_duplicate_lines() {
         .output()
         .expect("status runs");
     let report = String::from_utf8_lossy(&status.stdout);
-    assert!(report.contains("rows:       3 (ok 1, error 2)"), "{report}");
+    assert!(
+        report.contains("rows:       3 (ok 1, failed 1, invalid 1)"),
+        "{report}"
+    );
     assert!(
         report.contains("--resume --retry-errors sends the 1 failed requests again"),
         "{report}"

@@ -270,8 +270,8 @@ fn resuming_sends_only_the_rows_without_results_and_keeps_invalid_rows_once() {
     assert_eq!(first.code(), Some(1), "row 3 is invalid: {}", first.stderr);
     write_parquet(&input, [text_body_batch(&ids(400))]);
     let resumed = run_with(&["--resume"]);
-    // The exit code reports this run's requests; row 3 was reported by the first.
-    assert_eq!(resumed.code(), Some(0), "{}", resumed.stderr);
+    // The exit status describes the results: row 3's kept error row is still there.
+    assert_eq!(resumed.code(), Some(1), "{}", resumed.stderr);
     assert!(
         resumed.stderr.contains("300 input lines skipped as done"),
         "{}",

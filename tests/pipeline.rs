@@ -235,9 +235,7 @@ fn an_unreachable_backend_exits_2_without_reading_input() {
     assert!(run.lines.is_empty());
     let stderr = run.stderr.trim();
     assert!(
-        stderr.contains(&format!(
-            "cannot reach the backend at http://127.0.0.1:{port}"
-        )),
+        stderr.contains(&format!("no server at http://127.0.0.1:{port}")),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");

@@ -99,7 +99,7 @@ fn status_and_verify_read_a_dataset_on_object_storage_in_place() {
     for expected in [
         "s3://data/run/: dataset, 1 shard(s), 301 rows in all".to_owned(),
         format!("shard 0/1 ({} parts)", parts.len()),
-        "rows:       301 (ok 300, error 1)".to_owned(),
+        "rows:       301 (ok 300, failed 0, invalid 1)".to_owned(),
         "complete: the run reached the end of its input".to_owned(),
     ] {
         assert!(
@@ -214,7 +214,9 @@ fn one_results_object_is_read_and_a_damaged_one_and_an_empty_prefix_are_reported
     );
     assert_eq!(status.code(), Some(0), "{}", status.stderr);
     assert!(
-        status.stdout.contains("rows:       50 (ok 50, error 0)"),
+        status
+            .stdout
+            .contains("rows:       50 (ok 50, failed 0, invalid 0)"),
         "{}",
         status.stdout
     );

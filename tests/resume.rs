@@ -266,7 +266,8 @@ fn retry_errors_resends_failed_requests_and_keeps_only_their_new_rows() {
     );
 
     let plain_resume = run_to_end(&input, &output, &mock, &["--resume"]);
-    assert_eq!(plain_resume.code(), Some(0));
+    // The exit status describes the results, kept error rows included.
+    assert_eq!(plain_resume.code(), Some(1), "{}", plain_resume.stderr);
     assert_eq!(statuses(&output), before, "--resume alone keeps error rows");
 
     let mut retry_args = args.to_vec();

@@ -196,7 +196,7 @@ fn the_api_key_appears_in_no_output_when_the_backend_cannot_be_reached() {
     let preflight = run_with_key(dir.path(), &backend, &input, &[]);
     assert_eq!(preflight.code(), Some(2), "{}", preflight.stderr);
     assert!(
-        preflight.stderr.contains("cannot reach the backend"),
+        preflight.stderr.contains("no server at"),
         "{}",
         preflight.stderr
     );

@@ -12,6 +12,7 @@ mod front_door;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;
+mod messages;
 mod metrics;
 mod misbehaviour;
 mod mock_models;

@@ -101,12 +101,16 @@ impl HttpBackend {
     }
 
     /// A GET for the preflight checks: the status and the body, or why there was none.
-    pub async fn get(&self, path: &str) -> Result<(u16, Bytes), String> {
+    pub async fn get(&self, path: &str) -> Result<(u16, Bytes), GetFailure> {
         self.get_within(path, self.timeout).await
     }
 
     /// A GET with its own time limit (status probes must not hang a progress line).
-    pub async fn get_within(&self, path: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
+    pub async fn get_within(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), GetFailure> {
         let mut request = self
             .client
             .get(format!("{}{path}", self.base_url))
@@ -114,12 +118,9 @@ impl HttpBackend {
         if let Some(authorization) = &self.authorization {
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
-        let response = request.send().await.map_err(|error| error_chain(&error))?;
+        let response = request.send().await.map_err(GetFailure::of)?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| error_chain(&error))?;
+        let body = response.bytes().await.map_err(GetFailure::of)?;
         Ok((status, body))
     }
 
@@ -285,6 +286,29 @@ pub fn random_id() -> String {
     (0..24)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect()
+}
+
+/// Why a GET got no answer.
+#[derive(Debug)]
+pub struct GetFailure {
+    /// The error and its causes on one line.
+    pub chain: String,
+    /// No connection was made (nothing listens there, or the host is unknown): the innermost
+    /// cause, which says which, and is all a person needs of the chain.
+    pub no_connection: Option<String>,
+}
+
+impl GetFailure {
+    fn of(error: reqwest::Error) -> GetFailure {
+        let mut innermost: &dyn StdError = &error;
+        while let Some(cause) = innermost.source() {
+            innermost = cause;
+        }
+        GetFailure {
+            chain: error_chain(&error),
+            no_connection: error.is_connect().then(|| innermost.to_string()),
+        }
+    }
 }
 
 /// An error and its causes on one line: reqwest's own message alone rarely says why.

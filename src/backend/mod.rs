@@ -26,6 +26,15 @@ pub enum BackendError {
     Unreachable { url: String, cause: String },
 
     #[error(
+        "no server at {url} ({cause}): start Ollama (`ollama serve`), point {knob} or OLLAMA_HOST at a running server, or try --mock"
+    )]
+    NoServer {
+        url: String,
+        cause: String,
+        knob: String,
+    },
+
+    #[error(
         "the server at {url} answered neither as Ollama nor as an OpenAI-compatible API: {detail}"
     )]
     Unrecognised { url: String, detail: String },

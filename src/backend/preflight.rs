@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::BackendError;
-use super::http::HttpBackend;
+use super::http::{GetFailure, HttpBackend};
 use crate::paths::Knobs;
 
 /// What kind of server answers at the backend URL.
@@ -83,7 +83,10 @@ pub async fn check(backend: &HttpBackend, knobs: &Knobs) -> Result<ModelCatalog,
         url: backend.base_url().to_owned(),
         cause,
     };
-    let (status, body) = backend.get(path).await.map_err(unreachable)?;
+    let (status, body) = backend
+        .get(path)
+        .await
+        .map_err(|failure| unreachable(failure.chain))?;
     if status != 200 {
         return Err(unreachable(format!("GET {path} answered HTTP {status}")));
     }
@@ -103,14 +106,19 @@ pub async fn check(backend: &HttpBackend, knobs: &Knobs) -> Result<ModelCatalog,
 
 async fn detect(backend: &HttpBackend, knobs: &Knobs) -> Result<ServerKind, BackendError> {
     let url = backend.base_url().to_owned();
-    let (ollama_status, body) =
-        backend
-            .get("/api/version")
-            .await
-            .map_err(|cause| BackendError::Unreachable {
-                url: url.clone(),
-                cause,
-            })?;
+    let unreachable = |failure: GetFailure| match failure.no_connection {
+        // The first contact: most often no server was started, or the URL points elsewhere.
+        Some(cause) => BackendError::NoServer {
+            url: url.clone(),
+            cause,
+            knob: knobs.backend.clone(),
+        },
+        None => BackendError::Unreachable {
+            url: url.clone(),
+            cause: failure.chain,
+        },
+    };
+    let (ollama_status, body) = backend.get("/api/version").await.map_err(unreachable)?;
     if ollama_status == 200 {
         if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) {
             if let Some(Value::String(version)) = fields.get("version") {
@@ -120,14 +128,7 @@ async fn detect(backend: &HttpBackend, knobs: &Knobs) -> Result<ServerKind, Back
             }
         }
     }
-    let (openai_status, _) =
-        backend
-            .get("/v1/models")
-            .await
-            .map_err(|cause| BackendError::Unreachable {
-                url: url.clone(),
-                cause,
-            })?;
+    let (openai_status, _) = backend.get("/v1/models").await.map_err(unreachable)?;
     match openai_status {
         200 => Ok(ServerKind::OpenAiCompatible),
         401 | 403 => Err(BackendError::Unrecognised {

@@ -181,6 +181,9 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A `--set` the file cannot take: the fault is the flag's, not the file's.
+    #[error("--set {set}: {message}")]
+    Set { set: String, message: String },
 }
 
 /// A loaded file: a pipeline to run, or one to serve (it has a `[serve]` section).
@@ -264,14 +267,35 @@ fn parse<T: DeserializeOwned + Serialize>(
         return Ok(file);
     }
     let mut tree = toml::Table::try_from(&file).map_err(|error| invalid(error.to_string()))?;
+    let blame = |set: &String, message: String| ConfigError::Set {
+        set: set.clone(),
+        message,
+    };
+    let mut file = file;
     for set in sets {
-        apply_set(&mut tree, set).map_err(|why| invalid(format!("--set {set}: {why}")))?;
+        apply_set(&mut tree, set).map_err(|why| blame(set, why))?;
+        // Typed after each one, so that a key or a type the file cannot take blames the --set
+        // that brought it.
+        file = toml::Value::Table(tree.clone())
+            .try_into()
+            .map_err(|error: toml::de::Error| {
+                blame(set, error.to_string().trim_end().replace('\n', " "))
+            })?;
     }
-    toml::Value::Table(tree)
-        .try_into()
-        .map_err(|error: toml::de::Error| {
-            invalid(format!("after --set: {}", error.to_string().trim_end()))
+    Ok(file)
+}
+
+/// The `--set` to blame for `problem`, a check's complaint that starts with the key it is about
+/// (`backend.workers: …`): the last `--set` of that key or of a table holding it, since that one
+/// won over the file. `None` when the value came from the file.
+pub fn blamed_set<'a>(problem: &str, sets: &'a [String]) -> Option<&'a str> {
+    sets.iter().rev().map(String::as_str).find(|set| {
+        set.split_once('=').is_some_and(|(key, _)| {
+            problem
+                .strip_prefix(key.trim())
+                .is_some_and(|rest| rest.starts_with([':', '.']))
         })
+    })
 }
 
 /// `key.path=value`: the value is read as TOML (`16`, `true`, `"text"`, `[1, 2]`), or taken as
@@ -302,6 +326,26 @@ fn apply_set(tree: &mut toml::Table, set: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_blames_the_last_set_of_its_key_or_table() {
+        let sets = [
+            "backend.workers=4".to_owned(),
+            "backend.workers=0".to_owned(),
+            "request={model=\"m\"}".to_owned(),
+        ];
+        let blamed = |problem| blamed_set(problem, &sets);
+        assert_eq!(
+            blamed("backend.workers: \"0\" is not"),
+            Some("backend.workers=0")
+        );
+        assert_eq!(
+            blamed("request.model: empty"),
+            Some("request={model=\"m\"}")
+        );
+        assert_eq!(blamed("backend.workers_max: too many"), None);
+        assert_eq!(blamed("backend.timeout: not a duration"), None);
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("pipeline.toml");

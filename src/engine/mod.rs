@@ -96,6 +96,10 @@ pub struct RunReport {
     pub output: Option<PathBuf>,
     /// Rows an earlier run left in the results file.
     pub kept_rows: u64,
+    /// Of the kept rows, those of requests that failed and of invalid lines: the results
+    /// hold them as much as this run's own.
+    pub kept_failed: u64,
+    pub kept_invalid: u64,
     /// Error rows dropped by `--retry-errors`.
     pub dropped_errors: u64,
     /// Input lines skipped because the results file already had them.
@@ -111,12 +115,15 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// What the results hold at the end, kept rows included, so that a resume completing a
+    /// file with an error row ends as the same run in one go would.
     pub fn exit_status(&self) -> ExitStatus {
+        let errors = self.stats.failed + self.stats.invalid + self.kept_failed + self.kept_invalid;
         if self.fatal.is_some() {
             ExitStatus::Error
         } else if self.interrupted {
             ExitStatus::Interrupted
-        } else if self.stats.failed + self.stats.invalid > 0 {
+        } else if errors > 0 {
             ExitStatus::SomeFailed
         } else {
             ExitStatus::Success
@@ -162,6 +169,8 @@ async fn drive(
         sinks,
         mut source_options,
         kept_rows,
+        kept_failed,
+        kept_invalid,
         dropped_errors,
         done_count,
     } = started;
@@ -268,6 +277,8 @@ async fn drive(
             None => output.path,
         }),
         kept_rows,
+        kept_failed,
+        kept_invalid,
         dropped_errors,
         skipped_lines: source_summary
             .as_ref()

@@ -42,6 +42,9 @@ pub(super) struct Started {
     pub sinks: Vec<Box<dyn Sink>>,
     pub source_options: SourceOptions,
     pub kept_rows: u64,
+    /// Kept rows of failed requests and of invalid lines.
+    pub kept_failed: u64,
+    pub kept_invalid: u64,
     pub dropped_errors: u64,
     pub done_count: u64,
 }
@@ -235,6 +238,7 @@ async fn prepare(checked: Checked, shutdown: Shutdown) -> Result<Started, Error>
     let (mut sinks, kept_rows, dropped_errors, done) = blocking(outputs).await?;
     let mut source_options = config.source.clone();
     let done_count = done.len() as u64;
+    let (kept_failed, kept_invalid) = (done.failed, done.invalid_lines.len() as u64);
     if !done.is_empty() {
         source_options.done = Some(Arc::new(done));
     }
@@ -262,6 +266,8 @@ async fn prepare(checked: Checked, shutdown: Shutdown) -> Result<Started, Error>
         sinks,
         source_options,
         kept_rows,
+        kept_failed,
+        kept_invalid,
         dropped_errors,
         done_count,
     })

@@ -21,10 +21,12 @@ pub use run::{Given, PipelineRunArgs, PlanArgs, RunArgs, RunKnobs, TuneArgs, Val
 pub use serve::ServeArgs;
 
 const EXIT_CODES: &str = "\
-Exit codes:
-  0    every request succeeded
-  1    the run finished, but some requests failed or some input lines were invalid
-  2    usage, configuration or I/O error (bad flag, backend unreachable, unknown model, unreadable input)
+Exit codes (what the results hold at the end, rows kept by --resume included):
+  0    every row is ok
+  1    the run finished, but some rows are errors: failed (a request sent that ended in
+       error) or invalid (an input line that could not become a request)
+  2    usage, configuration or I/O error (bad flag, backend unreachable, unknown model,
+       unreadable input)
   130  interrupted (SIGINT/SIGTERM); results finished before the stop are written
 
 Examples:

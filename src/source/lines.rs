@@ -1,6 +1,7 @@
 //! The JSONL line reader: input split into lines without a line end or a leading byte-order
 //! mark, never holding more than `--max-line-bytes` of one line, so a 100 MB line costs no more
-//! memory than a short one. What a line means is the request parser's (`source::request`).
+//! memory than a short one. What a line means is the request parser's (`source::request`);
+//! recognising a first line that is a CSV or TSV header, to say so, is this reader's.
 
 use std::io::{self, BufRead};
 
@@ -104,9 +105,84 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
+/// Header fields shown in the hint before the rest is elided.
+const HEADER_FIELDS_SHOWN: usize = 4;
+
+/// What to say of a first line that is not JSON but looks like a CSV or TSV header (two or more
+/// bare words between commas or tabs, no `{`): what it is, and a one-command way to convert the
+/// file. `None` when it does not look like one. Only the first line is worth asking: further
+/// down, a line with commas is more likely broken JSON.
+pub fn csv_header_hint(line: &str) -> Option<String> {
+    let line = line.trim();
+    let (kind, separator) = match line.contains('\t') {
+        true => ("TSV", '\t'),
+        false => ("CSV", ','),
+    };
+    let fields: Vec<&str> = line
+        .split(separator)
+        .map(|field| {
+            let field = field.trim();
+            field
+                .strip_prefix('"')
+                .and_then(|field| field.strip_suffix('"'))
+                .unwrap_or(field)
+        })
+        .collect();
+    let bare_word = |field: &&str| {
+        !field.is_empty()
+            && field
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+    };
+    if fields.len() < 2 || !fields.iter().all(bare_word) {
+        return None;
+    }
+    let mut shown = fields[..fields.len().min(HEADER_FIELDS_SHOWN)].join(",");
+    if fields.len() > HEADER_FIELDS_SHOWN {
+        shown.push_str(",…");
+    }
+    let file = format!("in.{}", kind.to_lowercase());
+    Some(format!(
+        "looks like a {kind} header ({shown}): batchflow reads JSONL or Parquet; convert it, e.g. with DuckDB: duckdb -c \"COPY (FROM '{file}') TO 'in.jsonl' (FORMAT json)\""
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_or_tsv_header_is_recognised() {
+        let hint = csv_header_hint("name,bio,age,city,country").expect("a CSV header");
+        assert!(
+            hint.starts_with(
+                "looks like a CSV header (name,bio,age,city,…): batchflow reads JSONL or Parquet"
+            ),
+            "{hint}"
+        );
+        assert!(hint.contains("duckdb -c \"COPY (FROM 'in.csv')"), "{hint}");
+        let hint = csv_header_hint("\"first name\"\t\"last_name\"\r").expect("a TSV header");
+        assert!(
+            hint.starts_with("looks like a TSV header (first name,last_name)"),
+            "{hint}"
+        );
+        assert!(hint.contains("'in.tsv'"), "{hint}");
+    }
+
+    #[test]
+    fn json_and_single_words_are_not_csv_headers() {
+        for line in [
+            r#"{"custom_id": "a", "body": {}}"#,
+            r#"{custom_id: a, body: b}"#,
+            "prompt",
+            "a,,b",
+            "1, 2, {3}",
+            "[1,2]",
+        ] {
+            let hint = csv_header_hint(line);
+            assert!(hint.is_none(), "{line:?} gave {hint:?}");
+        }
+    }
 
     fn lines(input: &[u8], max: usize) -> Vec<String> {
         let mut reader = LineReader::new(input, max);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::lines::RawLine;
+use super::lines::{self, RawLine};
 use super::template::{RecordShape, Shaped};
 use crate::idset::IdMap;
 use crate::item::{ErrorCode, InvalidLine, Request, SourceItem, id_hash};
@@ -129,7 +129,12 @@ impl RequestParser {
         }
         match serde_json::from_slice(bytes) {
             Ok(value) => Some(self.parse_value(Position::Line(number), value)),
-            Err(error) => invalid(format!("not valid JSON ({})", json_error(&error))),
+            Err(error) => invalid(
+                (number == 1)
+                    .then(|| lines::csv_header_hint(&String::from_utf8_lossy(bytes)))
+                    .flatten()
+                    .unwrap_or_else(|| format!("not valid JSON ({})", json_error(&error))),
+            ),
         }
     }
 

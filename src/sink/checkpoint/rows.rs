@@ -43,6 +43,7 @@ pub fn read_done(
                     .insert(u64::try_from(lines.value(row)).unwrap_or(0));
             } else if ids.is_valid(row) {
                 done.ids.insert(id_hash(ids.value(row)));
+                done.failed += u64::from(codes.is_valid(row));
             }
         }
     }
