@@ -177,6 +177,18 @@ async fn run_batch(args: RunArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::R
     if args.records.prompt.is_some() {
         return run_records(args, log, shutdown).await;
     }
+    if let Some(path) = args
+        .input
+        .as_deref()
+        .filter(|path| starts_with_a_record(path))
+    {
+        eprintln!(
+            "batchflow: {}: line 1 is {}",
+            path.display(),
+            batchflow::source::request::RECORD_HINT
+        );
+        return Ok(ExitStatus::Error);
+    }
     if args.knobs.dry_run {
         let mock = match args.knobs.backend.mock {
             true => Some(start_mock(None).await?),
@@ -196,6 +208,28 @@ async fn run_batch(args: RunArgs, log: LogArgs, shutdown: Shutdown) -> anyhow::R
         shutdown,
     )
     .await
+}
+
+/// Whether the regular file at `path` starts with a record (a JSON object with none of a
+/// request line's fields): read as request lines, every line would be refused alike, so the
+/// run is refused once instead. A pipe, Parquet or a store's object is not looked into.
+fn starts_with_a_record(path: &Path) -> bool {
+    use std::io::BufRead;
+    let is_jsonl_file = path.is_file()
+        && !path
+            .extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("parquet"));
+    let Some(file) = is_jsonl_file.then(|| File::open(path).ok()).flatten() else {
+        return false;
+    };
+    // A first line longer than this is no record worth guessing about.
+    let mut lines = io::BufReader::new(io::Read::take(file, 1 << 20)).lines();
+    let first = lines.find_map(|line| line.ok().filter(|line| !line.trim().is_empty()));
+    first
+        .and_then(|line| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line).ok()
+        })
+        .is_some_and(|fields| batchflow::source::request::is_record(&fields))
 }
 
 /// Records with `--prompt`: the pipeline the flags describe (saved first with

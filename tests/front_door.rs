@@ -385,3 +385,40 @@ fn each_help_lists_only_what_its_command_uses() {
     assert!(flag(&validate, "--mock") && flag(&validate, "--model"));
     assert!(!flag(&validate, "--output") && !flag(&validate, "--workers"));
 }
+
+#[test]
+fn records_given_as_request_lines_get_one_error_pointing_to_prompt() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = candidates(dir.path(), 50);
+    let output = batchflow()
+        .arg(&input)
+        .arg("--mock")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("batchflow:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error for the whole input: {stderr}");
+    for pointer in [
+        "line 1 is a record",
+        "--prompt",
+        "batchflow run PIPELINE.toml",
+    ] {
+        assert!(errors[0].contains(pointer), "{stderr}");
+    }
+    assert!(output.stdout.is_empty(), "nothing was sent");
+
+    // Read from a pipe, each line says it, as an error line of its own.
+    let records = std::fs::read_to_string(&input).expect("written");
+    let run = crate::support::run_stdin(&records, &["--mock", "--quiet"]);
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 50);
+    assert!(run.error_lines().iter().all(|line| {
+        line["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("--prompt"))
+    }));
+}

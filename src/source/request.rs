@@ -185,6 +185,12 @@ impl RequestParser {
             );
             return Err(invalid(None, (ErrorCode::InvalidRequest, what)));
         };
+        if is_record(&fields) {
+            return Err(invalid(
+                None,
+                (ErrorCode::InvalidRequest, RECORD_HINT.to_owned()),
+            ));
+        }
         let custom_id = take_custom_id(&mut fields).map_err(|why| invalid(None, why))?;
         let id = Some(custom_id.as_str());
         let refused = |why| invalid(id, why);
@@ -281,6 +287,19 @@ impl RequestParser {
 
 /// Why a field refuses the request: the error code and what to say.
 type Refusal = (ErrorCode, String);
+
+/// What a record given where request lines are read is told: how to send a prompt for each.
+pub const RECORD_HINT: &str = "a record, not an OpenAI Batch request line (it has none of \
+     custom_id, method, url, body): to send a prompt for each record, give --prompt 'Screen \
+     {{name}}: {{bio}}' --model NAME, or describe the job in a pipeline file and run `batchflow \
+     run PIPELINE.toml`";
+
+/// A JSON object with none of a request line's fields: a record.
+pub fn is_record(fields: &Map<String, Value>) -> bool {
+    ["custom_id", "method", "url", "body"]
+        .iter()
+        .all(|field| !fields.contains_key(*field))
+}
 
 fn request_error(what: String) -> Refusal {
     (ErrorCode::InvalidRequest, what)
