@@ -42,6 +42,11 @@ pub enum Error {
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
 
+    #[error(
+        "stopped as --on-reload stop asks: {what}; the results so far are kept. Keep one model configuration (--options, --keep-alive, one num_ctx per model), then run again with --resume"
+    )]
+    ModelUnsettled { what: String },
+
     #[error("environment variable {name} (named by {knob}) is not set or not valid text")]
     ApiKeyMissing { name: String, knob: String },
 

@@ -96,6 +96,7 @@ pub async fn loaded_models(backend: &HttpBackend) -> Vec<LoadedModel> {
         .map(|model| LoadedModel {
             name: model.name,
             size_vram_bytes: model.size_vram,
+            size_bytes: model.size,
         })
         .collect()
 }

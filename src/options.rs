@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::paths::Knobs;
+use crate::progress::OnReload;
 use crate::schema::OutputSchema;
 use crate::sink::checkpoint::Codec;
 use crate::sink::dataset;
@@ -73,6 +74,13 @@ pub struct RunOptions {
     pub stats_file: Option<PathBuf>,
     /// Off a terminal, a progress log line this often.
     pub progress_interval: Duration,
+    /// What a reload of the model, or a model split between CPU and GPU, does to the run.
+    pub on_reload: OnReload,
+    /// Ollama options (`num_ctx`, `temperature`, …) set on every request to Ollama's own API
+    /// over the request's own, so that a run keeps one model configuration.
+    pub ollama_options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `keep_alive` set on every request to Ollama's own API, over the request's own.
+    pub keep_alive: Option<serde_json::Value>,
     /// Serve the run's figures for Prometheus here (`GET /metrics`) while it runs.
     pub metrics: Option<SocketAddr>,
     /// How long the metrics endpoint stays up after the run, for a last scrape.
@@ -116,6 +124,9 @@ impl Default for RunOptions {
             errors_file: None,
             stats_file: None,
             progress_interval: Duration::from_secs(10),
+            on_reload: OnReload::default(),
+            ollama_options: None,
+            keep_alive: None,
             metrics: None,
             metrics_linger: Duration::ZERO,
             pipeline_file: None,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::pool::BackendPool;
 use crate::gpu::{self, GpuMonitor};
+use crate::shutdown::Shutdown;
 use crate::stats::{GpuFigures, RunStats, StatsSnapshot};
 
 /// How progress is shown.
@@ -28,9 +29,21 @@ pub enum ProgressMode {
 }
 
 /// Progress settings of a run.
+/// What a run does when its model is loaded again mid-run, or found split between CPU and
+/// GPU: either slows every slot until the run's configuration changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnReload {
+    /// Say so on stderr (and count it in the summary).
+    #[default]
+    Warn,
+    /// Say so, then stop the run as an interrupt does (resumable), exiting 2.
+    Stop,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProgressConfig {
     pub mode: ProgressMode,
+    pub on_reload: OnReload,
     /// Where to keep the JSON figures, rewritten every 2 s (`STATS_FILE_INTERVAL`).
     pub stats_file: Option<PathBuf>,
 }
@@ -78,6 +91,8 @@ pub struct Probes {
     pub pool: Arc<BackendPool>,
     /// The backends are Ollama: ask them for `/api/ps`.
     pub ollama: bool,
+    /// The run, stopped by [`OnReload::Stop`].
+    pub run: Shutdown,
 }
 
 impl Progress {
@@ -114,6 +129,9 @@ async fn run_ticker(
         ticker.probe(&stats, now, stopping).await;
         let snapshot = ticker.snapshot(&stats, now, stopping);
         ticker.show(&snapshot, now, stopping);
+        if let Some(what) = ticker.unsettled.take() {
+            stats.set_unsettled(what);
+        }
         ticker.write_file(&snapshot, now, stopping).await;
         if stopping {
             ticker.close();
@@ -135,6 +153,10 @@ struct Ticker {
     next_log: Option<Instant>,
     /// Model reloads already warned about.
     warned_reloads: u64,
+    /// Models already found split between CPU and GPU.
+    warned_splits: Vec<String>,
+    /// Why [`OnReload::Stop`] stopped the run, for the run's report.
+    unsettled: Option<String>,
 }
 
 impl Ticker {
@@ -171,6 +193,17 @@ impl Ticker {
             next_file: started,
             next_log,
             warned_reloads: 0,
+            warned_splits: Vec::new(),
+            unsettled: None,
+        }
+    }
+
+    /// A reload or a CPU/GPU split was seen: with [`OnReload::Stop`], the run stops (once).
+    fn unsettled(&mut self, what: String) {
+        if self.config.on_reload == OnReload::Stop && self.unsettled.is_none() {
+            tracing::error!("Stopping the run (--on-reload stop): {what}.");
+            self.probes.run.stop();
+            self.unsettled = Some(what);
         }
     }
 
@@ -218,9 +251,27 @@ impl Ticker {
         if snapshot.model_reloads > self.warned_reloads {
             self.warned_reloads = snapshot.model_reloads;
             tracing::warn!(
-                "The model was loaded again {} times during the run, which stalls every slot; keep it loaded with \"keep_alive\": -1 in the request bodies (or OLLAMA_KEEP_ALIVE=-1 on the server).",
-                snapshot.model_reloads
+                "The model was loaded again {} times during the run ({:.1}s loading), which stalls every slot: give every request one configuration (--options '{{\"num_ctx\": …}}') and keep the model loaded (--keep-alive 1h, or OLLAMA_KEEP_ALIVE=-1 on the server).",
+                snapshot.model_reloads,
+                snapshot.load_secs
             );
+            self.unsettled(format!(
+                "the model was loaded again {} times",
+                snapshot.model_reloads
+            ));
+        }
+        for model in &snapshot.loaded_models {
+            if model.size_bytes > model.size_vram_bytes && !self.warned_splits.contains(&model.name)
+            {
+                self.warned_splits.push(model.name.clone());
+                tracing::warn!(
+                    "{} is split between CPU and GPU ({:.1} of {:.1} GiB in GPU memory): its requests run several times slower; use a smaller model or num_ctx, or fewer parallel slots.",
+                    model.name,
+                    gib(model.size_vram_bytes),
+                    gib(model.size_bytes)
+                );
+                self.unsettled(format!("{} is split between CPU and GPU", model.name));
+            }
         }
         if let Some(bar) = &self.bar {
             if let Some(total) = snapshot.total {
@@ -483,12 +534,22 @@ pub fn summary(snapshot: &StatsSnapshot, backend_url: &str) -> String {
             backend.url, backend.attempts, backend.failures, backend.ejections
         );
     }
-    if snapshot.model_reloads > 0 {
-        let _ = writeln!(
-            text,
-            "  reloads:  the model was loaded again {} times (see keep_alive)",
-            snapshot.model_reloads
-        );
+    match snapshot.model_reloads {
+        0 if snapshot.load_secs > 0.0 => {
+            let _ = writeln!(
+                text,
+                "  loading:  {:.1}s spent loading the model, no reload mid-run",
+                snapshot.load_secs
+            );
+        }
+        0 => {}
+        reloads => {
+            let _ = writeln!(
+                text,
+                "  loading:  {:.1}s spent loading the model; loaded again {reloads} times mid-run (keep one --options and a --keep-alive)",
+                snapshot.load_secs
+            );
+        }
     }
     text
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -84,9 +84,15 @@ struct Finished {
     latency_buckets: [u64; LATENCY_BUCKETS_SECS.len() + 1],
     latency_sum_micros: u64,
     model_reloads: u64,
+    /// The time the backend spent loading the model, over the answers that waited for a load.
+    load_nanos: u64,
     /// An answer since the last load came with a short load time: the model was resident.
     /// Concurrent requests that all waited for one load then count as one reload.
     model_warm: bool,
+    /// When the latest load ended (its request's start plus its load time): a request that
+    /// started after it and loaded again met a new load, even with no warm answer between
+    /// (a run whose every request changes the model's options reloads it every time).
+    last_load_end: Option<SystemTime>,
 }
 
 /// Latencies above a day are recorded as a day.
@@ -99,9 +105,11 @@ pub const LATENCY_BUCKETS_SECS: [f64; 17] = [
     1800.0,
 ];
 
-/// A model load longer than this during a run means Ollama unloaded the model and loaded it
-/// again (its `keep_alive` expired, or another model pushed it out).
-const RELOAD_THRESHOLD_NANOS: u64 = 1_000_000_000;
+/// A model load longer than this means Ollama loaded the model for this request: a warm model
+/// answers with a load of microseconds to a few milliseconds, a load takes from a tenth of a
+/// second (a small model, a changed `num_ctx`) to many seconds. During a run that is a reload:
+/// its `keep_alive` expired, another model pushed it out, or the request changed its options.
+const RELOAD_THRESHOLD_NANOS: u64 = 50_000_000;
 
 /// Statistics of one run, shared by the stage, the sink thread and the progress display.
 #[derive(Debug)]
@@ -120,6 +128,8 @@ pub struct RunStats {
     /// What the progress ticker last sampled; `None` without an NVIDIA driver.
     gpus: Mutex<Option<Vec<GpuFigures>>>,
     loaded_models: Mutex<Vec<LoadedModel>>,
+    /// Why `--on-reload stop` stopped the run.
+    unsettled: Mutex<Option<String>>,
 }
 
 impl RunStats {
@@ -130,6 +140,7 @@ impl RunStats {
             in_flight: AtomicU64::new(0),
             workers: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
+            unsettled: Mutex::new(None),
             finished: Mutex::new(Finished {
                 succeeded: 0,
                 failed: 0,
@@ -142,7 +153,9 @@ impl RunStats {
                 latency_buckets: [0; LATENCY_BUCKETS_SECS.len() + 1],
                 latency_sum_micros: 0,
                 model_reloads: 0,
+                load_nanos: 0,
                 model_warm: false,
+                last_load_end: None,
             }),
             retries_by_cause: Mutex::new(BTreeMap::new()),
             window: Mutex::new(RateWindow::new(RATE_WINDOW)),
@@ -164,6 +177,15 @@ impl RunStats {
     /// Sets how many results the run should produce (input lines not already done).
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// Why the run was stopped for an unsettled model (`--on-reload stop`).
+    pub fn set_unsettled(&self, what: String) {
+        *lock(&self.unsettled) = Some(what);
+    }
+
+    pub fn unsettled(&self) -> Option<String> {
+        lock(&self.unsettled).clone()
     }
 
     pub fn set_pruned(&self, rows: u64) {
@@ -213,10 +235,18 @@ impl RunStats {
         finished.completion_tokens += usage.completion_tokens().unwrap_or(0);
         match usage.load_duration {
             Some(nanos) if nanos > RELOAD_THRESHOLD_NANOS => {
-                if finished.model_warm {
+                finished.load_nanos = finished.load_nanos.saturating_add(nanos);
+                let started = outcome.finished_at.checked_sub(outcome.latency);
+                let after_the_last_load = match (started, finished.last_load_end) {
+                    (Some(started), Some(end)) => started >= end,
+                    _ => false,
+                };
+                if finished.model_warm || after_the_last_load {
                     finished.model_reloads += 1;
                 }
                 finished.model_warm = false;
+                let end = started.map(|started| started + Duration::from_nanos(nanos));
+                finished.last_load_end = finished.last_load_end.max(end);
             }
             Some(_) => finished.model_warm = true,
             None => {}
@@ -319,6 +349,7 @@ impl RunStats {
                 max: (!finished.latency.is_empty()).then(|| finished.latency.max() as f64 / 1e3),
             },
             model_reloads: finished.model_reloads,
+            load_secs: finished.load_nanos as f64 / 1e9,
             gpus: lock(&self.gpus).clone(),
             loaded_models: lock(&self.loaded_models).clone(),
             backends: Vec::new(),
@@ -375,6 +406,9 @@ pub struct GpuFigures {
 pub struct LoadedModel {
     pub name: String,
     pub size_vram_bytes: u64,
+    /// Its whole size; more than `size_vram_bytes` when part of it runs on the CPU.
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 /// Every figure of a run at one moment: the `--stats` file's format (documented in the README).
@@ -407,6 +441,10 @@ pub struct StatsSnapshot {
     pub latency_ms: LatencyFigures,
     /// Times the model was loaded again mid-run (long `load_duration`).
     pub model_reloads: u64,
+    /// Seconds the backend spent loading the model (its first load and every reload), from
+    /// the answers' `load_duration`: time no request of the model was served.
+    #[serde(default)]
+    pub load_secs: f64,
     /// Null when no NVIDIA driver is present.
     pub gpus: Option<Vec<GpuFigures>>,
     pub loaded_models: Vec<LoadedModel>,

@@ -26,6 +26,7 @@ mod prune;
 mod readers;
 mod readme;
 mod remote_results;
+mod residency;
 mod resume;
 mod scale;
 mod secrets;

@@ -184,6 +184,7 @@ async fn drive(
     let probes = Probes {
         pool: Arc::clone(&pool),
         ollama,
+        run: shutdown.clone(),
     };
     let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
     let prune_asked = config
@@ -264,6 +265,9 @@ async fn drive(
         Some(snapshot) => snapshot,
         None => stats.snapshot(Instant::now()),
     };
+    if let Some(what) = stats.unsettled() {
+        fatal.get_or_insert(Error::ModelUnsettled { what });
+    }
     live.finished(&final_stats);
     Ok(RunReport {
         stats: final_stats,

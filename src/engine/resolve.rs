@@ -79,6 +79,8 @@ impl RunOptions {
                 limit: None,
                 model_knob: self.knobs.model.clone(),
                 log_invalid: true,
+                ollama_options: self.ollama_options.clone(),
+                keep_alive: self.keep_alive.clone(),
             },
             backends,
             preflight: self.preflight,
@@ -114,6 +116,7 @@ impl RunOptions {
                     }
                 },
                 stats_file: self.stats_file.clone(),
+                on_reload: self.on_reload,
             },
             grace: self.grace,
             metrics: self.metrics.map(|addr| MetricsConfig {

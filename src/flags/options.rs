@@ -9,7 +9,8 @@ use batchflow::sink::parquet::OutputMode;
 use batchflow::source::Input;
 
 use super::MockArgs;
-use super::run::{BackendArgs, Given, OutputArgs, RunArgs, RunKnobs, WatchArgs};
+use super::run::{BackendArgs, Given, OnReloadFlag, OutputArgs, RunArgs, RunKnobs, WatchArgs};
+use batchflow::progress::OnReload;
 
 impl RunArgs {
     /// The run these flags ask for, on request lines (records go through a pipeline).
@@ -37,6 +38,12 @@ impl RunKnobs {
         }
         if given.has("grace") {
             options.grace = self.grace.0;
+        }
+        if given.has("on_reload") {
+            options.on_reload = match self.on_reload {
+                OnReloadFlag::Warn => OnReload::Warn,
+                OnReloadFlag::Stop => OnReload::Stop,
+            };
         }
         self.backend.lay_over(options, given);
         self.output.lay_over(options, given);
@@ -78,6 +85,16 @@ impl BackendArgs {
         }
         if given.has("max_response_bytes") {
             options.max_response_bytes = self.max_response_bytes;
+        }
+        if given.has("options") && self.options.is_some() {
+            options.ollama_options = self.options.clone();
+        }
+        if let Some(keep_alive) = self
+            .keep_alive
+            .as_deref()
+            .filter(|_| given.has("keep_alive"))
+        {
+            options.keep_alive = Some(super::run::keep_alive_value(keep_alive));
         }
         if given.has("no_preflight") && self.no_preflight {
             options.preflight = false;

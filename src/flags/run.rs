@@ -127,6 +127,11 @@ pub struct RunKnobs {
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().grace), value_parser = flag_duration, value_name = "DURATION")]
     pub grace: FlagDuration,
 
+    /// What a reload of the model mid-run (or a model split between CPU and GPU) does: `warn`
+    /// says so on stderr; `stop` also stops the run, resumable, with exit status 2.
+    #[arg(long, value_enum, default_value_t = OnReloadFlag::Warn, value_name = "ACTION")]
+    pub on_reload: OnReloadFlag,
+
     /// Print the first few requests as they would be sent (and, with records, the results'
     /// columns), without calling the backend.
     #[arg(long)]
@@ -149,6 +154,17 @@ pub struct RunKnobs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Backend")]
 pub struct BackendArgs {
+    /// Ollama options set on every request to Ollama's own API (/api/…), over the request's
+    /// own, e.g. `--options '{"num_ctx": 8192, "temperature": 0}'`: one model configuration
+    /// for the whole run, since each change of a load option (num_ctx, num_gpu, …) reloads it.
+    #[arg(long, value_name = "JSON", value_parser = ollama_options)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+
+    /// keep_alive set on every request to Ollama's own API, over the request's own: how long
+    /// the model stays loaded after a request (`1h`, `30m`, or -1 for ever).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+
     /// Sets `model` in every request body, replacing any model the line names.
     #[arg(short, long, value_name = "NAME")]
     pub model: Option<String>,
@@ -421,5 +437,30 @@ impl Given {
 
     pub fn has(&self, id: &str) -> bool {
         self.all || self.ids.contains(id)
+    }
+}
+
+/// `--on-reload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnReloadFlag {
+    Warn,
+    Stop,
+}
+
+/// `--options`: a JSON object.
+fn ollama_options(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(options)) => Ok(options),
+        Ok(_) => Err("a JSON object is expected, e.g. '{\"num_ctx\": 8192}'".into()),
+        Err(error) => Err(format!("not JSON: {error}")),
+    }
+}
+
+/// `--keep-alive`: a number of seconds stays a number (Ollama reads -1 as for ever), anything
+/// else the duration text Ollama parses.
+pub fn keep_alive_value(text: &str) -> serde_json::Value {
+    match text.trim().parse::<i64>() {
+        Ok(seconds) => serde_json::Value::from(seconds),
+        Err(_) => serde_json::Value::String(text.trim().to_owned()),
     }
 }

@@ -457,10 +457,12 @@ mod tests {
             LoadedModel {
                 name: "llama3.2".into(),
                 size_vram_bytes: 100,
+                size_bytes: 100,
             },
             LoadedModel {
                 name: "llama3.2".into(),
                 size_vram_bytes: 20,
+                size_bytes: 20,
             },
         ];
         let backend = |url: &str| BackendFigures {

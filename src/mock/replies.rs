@@ -117,7 +117,7 @@ pub fn success(
     let total = nanos(elapsed);
     // A warm model answers with a load of a hundredth of its time (tens of microseconds).
     let load = load.map_or(total / 100, nanos);
-    let prompt_eval = total / 5;
+    let prompt_eval = total.saturating_sub(load) / 5;
     let now = SystemTime::now();
     let created_at = humantime::format_rfc3339_nanos(now).to_string();
     let created = now
@@ -138,7 +138,7 @@ pub fn success(
                 "prompt_eval_count": tokens(&prompt).min(num_ctx(request)),
                 "prompt_eval_duration": prompt_eval,
                 "eval_count": tokens(&content),
-                "eval_duration": total - load - prompt_eval,
+                "eval_duration": total.saturating_sub(load).saturating_sub(prompt_eval),
             });
             if endpoint == Endpoint::OllamaChat {
                 reply["message"] = json!({"role": "assistant", "content": content});

@@ -113,6 +113,10 @@ pub struct SourceOptions {
     pub limit: Option<u64>,
     /// How the user sets the model for every line (`--model`, `request.model`), for messages.
     pub model_knob: String,
+    /// Set on every request to Ollama's own API (`/api/…`), over the request's own: its
+    /// `options` (key by key) and its `keep_alive`.
+    pub ollama_options: Option<serde_json::Map<String, serde_json::Value>>,
+    pub keep_alive: Option<serde_json::Value>,
     /// Log a warning for each invalid line: a run writes it as an error line and says so;
     /// `verify` reads the input only to know what the results owe.
     pub log_invalid: bool,
@@ -393,8 +397,9 @@ fn read_rows(
 }
 
 fn parser(options: &SourceOptions) -> RequestParser {
-    let parser =
-        RequestParser::new(options.model_override.clone()).with_model_knob(&options.model_knob);
+    let parser = RequestParser::new(options.model_override.clone())
+        .with_model_knob(&options.model_knob)
+        .with_ollama_overrides(options.ollama_options.clone(), options.keep_alive.clone());
     match &options.records {
         Some(shape) => parser.with_records(Arc::clone(shape)),
         None => parser,

@@ -62,6 +62,9 @@ pub struct RequestParser {
     seen_ids: IdMap<u32>,
     /// How the user sets the model for every line, for messages (`--model`, `request.model`).
     model_knob: String,
+    /// Set on every request to Ollama's own API over its own (`--options`, `--keep-alive`).
+    ollama_options: Option<Map<String, Value>>,
+    keep_alive: Option<Value>,
 }
 
 impl RequestParser {
@@ -72,7 +75,21 @@ impl RequestParser {
             shape: None,
             seen_ids: IdMap::new(),
             model_knob: "--model".into(),
+            ollama_options: None,
+            keep_alive: None,
         }
+    }
+
+    /// Sets `options` (key by key, over the request's own) and `keep_alive` on every request
+    /// to Ollama's own API (`/api/…`): one model configuration for the whole run.
+    pub fn with_ollama_overrides(
+        mut self,
+        options: Option<Map<String, Value>>,
+        keep_alive: Option<Value>,
+    ) -> Self {
+        self.ollama_options = options;
+        self.keep_alive = keep_alive;
+        self
     }
 
     /// Names the knob that sets the model for every line in messages.
@@ -201,6 +218,7 @@ impl RequestParser {
             .body_model(&mut body, position.unit())
             .map_err(refused)?;
         disable_streaming(&url, &mut body);
+        self.override_ollama(&url, &mut body);
         let line = u32::try_from(position.number()).unwrap_or(0);
         if let Err(first) = self.seen_ids.try_insert(id_hash(&custom_id), line) {
             let what = self.duplicate_message(&custom_id, position, first);
@@ -346,6 +364,30 @@ fn take_url(fields: &mut Map<String, Value>) -> Result<String, Refusal> {
 
 /// A batch client wants one whole answer per request. Ollama's native API streams unless told
 /// not to; OpenAI-style endpoints stream only when asked.
+impl RequestParser {
+    fn override_ollama(&self, url: &str, body: &mut Map<String, Value>) {
+        if !url.starts_with("/api/") {
+            return;
+        }
+        if let Some(overrides) = &self.ollama_options {
+            let options = body
+                .entry("options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            if let Value::Object(options) = options {
+                for (key, value) in overrides {
+                    options.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(keep_alive) = &self.keep_alive {
+            body.insert("keep_alive".into(), keep_alive.clone());
+        }
+    }
+}
+
 fn disable_streaming(url: &str, body: &mut Map<String, Value>) {
     if url.starts_with("/api/") || body.get("stream") == Some(&Value::Bool(true)) {
         body.insert("stream".into(), Value::Bool(false));

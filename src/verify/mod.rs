@@ -558,6 +558,9 @@ fn read_input(
         limit: None,
         model_knob: options.knobs.model.clone(),
         log_invalid: false,
+        // They change no custom_id, which is all verify reads.
+        ollama_options: None,
+        keep_alive: None,
     };
     let opened = source::open_for(options.input.clone(), &source_options)?;
     let mut failed = None;
