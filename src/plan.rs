@@ -112,8 +112,9 @@ pub async fn plan(
         true => scan.requests.saturating_sub(probed),
         false => scan.requests,
     };
+    // The run pays its own start (checking the backend, opening its results) once.
     let wall_secs = match rate > 0.0 {
-        true => remaining as f64 / rate,
+        true => tune.start_secs + remaining as f64 / rate,
         false => f64::INFINITY,
     };
     let spread = step.map_or(0.5, |step| spread(step, probe.sample));

@@ -64,6 +64,9 @@ pub struct TuneReport {
     pub recommended: usize,
     /// Two workers were barely faster than one.
     pub flat_from_one: bool,
+    /// Seconds a run takes to start and end around its requests (checking the backend,
+    /// opening and closing its results), measured by a run that sends nothing.
+    pub start_secs: f64,
 }
 
 /// Where each step reads its sample: a regular file is read again at every step (JSONL or
@@ -136,7 +139,19 @@ pub async fn tune(
         limit: 0,
         preflight: options.preflight,
     };
-    engine_step(options, &results, &warm_up, console, &backend_override, env).await?;
+    let start_secs = engine_step(options, &results, &warm_up, console, &backend_override, env)
+        .await?
+        .elapsed_secs;
+    // What each step spends besides its requests (resuming the results, closing them), taken
+    // out of its time, so that a step's rate is the server's and not the probe's.
+    let idle = Step {
+        workers: 1,
+        limit: 0,
+        preflight: false,
+    };
+    let overhead = engine_step(options, &results, &idle, console, &backend_override, env)
+        .await?
+        .elapsed_secs;
     let mut steps: Vec<TuneStep> = Vec::new();
     let mut workers = 1;
     let mut best = 0.0f64;
@@ -151,8 +166,8 @@ pub async fn tune(
             // The input ran out: what was measured stands.
             break;
         }
-        let seconds = stats.elapsed_secs.max(f64::MIN_POSITIVE);
-        let rate = stats.done as f64 / seconds;
+        let seconds = (stats.elapsed_secs - overhead).max(stats.elapsed_secs / 2.0);
+        let rate = stats.done as f64 / seconds.max(f64::MIN_POSITIVE);
         tracing::info!("Tune: {workers} workers: {rate:.1} requests/s.");
         steps.push(TuneStep {
             workers,
@@ -170,7 +185,10 @@ pub async fn tune(
         best = best.max(rate);
         workers *= 2;
     }
-    Ok(recommend(steps))
+    Ok(TuneReport {
+        start_secs,
+        ..recommend(steps)
+    })
 }
 
 /// One run of the probe.
@@ -240,6 +258,7 @@ pub fn recommend(steps: Vec<TuneStep>) -> TuneReport {
         steps,
         recommended,
         flat_from_one,
+        start_secs: 0.0,
     }
 }
 

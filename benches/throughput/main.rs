@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|servestore|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|servestore|plan|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -17,6 +17,9 @@
 //! - `serve` (issue 15): a 100,000-request batch through `batchflow serve`'s Batches API,
 //!   create to `completed`, over the CLI with the same workers on the same mock (target
 //!   >= 0.98); and the server's peak RSS with ten such batches created at once (< 100 MB).
+//! - `plan` (issue 24): plan's projected wall time over the run's own on the mock with varying
+//!   latency (and a real server with `$BATCHFLOW_REALSERVER`), target error <= 0.15; plan's own
+//!   time on 170,000 lines (under 30 s).
 //! - `servestore` (issue 22): list, retrieve, create and a metrics scrape of `batchflow serve`
 //!   with 100,000 stored batches (under 10 ms each, under 2× the time at 100).
 //!
@@ -46,6 +49,7 @@ mod measure;
 mod memory;
 mod mock;
 mod objectstore;
+mod plan;
 mod serve;
 mod servestore;
 mod shards;
@@ -75,7 +79,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "slots",
     "auto",
     "backends",
@@ -86,6 +90,7 @@ const SECTIONS: [&str; 10] = [
     "verify",
     "serve",
     "servestore",
+    "plan",
 ];
 
 fn main() -> ExitCode {
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
             "memory" => memory::run(&plan),
             "verify" => verify::run(&plan),
             "serve" => serve::run(&plan),
+            "plan" => plan::run(&plan),
             _ => servestore::run(&plan),
         };
         if let Err(error) = result {

@@ -179,11 +179,7 @@ impl Index {
         stored: &StoredFile,
         or_ignore: bool,
     ) -> Result<usize, StoreError> {
-        let verb = if or_ignore {
-            "INSERT OR IGNORE"
-        } else {
-            "INSERT"
-        };
+        let verb = insert_verb(or_ignore);
         transaction
             .execute(
                 &format!("{verb} INTO files (seq, id, purpose, record) VALUES (?1, ?2, ?3, ?4)"),
@@ -203,11 +199,7 @@ impl Index {
         stored: &StoredBatch,
         or_ignore: bool,
     ) -> Result<usize, StoreError> {
-        let verb = if or_ignore {
-            "INSERT OR IGNORE"
-        } else {
-            "INSERT"
-        };
+        let verb = insert_verb(or_ignore);
         transaction
             .execute(
                 &format!(
@@ -244,13 +236,7 @@ impl Index {
     }
 
     pub(super) fn file(&self, id: &str) -> Result<Option<FileObject>, StoreError> {
-        let record: Option<String> = self
-            .connection()
-            .query_row("SELECT record FROM files WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(self.failed())?;
+        let record = self.record(&self.connection(), "files", id)?;
         record.map(|record| self.decode(&record)).transpose()
     }
 
@@ -340,6 +326,23 @@ impl Index {
         Ok(found.map(Some))
     }
 
+    /// The JSON record of `id` in `table`.
+    fn record(
+        &self,
+        connection: &Connection,
+        table: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        connection
+            .query_row(
+                &format!("SELECT record FROM {table} WHERE id = ?1"),
+                [id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.failed())
+    }
+
     fn records(
         &self,
         connection: &Connection,
@@ -389,13 +392,7 @@ impl Index {
     }
 
     pub(super) fn batch(&self, id: &str) -> Result<Option<Batch>, StoreError> {
-        let record: Option<String> = self
-            .connection()
-            .query_row("SELECT record FROM batches WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(self.failed())?;
+        let record = self.record(&self.connection(), "batches", id)?;
         record.map(|record| self.decode(&record)).transpose()
     }
 
@@ -408,12 +405,7 @@ impl Index {
     ) -> Result<Option<(Batch, T)>, StoreError> {
         let mut connection = self.connection();
         let transaction = connection.transaction().map_err(self.failed())?;
-        let record: Option<String> = transaction
-            .query_row("SELECT record FROM batches WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(self.failed())?;
+        let record = self.record(&transaction, "batches", id)?;
         let Some(record) = record else {
             return Ok(None);
         };
@@ -481,6 +473,15 @@ impl Index {
             .query_map([], |row| row.get(0))
             .map_err(self.failed())?;
         ids.collect::<Result<_, _>>().map_err(self.failed())
+    }
+}
+
+/// A migration keeps a record already moved (a migration cut short after its commit); a new
+/// record never meets one.
+fn insert_verb(or_ignore: bool) -> &'static str {
+    match or_ignore {
+        true => "INSERT OR IGNORE",
+        false => "INSERT",
     }
 }
 
