@@ -393,7 +393,8 @@ fn server_checks(
             });
         }
         if let Some(loaded) = after.iter().find(|loaded| named(loaded, model)) {
-            if loaded.size > 0 && loaded.size_vram < loaded.size {
+            // All on the CPU (no GPU, size_vram 0) is a CPU server, not a split.
+            if loaded.size_vram > 0 && loaded.size_vram < loaded.size {
                 checks.push(Check {
                     kind: "cpu_split",
                     message: format!(

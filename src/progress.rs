@@ -261,8 +261,9 @@ impl Ticker {
             ));
         }
         for model in &snapshot.loaded_models {
-            if model.size_bytes > model.size_vram_bytes && !self.warned_splits.contains(&model.name)
-            {
+            // All on the CPU (no GPU, size_vram 0) is a CPU server, not a split.
+            let split = model.size_bytes > model.size_vram_bytes && model.size_vram_bytes > 0;
+            if split && !self.warned_splits.contains(&model.name) {
                 self.warned_splits.push(model.name.clone());
                 tracing::warn!(
                     "{} is split between CPU and GPU ({:.1} of {:.1} GiB in GPU memory): its requests run several times slower; use a smaller model or num_ctx, or fewer parallel slots.",

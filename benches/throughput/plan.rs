@@ -37,15 +37,18 @@ pub fn run(plan: &Plan) -> std::io::Result<()> {
     accuracy(
         plan,
         mock.url(),
+        &[],
         requests,
         scratch.path(),
         "mock, 8 slots, 50 ms ± 50%",
     )?;
     drop(mock);
     if let Ok(address) = std::env::var("BATCHFLOW_REALSERVER") {
+        // The kit serves one model under its own name.
         accuracy(
             plan,
             &address,
+            &["--model", "tiny-random-llama"],
             plan.count(600),
             scratch.path(),
             "real llama-server (realserver kit)",
@@ -65,7 +68,7 @@ pub fn run(plan: &Plan) -> std::io::Result<()> {
     let input = scratch.path().join("large.jsonl");
     inputs::write_requests(&input, lines)?;
     let started = Instant::now();
-    let report = plan_json(plan, mock.url(), &input)?;
+    let report = plan_json(plan, mock.url(), &[], &input)?;
     let seconds = started.elapsed().as_secs_f64();
     let counted = report["requests"].as_u64().unwrap_or(0);
     println!(
@@ -81,13 +84,14 @@ pub fn run(plan: &Plan) -> std::io::Result<()> {
 fn accuracy(
     plan: &Plan,
     backend: &str,
+    flags: &[&str],
     requests: u64,
     scratch: &Path,
     label: &str,
 ) -> std::io::Result<()> {
     let input = scratch.join(format!("accuracy-{requests}.jsonl"));
     inputs::write_requests(&input, requests)?;
-    let report = plan_json(plan, backend, &input)?;
+    let report = plan_json(plan, backend, flags, &input)?;
     let projected = report["wall_secs"]
         .as_f64()
         .ok_or_else(|| std::io::Error::other(format!("no projection in {report}")))?;
@@ -106,6 +110,7 @@ fn accuracy(
             &workers.to_string(),
             "--quiet",
         ])
+        .args(flags)
         .args(["--output"])
         .arg(scratch.join(format!("run-{requests}.parquet")))
         .args(["--overwrite"])
@@ -125,11 +130,12 @@ fn accuracy(
     Ok(())
 }
 
-fn plan_json(plan: &Plan, backend: &str, input: &Path) -> std::io::Result<Value> {
+fn plan_json(plan: &Plan, backend: &str, flags: &[&str], input: &Path) -> std::io::Result<Value> {
     let output = Command::new(&plan.tools.batchflow)
         .arg("plan")
         .arg(input)
         .args(["--backend", backend, "--json", "--quiet"])
+        .args(flags)
         .env_remove("OLLAMA_HOST")
         .output()?;
     if !output.status.success() {
