@@ -612,28 +612,10 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
     if args.given.has("model") {
         sets.extend(model_set(backend.model.as_deref()));
     }
-    if args.given.has("api_key_env") {
-        sets.extend(
-            backend
-                .api_key_env
-                .as_ref()
-                .map(|name| format!("backend.api_key_env={}", toml::Value::String(name.clone()))),
-        );
-    }
-    if args.given.has("backend") && !backend.backend.is_empty() {
-        let urls = toml::Value::Array(
-            backend
-                .backend
-                .iter()
-                .map(|url| toml::Value::String(url.clone()))
-                .collect(),
-        );
-        sets.push(format!("backend.urls={urls}"));
-        sets.push("backend.url=\"\"".to_owned());
-    }
     // The built-in mock answers every model: there is no backend to check.
     let offline = args.offline || backend.mock;
-    match batchflow::validate::validate(&args.file, &sets, offline, env).await? {
+    let flags = |options: &mut RunOptions| backend.lay_over(options, &args.given);
+    match batchflow::validate::validate(&args.file, &sets, offline, flags, env).await? {
         Ok(summary) => {
             print!("{summary}");
             Ok(ExitStatus::Success)

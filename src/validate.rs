@@ -277,17 +277,19 @@ pub fn check_built(
 }
 
 /// `batchflow validate`: every check, the backend's too unless `offline` (or the pipeline uses
-/// the built-in mock). A summary when valid, else every problem. A served pipeline (one with
-/// `[serve]`) is checked as `batchflow serve FILE` would take it.
+/// the built-in mock), with `flags` laid over the file's options as a run lays them. A summary
+/// when valid, else every problem. A served pipeline (one with `[serve]`) is checked as
+/// `batchflow serve FILE` would take it.
 pub async fn validate(
     file: &Path,
     sets: &[String],
     offline: bool,
+    flags: impl FnOnce(&mut RunOptions),
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<Result<String, Vec<String>>, Error> {
     let loaded = match config::load_any(file, sets, env)? {
         AnyPipelineFile::Serve(served) => {
-            return validate_served(file, &served, offline, env).await;
+            return validate_served(file, &served, offline, flags, env).await;
         }
         AnyPipelineFile::Run(loaded) => loaded,
     };
@@ -299,6 +301,7 @@ pub async fn validate(
         let mut options = RunOptions::default();
         pipeline.apply(&mut options);
         options.extras = extras.clone();
+        flags(&mut options);
         let problems = check_backends(options, env).await;
         if !problems.is_empty() {
             return Ok(Err(problems));
@@ -324,6 +327,7 @@ async fn validate_served(
     file: &Path,
     loaded: &ServeFile,
     offline: bool,
+    flags: impl FnOnce(&mut RunOptions),
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<Result<String, Vec<String>>, Error> {
     let served = match config::resolve_serve(loaded, folder_of(file)) {
@@ -340,6 +344,7 @@ async fn validate_served(
     if !offline && !served.backend.mock {
         let mut options = RunOptions::default();
         served.apply(&mut options);
+        flags(&mut options);
         let problems = check_backends(options, env).await;
         if !problems.is_empty() {
             return Ok(Err(problems));

@@ -422,3 +422,34 @@ fn records_given_as_request_lines_get_one_error_pointing_to_prompt() {
             .is_some_and(|message| message.contains("--prompt"))
     }));
 }
+
+#[test]
+fn validate_checks_the_backend_a_flag_names_over_the_files() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    candidates(dir.path(), 2);
+    let file = dir.path().join("dead.toml");
+    std::fs::write(
+        &file,
+        "[source]\npath = \"candidates.jsonl\"\n\n[request]\nmodel = \"llama3.2\"\n\
+         prompt = \"Hi {{name}}\"\n\n[backend]\nurl = \"127.0.0.1:9\"\n",
+    )
+    .expect("written");
+    let output = batchflow()
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "the file's backend is down");
+    let mock = quick_mock(&["llama3.2:latest"]);
+    let output = batchflow()
+        .arg("validate")
+        .arg(&file)
+        .args(["--backend", &mock.url()])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
