@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::backend::http::HttpBackend;
+use crate::backend::preflight::latest_tagged;
 use crate::error::Error;
 use crate::gpu::{self, RunningModel};
 use crate::item::SourceItem;
@@ -293,9 +294,12 @@ async fn scan(
         }
         measure(&mut scan, &mut over, per_byte, request.line, bytes, context);
     }
-    for (line, bytes, context) in waiting.drain(..) {
-        per_byte = per_byte.or(calibration(prompt_counted, probe_bytes));
-        measure(&mut scan, &mut over, per_byte, line, bytes, context);
+    // Fewer requests than the probe sent (another shard's, say): calibrate on those there are.
+    if !waiting.is_empty() {
+        per_byte = calibration(prompt_counted, probe_bytes);
+        for (line, bytes, context) in waiting.drain(..) {
+            measure(&mut scan, &mut over, per_byte, line, bytes, context);
+        }
     }
     match reader.join() {
         Ok(summary) => {
@@ -380,7 +384,7 @@ fn server_checks(
         });
     }
     let named = |loaded: &RunningModel, model: &str| {
-        loaded.name == model || loaded.name == format!("{model}:latest")
+        loaded.name == model || latest_tagged(model).is_some_and(|tagged| loaded.name == tagged)
     };
     for model in models.keys() {
         // A backend that answers no /api/ps (not Ollama) tells nothing either way.

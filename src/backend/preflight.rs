@@ -17,6 +17,12 @@ pub enum ServerKind {
     OpenAiCompatible,
 }
 
+/// The name Ollama gives `model` when it has no tag (`llama3.2` is `llama3.2:latest`); `None`
+/// for a tagged name.
+pub fn latest_tagged(model: &str) -> Option<String> {
+    (!model.contains(':')).then(|| format!("{model}:latest"))
+}
+
 /// The models a server holds, for checking names before sending.
 #[derive(Debug, Clone)]
 pub struct ModelCatalog {
@@ -31,8 +37,7 @@ impl ModelCatalog {
             return true;
         }
         matches!(self.kind, ServerKind::Ollama { .. })
-            && !model.contains(':')
-            && self.names.contains(&format!("{model}:latest"))
+            && latest_tagged(model).is_some_and(|tagged| self.names.contains(&tagged))
     }
 
     /// The error for a missing model, listing what the server does have.

@@ -79,8 +79,6 @@ pub struct MockConfig {
     pub cpu_share: f64,
 }
 
-/// Ollama's context length when a request sets no `num_ctx`.
-pub const DEFAULT_NUM_CTX: u64 = 4096;
 /// The size `/api/ps` gives every loaded model.
 const MODEL_BYTES: u64 = 3_500_000_000;
 
