@@ -5,7 +5,6 @@
 //! only what its command uses.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,20 +12,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch};
 use batchflow::mock::MockConfig;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;
 
-use crate::support::{Mock, batchflow, parse_output};
-
-fn read(path: &Path) -> Vec<RecordBatch> {
-    let file = File::open(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("a Parquet file")
-        .build()
-        .expect("a reader")
-        .map(|batch| batch.expect("a batch"))
-        .collect()
-}
+use crate::support::{Mock, batchflow, parse_output, read_batches};
 
 /// A string column of every batch, by custom_id.
 fn strings_by_id(batches: &[RecordBatch], column: &str) -> BTreeMap<String, Option<String>> {
@@ -104,7 +92,7 @@ fn records_from_the_command_line_become_typed_columns_and_the_pipeline_they_save
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "results go to the Parquet file only");
 
-    let batches = read(&dir.path().join("screened.parquet"));
+    let batches = read_batches(&dir.path().join("screened.parquet"));
     let names = strings_by_id(&batches, "name");
     let expected: BTreeMap<String, Option<String>> = (0..40)
         .map(|index| (format!("cand-{index}"), Some(format!("Person {index}"))))
@@ -151,7 +139,7 @@ fn records_from_the_command_line_become_typed_columns_and_the_pipeline_they_save
     let again = parse_output(again);
     assert_eq!(again.code(), Some(0), "{}", again.stderr);
     assert_eq!(
-        strings_by_id(&read(&dir.path().join("again.parquet")), "name"),
+        strings_by_id(&read_batches(&dir.path().join("again.parquet")), "name"),
         expected
     );
     // And resumes the first results: nothing is left to send.
@@ -260,7 +248,7 @@ fn run_flags_win_over_the_pipeline_file_and_those_not_given_leave_it_alone() {
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("workers:  3"), "{}", run.stderr);
     assert!(!dir.path().join("from-file.parquet").exists());
-    let batches = read(&dir.path().join("from-flags.parquet"));
+    let batches = read_batches(&dir.path().join("from-flags.parquet"));
     let models = strings_by_id(&batches, "model");
     assert_eq!(models.len(), 12);
     assert!(
@@ -274,7 +262,10 @@ fn run_flags_win_over_the_pipeline_file_and_those_not_given_leave_it_alone() {
     let run = parse_output(output);
     assert_eq!(run.code(), Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("workers:  2"), "{}", run.stderr);
-    let models = strings_by_id(&read(&dir.path().join("from-file.parquet")), "model");
+    let models = strings_by_id(
+        &read_batches(&dir.path().join("from-file.parquet")),
+        "model",
+    );
     assert!(
         models
             .values()

@@ -6,21 +6,15 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
-use support::{batchflow, parse_output, run_stdin};
-
-fn pipelines_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
-}
+use support::{batchflow, parse_output, pipelines_dir, read_batches, run_stdin};
 
 /// The reply text of an output line, whichever endpoint answered it.
 fn reply_text(line: &Value) -> &str {
@@ -33,15 +27,6 @@ fn reply_text(line: &Value) -> &str {
     .into_iter()
     .find_map(Value::as_str)
     .unwrap_or_else(|| panic!("no reply text in {line}"))
-}
-
-fn read_batches(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("the results file"))
-        .expect("Parquet")
-        .build()
-        .expect("a reader")
-        .map(|batch| batch.expect("a readable batch"))
-        .collect()
 }
 
 #[test]

@@ -5,7 +5,6 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +19,9 @@ use batchflow::mock::MockConfig;
 use batchflow::options::{Console, RunOptions, Workers};
 use batchflow::shutdown::Shutdown;
 use batchflow::source::Input;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use support::{Mock, batchflow, chat_lines, parse_output, write_parquet};
-
-fn pipelines_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
-}
+use support::{
+    Mock, batchflow, chat_lines, parse_output, pipelines_dir, read_batches, write_parquet,
+};
 
 fn examples() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(pipelines_dir())
@@ -171,15 +167,6 @@ fn write_candidates(path: &Path, count: usize) {
     write_parquet(path, [RecordBatch::try_from_iter(columns).expect("batch")]);
 }
 
-fn read_results(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("results"))
-        .expect("Parquet")
-        .build()
-        .expect("reader")
-        .map(|batch| batch.expect("batch"))
-        .collect()
-}
-
 #[test]
 fn records_with_a_template_and_an_output_schema_become_typed_columns() {
     let mock = Mock::start(MockConfig {
@@ -232,7 +219,7 @@ parquet = "results.parquet"
         run.stderr
     );
 
-    let batches = read_results(&dir.path().join("results.parquet"));
+    let batches = read_batches(&dir.path().join("results.parquet"));
     let schema = batches[0].schema();
     let type_of = |name: &str| {
         schema
@@ -357,7 +344,7 @@ fn the_same_job_as_flags_and_as_toml_gives_the_same_rows() {
     );
     let rows = |name: &str| {
         let mut rows = BTreeMap::new();
-        for batch in read_results(&dir.path().join(name)) {
+        for batch in read_batches(&dir.path().join(name)) {
             let column = |field: &str| batch.column_by_name(field).expect(field).clone();
             let (ids, statuses, contents, models) = (
                 column("custom_id"),

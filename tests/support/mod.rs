@@ -171,6 +171,22 @@ pub fn parse_output(output: std::process::Output) -> Run {
 /// One row of a results file: custom_id, request_line, error_code.
 pub type ResultRow = (Option<String>, i64, Option<String>);
 
+/// Every record batch of the Parquet file at `path`, in order.
+pub fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    let file = File::open(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("a Parquet file")
+        .build()
+        .expect("a reader")
+        .map(|batch| batch.expect("a readable batch"))
+        .collect()
+}
+
+/// The repository's `pipelines/` folder of example pipeline files.
+pub fn pipelines_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
+}
+
 /// The rows of a results file, read with the parquet crate alone (no batchflow code), sorted.
 pub fn result_rows(path: &Path) -> Vec<ResultRow> {
     let file = File::open(path).expect("the results file exists");
