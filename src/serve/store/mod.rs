@@ -136,11 +136,14 @@ impl Store {
             last_order: Arc::new(AtomicU64::new(0)),
             index: Arc::new(index),
         };
+        // One listing of `files/` serves the three passes: none adds or removes a folder
+        // before the sweep.
+        let file_dirs = store.file_dirs()?;
         if made {
-            store.refuse_unrecorded_files()?;
+            store.refuse_unrecorded_files(&file_dirs)?;
         }
-        store.migrate()?;
-        store.sweep()?;
+        store.migrate(&file_dirs)?;
+        store.sweep(file_dirs)?;
         store
             .last_order
             .store(store.index.last_seq()?, Ordering::SeqCst);
@@ -163,10 +166,9 @@ impl Store {
 
     /// A new index beside files whose records are nowhere (no index row, no earlier-layout
     /// `meta.json`) means the index was lost: sweeping would delete every upload and result.
-    fn refuse_unrecorded_files(&self) -> Result<(), StoreError> {
-        let unrecorded: Vec<String> = self
-            .file_dirs()?
-            .into_iter()
+    fn refuse_unrecorded_files(&self, file_dirs: &[(String, PathBuf)]) -> Result<(), StoreError> {
+        let unrecorded: Vec<&String> = file_dirs
+            .iter()
             .filter(|(_, dir)| {
                 dir.join("content").exists() && !dir.join(LEGACY_FILE_RECORD).exists()
             })
@@ -178,7 +180,7 @@ impl Store {
                 files: self.root.join("files"),
                 index: self.root.join(INDEX_NAME),
                 count: unrecorded.len(),
-                example: example.clone(),
+                example: (*example).clone(),
             }),
         }
     }
@@ -186,10 +188,9 @@ impl Store {
     /// Moves every record of the earlier layout into the index in one transaction, then
     /// removes the JSON records. A migration cut short runs again on the next start: what it
     /// committed is kept, the rest is moved.
-    fn migrate(&self) -> Result<(), StoreError> {
-        let file_records: Vec<PathBuf> = self
-            .file_dirs()?
-            .into_iter()
+    fn migrate(&self, file_dirs: &[(String, PathBuf)]) -> Result<(), StoreError> {
+        let file_records: Vec<PathBuf> = file_dirs
+            .iter()
             .map(|(_, dir)| dir.join(LEGACY_FILE_RECORD))
             .filter(|record| record.exists())
             .collect();
@@ -235,8 +236,8 @@ impl Store {
 
     /// Removes file folders without a record: uploads that never completed, and files whose
     /// deletion was cut short after their record went.
-    fn sweep(&self) -> Result<(), StoreError> {
-        for (id, dir) in self.file_dirs()? {
+    fn sweep(&self, file_dirs: Vec<(String, PathBuf)>) -> Result<(), StoreError> {
+        for (id, dir) in file_dirs {
             if !self.index.has_file(&id)? {
                 tracing::info!(path = %dir.display(), "Removing a file folder with no record (an upload or deletion cut short).");
                 fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
