@@ -225,14 +225,7 @@ impl Index {
     }
 
     pub(super) fn has_file(&self, id: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> = self
-            .connection()
-            .query_row("SELECT seq FROM files WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(self.failed())?;
-        Ok(found.is_some())
+        Ok(self.seq_of(&self.connection(), "files", id)?.is_some())
     }
 
     pub(super) fn file(&self, id: &str) -> Result<Option<FileObject>, StoreError> {
@@ -315,15 +308,24 @@ impl Index {
         let Some(after) = after else {
             return Ok(Some(None));
         };
-        let found = connection
+        Ok(self.seq_of(connection, table, after)?.map(Some))
+    }
+
+    /// The listing position of `id` in `table`, if it is stored there.
+    fn seq_of(
+        &self,
+        connection: &Connection,
+        table: &str,
+        id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        connection
             .query_row(
                 &format!("SELECT seq FROM {table} WHERE id = ?1"),
-                [after],
+                [id],
                 |row| row.get(0),
             )
             .optional()
-            .map_err(self.failed())?;
-        Ok(found.map(Some))
+            .map_err(self.failed())
     }
 
     /// The JSON record of `id` in `table`.
@@ -375,14 +377,7 @@ impl Index {
     pub(super) fn insert_batch(&self, stored: &StoredBatch) -> Result<bool, StoreError> {
         let mut connection = self.connection();
         let transaction = connection.transaction().map_err(self.failed())?;
-        let input: Option<i64> = transaction
-            .query_row(
-                "SELECT seq FROM files WHERE id = ?1",
-                [&stored.batch.input_file_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.failed())?;
+        let input = self.seq_of(&transaction, "files", &stored.batch.input_file_id)?;
         if input.is_none() {
             return Ok(false);
         }
