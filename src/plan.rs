@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::backend::http::HttpBackend;
-use crate::backend::preflight::latest_tagged;
+use crate::backend::preflight::{DEFAULT_NUM_CTX, latest_tagged};
 use crate::error::Error;
 use crate::gpu::{self, RunningModel};
 use crate::item::SourceItem;
@@ -23,8 +23,6 @@ use crate::shutdown::Shutdown;
 use crate::source;
 use crate::tune::{self, Probe, TuneReport};
 
-/// Ollama's context when a request sets no `num_ctx` (0.6 and later).
-pub const DEFAULT_NUM_CTX: u64 = 4096;
 /// Ollama unloads a model this long after its last request when `keep_alive` is unset.
 const DEFAULT_KEEP_ALIVE_SECS: f64 = 300.0;
 /// Options that make Ollama load a model anew when they change between requests.

@@ -17,6 +17,9 @@ pub enum ServerKind {
     OpenAiCompatible,
 }
 
+/// Ollama's context when a request sets no `num_ctx` (0.6 and later).
+pub const DEFAULT_NUM_CTX: u64 = 4096;
+
 /// The name Ollama gives `model` when it has no tag (`llama3.2` is `llama3.2:latest`); `None`
 /// for a tagged name.
 pub fn latest_tagged(model: &str) -> Option<String> {

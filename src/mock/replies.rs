@@ -97,7 +97,7 @@ pub fn num_ctx(request: &Value) -> u64 {
     request["options"]["num_ctx"]
         .as_u64()
         .filter(|context| *context > 0)
-        .unwrap_or(crate::plan::DEFAULT_NUM_CTX)
+        .unwrap_or(crate::backend::preflight::DEFAULT_NUM_CTX)
 }
 
 /// The successful answer to `request` at `endpoint`, having spent `elapsed` in a slot.
