@@ -41,6 +41,8 @@
 //! - [`paths`]: every file a run writes, checked against its inputs and each other.
 //!   [`storage`]: object-storage URLs (S3, GCS, Azure) through `object_store`: list, get,
 //!   download, conditional writes, delete. [`tls`]: the process's rustls provider, for every HTTPS client.
+//! - [`filter`]: the `where` expressions of pipeline stages (`fit != 'weak' and score >= 7`):
+//!   parsed, and asked of a record with SQL's three-valued logic. Pure: no I/O.
 //! - [`item`]: what flows between source, stage and sink: requests, invalid lines, outcomes.
 //!   [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
 //!   [`reply`]: what is read from a server's answer. [`schema`]: structured output's JSON
@@ -60,6 +62,7 @@ pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod gpu;
 pub mod idset;
 pub mod item;
