@@ -86,6 +86,22 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// The status of several runs taken as one (a pipeline's stages): the worst of them, an
+    /// error before an interruption, as in one run.
+    pub fn worst(self, other: ExitStatus) -> ExitStatus {
+        let rank = |status: ExitStatus| match status {
+            ExitStatus::Success => 0,
+            ExitStatus::SomeFailed => 1,
+            ExitStatus::Interrupted => 2,
+            ExitStatus::Error => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             ExitStatus::Success => 0,

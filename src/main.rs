@@ -6,6 +6,7 @@
     reason = "the binary writes its data (results, reports) to standard output"
 )]
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
@@ -445,8 +446,155 @@ async fn run_pipeline(
     if args.given.has("model") {
         sets.extend(model_set(args.knobs.backend.model.as_deref()));
     }
+    let loaded = batchflow::config::load(&args.file, &sets, env)?;
+    if !loaded.stages.is_empty() {
+        return run_stages(&args.file, loaded, &args, log, shutdown).await;
+    }
     let source = PipelineSource::File(args.file.clone());
     run_pipeline_from(source, &sets, &args.knobs, &args.given, log, shutdown).await
+}
+
+/// Runs a pipeline of stages (`[[stage]]` tables) as one, or shows each stage's first
+/// requests with `--dry-run`. The run's flags are laid over every stage; a results path
+/// given names the folder of every stage's results, as the file's `sink.parquet` does.
+async fn run_stages(
+    file: &Path,
+    mut loaded: batchflow::config::PipelineFile,
+    args: &PipelineRunArgs,
+    log: LogArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<ExitStatus> {
+    use batchflow::config::stages::{stage_results, stage_side_file};
+    use batchflow::engine::stages::StageRun;
+    let (knobs, given) = (&args.knobs, &args.given);
+    if given.has("model") {
+        for stage in &mut loaded.stages {
+            stage.model.clone_from(&knobs.backend.model);
+        }
+    }
+    let folder = batchflow::validate::folder_of(file);
+    let checked = match batchflow::validate::stages::check_stages(&loaded, folder) {
+        Some(Ok(checked)) => checked,
+        Some(Err(problems)) => return Ok(report_problems(file, &args.set, &problems)),
+        None => return Err(anyhow::anyhow!("{} has no [[stage]]", file.display())),
+    };
+    let mock = match knobs.backend.mock || loaded.backend.mock {
+        true => {
+            let workers = match given.has("workers") {
+                true => Some(knobs.workers),
+                false => checked.first().and_then(|stage| stage.pipeline.workers),
+            };
+            Some(start_mock(workers).await?)
+        }
+        false => None,
+    };
+    let mut runs = Vec::with_capacity(checked.len());
+    let mut shown = String::new();
+    for stage in &checked {
+        let name = stage.plan.name.as_str();
+        let mut options = RunOptions::default();
+        stage.pipeline.apply(&mut options);
+        options.extras = stage.extras.clone();
+        options.pipeline_file = Some(file.to_owned());
+        let from = stage.plan.from.as_ref().map(|(from, filter)| {
+            let from = &checked[*from].plan.name;
+            match filter {
+                Some(filter) => format!("{from} where {}", filter.text()),
+                None => from.clone(),
+            }
+        });
+        options.upstream.clone_from(&from);
+        knobs.lay_over(&mut options, given);
+        if let Some(output) = knobs.output.output.as_ref().filter(|_| given.has("output")) {
+            let folder = output.to_string_lossy();
+            options.results = Some(stage_results(&folder, name).into());
+        }
+        if let Some(stats) = knobs.watch.stats.as_ref().filter(|_| given.has("stats")) {
+            options.stats_file = Some(stage_side_file(stats, name));
+        }
+        if let Some(errors) = knobs.output.errors.as_ref().filter(|_| given.has("errors")) {
+            options.errors_file = Some(stage_side_file(errors, name));
+        }
+        // The folder of every stage's results is the pipeline's to make, as a dataset's is.
+        if let Some(parent) = options
+            .results
+            .as_deref()
+            .filter(|path| !knobs.dry_run && !path.to_string_lossy().contains("://"))
+            .and_then(Path::parent)
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot make the results folder {}", parent.display()))?;
+        }
+        let mut config = options.resolve(console(log), mock.as_ref().map(MockServer::url), env)?;
+        if knobs.dry_run {
+            let _ = writeln!(
+                shown,
+                "Stage {name}{}:",
+                from.as_deref()
+                    .map_or(String::new(), |from| format!(" (reads {from})"))
+            );
+            if let Some((from, _)) = &stage.plan.from {
+                let record =
+                    batchflow::validate::stages::placeholder_record(stage, &checked[*from]);
+                shown.push_str("  (no rows exist before the run: each column shows its name)\n");
+                config.input =
+                    Input::Text(format!("{}\n", serde_json::Value::Object(record)).into());
+            }
+            let rendered = tokio::select! {
+                _ = shutdown.stopping() => return Ok(ExitStatus::Interrupted),
+                rendered = batchflow::validate::dry_run(config, &stage.extras) => rendered?,
+            };
+            shown.push_str(&rendered);
+            continue;
+        }
+        runs.push(StageRun {
+            name: name.to_owned(),
+            config,
+            from: stage.plan.from.clone(),
+            output_fields: stage.plan.output_fields.clone(),
+        });
+    }
+    if knobs.dry_run {
+        print!("{shown}");
+        return Ok(ExitStatus::Success);
+    }
+    if let Some(first) = runs.first() {
+        shutdown.set_grace(first.config.grace);
+    }
+    let ends = match engine::stages::run_stages(runs, shutdown.clone()).await {
+        Ok(ends) => ends,
+        Err(Error::Interrupted) => {
+            eprintln!(
+                "batchflow: interrupted before the first request was sent; nothing was sent."
+            );
+            return Ok(ExitStatus::Interrupted);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut status = ExitStatus::Success;
+    let mut endpoints = Vec::new();
+    for end in ends {
+        if !log.quiet {
+            eprint!(
+                "Stage {}: {}",
+                end.name,
+                progress::summary(&end.report.stats, &end.report.backend_url)
+            );
+        }
+        log_resume_notes(&end.report);
+        if let Some(fatal) = &end.report.fatal {
+            eprintln!("batchflow: stage {}: {fatal}", end.name);
+        }
+        status = status.worst(end.report.exit_status());
+        endpoints.extend(end.report.metrics);
+    }
+    if !endpoints.is_empty() {
+        shutdown.run_ended();
+        for metrics in endpoints {
+            metrics.close(shutdown.stopping()).await;
+        }
+    }
+    Ok(status)
 }
 
 /// Runs a pipeline with the run's flags laid over it (those `given` win), or shows its first

@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub ollama_options: Option<serde_json::Map<String, serde_json::Value>>,
     /// `keep_alive` set on every request to Ollama's own API, over the request's own.
     pub keep_alive: Option<serde_json::Value>,
+    /// For a later stage of a pipeline: the stage its records come from and its filter.
+    pub upstream: Option<String>,
     /// Serve the run's figures for Prometheus here (`GET /metrics`) while it runs.
     pub metrics: Option<SocketAddr>,
     /// How long the metrics endpoint stays up after the run, for a last scrape.
@@ -127,6 +129,7 @@ impl Default for RunOptions {
             on_reload: OnReload::default(),
             ollama_options: None,
             keep_alive: None,
+            upstream: None,
             metrics: None,
             metrics_linger: Duration::ZERO,
             pipeline_file: None,

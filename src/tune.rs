@@ -86,6 +86,11 @@ pub fn sample(input: &Input, count: usize) -> Result<Input, Error> {
             },
         )?)),
         Input::Stdin => Box::new(io::stdin().lock()),
+        Input::Pipe(_) => {
+            return Err(Error::Internal(
+                "a stage's input cannot be sampled: tune or plan the first stage".into(),
+            ));
+        }
     };
     let mut text = String::new();
     let mut kept = 0;

@@ -342,7 +342,7 @@ fn a_cancel_cut_by_a_kill_closes_with_files_that_match_the_counts() {
         }
         let index: usize = id.trim_start_matches("req-").parse().expect("an index");
         assert!(
-            index % 2 == 0 && index != 20,
+            index.is_multiple_of(2) && index != 20,
             "{id} is not a failing request"
         );
     }

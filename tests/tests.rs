@@ -39,5 +39,6 @@ mod serve_owner;
 mod serve_shape;
 mod serve_store;
 mod serve_webhooks;
+mod stages;
 mod verify;
 mod writers;

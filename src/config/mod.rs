@@ -15,6 +15,7 @@ use serde_json::Value;
 mod interpolate;
 mod resolve;
 mod serve;
+pub mod stages;
 
 pub use resolve::{JsonlTarget, Pipeline, resolve};
 pub use serve::{ServeFile, ServePipeline, ServeSection, ServeSinkSection, resolve_serve};
@@ -42,6 +43,10 @@ pub struct PipelineFile {
     pub backend: BackendSection,
     #[serde(default)]
     pub sink: SinkSection,
+    /// `[[stage]]`: several requests in a row, each over the rows of an earlier one that pass
+    /// its filter (`stages.rs`); empty for a one-request pipeline, whose `[request]` says it.
+    #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSection>,
 }
 
 /// `[source]`: where the records or requests come from.
@@ -85,6 +90,60 @@ pub struct RequestSection {
     pub keep_alive: Option<Value>,
     pub think: Option<Value>,
     pub output: Option<OutputSection>,
+}
+
+/// `[[stage]]`: one stage of a pipeline of stages: a request like `[request]`'s, over the
+/// file's `[source]` (the first stage) or over the rows of an earlier stage (`from`) that pass
+/// `where`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    /// Names the stage's results (`<sink.parquet>/<name>.parquet`), its columns in later
+    /// stages (`{{name.column}}`) and its figures.
+    pub name: String,
+    /// The earlier stage whose rows this one reads; none for the first stage.
+    pub from: Option<String>,
+    /// Which of those rows: a filter over their columns (`fit != 'weak' and score >= 7`).
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    pub system: Option<String>,
+    pub prompt: Option<String>,
+    pub options: Option<serde_json::Map<String, Value>>,
+    pub keep_alive: Option<Value>,
+    pub think: Option<Value>,
+    pub output: Option<OutputSection>,
+}
+
+impl StageSection {
+    /// The stage's request as a `[request]` section.
+    pub fn request(&self) -> RequestSection {
+        RequestSection {
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            system: self.system.clone(),
+            prompt: self.prompt.clone(),
+            options: self.options.clone(),
+            keep_alive: self.keep_alive.clone(),
+            think: self.think.clone(),
+            output: self.output.clone(),
+        }
+    }
+}
+
+impl RequestSection {
+    /// Whether the file wrote any key of `[request]`.
+    pub fn is_written(&self) -> bool {
+        self.endpoint.is_some()
+            || self.model.is_some()
+            || self.system.is_some()
+            || self.prompt.is_some()
+            || self.options.is_some()
+            || self.keep_alive.is_some()
+            || self.think.is_some()
+            || self.output.is_some()
+    }
 }
 
 /// `[request.output]`: structured output.

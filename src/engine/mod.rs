@@ -4,6 +4,7 @@
 //! through [`run`].
 
 mod resolve;
+pub mod stages;
 mod start;
 
 pub use start::models;

@@ -81,6 +81,7 @@ impl RunOptions {
                 log_invalid: true,
                 ollama_options: self.ollama_options.clone(),
                 keep_alive: self.keep_alive.clone(),
+                upstream: self.upstream.clone(),
             },
             backends,
             preflight: self.preflight,
@@ -94,6 +95,7 @@ impl RunOptions {
                     schema: Arc::clone(schema),
                     retries: self.output_retries,
                 }),
+                shared_limit: None,
             },
             results: self
                 .results
@@ -183,6 +185,7 @@ impl RunOptions {
             extras: self.extras.clone(),
             codec: self.codec,
             allow_config_change: self.allow_config_change,
+            published: None,
         })
     }
 }

@@ -140,7 +140,7 @@ async fn check(mut config: RunConfig, stdout: Option<JsonlStream>) -> Result<Che
                 .filter(|metadata| metadata.is_file())
                 .map(|metadata| metadata.len()),
             Input::Text(text) => Some(text.len() as u64),
-            Input::Stdin => None,
+            Input::Stdin | Input::Pipe(_) => None,
         },
         results_schema: String::new(),
     };
@@ -479,6 +479,7 @@ fn recipe(source: &SourceOptions) -> Recipe {
             .id_column
             .is_none()
             .then_some(template::CONTENT_ID_SCHEME),
+        upstream: source.upstream.clone(),
     }
 }
 

@@ -81,6 +81,7 @@ impl RecordArgs {
             request,
             backend,
             sink,
+            stages: Vec::new(),
         })
     }
 }

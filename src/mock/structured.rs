@@ -116,7 +116,7 @@ impl<'a> Generator<'a> {
             "array" => self.array(schema, name, depth),
             "integer" => self.integer(schema),
             "number" => self.number(schema),
-            "boolean" => Value::Bool(self.draw() % 2 == 0),
+            "boolean" => Value::Bool(self.draw().is_multiple_of(2)),
             "null" => Value::Null,
             _ => self.string(schema, name),
         }

@@ -19,7 +19,7 @@ const PREFIX: &str = "batchflow.";
 const CHANGES: &str = "config_changes";
 
 /// Entries that decide what a row holds: a resumed run must agree on each.
-const COMPARED: [&str; 7] = [
+const COMPARED: [&str; 8] = [
     "model",
     "endpoint",
     "options",
@@ -27,6 +27,7 @@ const COMPARED: [&str; 7] = [
     "template_hash",
     "output_schema_hash",
     "id_scheme",
+    "upstream",
 ];
 
 /// What a run asks of the server, as far as the rows depend on it. `None` where each input
@@ -44,6 +45,8 @@ pub struct Recipe {
     pub output_schema: Option<String>,
     /// The derived-id scheme, when custom_ids are derived from record content.
     pub id_scheme: Option<&'static str>,
+    /// A later stage's input: the stage it reads and its filter.
+    pub upstream: Option<String>,
 }
 
 /// Where the run is going and what it reads, beside the recipe.
@@ -95,6 +98,9 @@ impl Fingerprint {
             )),
         );
         put("id_scheme", recipe.id_scheme.unwrap_or(AS_GIVEN).to_owned());
+        if let Some(upstream) = &recipe.upstream {
+            put("upstream", upstream.clone());
+        }
         put("input", facts.input_name.clone());
         if let Some(bytes) = facts.input_bytes {
             put("input_bytes", bytes.to_string());

@@ -8,6 +8,7 @@
 //! both small however long the run.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parquet::file::metadata::KeyValue;
@@ -54,6 +55,50 @@ pub struct ParquetOutput {
     /// Resume even if the file was made with another model, template, options or schema
     /// (the change is recorded in the file).
     pub allow_config_change: bool,
+    /// Told of each checkpoint, for a reader that follows the file as it grows (a later
+    /// stage of a pipeline reads the rows an earlier one published).
+    pub published: Option<Published>,
+}
+
+/// What a follower of a results file is told: how many times rows were published, and
+/// whether the writer is done. Each checkpoint (and the close) renames a complete file over
+/// the last, so whatever a follower opens after a change is whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishState {
+    pub checkpoints: u64,
+    /// No row will be published after this: the run that writes the file has ended.
+    pub ended: bool,
+}
+
+/// The sending side of [`PublishState`], shared by the sink and the run that owns it.
+#[derive(Debug, Clone)]
+pub struct Published(Arc<tokio::sync::watch::Sender<PublishState>>);
+
+impl Published {
+    pub fn new() -> Published {
+        Published(Arc::new(tokio::sync::watch::Sender::new(
+            PublishState::default(),
+        )))
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<PublishState> {
+        self.0.subscribe()
+    }
+
+    fn checkpointed(&self) {
+        self.0.send_modify(|state| state.checkpoints += 1);
+    }
+
+    /// The writing run is over, however it ended.
+    pub fn end(&self) {
+        self.0.send_modify(|state| state.ended = true);
+    }
+}
+
+impl Default for Published {
+    fn default() -> Published {
+        Published::new()
+    }
 }
 
 /// The sink, ready to write, and what the file already held.
@@ -208,6 +253,7 @@ pub fn prepare(
             last_checkpoint: Instant::now(),
             shutdown,
             abandoned: false,
+            published: output.published.clone(),
         },
         done: opened.done,
         kept_rows,
@@ -563,6 +609,7 @@ pub struct ParquetSink {
     shutdown: Shutdown,
     /// Another output failed: the run stopped early.
     abandoned: bool,
+    published: Option<Published>,
 }
 
 impl ParquetSink {
@@ -640,6 +687,9 @@ impl ParquetSink {
             return Err(error);
         }
         self.last_checkpoint = Instant::now();
+        if let Some(published) = &self.published {
+            published.checkpointed();
+        }
         Ok(())
     }
 }
@@ -695,6 +745,9 @@ impl Sink for ParquetSink {
                 // The store holds every part now: the local copies (the parts downloaded to
                 // resume, the last one written) are only a cache.
                 dataset::remove_parts(&next.dir, next.owner)?;
+            }
+            if let Some(published) = &self.published {
+                published.checkpointed();
             }
         }
         Ok(())

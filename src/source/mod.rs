@@ -73,6 +73,42 @@ pub enum Input {
     File(PathBuf),
     /// Text held in memory: the demo's built-in sample, or `tune`'s sample of an input.
     Text(Arc<str>),
+    /// JSONL records written by another part of the run: an earlier stage's rows for a later
+    /// stage of a pipeline (`engine::stages`).
+    Pipe(PipeInput),
+}
+
+/// The reading end of a pipe, taken by the one run that opens it.
+#[derive(Clone)]
+pub struct PipeInput {
+    /// For messages: what writes into the pipe.
+    pub name: String,
+    reader: Arc<std::sync::Mutex<Option<io::PipeReader>>>,
+}
+
+impl PipeInput {
+    pub fn new(name: String, reader: io::PipeReader) -> PipeInput {
+        PipeInput {
+            name,
+            reader: Arc::new(std::sync::Mutex::new(Some(reader))),
+        }
+    }
+
+    fn take(&self) -> Option<io::PipeReader> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl std::fmt::Debug for PipeInput {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_tuple("PipeInput")
+            .field(&self.name)
+            .finish()
+    }
 }
 
 impl Input {
@@ -89,6 +125,7 @@ impl Input {
             Input::Stdin => "<stdin>".into(),
             Input::File(path) => path.display().to_string(),
             Input::Text(_) => "<text in memory>".into(),
+            Input::Pipe(pipe) => pipe.name.clone(),
         }
     }
 }
@@ -117,6 +154,9 @@ pub struct SourceOptions {
     /// `options` (key by key) and its `keep_alive`.
     pub ollama_options: Option<serde_json::Map<String, serde_json::Value>>,
     pub keep_alive: Option<serde_json::Value>,
+    /// For a later stage of a pipeline: the stage its records come from and its filter
+    /// (`screen where fit != 'weak'`), which the rows depend on as much as on the template.
+    pub upstream: Option<String>,
     /// Log a warning for each invalid line: a run writes it as an error line and says so;
     /// `verify` reads the input only to know what the results owe.
     pub log_invalid: bool,
@@ -191,6 +231,7 @@ enum Reader {
     Text(Arc<str>),
     Jsonl(File),
     Parquet(ParquetRows),
+    Pipe(io::PipeReader),
 }
 
 /// Opens the input, so that a missing file, a damaged Parquet footer or a missing column fails
@@ -205,6 +246,15 @@ pub fn open(input: Input, record_columns: Option<&[&str]>) -> Result<OpenedInput
     let reader = match input {
         Input::Stdin => Reader::Stdin,
         Input::Text(text) => Reader::Text(text),
+        Input::Pipe(pipe) => match pipe.take() {
+            Some(reader) => Reader::Pipe(reader),
+            None => {
+                return Err(SourceError::OpenInput {
+                    path: PathBuf::from(&pipe.name),
+                    cause: io::Error::other("its pipe was opened already"),
+                });
+            }
+        },
         Input::File(path) => {
             let open_error = |cause| SourceError::OpenInput {
                 path: path.clone(),
@@ -244,7 +294,7 @@ pub enum InputSize {
 impl OpenedInput {
     pub fn size(&self) -> InputSize {
         match &self.reader {
-            Reader::Stdin => InputSize::Unknown,
+            Reader::Stdin | Reader::Pipe(_) => InputSize::Unknown,
             Reader::Text(text) => {
                 InputSize::Known(text.lines().filter(|line| !line.trim().is_empty()).count() as u64)
             }
@@ -353,6 +403,7 @@ pub fn read(
         ),
         Reader::Jsonl(file) => read_lines(buffered(Box::new(file)), &name, options, each),
         Reader::Stdin => read_lines(buffered(Box::new(io::stdin())), &name, options, each),
+        Reader::Pipe(pipe) => read_lines(buffered(Box::new(pipe)), &name, options, each),
     }
 }
 

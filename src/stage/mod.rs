@@ -53,6 +53,19 @@ pub struct StageConfig {
     pub retry: RetryPolicy,
     /// Structured output to check each reply against.
     pub output: Option<OutputCheck>,
+    /// A limit shared with other stages of a pipeline, which then draw on one budget of
+    /// server slots; `None` makes the stage its own from `workers` and `adaptive_max`.
+    pub shared_limit: Option<SharedLimit>,
+}
+
+/// A concurrency limit several stages hold at once.
+#[derive(Clone)]
+pub struct SharedLimit(pub Arc<ConcurrencyLimit>);
+
+impl std::fmt::Debug for SharedLimit {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "SharedLimit({})", self.0.current())
+    }
 }
 
 /// Replies must match a schema; a reply that does not is asked for again up to `retries` times.
@@ -95,7 +108,7 @@ struct StageContext<B> {
     backend: Arc<B>,
     base_url: String,
     catalog: Option<Arc<ModelCatalog>>,
-    limit: ConcurrencyLimit,
+    limit: Arc<ConcurrencyLimit>,
     retry: RetryPolicy,
     output: Option<OutputCheck>,
     stats: Arc<RunStats>,
@@ -124,9 +137,10 @@ pub async fn run<B: Backend>(
         base_url,
         catalog,
     } = target;
-    let limit = match config.adaptive_max {
-        Some(max) => ConcurrencyLimit::adaptive(config.workers, max),
-        None => ConcurrencyLimit::fixed(config.workers),
+    let limit = match (&config.shared_limit, config.adaptive_max) {
+        (Some(shared), _) => Arc::clone(&shared.0),
+        (None, Some(max)) => Arc::new(ConcurrencyLimit::adaptive(config.workers, max)),
+        (None, None) => Arc::new(ConcurrencyLimit::fixed(config.workers)),
     };
     // Known from the start, not only once the first attempt ends: the figures (the progress
     // line, the stats file, a metrics scrape) must not say 0 meanwhile.
@@ -427,6 +441,7 @@ mod tests {
             ordered: true,
             retry: RetryPolicy::default(),
             output: None,
+            shared_limit: None,
         };
         let target = Target {
             backend: Arc::new(PanicsOnBoom),

@@ -107,7 +107,7 @@ pub fn verify(
     let mut downloaded = None;
     let local_options;
     let options = match &options.input {
-        Input::Stdin => return Err(VerifyError::Stdin),
+        Input::Stdin | Input::Pipe(_) => return Err(VerifyError::Stdin),
         Input::File(input) if storage::is_url(&input.to_string_lossy()) => {
             let url = input.to_string_lossy();
             let staging = storage::Staging::create("batchflow-verify-input", &url)
@@ -561,6 +561,7 @@ fn read_input(
         // They change no custom_id, which is all verify reads.
         ollama_options: None,
         keep_alive: None,
+        upstream: None,
     };
     let opened = source::open_for(options.input.clone(), &source_options)?;
     let mut failed = None;

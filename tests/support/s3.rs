@@ -337,7 +337,7 @@ fn relay(client: TcpStream, state: &FrontState) {
         let is_upload = head.starts_with("PUT ");
         if is_upload {
             let count = state.puts.fetch_add(1, Ordering::SeqCst) + 1;
-            if count % state.fail_every == 0 {
+            if count.is_multiple_of(state.fail_every) {
                 state.failed.fetch_add(1, Ordering::SeqCst);
                 let body = "<?xml version=\"1.0\"?><Error><Code>InternalError</Code><Message>injected</Message></Error>";
                 let response = format!(

@@ -26,6 +26,8 @@ use crate::sink::results::ExtraColumns;
 use crate::source;
 use crate::source::parquet::is_parquet;
 
+pub mod stages;
+
 /// The columns a record source has, with the column type each maps to.
 #[derive(Debug, Clone, Default)]
 pub struct SourceColumns {
@@ -284,7 +286,7 @@ pub async fn validate(
     file: &Path,
     sets: &[String],
     offline: bool,
-    flags: impl FnOnce(&mut RunOptions),
+    flags: impl Fn(&mut RunOptions),
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<Result<String, Vec<String>>, Error> {
     let loaded = match config::load_any(file, sets, env)? {
@@ -293,6 +295,9 @@ pub async fn validate(
         }
         AnyPipelineFile::Run(loaded) => loaded,
     };
+    if let Some(checked) = stages::check_stages(&loaded, folder_of(file)) {
+        return stages::validate_stages(file, checked, offline, flags, env).await;
+    }
     let (pipeline, extras) = match check_loaded(file, &loaded) {
         Ok(checked) => checked,
         Err(problems) => return Ok(Err(problems)),
@@ -362,7 +367,7 @@ async fn validate_served(
 
 /// Preflight of every backend `options` name, and of the model the requests name when there
 /// is one: every problem found.
-async fn check_backends(
+pub(crate) async fn check_backends(
     options: RunOptions,
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Vec<String> {

@@ -1,0 +1,536 @@
+//! A pipeline of stages run as one: every stage is a run of its own (its source, stage and
+//! sink, its results file, fingerprint and resume), all started before any sends, then driven
+//! together on one budget of server slots (a shared concurrency limit).
+//!
+//! A later stage reads an earlier one through a pipe: a follower thread reads the rows the
+//! earlier stage has published (its results file at each checkpoint, a whole file renamed over
+//! the last), keeps the successful ones that pass the filter, and writes each as a JSONL record
+//! keyed by its custom_id. So a row reaches the next stage one checkpoint after it was
+//! written, and only once it is durable: after a crash at any instant, the earlier stage's
+//! file holds every row a later stage has, and resuming reads it again from its first row,
+//! the later stage skipping what its own results hold. Each stage's rows are exactly once.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use futures::future::join_all;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use super::{RunConfig, RunReport, drive, start};
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::metrics::MetricsListener;
+use crate::shutdown::Shutdown;
+use crate::sink::parquet::{OutputMode, PublishState, Published};
+use crate::source::{Input, PipeInput};
+use crate::stage::SharedLimit;
+use crate::stage::limit::ConcurrencyLimit;
+
+/// The longest a stage that others read waits between checkpoints: its rows reach the next
+/// stage no later than this.
+pub const FOLLOWED_CHECKPOINT: Duration = Duration::from_secs(2);
+
+/// One stage of a pipeline, resolved into a run.
+pub struct StageRun {
+    pub name: String,
+    pub config: RunConfig,
+    /// The stage whose rows this one reads (its index), and which of them.
+    pub from: Option<(usize, Option<Filter>)>,
+    /// The stage's output fields, which a later stage's records hold.
+    pub output_fields: Vec<String>,
+}
+
+/// How one stage ended.
+pub struct StageEnd {
+    pub name: String,
+    pub report: RunReport,
+}
+
+/// Why a later stage's records stopped coming.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("cannot read the rows of stage {stage:?} in {path}: {reason}")]
+    Read {
+        stage: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot start the reader of stage {stage:?}: {cause}")]
+    Thread { stage: String, cause: io::Error },
+}
+
+/// What a follower needs to know of the stage it reads.
+struct Followed {
+    name: String,
+    path: PathBuf,
+    passthrough: Vec<String>,
+    output_fields: Vec<String>,
+}
+
+/// Runs every stage to its end. Errors before the first request of any stage come back as
+/// `Err`, as from [`super::run`]; after that each stage's report says how it ended.
+pub async fn run_stages(
+    mut stages: Vec<StageRun>,
+    shutdown: Shutdown,
+) -> Result<Vec<StageEnd>, Error> {
+    let started_at = Instant::now();
+    let metrics = match stages.first().and_then(|stage| stage.config.metrics) {
+        Some(metrics) => Some(MetricsListener::bind(metrics).await?),
+        None => None,
+    };
+    let limit = shared_limit(stages.first().map(|stage| &stage.config));
+    // Who reads whom: a stage read by another is told of its checkpoints.
+    let mut published: Vec<Option<Published>> = vec![None; stages.len()];
+    for stage in &stages {
+        if let Some((from, _)) = stage.from {
+            published[from].get_or_insert_with(Published::new);
+        }
+    }
+    let names: Vec<String> = stages.iter().map(|stage| stage.name.clone()).collect();
+    let mut pipes: Vec<Option<io::PipeWriter>> = Vec::new();
+    for (index, stage) in stages.iter_mut().enumerate() {
+        stage.config.stage.shared_limit = Some(limit.clone());
+        if index > 0 {
+            stage.config.metrics = None;
+        }
+        if let (Some(publish), Some(results)) = (&published[index], &mut stage.config.results) {
+            results.published = Some(publish.clone());
+            results.checkpoint_interval = results.checkpoint_interval.min(FOLLOWED_CHECKPOINT);
+        }
+        pipes.push(match &stage.from {
+            Some((from, _)) => {
+                let (input, writer) = pipe_from(&names[*from])?;
+                stage.config.input = input;
+                Some(writer)
+            }
+            None => None,
+        });
+    }
+    let mut started = Vec::with_capacity(stages.len());
+    let mut redone = vec![false; stages.len()];
+    for (index, stage) in stages.iter().enumerate() {
+        let mut config = stage.config.clone();
+        let upstream_redone = stage.from.as_ref().is_some_and(|(from, _)| redone[*from]);
+        if upstream_redone {
+            redo(&mut config);
+        }
+        // A later stage's rows are not mixed with rows of other settings: with
+        // --allow-config-change a change makes them again, so it must be seen first.
+        let allowed = allows_config_change(&config);
+        if let Some(results) = config.results.as_mut().filter(|_| stage.from.is_some()) {
+            results.allow_config_change = false;
+        }
+        let first = start::start(config.clone(), None, shutdown.clone()).await;
+        let begun = match first {
+            Err(Error::Results(crate::sink::checkpoint::ResultsError::ConfigChanged {
+                changes,
+                ..
+            })) if stage.from.is_some() && allowed => {
+                tracing::warn!(
+                    stage = %stage.name,
+                    "Stage {:?} changed ({changes}): its rows are made again.",
+                    stage.name
+                );
+                redone[index] = true;
+                redo(&mut config);
+                // The first start took the pipe's reading end with it.
+                if let Some((from, _)) = &stage.from {
+                    let (input, writer) = pipe_from(&names[*from])?;
+                    config.input = input;
+                    pipes[index] = Some(writer);
+                }
+                start::start(config, None, shutdown.clone()).await?
+            }
+            other => {
+                redone[index] = upstream_redone;
+                other?
+            }
+        };
+        started.push(begun);
+    }
+    let mut followers = Vec::new();
+    for (index, writer) in pipes.into_iter().enumerate() {
+        let (Some(writer), Some((from, filter))) = (writer, stages[index].from.clone()) else {
+            continue;
+        };
+        let followed = Followed {
+            name: names[from].clone(),
+            path: started[from]
+                .config
+                .results
+                .as_ref()
+                .map(|results| results.path.clone())
+                .ok_or_else(|| Error::Internal("a followed stage writes no results".into()))?,
+            passthrough: started[from]
+                .config
+                .results
+                .as_ref()
+                .map(|results| {
+                    results
+                        .extras
+                        .passthrough
+                        .iter()
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            output_fields: stages[from].output_fields.clone(),
+        };
+        let changes = published[from]
+            .as_ref()
+            .map(Published::subscribe)
+            .ok_or_else(|| Error::Internal("a followed stage is not published".into()))?;
+        followers.push(spawn_follower(
+            followed,
+            filter,
+            changes,
+            writer,
+            tokio::runtime::Handle::current(),
+        )?);
+    }
+    let mut metrics = metrics;
+    let runs = started.into_iter().enumerate().map(|(index, begun)| {
+        let shutdown = shutdown.clone();
+        let publish = published[index].clone();
+        let metrics = if index == 0 { metrics.take() } else { None };
+        async move {
+            let report = drive(begun, started_at, shutdown, metrics).await;
+            if let Some(publish) = publish {
+                publish.end();
+            }
+            report
+        }
+    });
+    let reports = join_all(runs).await;
+    for follower in followers {
+        match tokio::task::spawn_blocking(move || follower.join()).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!("{error}.");
+            }
+            Ok(Err(_)) | Err(_) => tracing::error!("A stage's reader failed."),
+        }
+    }
+    let mut ends = Vec::with_capacity(reports.len());
+    for (name, report) in names.into_iter().zip(reports) {
+        ends.push(StageEnd {
+            name,
+            report: report?,
+        });
+    }
+    Ok(ends)
+}
+
+/// One limit for every stage, sized as the first stage's workers would size its own: the
+/// server's slots are one budget, whichever stage a request belongs to.
+fn shared_limit(first: Option<&RunConfig>) -> SharedLimit {
+    let (workers, adaptive_max, backends) = first.map_or((1, None, 1), |config| {
+        (
+            config.stage.workers,
+            config.stage.adaptive_max,
+            config.backends.len().max(1),
+        )
+    });
+    let workers = workers * backends;
+    SharedLimit(Arc::new(match adaptive_max {
+        Some(max) => ConcurrencyLimit::adaptive(workers, max * backends),
+        None => ConcurrencyLimit::fixed(workers),
+    }))
+}
+
+/// A later stage's input: a pipe its follower writes the rows of stage `from` into.
+fn pipe_from(from: &str) -> Result<(Input, io::PipeWriter), Error> {
+    let (reader, writer) = io::pipe().map_err(|error| {
+        Error::Internal(format!("cannot make the pipe between stages: {error}"))
+    })?;
+    let input = Input::Pipe(PipeInput::new(
+        format!("the rows of stage {from:?}"),
+        reader,
+    ));
+    Ok((input, writer))
+}
+
+fn allows_config_change(config: &RunConfig) -> bool {
+    config
+        .results
+        .as_ref()
+        .is_some_and(|results| results.allow_config_change)
+}
+
+/// Makes a stage start its results again: its settings changed, or those of a stage it reads.
+fn redo(config: &mut RunConfig) {
+    if let Some(results) = &mut config.results {
+        results.mode = OutputMode::Overwrite;
+    }
+    config.existing_outputs = OutputMode::Overwrite;
+}
+
+/// Starts the thread that hands a later stage the rows of `followed` passing `filter`, as
+/// JSONL records written into `pipe`, until the followed stage has ended and its last rows
+/// are written (then the pipe closes, which ends the later stage's input).
+fn spawn_follower(
+    followed: Followed,
+    filter: Option<Filter>,
+    changes: watch::Receiver<PublishState>,
+    pipe: io::PipeWriter,
+    runtime: tokio::runtime::Handle,
+) -> Result<std::thread::JoinHandle<Result<(), FollowError>>, Error> {
+    let stage = followed.name.clone();
+    std::thread::Builder::new()
+        .name("batchflow-follow".into())
+        .spawn(move || follow(&followed, filter.as_ref(), changes, pipe, &runtime))
+        .map_err(|cause| Error::Internal(FollowError::Thread { stage, cause }.to_string()))
+}
+
+fn follow(
+    followed: &Followed,
+    filter: Option<&Filter>,
+    mut changes: watch::Receiver<PublishState>,
+    pipe: io::PipeWriter,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), FollowError> {
+    let mut out = BufWriter::new(pipe);
+    let (mut next_group, mut last_round) = (0, false);
+    loop {
+        // The state is read before the file: once it says the writer ended, the file read
+        // after it holds every row there will be.
+        let state = *changes.borrow_and_update();
+        match read_new_rows(followed, filter, next_group, &mut out) {
+            Ok(groups) => next_group = groups,
+            // The later stage stopped reading (its run ended early): nothing to hand on.
+            Err(ReadStop::Closed) => return Ok(()),
+            Err(ReadStop::Failed(reason)) => {
+                return Err(FollowError::Read {
+                    stage: followed.name.clone(),
+                    path: followed.path.clone(),
+                    reason,
+                });
+            }
+        }
+        if out.flush().is_err() || state.ended || last_round {
+            return Ok(());
+        }
+        // No one can tell of a change any more: one last read takes whatever is there.
+        last_round = runtime.block_on(changes.changed()).is_err();
+    }
+}
+
+enum ReadStop {
+    /// The pipe's reader is gone.
+    Closed,
+    Failed(String),
+}
+
+/// Writes the passing rows of the row groups from `first_group` on, of the file as now
+/// published; returns the row groups it has, where the next read starts.
+fn read_new_rows(
+    followed: &Followed,
+    filter: Option<&Filter>,
+    first_group: usize,
+    out: &mut impl Write,
+) -> Result<usize, ReadStop> {
+    let failed = |error: &dyn std::fmt::Display| ReadStop::Failed(error.to_string());
+    let file = match File::open(&followed.path) {
+        Ok(file) => file,
+        // Not made yet: the stage has published nothing.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(first_group),
+        Err(error) => return Err(failed(&error)),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    let groups = builder.metadata().num_row_groups();
+    if groups <= first_group {
+        return Ok(groups);
+    }
+    let wanted = columns_read(followed);
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| wanted.iter().any(|name| name == field.name()))
+        .map(|(index, _)| index)
+        .collect();
+    let projection = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let batches = builder
+        .with_projection(projection)
+        .with_row_groups((first_group..groups).collect())
+        .build()
+        .map_err(|e| failed(&e))?;
+    for batch in batches {
+        let batch = batch.map_err(|e| failed(&e))?;
+        for record in records(&batch).map_err(|e| failed(&e))? {
+            let Some(record) = handed_on(followed, record) else {
+                continue;
+            };
+            if filter.is_some_and(|filter| !filter.matches(&record)) {
+                continue;
+            }
+            let line = serde_json::to_vec(&record).map_err(|e| failed(&e))?;
+            let written = out.write_all(&line).and_then(|()| out.write_all(b"\n"));
+            if let Err(error) = written {
+                return Err(match error.kind() {
+                    io::ErrorKind::BrokenPipe => ReadStop::Closed,
+                    _ => failed(&error),
+                });
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The results columns a follower reads.
+fn columns_read(followed: &Followed) -> Vec<String> {
+    let mut names = vec!["custom_id".to_owned(), "status".into(), "content".into()];
+    names.extend(followed.passthrough.iter().cloned());
+    names.extend(followed.output_fields.iter().cloned());
+    names
+}
+
+/// A batch's rows as JSON objects, nulls written out (a template reads a null column as
+/// empty, a missing one as an error).
+fn records(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, arrow_schema::ArrowError> {
+    let mut buffer = Vec::new();
+    {
+        let mut writer = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow_json::writer::LineDelimited>(&mut buffer);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for line in buffer.split(|byte| *byte == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let row: Map<String, Value> = serde_json::from_slice(line)
+            .map_err(|error| arrow_schema::ArrowError::JsonError(error.to_string()))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The record a later stage gets from a row of `followed`, or `None` for a row that is no
+/// success: its custom_id, the columns the stage carried, and its output fields both as they
+/// are named and under the stage's name, with its reply's text as `stage.content`.
+fn handed_on(followed: &Followed, mut row: Map<String, Value>) -> Option<Map<String, Value>> {
+    if row.get("status").and_then(Value::as_str) != Some("ok") {
+        return None;
+    }
+    let mut record = Map::new();
+    record.insert("custom_id".into(), row.remove("custom_id")?);
+    for name in &followed.passthrough {
+        record.insert(name.clone(), row.remove(name).unwrap_or(Value::Null));
+    }
+    for field in &followed.output_fields {
+        let value = row.remove(field).unwrap_or(Value::Null);
+        record.insert(format!("{}.{field}", followed.name), value.clone());
+        record.insert(field.clone(), value);
+    }
+    record.insert(
+        format!("{}.content", followed.name),
+        row.remove("content").unwrap_or(Value::Null),
+    );
+    Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn followed() -> Followed {
+        Followed {
+            name: "screen".into(),
+            path: PathBuf::from("unused"),
+            passthrough: vec!["name".into()],
+            output_fields: vec!["fit".into(), "score".into()],
+        }
+    }
+
+    #[test]
+    fn a_successful_row_is_handed_on_with_its_fields_twice_and_a_failed_one_is_not() {
+        let row = |status: &str| {
+            json!({"custom_id": "c1", "status": status, "content": "{}", "name": "Ada",
+                   "fit": "strong", "score": 8})
+            .as_object()
+            .cloned()
+            .expect("an object")
+        };
+        let record = handed_on(&followed(), row("ok")).expect("handed on");
+        assert_eq!(
+            Value::Object(record),
+            json!({"custom_id": "c1", "name": "Ada", "fit": "strong", "screen.fit": "strong",
+                   "score": 8, "screen.score": 8, "screen.content": "{}"})
+        );
+        assert!(handed_on(&followed(), row("error")).is_none());
+    }
+
+    #[test]
+    fn rows_are_read_from_the_row_group_given_on_and_filtered() {
+        use arrow_array::{ArrayRef, Int64Array, StringArray};
+        let folder = tempfile::tempdir().expect("temp dir");
+        let path = folder.path().join("screen.parquet");
+        let batch = |ids: [&str; 2], scores: [i64; 2]| {
+            RecordBatch::try_from_iter(vec![
+                (
+                    "custom_id",
+                    Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
+                ),
+                (
+                    "status",
+                    Arc::new(StringArray::from(vec!["ok", "ok"])) as ArrayRef,
+                ),
+                (
+                    "content",
+                    Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+                ),
+                (
+                    "name",
+                    Arc::new(StringArray::from(vec!["n", "m"])) as ArrayRef,
+                ),
+                (
+                    "fit",
+                    Arc::new(StringArray::from(vec!["weak", "strong"])) as ArrayRef,
+                ),
+                (
+                    "score",
+                    Arc::new(Int64Array::from(scores.to_vec())) as ArrayRef,
+                ),
+            ])
+            .expect("a batch")
+        };
+        let first = batch(["a", "b"], [1, 9]);
+        let file = File::create(&path).expect("create");
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, first.schema(), None).expect("writer");
+        writer.write(&first).expect("write");
+        writer.flush().expect("row group");
+        writer.write(&batch(["c", "d"], [7, 2])).expect("write");
+        writer.close().expect("close");
+        let filter = Filter::parse("score >= 7").expect("a filter");
+        let mut out = Vec::new();
+        let followed = Followed {
+            path: path.clone(),
+            ..followed()
+        };
+        let groups = read_new_rows(&followed, Some(&filter), 1, &mut out)
+            .unwrap_or_else(|_| panic!("read"));
+        assert_eq!(groups, 2);
+        let ids: Vec<String> = String::from_utf8(out)
+            .expect("text")
+            .lines()
+            .map(|line| {
+                let record: Value = serde_json::from_str(line).expect("json");
+                record["custom_id"].as_str().expect("an id").to_owned()
+            })
+            .collect();
+        assert_eq!(ids, ["c"]);
+    }
+}
