@@ -9,11 +9,13 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use super::store::Store;
 use super::wire::{ApiError, BatchStatus};
 use super::{AppState, blocking};
-use crate::metrics::text::{self, Family, Kind, Value};
+use crate::metrics::text::{self, Series};
 
 /// What the server shows besides the running batch's figures.
 struct ServerFigures {
@@ -39,38 +41,30 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
 }
 
 fn render(figures: &ServerFigures) -> String {
-    let by_status = figures.by_status.iter().fold(
-        Family::new(
-            "batchflow_serve_batches",
-            Kind::Gauge,
-            "Batches in the data directory, by status.",
-        ),
-        |family, (status, count)| {
-            family.sample(
-                vec![("status", status.as_str().into())],
-                Value::Count(*count),
-            )
-        },
+    let mut registry = Registry::default();
+    registry.register(
+        "batchflow_serve_batches",
+        "Batches in the data directory, by status",
+        figures
+            .by_status
+            .iter()
+            .fold(Series::gauge(), |series, (status, count)| {
+                series.sample(vec![("status", status.as_str().into())], *count)
+            }),
     );
-    let queued = Family::single(
+    registry.register(
         "batchflow_serve_queued_batches",
-        Kind::Gauge,
-        "Batches waiting for the one being run to end.",
-        Value::Count(figures.queued as u64),
+        "Batches waiting for the one being run to end",
+        ConstGauge::new(figures.queued as u64),
     );
-    let running = figures.running.iter().fold(
-        Family::new(
-            "batchflow_serve_running_batch",
-            Kind::Gauge,
-            "1 for the batch being run, whose run the batchflow_ families that follow describe.",
-        ),
-        |family, id| family.sample(vec![("batch_id", id.clone())], Value::Count(1)),
+    registry.register(
+        "batchflow_serve_running_batch",
+        "1 for the batch being run, whose run the batchflow_ families that follow describe",
+        figures.running.iter().fold(Series::gauge(), |series, id| {
+            series.sample(vec![("batch_id", id.clone())], 1u64)
+        }),
     );
-    let mut text = String::new();
-    for family in [by_status, queued, running] {
-        family.write(&mut text);
-    }
-    text
+    text::encode(&registry)
 }
 
 #[cfg(test)]
