@@ -1,13 +1,18 @@
 //! The files in `deploy/` (a Kubernetes Indexed Job, a Slurm array, their verify steps) use
 //! the real command line: every flag given to `batchflow`, or to one of its subcommands, in any
 //! of them (commands and comments alike) appears in that command's `--help`, so the files
-//! cannot drift from the CLI. The Job's shard count is checked to agree with itself.
+//! cannot drift from the CLI. The Job's shard count is checked to agree with itself. The Grafana
+//! dashboard queries only series that `/metrics` exposes (the families of
+//! `tests/fixtures/metrics-families.txt`, which the exposition and a live run are checked
+//! against), grouped by labels those series have, through its data source variable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::support::batchflow;
+use serde_json::Value;
+
+use crate::support::{batchflow, metric_families};
 
 /// Every file under `deploy/`.
 fn deploy_files() -> Vec<PathBuf> {
@@ -213,4 +218,150 @@ fn the_indexed_job_runs_as_many_shards_as_it_has_completions() {
         job.contains("--output /results/dataset/"),
         "a dataset directory"
     );
+}
+
+/// The series `/metrics` exposes, with their label names: a family's own name, a histogram's
+/// `_bucket` (with `le`), `_sum` and `_count`.
+fn exposed_series() -> BTreeMap<String, BTreeSet<String>> {
+    let mut series = BTreeMap::new();
+    for line in metric_families() {
+        let mut words = line.split(' ');
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            panic!("NAME TYPE LABELS: {line}");
+        };
+        let labels: BTreeSet<String> = words
+            .next()
+            .into_iter()
+            .flat_map(|labels| labels.split(','))
+            .map(str::to_owned)
+            .collect();
+        if kind == "histogram" {
+            let plain: BTreeSet<String> = labels.iter().filter(|l| *l != "le").cloned().collect();
+            series.insert(format!("{name}_bucket"), labels);
+            series.insert(format!("{name}_sum"), plain.clone());
+            series.insert(format!("{name}_count"), plain);
+        } else {
+            series.insert(name.to_owned(), labels);
+        }
+    }
+    series
+}
+
+/// Every `batchflow_…` name in a query.
+fn metric_names(expr: &str) -> Vec<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("batchflow_") {
+        let starts_a_word = !rest[..at].ends_with(is_name);
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+        if starts_a_word {
+            names.push(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The label names of every `by (…)` in a query.
+fn grouped_by(expr: &str) -> Vec<&str> {
+    expr.split("by (")
+        .skip(1)
+        .filter_map(|after| after.split_once(')'))
+        .flat_map(|(labels, _)| labels.split(','))
+        .map(str::trim)
+        .collect()
+}
+
+/// Every panel, those inside rows included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(panels: &'a Value, found: &mut Vec<&'a Value>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            found.push(panel);
+            walk(&panel["panels"], found);
+        }
+    }
+    let mut found = Vec::new();
+    walk(&dashboard["panels"], &mut found);
+    found
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_series_metrics_exposes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/batchflow.json");
+    let dashboard: Value =
+        serde_json::from_str(&fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("template variables");
+    assert!(
+        variables
+            .iter()
+            .any(|variable| variable["name"] == "datasource"
+                && variable["type"] == "datasource"
+                && variable["query"] == "prometheus"),
+        "a Prometheus data source variable: {variables:#?}"
+    );
+    let series = exposed_series();
+    let mut queries = Vec::new();
+    for panel in panels(&dashboard) {
+        let targets = panel["targets"].as_array().into_iter().flatten();
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "{}: the data source variable",
+                panel["title"]
+            );
+            queries.push((panel["title"].to_string(), expr));
+        }
+    }
+    let instance = variables
+        .iter()
+        .find(|variable| variable["name"] == "instance")
+        .and_then(|variable| variable["definition"].as_str())
+        .expect("an instance variable");
+    queries.push(("the instance variable".into(), instance));
+    let mut used = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (title, expr) in &queries {
+        let names = metric_names(expr);
+        if names.is_empty() {
+            problems.push(format!("{title}: no batchflow_ series in {expr}"));
+        }
+        for name in &names {
+            if !series.contains_key(*name) {
+                problems.push(format!("{title}: {name} is not exposed"));
+            }
+        }
+        for label in grouped_by(expr) {
+            let has = |name: &&str| {
+                series
+                    .get(*name)
+                    .is_some_and(|labels| labels.contains(label))
+            };
+            if label != "instance" && !names.iter().any(has) {
+                problems.push(format!(
+                    "{title}: no series of {names:?} has the label {label}"
+                ));
+            }
+        }
+        used.extend(names);
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The dashboard is read at all: the run's, the backends', the GPUs' and the server's.
+    for name in [
+        "batchflow_requests_total",
+        "batchflow_request_duration_seconds_bucket",
+        "batchflow_errors_total",
+        "batchflow_retries_total",
+        "batchflow_worker_limit",
+        "batchflow_backend_up",
+        "batchflow_gpu_memory_used_bytes",
+        "batchflow_model_vram_bytes",
+        "batchflow_serve_batches",
+    ] {
+        assert!(used.contains(name), "{name} is charted: {used:?}");
+    }
 }

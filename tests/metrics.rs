@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
@@ -22,17 +22,18 @@ use support::{Mock, batchflow, chat_lines, run_python, wait_until, write_input};
 const NO_NVML: (&str, &str) = ("BATCHFLOW_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1");
 
 /// Parses a JSON list of expositions with `prometheus_client` and prints, for each, its
-/// families (name → type) and samples.
+/// families (name → type, name → the label names of its samples) and samples.
 const PARSER: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
 scrapes = []
 for text in json.load(sys.stdin):
-    families, samples = {}, []
+    families, labels, samples = {}, {}, []
     for family in text_string_to_metric_families(text):
         families[family.name] = family.type
+        labels[family.name] = sorted({name for s in family.samples for name in s.labels})
         samples += [[s.name, s.labels, s.value] for s in family.samples]
-    scrapes.append({"families": families, "samples": samples})
+    scrapes.append({"families": families, "labels": labels, "samples": samples})
 json.dump(scrapes, sys.stdout)
 "#;
 
@@ -40,6 +41,7 @@ json.dump(scrapes, sys.stdout)
 #[derive(Debug, Deserialize)]
 struct Scrape {
     families: BTreeMap<String, String>,
+    labels: BTreeMap<String, Vec<String>>,
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
 }
 
@@ -72,6 +74,21 @@ impl Scrape {
 
     fn requests(&self, outcome: &str) -> u64 {
         self.get("batchflow_requests_total", &[("outcome", outcome)]) as u64
+    }
+
+    /// The families as `support::metric_families` writes them. The parser names a counter
+    /// family without its `_total`, as OpenMetrics does; the exposition's name has it.
+    fn fixture_lines(&self) -> BTreeSet<String> {
+        self.families
+            .iter()
+            .map(|(name, kind)| {
+                let suffix = if kind == "counter" { "_total" } else { "" };
+                let labels = self.labels[name].join(",");
+                format!("{name}{suffix} {kind} {labels}")
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect()
     }
 }
 
@@ -297,6 +314,22 @@ fn metrics_scraped_mid_run_and_at_the_end_agree_with_the_stats_file() {
         "every attempt reached the mock"
     );
     assert!(last.value("batchflow_backend_up", &backend).is_some());
+
+    // Every family has the name, type and labels the fixture records, and only the families a
+    // run without a GPU driver cannot have are missing: the GPUs' and the server's own.
+    let families = support::metric_families();
+    let served = last.fixture_lines();
+    assert!(
+        served.is_subset(&families),
+        "{served:#?} not all in {families:#?}"
+    );
+    let missing: Vec<_> = families.difference(&served).collect();
+    assert!(
+        missing
+            .iter()
+            .all(|line| line.starts_with("batchflow_gpu_") || line.starts_with("batchflow_serve_")),
+        "a run's family is missing: {missing:?}"
+    );
 }
 
 #[test]

@@ -1,18 +1,33 @@
-//! The Prometheus text exposition format (version 0.0.4) of a run's figures: a pure function
-//! from figures to text, so that every name, label and value is tested without a socket. What
-//! is served, and when, is `metrics`' business.
+//! The Prometheus text exposition format (version 0.0.4) of a run's figures, written by the
+//! Prometheus project's own client (`prometheus-client`): a pure function from figures to text,
+//! so that every name, label and value is tested without a socket. What is served, and when,
+//! is `metrics`' business.
+//!
+//! Each scrape builds a [`Registry`] from the figures it read: the counts already live in
+//! `RunStats` and the pool, so the registry holds constant metrics (a [`Series`] per family,
+//! the crate's `ConstCounter`/`ConstGauge` for a single value) rather than a second set of
+//! counters kept in step. The crate writes the names (a counter's `_total`), the help, the
+//! escaping of label values and the histogram's lines.
 //!
 //! Names follow Prometheus' conventions: a `batchflow_` prefix, base units (seconds, bytes),
 //! `_total` on counters, a histogram's `_bucket{le=…}`/`_sum`/`_count`. A family with no
 //! sample (no retries yet, no NVIDIA driver) is left out rather than written empty.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+
+use prometheus_client::encoding::{
+    EncodeCounterValue, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::backend::pool::BackendFigures;
 use crate::stats::{LatencyBuckets, StatsSnapshot};
 
 /// The `Content-Type` of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// What one scrape shows.
 #[derive(Debug, Clone)]
@@ -25,348 +40,276 @@ pub struct Figures<'a> {
     pub finished: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// A sample's labels, name and value. Pairs rather than a struct per family, so that a label
+/// every family of a run gets (a pipeline's stage) is one more pair where they are made.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+/// A counter or gauge family as read at a scrape: one value per label set, in the order
+/// given. Other exporters (the server's `/metrics`) register theirs with it too.
+#[derive(Debug)]
+pub(crate) struct Series<N> {
+    kind: MetricType,
+    samples: Vec<(Labels, N)>,
 }
 
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// A sample's value: counts are written as integers, so that none is rounded.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Value {
-    Count(u64),
-    Real(f64),
-}
-
-/// One sample: the suffix its name adds to the family's (a histogram's `_bucket`, `_sum`,
-/// `_count`), its labels and its value.
-struct Sample {
-    suffix: &'static str,
-    labels: Vec<(&'static str, String)>,
-    value: Value,
-}
-
-/// One metric family: its name, kind, help and samples. Other exporters (the server's
-/// `/metrics`) build theirs with it too, so every family is written the same way.
-pub(crate) struct Family {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    samples: Vec<Sample>,
-}
-
-impl Family {
-    pub(crate) fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
-        Family {
-            name,
-            kind,
-            help,
+impl<N> Series<N> {
+    pub(crate) fn counter() -> Series<N> {
+        Series {
+            kind: MetricType::Counter,
             samples: Vec::new(),
         }
     }
 
-    pub(crate) fn single(
-        name: &'static str,
-        kind: Kind,
-        help: &'static str,
-        value: Value,
-    ) -> Family {
-        Family::new(name, kind, help).sample(Vec::new(), value)
+    pub(crate) fn gauge() -> Series<N> {
+        Series {
+            kind: MetricType::Gauge,
+            samples: Vec::new(),
+        }
     }
 
-    pub(crate) fn sample(self, labels: Vec<(&'static str, String)>, value: Value) -> Family {
-        self.suffixed("", labels, value)
-    }
-
-    fn suffixed(
-        mut self,
-        suffix: &'static str,
-        labels: Vec<(&'static str, String)>,
-        value: Value,
-    ) -> Family {
-        self.samples.push(Sample {
-            suffix,
-            labels,
-            value,
-        });
+    pub(crate) fn sample(mut self, labels: Labels, value: N) -> Series<N> {
+        self.samples.push((labels, value));
         self
     }
+}
 
-    pub(crate) fn write(&self, text: &mut String) {
-        if self.samples.is_empty() {
-            return;
-        }
-        let _ = writeln!(text, "# HELP {} {}", self.name, escape_help(self.help));
-        let _ = writeln!(text, "# TYPE {} {}", self.name, self.kind.as_str());
-        for sample in &self.samples {
-            let _ = write!(text, "{}{}", self.name, sample.suffix);
-            if !sample.labels.is_empty() {
-                let labels = sample
-                    .labels
-                    .iter()
-                    .map(|(label, value)| format!("{label}=\"{}\"", escape_label(value)))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let _ = write!(text, "{{{labels}}}");
+impl<N> EncodeMetric for Series<N>
+where
+    N: EncodeCounterValue + EncodeGaugeValue,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, value) in &self.samples {
+            let mut sample = encoder.encode_family(labels)?;
+            if self.kind == MetricType::Counter {
+                sample.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            } else {
+                sample.encode_gauge(value)?;
             }
-            let _ = match sample.value {
-                Value::Count(count) => writeln!(text, " {count}"),
-                Value::Real(real) => writeln!(text, " {}", real_text(real)),
-            };
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+
+    /// The registry writes no HELP and TYPE for a family without a sample.
+    fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// The latency histogram as the run counted it: the crate's own `Histogram` only observes
+/// values one by one, and the run's buckets are already counted.
+#[derive(Debug)]
+struct Latency {
+    /// Each finite bound with the results above the one before it and at or below it.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Latency {
+    fn new(buckets: &LatencyBuckets) -> Latency {
+        let below = std::iter::once(0).chain(buckets.cumulative.iter().copied());
+        Latency {
+            buckets: buckets
+                .bounds_secs
+                .iter()
+                .zip(buckets.cumulative.iter().zip(below))
+                .map(|(bound, (upto, before))| (*bound, upto - before))
+                .collect(),
+            sum: buckets.sum_secs,
+            count: buckets.count(),
         }
     }
 }
 
-/// A float as the format writes it: `+Inf`, `-Inf`, `NaN`, else Rust's shortest round trip.
-fn real_text(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        value.to_string()
+impl EncodeMetric for Latency {
+    /// The crate adds the buckets up again and writes `+Inf` with the count.
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
-/// A label value: backslash, double quote and line feed escaped.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// A HELP text: backslash and line feed escaped.
-fn escape_help(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('\n', "\\n")
+/// The text of everything registered in `registry`. Help texts are registered without their
+/// final full stop: the crate adds it.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, registry)
+        .expect("writing to a String cannot fail, and every value registered has a text form");
+    text
 }
 
 /// The whole exposition of `figures`.
 pub fn render(figures: &Figures<'_>) -> String {
+    let mut registry = Registry::default();
+    register(&mut registry, figures);
+    encode(&registry)
+}
+
+fn register(registry: &mut Registry, figures: &Figures<'_>) {
     let stats = figures.stats;
-    let mut families = Vec::new();
     if let Some(total) = stats.total {
-        families.push(Family::single(
+        registry.register(
             "batchflow_requests_expected",
-            Kind::Gauge,
-            "Results this run is expected to produce (absent while unknown, as for standard input).",
-            Value::Count(total),
-        ));
+            "Results this run is expected to produce (absent while unknown, as for standard input)",
+            ConstGauge::new(total),
+        );
     }
-    families.extend([
-        Family::new(
-            "batchflow_requests_total",
-            Kind::Counter,
-            "Results written, by outcome: ok, failed (the request ended in error), invalid (the input line could not become a request).",
-        )
-        .sample(vec![("outcome", "ok".into())], Value::Count(stats.succeeded))
-        .sample(vec![("outcome", "failed".into())], Value::Count(stats.failed))
-        .sample(vec![("outcome", "invalid".into())], Value::Count(stats.invalid)),
-        counts(
-            "batchflow_errors_total",
-            "Results that ended in error, by error code.",
-            "code",
-            &stats.errors_by_code,
-        ),
-        counts(
-            "batchflow_retries_total",
-            "Attempts after a first, by the error code of the attempt that failed.",
-            "cause",
-            &stats.retries_by_cause,
-        ),
-        Family::single(
-            "batchflow_in_flight",
-            Kind::Gauge,
-            "HTTP attempts under way.",
-            Value::Count(stats.in_flight),
-        ),
-        Family::single(
-            "batchflow_worker_limit",
-            Kind::Gauge,
-            "Attempts allowed in flight at once, over every backend (it moves with adaptive workers).",
-            Value::Count(stats.workers),
-        ),
-        latency(figures.latency),
-        Family::single(
-            "batchflow_prompt_tokens_total",
-            Kind::Counter,
-            "Prompt tokens of successful answers, as the server counted them.",
-            Value::Count(stats.prompt_tokens),
-        ),
-        Family::single(
-            "batchflow_completion_tokens_total",
-            Kind::Counter,
-            "Completion tokens of successful answers, as the server counted them.",
-            Value::Count(stats.completion_tokens),
-        ),
-        Family::single(
-            "batchflow_model_reloads_total",
-            Kind::Counter,
-            "Times the model was loaded again during the run (a long load_duration).",
-            Value::Count(stats.model_reloads),
-        ),
-    ]);
-    families.extend(backends(figures.backends));
-    families.extend(gpus(stats));
-    families.push(Family::single(
+    registry.register(
+        "batchflow_requests",
+        "Results written, by outcome: ok, failed (the request ended in error), invalid (the input line could not become a request)",
+        Series::counter()
+            .sample(vec![("outcome", "ok".into())], stats.succeeded)
+            .sample(vec![("outcome", "failed".into())], stats.failed)
+            .sample(vec![("outcome", "invalid".into())], stats.invalid),
+    );
+    registry.register(
+        "batchflow_errors",
+        "Results that ended in error, by error code",
+        counts("code", &stats.errors_by_code),
+    );
+    registry.register(
+        "batchflow_retries",
+        "Attempts after a first, by the error code of the attempt that failed",
+        counts("cause", &stats.retries_by_cause),
+    );
+    registry.register(
+        "batchflow_in_flight",
+        "HTTP attempts under way",
+        ConstGauge::new(stats.in_flight),
+    );
+    registry.register(
+        "batchflow_worker_limit",
+        "Attempts allowed in flight at once, over every backend (it moves with adaptive workers)",
+        ConstGauge::new(stats.workers),
+    );
+    registry.register(
+        "batchflow_request_duration_seconds",
+        "Time from a request's first attempt to its result, backoff between attempts included",
+        Latency::new(figures.latency),
+    );
+    registry.register(
+        "batchflow_prompt_tokens",
+        "Prompt tokens of successful answers, as the server counted them",
+        ConstCounter::new(stats.prompt_tokens),
+    );
+    registry.register(
+        "batchflow_completion_tokens",
+        "Completion tokens of successful answers, as the server counted them",
+        ConstCounter::new(stats.completion_tokens),
+    );
+    registry.register(
+        "batchflow_model_reloads",
+        "Times the model was loaded again during the run (a long load_duration)",
+        ConstCounter::new(stats.model_reloads),
+    );
+    register_backends(registry, figures.backends);
+    register_gpus(registry, stats);
+    registry.register(
         "batchflow_run_elapsed_seconds",
-        Kind::Gauge,
-        "Time since the run started.",
-        Value::Real(stats.elapsed_secs),
-    ));
-    families.push(Family::single(
+        "Time since the run started",
+        ConstGauge::new(stats.elapsed_secs),
+    );
+    registry.register(
         "batchflow_run_finished",
-        Kind::Gauge,
-        "1 once the run has ended and its last figures are written (the stats file included), else 0.",
-        Value::Count(u64::from(figures.finished)),
-    ));
-    let mut text = String::new();
-    for family in &families {
-        family.write(&mut text);
-    }
-    text
+        "1 once the run has ended and its last figures are written (the stats file included), else 0",
+        ConstGauge::new(u64::from(figures.finished)),
+    );
 }
 
 /// A counter family with one label, from a map of counts.
-fn counts(
-    name: &'static str,
-    help: &'static str,
-    label: &'static str,
-    map: &std::collections::BTreeMap<String, u64>,
-) -> Family {
-    map.iter().fold(
-        Family::new(name, Kind::Counter, help),
-        |family, (key, count)| family.sample(vec![(label, key.clone())], Value::Count(*count)),
-    )
-}
-
-/// The latency histogram: a cumulative bucket per bound, then `+Inf`, the sum and the count.
-fn latency(buckets: &LatencyBuckets) -> Family {
-    let bounds = buckets
-        .bounds_secs
-        .iter()
-        .map(|bound| real_text(*bound))
-        .chain(std::iter::once("+Inf".to_owned()));
-    let family = Family::new(
-        "batchflow_request_duration_seconds",
-        Kind::Histogram,
-        "Time from a request's first attempt to its result, backoff between attempts included.",
-    );
-    bounds
-        .zip(&buckets.cumulative)
-        .fold(family, |family, (bound, count)| {
-            family.suffixed("_bucket", vec![("le", bound)], Value::Count(*count))
-        })
-        .suffixed("_sum", Vec::new(), Value::Real(buckets.sum_secs))
-        .suffixed("_count", Vec::new(), Value::Count(buckets.count()))
+fn counts(label: &'static str, map: &BTreeMap<String, u64>) -> Series<u64> {
+    map.iter().fold(Series::counter(), |series, (key, count)| {
+        series.sample(vec![(label, key.clone())], *count)
+    })
 }
 
 /// Each backend's health and share of the work, labelled by its base URL (which never holds
 /// a key: keys travel in a header).
-fn backends(backends: &[(BackendFigures, bool)]) -> Vec<Family> {
-    let url = |figures: &BackendFigures| vec![("backend", figures.url.clone())];
-    let each = |name, kind, help, value: fn(&(BackendFigures, bool)) -> u64| {
-        backends
-            .iter()
-            .fold(Family::new(name, kind, help), |family, backend| {
-                family.sample(url(&backend.0), Value::Count(value(backend)))
-            })
+fn register_backends(registry: &mut Registry, backends: &[(BackendFigures, bool)]) {
+    let each = |empty: Series<u64>, value: fn(&(BackendFigures, bool)) -> u64| {
+        backends.iter().fold(empty, |series, backend| {
+            series.sample(vec![("backend", backend.0.url.clone())], value(backend))
+        })
     };
-    vec![
-        each(
-            "batchflow_backend_up",
-            Kind::Gauge,
-            "1 while a backend takes requests, 0 while it is taken out or keeps failing.",
-            |(_, up)| u64::from(*up),
-        ),
-        each(
-            "batchflow_backend_attempts_total",
-            Kind::Counter,
-            "HTTP attempts sent to a backend.",
-            |(figures, _)| figures.attempts,
-        ),
-        each(
-            "batchflow_backend_failures_total",
-            Kind::Counter,
-            "Attempts that said a backend is unwell: connection errors, timeouts, 5xx answers.",
-            |(figures, _)| figures.failures,
-        ),
-        each(
-            "batchflow_backend_ejections_total",
-            Kind::Counter,
-            "Times a backend was taken out after failures in a row.",
-            |(figures, _)| figures.ejections,
-        ),
-    ]
+    registry.register(
+        "batchflow_backend_up",
+        "1 while a backend takes requests, 0 while it is taken out or keeps failing",
+        each(Series::gauge(), |(_, up)| u64::from(*up)),
+    );
+    registry.register(
+        "batchflow_backend_attempts",
+        "HTTP attempts sent to a backend",
+        each(Series::counter(), |(figures, _)| figures.attempts),
+    );
+    registry.register(
+        "batchflow_backend_failures",
+        "Attempts that said a backend is unwell: connection errors, timeouts, 5xx answers",
+        each(Series::counter(), |(figures, _)| figures.failures),
+    );
+    registry.register(
+        "batchflow_backend_ejections",
+        "Times a backend was taken out after failures in a row",
+        each(Series::counter(), |(figures, _)| figures.ejections),
+    );
 }
 
 /// Local GPUs (NVML) and the models the backends hold in GPU memory (Ollama's `/api/ps`);
 /// no GPU family at all without an NVIDIA driver.
-fn gpus(stats: &StatsSnapshot) -> Vec<Family> {
-    let mut families = Vec::new();
-    if let Some(gpus) = &stats.gpus {
-        let labels =
-            |index: usize, name: &str| vec![("gpu", index.to_string()), ("name", name.to_owned())];
-        let mut used = Family::new(
-            "batchflow_gpu_memory_used_bytes",
-            Kind::Gauge,
-            "GPU memory in use, on this machine's GPUs.",
-        );
-        let mut total = Family::new(
-            "batchflow_gpu_memory_total_bytes",
-            Kind::Gauge,
-            "GPU memory in all, on this machine's GPUs.",
-        );
-        let mut busy = Family::new(
-            "batchflow_gpu_utilization_ratio",
-            Kind::Gauge,
-            "Share of the last sample period a GPU was busy, from 0 to 1.",
-        );
-        for (index, gpu) in gpus.iter().enumerate() {
-            used = used.sample(
-                labels(index, &gpu.name),
-                Value::Count(gpu.memory_used_bytes),
-            );
-            total = total.sample(
-                labels(index, &gpu.name),
-                Value::Count(gpu.memory_total_bytes),
-            );
-            busy = busy.sample(
-                labels(index, &gpu.name),
-                Value::Real(f64::from(gpu.utilization_percent) / 100.0),
-            );
-        }
-        families.extend([used, total, busy]);
-    }
+fn register_gpus(registry: &mut Registry, stats: &StatsSnapshot) {
+    let gpus = stats.gpus.as_deref().unwrap_or_default();
+    let labels = |index: usize, name: &str| -> Labels {
+        vec![("gpu", index.to_string()), ("name", name.to_owned())]
+    };
+    let each = |value: fn(&crate::stats::GpuFigures) -> u64| {
+        gpus.iter()
+            .enumerate()
+            .fold(Series::gauge(), |series, (index, gpu)| {
+                series.sample(labels(index, &gpu.name), value(gpu))
+            })
+    };
+    registry.register(
+        "batchflow_gpu_memory_used_bytes",
+        "GPU memory in use, on this machine's GPUs",
+        each(|gpu| gpu.memory_used_bytes),
+    );
+    registry.register(
+        "batchflow_gpu_memory_total_bytes",
+        "GPU memory in all, on this machine's GPUs",
+        each(|gpu| gpu.memory_total_bytes),
+    );
+    registry.register(
+        "batchflow_gpu_utilization_ratio",
+        "Share of the last sample period a GPU was busy, from 0 to 1",
+        gpus.iter()
+            .enumerate()
+            .fold(Series::gauge(), |series, (index, gpu)| {
+                series.sample(
+                    labels(index, &gpu.name),
+                    f64::from(gpu.utilization_percent) / 100.0,
+                )
+            }),
+    );
     // Two backends may hold the same model: one series per model, their memory added up.
-    let mut models = std::collections::BTreeMap::<&str, u64>::new();
+    let mut models = BTreeMap::<&str, u64>::new();
     for model in &stats.loaded_models {
         *models.entry(model.name.as_str()).or_insert(0) += model.size_vram_bytes;
     }
-    families.push(models.into_iter().fold(
-        Family::new(
-            "batchflow_model_vram_bytes",
-            Kind::Gauge,
-            "GPU memory a loaded model holds, over the backends, from Ollama's /api/ps.",
-        ),
-        |family, (model, bytes)| {
-            family.sample(vec![("model", model.to_owned())], Value::Count(bytes))
-        },
-    ));
-    families
+    registry.register(
+        "batchflow_model_vram_bytes",
+        "GPU memory a loaded model holds, over the backends, from Ollama's /api/ps",
+        models
+            .into_iter()
+            .fold(Series::gauge(), |series, (model, bytes)| {
+                series.sample(vec![("model", model.to_owned())], bytes)
+            }),
+    );
 }
 
 #[cfg(test)]
@@ -492,12 +435,35 @@ mod tests {
     }
 
     #[test]
-    fn special_floats_and_help_text_are_written_as_the_format_says() {
-        assert_eq!(real_text(f64::INFINITY), "+Inf");
-        assert_eq!(real_text(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(real_text(f64::NAN), "NaN");
-        assert_eq!(real_text(0.25), "0.25");
-        assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
-        assert_eq!(escape_label("a\nb"), "a\\nb");
+    fn latency_buckets_stay_cumulative_and_end_with_inf_at_the_count() {
+        let buckets = LatencyBuckets {
+            bounds_secs: &[0.5, 1.0, 2.5],
+            cumulative: vec![2, 2, 5, 7],
+            sum_secs: 9.25,
+        };
+        let stats = empty();
+        let text = render(&Figures {
+            stats: &stats,
+            latency: &buckets,
+            backends: &[],
+            finished: true,
+        });
+        for line in [
+            "# HELP batchflow_request_duration_seconds Time from a request's first attempt to its result, backoff between attempts included.\n",
+            "# TYPE batchflow_request_duration_seconds histogram\n",
+            "batchflow_request_duration_seconds_bucket{le=\"0.5\"} 2\n",
+            "batchflow_request_duration_seconds_bucket{le=\"1\"} 2\n",
+            "batchflow_request_duration_seconds_bucket{le=\"2.5\"} 5\n",
+            "batchflow_request_duration_seconds_bucket{le=\"+Inf\"} 7\n",
+            "batchflow_request_duration_seconds_sum 9.25\n",
+            "batchflow_request_duration_seconds_count 7\n",
+            "batchflow_run_finished 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        assert!(
+            !text.contains("# EOF"),
+            "the 0.0.4 format has no end marker: {text}"
+        );
     }
 }

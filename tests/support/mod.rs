@@ -260,6 +260,18 @@ pub fn text_body_batch(ids: &[Option<String>]) -> RecordBatch {
     .expect("columns of equal length")
 }
 
+/// The metric families `/metrics` can expose, as `tests/fixtures/metrics-families.txt` lists
+/// them: `NAME TYPE LABELS`, one a line, label names sorted and comma-separated.
+pub fn metric_families() -> std::collections::BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics-families.txt");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Polls `condition` every few milliseconds until it holds; panics naming `what` after 60 s, so
 /// that no test waits for ever on an event that never comes.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
