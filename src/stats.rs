@@ -2,7 +2,9 @@
 //! results, tokens, latency), what the progress ticker last probed (GPUs, loaded models), and
 //! the figures derived from them: a rate over a recent window, an ETA, latency percentiles and
 //! buckets. A [`StatsSnapshot`] is what the progress line, the summary and the `--stats` JSON
-//! file show; [`LatencyBuckets`] is the latency histogram the metrics endpoint serves.
+//! file show; [`LatencyBuckets`] is the latency histogram the metrics endpoint serves. The
+//! dashboard also reads what no file keeps: the last error messages and a bounded history of
+//! the done count ([`RunStats::recent`]).
 //!
 //! Time is passed in (`Instant` arguments) rather than read inside, so the windowed rate and
 //! the ETA are tested with a fake clock.
@@ -65,6 +67,62 @@ impl RateWindow {
 pub fn eta(remaining: u64, rate: Option<f64>) -> Option<Duration> {
     let rate = rate.filter(|rate| *rate > 0.0)?;
     Duration::try_from_secs_f64(remaining as f64 / rate).ok()
+}
+
+/// Error messages kept for the dashboard: the latest few are what someone watching acts on.
+pub const LAST_ERRORS: usize = 10;
+
+/// A kept error message is cut to this many characters (a server may answer a whole page).
+const ERROR_MESSAGE_CHARS: usize = 300;
+
+/// Samples the done-count history holds; when full, every other one is dropped and sampling
+/// slows by half, so the history spans the whole run in bounded memory.
+pub const HISTORY_SAMPLES: usize = 240;
+
+/// One result that ended in error, as the dashboard lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorNote {
+    /// The input line (1-based).
+    pub line: u64,
+    pub code: String,
+    pub message: String,
+}
+
+/// The done count at one moment of the run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct HistorySample {
+    pub elapsed_secs: f64,
+    pub done: u64,
+    /// The windowed rate then (null until the window covers a second).
+    pub rate_per_sec: Option<f64>,
+}
+
+/// The done count sampled over the whole run, thinned as it grows.
+#[derive(Debug)]
+struct History {
+    samples: Vec<HistorySample>,
+    /// Ticks per sample kept, and ticks since the last one kept.
+    stride: u64,
+    skipped: u64,
+}
+
+impl History {
+    fn record(&mut self, sample: HistorySample) {
+        self.skipped += 1;
+        if self.skipped < self.stride {
+            return;
+        }
+        self.skipped = 0;
+        if self.samples.len() >= HISTORY_SAMPLES {
+            let mut index = 0;
+            self.samples.retain(|_| {
+                index += 1;
+                index % 2 == 0
+            });
+            self.stride *= 2;
+        }
+        self.samples.push(sample);
+    }
 }
 
 /// Counters that change once per finished result; one lock, taken by the sink thread.
@@ -130,6 +188,10 @@ pub struct RunStats {
     loaded_models: Mutex<Vec<LoadedModel>>,
     /// Why `--on-reload stop` stopped the run.
     unsettled: Mutex<Option<String>>,
+    /// The ceiling of `--workers auto`'s limit; 0 for a fixed limit.
+    adaptive_max: AtomicU64,
+    last_errors: Mutex<VecDeque<ErrorNote>>,
+    history: Mutex<History>,
 }
 
 impl RunStats {
@@ -141,6 +203,13 @@ impl RunStats {
             workers: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
             unsettled: Mutex::new(None),
+            adaptive_max: AtomicU64::new(0),
+            last_errors: Mutex::new(VecDeque::with_capacity(LAST_ERRORS)),
+            history: Mutex::new(History {
+                samples: Vec::with_capacity(HISTORY_SAMPLES),
+                stride: 1,
+                skipped: 0,
+            }),
             finished: Mutex::new(Finished {
                 succeeded: 0,
                 failed: 0,
@@ -196,6 +265,26 @@ impl RunStats {
         self.workers.store(workers as u64, Ordering::Relaxed);
     }
 
+    /// The limit moves between 1 and `max` (`--workers auto`).
+    pub fn set_adaptive_max(&self, max: usize) {
+        self.adaptive_max.store(max as u64, Ordering::Relaxed);
+    }
+
+    /// The ceiling of an adaptive limit; `None` for a fixed one.
+    pub fn adaptive_max(&self) -> Option<u64> {
+        Some(self.adaptive_max.load(Ordering::Relaxed)).filter(|max| *max > 0)
+    }
+
+    /// The latest results that ended in error, oldest first.
+    pub fn last_errors(&self) -> Vec<ErrorNote> {
+        lock(&self.last_errors).iter().cloned().collect()
+    }
+
+    /// The done count over the run so far, oldest first (see [`HISTORY_SAMPLES`]).
+    pub fn recent(&self) -> Vec<HistorySample> {
+        lock(&self.history).samples.clone()
+    }
+
     pub fn attempt_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
@@ -229,6 +318,15 @@ impl RunStats {
                     .errors_by_code
                     .entry(error.code.as_str())
                     .or_insert(0) += 1;
+                let mut last = lock(&self.last_errors);
+                if last.len() >= LAST_ERRORS {
+                    last.pop_front();
+                }
+                last.push_back(ErrorNote {
+                    line: outcome.line,
+                    code: error.code.as_str().to_owned(),
+                    message: error.message.chars().take(ERROR_MESSAGE_CHARS).collect(),
+                });
             }
         }
         finished.prompt_tokens += usage.prompt_tokens().unwrap_or(0);
@@ -267,7 +365,16 @@ impl RunStats {
     /// Samples the done count for the windowed rate; call about once a second.
     pub fn tick(&self, now: Instant) {
         let done = self.done();
-        lock(&self.window).record(now, done);
+        let rate = {
+            let mut window = lock(&self.window);
+            window.record(now, done);
+            window.rate()
+        };
+        lock(&self.history).record(HistorySample {
+            elapsed_secs: now.duration_since(self.started).as_secs_f64(),
+            done,
+            rate_per_sec: rate,
+        });
     }
 
     pub fn done(&self) -> u64 {
@@ -617,6 +724,45 @@ mod tests {
             buckets.cumulative.windows(2).all(|pair| pair[0] <= pair[1]),
             "cumulative"
         );
+    }
+
+    #[test]
+    fn the_history_spans_the_whole_run_in_bounded_samples() {
+        let start = Instant::now();
+        let stats = RunStats::new(start);
+        for second in 0..10_000u64 {
+            stats.tick(start + Duration::from_secs(second));
+        }
+        let recent = stats.recent();
+        assert!(recent.len() <= HISTORY_SAMPLES, "{}", recent.len());
+        assert!(recent.len() > HISTORY_SAMPLES / 2, "{}", recent.len());
+        assert!(recent[0].elapsed_secs < 100.0, "{:?}", recent[0]);
+        let last = recent.last().expect("samples").elapsed_secs;
+        assert!(last > 9_000.0, "{last}");
+        assert!(
+            recent
+                .windows(2)
+                .all(|pair| pair[0].elapsed_secs < pair[1].elapsed_secs)
+        );
+    }
+
+    #[test]
+    fn only_the_last_error_messages_are_kept() {
+        let stats = RunStats::new(Instant::now());
+        for line in 1..=(LAST_ERRORS as u64 + 5) {
+            let mut failed = outcome("{}", Some(ErrorCode::ServerBusy), 10);
+            failed.line = line;
+            failed.error = failed.error.map(|error| OutcomeError {
+                message: "x".repeat(1_000),
+                ..error
+            });
+            finish(&stats, &failed);
+        }
+        let last = stats.last_errors();
+        assert_eq!(last.len(), LAST_ERRORS);
+        assert_eq!(last[0].line, 6, "the oldest went first");
+        assert_eq!(last[LAST_ERRORS - 1].code, "server_busy");
+        assert_eq!(last[0].message.len(), ERROR_MESSAGE_CHARS);
     }
 
     #[test]

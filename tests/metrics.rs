@@ -19,7 +19,8 @@ use serde::Deserialize;
 use support::{Mock, batchflow, chat_lines, run_python, wait_until, write_input};
 
 /// Forces "no GPU" even on a machine that has one.
-const NO_NVML: (&str, &str) = ("BATCHFLOW_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1");
+pub(crate) const NO_NVML: (&str, &str) =
+    ("BATCHFLOW_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1");
 
 /// Parses a JSON list of expositions with `prometheus_client` and prints, for each, its
 /// families (name → type, name → the label names of its samples) and samples.
@@ -122,7 +123,7 @@ fn scrape(addr: SocketAddr) -> String {
 }
 
 /// The child's standard error so far, read on a thread of its own.
-fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+pub(crate) fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     let collected = Arc::new(Mutex::new(String::new()));
     let mut stderr = child.stderr.take().expect("piped stderr");
     let sink = Arc::clone(&collected);
@@ -137,7 +138,7 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
 }
 
 /// The address the run logged, as in `Serving metrics at /metrics. addr=127.0.0.1:PORT`.
-fn logged_addr(stderr: &Mutex<String>) -> SocketAddr {
+pub(crate) fn logged_addr(stderr: &Mutex<String>) -> SocketAddr {
     let mut addr = None;
     wait_until("the run logs its metrics address", || {
         let text = stderr.lock().expect("the stderr buffer");
@@ -152,7 +153,7 @@ fn logged_addr(stderr: &Mutex<String>) -> SocketAddr {
     addr.expect("found by the wait")
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let pid = i32::try_from(child.id()).expect("a pid");
     // SAFETY: kill only sends a signal to the child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

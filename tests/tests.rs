@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod dashboard;
 mod dataset;
 mod deploy;
 mod edges;

@@ -1,5 +1,6 @@
 //! The run's figures for Prometheus: `GET /metrics` in the text format (`metrics::text`),
-//! served on the run's own runtime while it runs (`--metrics ADDR`).
+//! served on the run's own runtime while it runs (`--metrics ADDR`), beside a dashboard for a
+//! person (`metrics::page`: `GET /` and its JSON, `GET /api/run`).
 //!
 //! The address is bound when the run starts, before the first request (preflight included),
 //! so that a port in use stops the run before it sends anything. Serving begins once the
@@ -14,6 +15,7 @@
 //! hands the run a [`RunWatch`] instead: the run publishes its counters there when they
 //! exist, and the caller reads them on its own schedule.
 
+pub mod page;
 pub mod text;
 
 use std::fmt;
@@ -90,6 +92,8 @@ impl MetricsListener {
         let stop = CancellationToken::new();
         let router = axum::Router::new()
             .route("/metrics", get(scrape))
+            .route("/", get(page::dashboard))
+            .route(page::API_PATH, get(page::api))
             .with_state(Arc::clone(&source));
         let (addr, until) = (self.addr, stop.clone().cancelled_owned());
         let task = tokio::spawn(async move {

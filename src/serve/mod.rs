@@ -8,6 +8,7 @@
 //!                       runner.rs: one batch at a time ──▶ engine::run ──▶ backends
 //!                       check.rs (input lines), finalize.rs (output and error files)
 //!  scraper ──GET /metrics──▶ metrics.rs (the store's batches, the runner's live counters)
+//!  browser ──GET /, /runs/{id}──▶ pages.rs (the batch list, a batch's run dashboard)
 //! ```
 //!
 //! This module owns the server: its options, the router, binding, the bearer-key check and
@@ -22,6 +23,7 @@ mod finalize;
 mod listen;
 mod lock;
 mod metrics;
+mod pages;
 mod runner;
 mod stall;
 pub mod store;
@@ -204,6 +206,9 @@ fn router(state: AppState, api_key: Option<Arc<str>>) -> Router {
         .fallback(|| async { ApiError::not_found_route() });
     Router::new()
         .route("/metrics", get(metrics::scrape))
+        .route("/", get(pages::list))
+        .route("/runs/{id}", get(pages::run_page))
+        .route("/api/runs/{id}", get(pages::run_api))
         .nest("/v1", api)
         .fallback(|| async { ApiError::not_found_route() })
         .with_state(state)

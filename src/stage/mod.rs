@@ -145,6 +145,9 @@ pub async fn run<B: Backend>(
     // Known from the start, not only once the first attempt ends: the figures (the progress
     // line, the stats file, a metrics scrape) must not say 0 meanwhile.
     stats.set_workers(limit.current());
+    if let Some(max) = config.adaptive_max {
+        stats.set_adaptive_max(max);
+    }
     let context = Arc::new(StageContext {
         backend,
         base_url,
