@@ -50,7 +50,8 @@
 //! - [`shutdown`]: signals to stop and abort, passed into the engine.
 //! - [`stats`], [`progress`], [`gpu`], [`metrics`]: run figures, their display on stderr and
 //!   in the `--stats` file, GPU memory (NVML, Ollama's `/api/ps`), and the Prometheus endpoint
-//!   (`--metrics`, its text format in `metrics::text`).
+//!   (`--metrics`, its text format in `metrics::text`). [`live_status`]: the hidden file beside
+//!   the results that `status` reads to tell a running run from a stopped or finished one.
 //! - [`serve`]: `batchflow serve`, the OpenAI Files and Batches API over the engine, its
 //!   state in plain files (`serve::store`).
 //! - [`mock`]: an Ollama-compatible mock server for tests, benchmarks and dry runs.
@@ -66,6 +67,7 @@ pub mod filter;
 pub mod gpu;
 pub mod idset;
 pub mod item;
+pub mod live_status;
 pub mod metrics;
 pub mod mock;
 pub mod options;

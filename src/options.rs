@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub jsonl_file: Option<PathBuf>,
     pub errors_file: Option<PathBuf>,
     pub stats_file: Option<PathBuf>,
+    /// Keep a live-status file beside local Parquet results (`live_status`), which
+    /// `batchflow status` reads.
+    pub live_status: bool,
     /// Off a terminal, a progress log line this often.
     pub progress_interval: Duration,
     /// What a reload of the model, or a model split between CPU and GPU, does to the run.
@@ -125,6 +128,7 @@ impl Default for RunOptions {
             jsonl_file: None,
             errors_file: None,
             stats_file: None,
+            live_status: true,
             progress_interval: Duration::from_secs(10),
             on_reload: OnReload::default(),
             ollama_options: None,

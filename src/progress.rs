@@ -1,6 +1,8 @@
 //! What a person (or a watching tool) sees of a run on stderr and in the `--stats` file: a live
 //! progress line on a terminal, a plain log line every few seconds elsewhere, the stats file
-//! rewritten atomically, and the end-of-run summary. Never anything on stdout.
+//! rewritten atomically, and the end-of-run summary. Never anything on stdout. The ticker also
+//! keeps the results' live-status file (`live_status`) while the run goes; its last word, how
+//! the run ended, is the engine's.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::pool::BackendPool;
 use crate::gpu::{self, GpuMonitor};
+use crate::live_status::{LiveFile, RunState};
 use crate::shutdown::Shutdown;
 use crate::stats::{GpuFigures, RunStats, StatsSnapshot};
 
@@ -50,6 +53,7 @@ pub struct ProgressConfig {
 
 const TICK: Duration = Duration::from_secs(1);
 const STATS_FILE_INTERVAL: Duration = Duration::from_secs(2);
+const LIVE_FILE_INTERVAL: Duration = Duration::from_secs(1);
 const GPU_INTERVAL: Duration = Duration::from_secs(2);
 const BACKEND_PS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -96,10 +100,16 @@ pub struct Probes {
 }
 
 impl Progress {
-    /// Starts the ticker on the current runtime.
-    pub fn start(stats: Arc<RunStats>, config: ProgressConfig, probes: Probes) -> Progress {
+    /// Starts the ticker on the current runtime; it keeps `live` (the results' live-status
+    /// file) while the run goes.
+    pub fn start(
+        stats: Arc<RunStats>,
+        config: ProgressConfig,
+        probes: Probes,
+        live: Option<LiveFile>,
+    ) -> Progress {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_ticker(stats, config, probes, stop.clone()));
+        let task = tokio::spawn(run_ticker(stats, config, probes, live, stop.clone()));
         Progress { stop, task }
     }
 
@@ -114,9 +124,10 @@ async fn run_ticker(
     stats: Arc<RunStats>,
     config: ProgressConfig,
     probes: Probes,
+    live: Option<LiveFile>,
     stop: CancellationToken,
 ) -> StatsSnapshot {
-    let mut ticker = Ticker::start(config, probes).await;
+    let mut ticker = Ticker::start(config, probes, live).await;
     let mut interval = tokio::time::interval(ticker.tick());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -133,6 +144,9 @@ async fn run_ticker(
             stats.set_unsettled(what);
         }
         ticker.write_file(&snapshot, now, stopping).await;
+        if !stopping {
+            ticker.write_live(&snapshot, now).await;
+        }
         if stopping {
             ticker.close();
             return snapshot;
@@ -151,6 +165,10 @@ struct Ticker {
     next_ps: Instant,
     next_file: Instant,
     next_log: Option<Instant>,
+    live: Option<LiveFile>,
+    next_live: Instant,
+    /// The live-status file could not be written: said once, not every second.
+    live_warned: bool,
     /// Model reloads already warned about.
     warned_reloads: u64,
     /// Models already found split between CPU and GPU.
@@ -160,7 +178,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    async fn start(config: ProgressConfig, probes: Probes) -> Ticker {
+    async fn start(config: ProgressConfig, probes: Probes, live: Option<LiveFile>) -> Ticker {
         let monitor = Arc::new(
             tokio::task::spawn_blocking(GpuMonitor::load)
                 .await
@@ -192,6 +210,9 @@ impl Ticker {
             next_ps: started,
             next_file: started,
             next_log,
+            live,
+            next_live: started,
+            live_warned: false,
             warned_reloads: 0,
             warned_splits: Vec::new(),
             unsettled: None,
@@ -311,6 +332,30 @@ impl Ticker {
         self.next_file = now + STATS_FILE_INTERVAL;
     }
 
+    /// Rewrites the live-status file when due, off the runtime's one thread.
+    async fn write_live(&mut self, snapshot: &StatsSnapshot, now: Instant) {
+        let Some(live) = self.live.clone().filter(|_| now >= self.next_live) else {
+            return;
+        };
+        self.next_live = now + LIVE_FILE_INTERVAL;
+        let written = snapshot.clone();
+        let file = live.clone();
+        let outcome = tokio::task::spawn_blocking(move || file.write(&written, RunState::Running))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        match outcome {
+            Ok(()) => self.live_warned = false,
+            Err(error) if !self.live_warned => {
+                self.live_warned = true;
+                tracing::warn!(
+                    "Cannot write the live-status file {}: {error}; `batchflow status` cannot follow this run.",
+                    live.path().display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
     fn close(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -339,7 +384,8 @@ pub fn write_stats_file(path: &Path, snapshot: &StatsSnapshot) -> io::Result<()>
     std::fs::rename(&temporary, path)
 }
 
-fn seconds(duration_secs: f64) -> String {
+/// A duration for a person: `4.2s`, `35s`, `3m05s`, `1h58m`.
+pub fn seconds(duration_secs: f64) -> String {
     if duration_secs < 10.0 {
         return format!("{duration_secs:.1}s");
     }

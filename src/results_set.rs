@@ -9,7 +9,8 @@
 //! one, so the local disk holds one file at a time. A part is at most a few MiB
 //! (`sink::dataset::PART_BYTES`): fetching only its footer and the columns read by ranged gets
 //! would save little, at the price of a second Parquet reader beside `sink::checkpoint`'s. What
-//! a file holds, and what it means, is the callers'.
+//! a file holds, and what it means, is the callers'. Beside local results it also finds who
+//! writes them (their lock) and the run's live-status file (`live_status`).
 
 use std::fs;
 use std::io;
@@ -17,10 +18,11 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
 
+use crate::live_status::{self, LiveStatus};
 use crate::sink::checkpoint::{self, ExistingResults, ResultsError};
 use crate::sink::dataset::{self, PartOwner};
 use crate::sink::generation::{self, Marker};
-use crate::sink::lock;
+use crate::sink::lock::{self, Holder};
 use crate::storage::{self, Remote, Staging, StorageError};
 
 /// The results at a path or URL, listed.
@@ -181,17 +183,30 @@ impl ResultsSet {
     /// its lock on this machine, or its lease on a store; `None` if nobody does.
     pub fn writer(&self, owner: Option<PartOwner>) -> Result<Option<String>, ResultsError> {
         match (&self.source, owner) {
-            (Source::Local, None) => Ok(
-                lock::holder(&lock::file_lock_path(&self.root))?.map(|holder| holder.describe())
-            ),
-            (Source::Local, Some(owner)) => {
-                Ok(lock::holder(&dataset::lock_path(&self.root, owner))?
-                    .map(|holder| holder.describe()))
-            }
+            (Source::Local, _) => Ok(self.lock_holder(owner)?.map(|holder| holder.describe())),
             (Source::Remote { remote, .. }, Some(owner)) => Ok(remote
                 .get(&crate::sink::remote::lease_name(owner))?
                 .and_then(|(bytes, _)| crate::sink::remote::live_holder(&bytes))),
             (Source::Remote { .. }, None) => Ok(None),
+        }
+    }
+
+    /// Who holds the lock of `owner`'s parts (or, for `None`, of the single results file) on
+    /// this machine; `None` if nobody does, and for results on object storage.
+    pub fn lock_holder(&self, owner: Option<PartOwner>) -> Result<Option<Holder>, ResultsError> {
+        match (&self.source, owner) {
+            (Source::Local, None) => lock::holder(&lock::file_lock_path(&self.root)),
+            (Source::Local, Some(owner)) => lock::holder(&dataset::lock_path(&self.root, owner)),
+            (Source::Remote { .. }, _) => Ok(None),
+        }
+    }
+
+    /// The live-status file of the run writing `owner`'s parts (or, for `None`, the single
+    /// results file), if it left one: only local results have one.
+    pub fn live_status(&self, owner: Option<PartOwner>) -> Option<LiveStatus> {
+        match self.source {
+            Source::Local => live_status::read(&live_status::path_of(&self.root, owner)),
+            Source::Remote { .. } => None,
         }
     }
 

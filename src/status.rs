@@ -1,11 +1,15 @@
 //! The `status` command: what a Parquet results file (or each shard of a results dataset)
 //! holds and whether it can be resumed, read without running or modifying anything, here or on
 //! object storage. A part (or file) that cannot be read is named with why, and the others are
-//! still counted.
+//! still counted. Where the run left a live-status file (`live_status`), it also says whether
+//! that run still goes, how far it is and when it should be done, or when it ended.
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::live_status::{LiveStatus, Verdict};
+use crate::progress;
 use crate::results_set::{self, Opened, ResultsSet};
 use crate::sink::checkpoint::{self, FileState, ResultsError};
 use crate::sink::dataset::{self, PartOwner};
@@ -37,6 +41,7 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
             })?? {
                 Ok(status) => Found::File(ResultsStatus {
                     writer: set.writer(None)?,
+                    live: live_run(&set, None)?,
                     ..status
                 }),
                 Err(reason) => Found::Damaged(reason),
@@ -77,11 +82,21 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
                     fingerprint: status.fingerprint.or(sum.fingerprint.take()),
                     holds_nothing: sum.holds_nothing && status.holds_nothing,
                     writer: sum.writer.take(),
+                    live: sum.live.take(),
                 };
             }
             _ => {
                 let writer = set.writer(Some(owner))?;
-                shards.push((owner, 1, ResultsStatus { writer, ..status }))
+                let live = live_run(&set, Some(owner))?;
+                shards.push((
+                    owner,
+                    1,
+                    ResultsStatus {
+                        writer,
+                        live,
+                        ..status
+                    },
+                ))
             }
         }
     }
@@ -162,6 +177,79 @@ pub struct ResultsStatus {
     pub holds_nothing: bool,
     /// The run writing it now (its lock or lease is held): "pid 42 on host, since …".
     pub writer: Option<String>,
+    /// What the live-status file of its latest run says, when it left one.
+    pub live: Option<LiveRun>,
+}
+
+/// A run as its live-status file tells it, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRun {
+    /// "running (pid 42 on host, since …), last update …", "stopped (…): its process is gone;
+    /// last seen …", "finished at … (…)".
+    pub run: String,
+    /// Its own figures: "120/1000 (12.0%) · 3 failed · 0 invalid · 25.3/s · ETA 35s · 8 workers".
+    pub figures: String,
+}
+
+/// The live-status file of `owner`'s run (the single file's for `None`), judged against who
+/// holds the results' lock now.
+fn live_run(set: &ResultsSet, owner: Option<PartOwner>) -> Result<Option<LiveRun>, ResultsError> {
+    let Some(live) = set.live_status(owner) else {
+        return Ok(None);
+    };
+    let writer = set.lock_holder(owner)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    Ok(Some(LiveRun::of(
+        &live,
+        live.verdict(writer.as_ref(), now),
+        now,
+    )))
+}
+
+impl LiveRun {
+    pub fn of(live: &LiveStatus, verdict: Verdict, now: u64) -> LiveRun {
+        let who = live.holder().describe();
+        let run = match verdict {
+            Verdict::Running => format!("running ({who}), last update {}", live.updated_at),
+            Verdict::Gone => format!(
+                "stopped ({who}): its process is gone; last seen {}",
+                live.updated_at
+            ),
+            Verdict::Silent => format!(
+                "stopped ({who}): not heard from since {}, {} ago",
+                live.updated_at,
+                progress::seconds(now.saturating_sub(live.updated_at_unix) as f64)
+            ),
+            Verdict::Ended(state) => {
+                format!("{} at {} ({who})", state.as_str(), live.updated_at)
+            }
+        };
+        let mut figures = vec![match live.total {
+            Some(total) if total > 0 => format!(
+                "{}/{total} ({:.1}%)",
+                live.done,
+                live.done as f64 * 100.0 / total as f64
+            ),
+            Some(_) => format!("{}/0 (nothing to send)", live.done),
+            None => format!("{} done (total unknown)", live.done),
+        }];
+        figures.push(format!("{} failed", live.failed));
+        figures.push(format!("{} invalid", live.invalid));
+        match live.rate_per_sec < 100.0 {
+            true => figures.push(format!("{:.1}/s", live.rate_per_sec)),
+            false => figures.push(format!("{:.0}/s", live.rate_per_sec)),
+        }
+        if let Some(eta) = live.eta_secs.filter(|_| verdict == Verdict::Running) {
+            figures.push(format!("ETA {}", progress::seconds(eta)));
+        }
+        figures.push(format!("{} workers", live.workers));
+        LiveRun {
+            run,
+            figures: figures.join(" · "),
+        }
+    }
 }
 
 /// Reads one results file: its status, or why it cannot be read (see
@@ -184,6 +272,7 @@ pub fn read_file(
                 fingerprint: None,
                 holds_nothing: true,
                 writer: None,
+                live: None,
             }));
         }
         Opened::Results(existing) => existing,
@@ -206,6 +295,7 @@ pub fn read_file(
         fingerprint: Fingerprint::read(existing.metadata.file_metadata().key_value_metadata()),
         holds_nothing: false,
         writer: None,
+        live: None,
     }))
 }
 
@@ -248,6 +338,10 @@ impl ResultsStatus {
         let mut report = String::new();
         let _ = writeln!(report, "{}", path.display());
         let _ = writeln!(report, "  state:      {state}");
+        if let Some(live) = &self.live {
+            let _ = writeln!(report, "  run:        {}", live.run);
+            let _ = writeln!(report, "  this run:   {}", live.figures);
+        }
         let failed = self.errors.saturating_sub(self.invalid_input);
         let _ = writeln!(
             report,

@@ -117,13 +117,16 @@ fn shards_write_their_own_parts_into_one_dataset_and_each_id_lands_once() {
         hidden,
         [
             ".part-0-of-3.generation",
+            ".part-0-of-3.live.json",
             ".part-0-of-3.lock",
             ".part-1-of-3.generation",
+            ".part-1-of-3.live.json",
             ".part-1-of-3.lock",
             ".part-2-of-3.generation",
+            ".part-2-of-3.live.json",
             ".part-2-of-3.lock"
         ],
-        "beside the parts, only each shard's hidden generation marker and lock file"
+        "beside the parts, only each shard's hidden generation marker, live-status file and lock file"
     );
     let rows = dataset_rows(&dataset);
     let mut seen: HashMap<String, usize> = HashMap::new();

@@ -13,6 +13,7 @@ mod front_door;
 mod fuzz_config;
 mod fuzz_parser;
 mod layout;
+mod live_status;
 mod messages;
 mod metrics;
 mod misbehaviour;

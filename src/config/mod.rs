@@ -226,6 +226,9 @@ pub struct SinkSection {
     pub ordered: Option<bool>,
     /// A `--stats` JSON file.
     pub stats: Option<String>,
+    /// Keep the live-status file beside the results that `batchflow status` reads; default
+    /// true (`--no-live-status` is false).
+    pub live_status: Option<bool>,
     /// An `--errors` JSONL file: every request that ends in error and every invalid line.
     pub errors: Option<String>,
 }

@@ -41,6 +41,7 @@ pub struct Pipeline {
     pub keep_raw: bool,
     pub ordered: bool,
     pub stats: Option<PathBuf>,
+    pub live_status: bool,
     pub errors: Option<PathBuf>,
 }
 
@@ -87,6 +88,7 @@ impl Pipeline {
             Some(JsonlTarget::Stdout) | None => None,
         };
         options.stats_file = self.stats.clone().or(options.stats_file.take());
+        options.live_status = self.live_status;
         options.errors_file = self.errors.clone().or(options.errors_file.take());
         options.knobs = Knobs::pipeline();
     }
@@ -119,6 +121,7 @@ pub fn resolve(file: &PipelineFile, folder: &Path) -> Result<Pipeline, Vec<Strin
         keep_raw: sink.keep_raw,
         ordered: sink.ordered,
         stats: sink.stats,
+        live_status: sink.live_status,
         errors: sink.errors,
     };
     if problems.is_empty() {
@@ -344,6 +347,7 @@ struct SinkParts {
     keep_raw: bool,
     ordered: bool,
     stats: Option<PathBuf>,
+    live_status: bool,
     errors: Option<PathBuf>,
 }
 
@@ -399,6 +403,7 @@ fn resolve_sink(
         keep_raw: sink.raw.unwrap_or(true),
         ordered: sink.ordered.unwrap_or(false),
         stats: sink.stats.as_deref().map(path),
+        live_status: sink.live_status.unwrap_or(true),
         errors: sink.errors.as_deref().map(path),
     }
 }

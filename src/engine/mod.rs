@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::backend::http::HttpBackendConfig;
 use crate::error::{Error, ExitStatus};
 use crate::item::DoneSet;
+use crate::live_status::{LiveFile, RunState};
 use crate::metrics::{LiveRun, MetricsConfig, MetricsEndpoint, MetricsListener, RunWatch};
 use crate::paths::Knobs;
 use crate::progress::{Probes, Progress, ProgressConfig};
@@ -62,6 +63,8 @@ pub struct RunConfig {
     /// How the user named each file, for messages.
     pub knobs: Knobs,
     pub progress: ProgressConfig,
+    /// Keep a live-status file beside local Parquet results (`live_status`), for `status`.
+    pub live_status: bool,
     /// After an interrupt, how long in-flight requests may take (used by the caller that
     /// installs the signal handlers).
     pub grace: Duration,
@@ -187,7 +190,17 @@ async fn drive(
         ollama,
         run: shutdown.clone(),
     };
-    let progress = Progress::start(Arc::clone(&stats), config.progress.clone(), probes);
+    let live_file = config
+        .results
+        .as_ref()
+        .filter(|_| config.live_status)
+        .and_then(LiveFile::for_output);
+    let progress = Progress::start(
+        Arc::clone(&stats),
+        config.progress.clone(),
+        probes,
+        live_file.clone(),
+    );
     let prune_asked = config
         .results
         .as_ref()
@@ -269,12 +282,22 @@ async fn drive(
     if let Some(what) = stats.unsettled() {
         fatal.get_or_insert(Error::ModelUnsettled { what });
     }
+    let interrupted = shutdown.was_interrupted();
+    let output_closed = sink_report.closed || stage_report.sink_closed;
+    if let Some(file) = live_file {
+        let state = match (&fatal, interrupted || output_closed) {
+            (Some(_), _) => RunState::Failed,
+            (None, true) => RunState::Interrupted,
+            (None, false) => RunState::Finished,
+        };
+        write_last_live_status(file, &final_stats, state).await;
+    }
     live.finished(&final_stats);
     Ok(RunReport {
         stats: final_stats,
         backend_url: base_url,
-        interrupted: shutdown.was_interrupted(),
-        output_closed: sink_report.closed || stage_report.sink_closed,
+        interrupted,
+        output_closed,
         fatal,
         elapsed: started_at.elapsed(),
         output: config.results.map(|output| match &output.remote {
@@ -294,6 +317,20 @@ async fn drive(
         pruned,
         metrics,
     })
+}
+
+/// Writes how the run ended into its live-status file, for `status` to say "finished at …"
+/// rather than "stopped".
+async fn write_last_live_status(file: LiveFile, snapshot: &StatsSnapshot, state: RunState) {
+    let path = file.path().to_owned();
+    let snapshot = snapshot.clone();
+    let outcome = tokio::task::spawn_blocking(move || file.write(&snapshot, state)).await;
+    if let Ok(Err(error)) = outcome {
+        tracing::warn!(
+            "Cannot write the live-status file {}: {error}.",
+            path.display()
+        );
+    }
 }
 
 /// Drops the results' rows of lines the input no longer has, once the whole input was read

@@ -120,6 +120,7 @@ impl RunOptions {
                 stats_file: self.stats_file.clone(),
                 on_reload: self.on_reload,
             },
+            live_status: self.live_status,
             grace: self.grace,
             metrics: self.metrics.map(|addr| MetricsConfig {
                 addr,

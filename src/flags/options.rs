@@ -148,6 +148,9 @@ impl WatchArgs {
             options.stats_file = self.stats.clone();
             options.knobs.stats = "--stats".into();
         }
+        if given.has("no_live_status") && self.no_live_status {
+            options.live_status = false;
+        }
         if given.has("progress_interval") {
             options.progress_interval = self.progress_interval.0;
         }

@@ -101,6 +101,7 @@ fn sink(run: &RunKnobs, given: &Given, place: &impl Fn(&Path) -> String) -> Sink
         }),
         errors: output.errors.as_deref().map(place),
         stats: run.watch.stats.as_deref().map(place),
+        live_status: run.watch.no_live_status.then_some(false),
         ordered: output.ordered.then_some(true),
         raw: output.no_raw.then_some(false),
         checkpoint_rows: given

@@ -297,6 +297,13 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE.json")]
     pub stats: Option<PathBuf>,
 
+    /// Keep no live-status file beside the results. By default a run with local Parquet
+    /// results keeps `.<name>.live.json` beside a file (`.part-<i>-of-<n>.live.json` in a
+    /// dataset folder), rewritten every second, from which `batchflow status` tells a running
+    /// run (with its progress, rate and ETA) from a stopped or finished one.
+    #[arg(long)]
+    pub no_live_status: bool,
+
     /// When standard error is not a terminal, log a progress line this often.
     #[arg(long, default_value_t = FlagDuration(RunOptions::default().progress_interval), value_parser = flag_duration, value_name = "DURATION")]
     pub progress_interval: FlagDuration,

@@ -378,6 +378,8 @@ impl Runner {
             input: Input::File(input),
             results: Some(results),
             stats_file: Some(dir.join("stats.json")),
+            // The server says how each batch goes (GET /v1/batches/{id}).
+            live_status: false,
             // Finalizing writes the error file from the results, in OpenAI's line shape, so
             // the engine keeps none of its own.
             errors_file: None,
