@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,8 @@ pub struct ProgressConfig {
     pub on_reload: OnReload,
     /// Where to keep the JSON figures, rewritten every 2 s (`STATS_FILE_INTERVAL`).
     pub stats_file: Option<PathBuf>,
+    /// The pipeline stage the run is, named on its live line and log lines.
+    pub stage: Option<String>,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -57,17 +59,22 @@ const LIVE_FILE_INTERVAL: Duration = Duration::from_secs(1);
 const GPU_INTERVAL: Duration = Duration::from_secs(2);
 const BACKEND_PS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The bar being drawn, if any, so log lines can be printed above it instead of through it.
-static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// The bars being drawn (one per running stage of a pipeline, one for a plain run), if any,
+/// with how many: log lines are printed above them instead of through them.
+static ACTIVE_BARS: Mutex<Option<(MultiProgress, usize)>> = Mutex::new(None);
+
+fn active_bars() -> std::sync::MutexGuard<'static, Option<(MultiProgress, usize)>> {
+    ACTIVE_BARS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Stderr for log lines: suspends the progress bar while a line is written.
 pub struct ProgressAwareStderr;
 
 impl Write for ProgressAwareStderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let bar = ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match bar {
-            Some(bar) => bar
+        let bars = active_bars().as_ref().map(|(bars, _)| bars.clone());
+        match bars {
+            Some(bars) => bars
                 .suspend(|| io::stderr().write_all(buf))
                 .map(|()| buf.len()),
             None => io::stderr().write_all(buf).map(|()| buf.len()),
@@ -193,9 +200,6 @@ impl Ticker {
             ProgressMode::Bar => Some(new_bar()),
             ProgressMode::Log { .. } | ProgressMode::Off => None,
         };
-        if let Some(bar) = &bar {
-            *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
-        }
         let started = Instant::now();
         let next_log = match config.mode {
             ProgressMode::Log { interval } => Some(started + interval),
@@ -300,14 +304,29 @@ impl Ticker {
                 bar.set_length(total);
             }
             bar.set_position(snapshot.done);
+            let label = self
+                .config
+                .stage
+                .as_deref()
+                .map_or(String::new(), |stage| format!("{stage}: "));
             bar.set_message(match stderr_columns() {
-                Some(columns) => bar_message(snapshot, columns),
-                None => progress_line(snapshot, None),
+                Some(columns) => {
+                    let room = columns.saturating_sub(label.chars().count());
+                    format!("{label}{}", bar_message(snapshot, room))
+                }
+                None => format!("{label}{}", progress_line(snapshot, None)),
             });
         }
         if let (Some(due), ProgressMode::Log { interval }) = (self.next_log, self.config.mode) {
             if now >= due && !stopping {
-                tracing::info!("Progress: {}.", progress_line(snapshot, None));
+                match &self.config.stage {
+                    Some(stage) => tracing::info!(
+                        stage = %stage,
+                        "Progress of stage {stage}: {}.",
+                        progress_line(snapshot, None)
+                    ),
+                    None => tracing::info!("Progress: {}.", progress_line(snapshot, None)),
+                }
                 self.next_log = Some(now + interval);
             }
         }
@@ -359,13 +378,29 @@ impl Ticker {
     fn close(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            let mut bars = active_bars();
+            if let Some((shown, count)) = bars.as_mut() {
+                shown.remove(bar);
+                *count -= 1;
+                if *count == 0 {
+                    *bars = None;
+                }
+            }
         }
-        *ACTIVE_BAR.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
+/// A bar drawn with those already shown, on a line of its own.
 fn new_bar() -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let mut bars = active_bars();
+    let (shown, count) = bars.get_or_insert_with(|| {
+        (
+            MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            0,
+        )
+    });
+    *count += 1;
+    let bar = shown.add(ProgressBar::no_length());
     let style = ProgressStyle::with_template("{spinner} {elapsed_precise} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.set_style(style);

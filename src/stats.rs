@@ -190,6 +190,8 @@ pub struct RunStats {
     unsettled: Mutex<Option<String>>,
     /// The ceiling of `--workers auto`'s limit; 0 for a fixed limit.
     adaptive_max: AtomicU64,
+    /// The pipeline stage the run is, if it is one.
+    stage: Mutex<Option<String>>,
     last_errors: Mutex<VecDeque<ErrorNote>>,
     history: Mutex<History>,
 }
@@ -204,6 +206,7 @@ impl RunStats {
             pruned: AtomicU64::new(0),
             unsettled: Mutex::new(None),
             adaptive_max: AtomicU64::new(0),
+            stage: Mutex::new(None),
             last_errors: Mutex::new(VecDeque::with_capacity(LAST_ERRORS)),
             history: Mutex::new(History {
                 samples: Vec::with_capacity(HISTORY_SAMPLES),
@@ -263,6 +266,11 @@ impl RunStats {
 
     pub fn set_workers(&self, workers: usize) {
         self.workers.store(workers as u64, Ordering::Relaxed);
+    }
+
+    /// The run is this stage of a pipeline.
+    pub fn set_stage(&self, stage: String) {
+        *lock(&self.stage) = Some(stage);
     }
 
     /// The limit moves between 1 and `max` (`--workers auto`).
@@ -461,6 +469,7 @@ impl RunStats {
             loaded_models: lock(&self.loaded_models).clone(),
             backends: Vec::new(),
             finished: false,
+            stage: lock(&self.stage).clone(),
         };
         (snapshot, buckets)
     }
@@ -559,6 +568,9 @@ pub struct StatsSnapshot {
     pub backends: Vec<crate::backend::pool::BackendFigures>,
     /// True in the last write, once the run has ended.
     pub finished: bool,
+    /// The pipeline stage these figures are of (`[[stage]] name`); absent for a plain run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn parse(texts: &[String]) -> Vec<Scrape> {
 }
 
 /// `GET /metrics` over plain HTTP/1.1: the body of a 200 answer in the text format.
-fn scrape(addr: SocketAddr) -> String {
+pub(crate) fn scrape(addr: SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).expect("the endpoint accepts");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))

@@ -336,3 +336,64 @@ fn validate_names_the_stage_of_an_unknown_column_and_the_dry_run_shows_each_stag
         "a dry run writes nothing"
     );
 }
+
+#[test]
+fn metrics_and_stats_carry_each_stage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = mock(2);
+    write_records(dir.path(), 80);
+    let pipeline = write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
+    let stats = dir.path().join("stats.json");
+    let mut child = batchflow()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--stats")
+        .arg(&stats)
+        .args(["--metrics", "127.0.0.1:0", "--metrics-linger", "10m"])
+        .env(crate::metrics::NO_NVML.0, crate::metrics::NO_NVML.1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("batchflow starts");
+    let stderr = crate::metrics::collect_stderr(&mut child);
+    let addr = crate::metrics::logged_addr(&stderr);
+    let mut text = String::new();
+    wait_until("both stages say they finished", || {
+        text = crate::metrics::scrape(addr);
+        ["screen", "extract"].iter().all(|stage| {
+            text.lines()
+                .any(|line| line == format!("batchflow_run_finished{{stage=\"{stage}\"}} 1"))
+        })
+    });
+    crate::metrics::sigterm(&child);
+    let status = child.wait().expect("the exit status");
+    assert_eq!(status.code(), Some(0), "{}", stderr.lock().expect("stderr"));
+
+    // The Prometheus project's own parser reads every stage's samples.
+    let parsed = run_python(
+        r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+ok = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        if sample.name == "batchflow_requests_total" and sample.labels.get("outcome") == "ok":
+            ok[sample.labels["stage"]] = sample.value
+print(json.dumps(ok))
+"#,
+        text.as_bytes(),
+    );
+    let ok: BTreeMap<String, f64> = serde_json::from_str(&parsed).expect("JSON");
+    let passing = passing_ids(dir.path()).len() as f64;
+    assert_eq!(ok.get("screen"), Some(&80.0), "{text}");
+    assert_eq!(ok.get("extract"), Some(&passing), "{text}");
+
+    for (stage, succeeded) in [("screen", 80.0), ("extract", passing)] {
+        let file = dir.path().join(format!("stats.{stage}.json"));
+        let figures: Value =
+            serde_json::from_slice(&fs::read(&file).expect("a stats file per stage"))
+                .expect("stats JSON");
+        assert_eq!(figures["stage"], stage);
+        assert_eq!(figures["succeeded"].as_f64(), Some(succeeded));
+    }
+}

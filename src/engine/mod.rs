@@ -179,6 +179,9 @@ async fn drive(
         done_count,
     } = started;
     let stats = Arc::new(RunStats::new(started_at));
+    if let Some(stage) = &config.progress.stage {
+        stats.set_stage(stage.clone());
+    }
     count_expected(&input, done_count, &config.source, &stats);
     let live = LiveRun::new(Arc::clone(&stats), Arc::clone(&pool));
     if let Some(watch) = &config.watch {

@@ -119,6 +119,7 @@ impl RunOptions {
                 },
                 stats_file: self.stats_file.clone(),
                 on_reload: self.on_reload,
+                stage: None,
             },
             live_status: self.live_status,
             grace: self.grace,

@@ -10,9 +10,10 @@
 //! file holds every row a later stage has, and resuming reads it again from its first row,
 //! the later stage skipping what its own results hold. Each stage's rows are exactly once.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,9 @@ use tokio::sync::watch;
 use super::{RunConfig, RunReport, drive, start};
 use crate::error::Error;
 use crate::filter::Filter;
-use crate::metrics::MetricsListener;
+use crate::metrics::{MetricsListener, RunWatch};
 use crate::shutdown::Shutdown;
+use crate::sink::dataset::{self, PartOwner};
 use crate::sink::parquet::{OutputMode, PublishState, Published};
 use crate::source::{Input, PipeInput};
 use crate::stage::SharedLimit;
@@ -69,7 +71,9 @@ pub enum FollowError {
 /// What a follower needs to know of the stage it reads.
 struct Followed {
     name: String,
+    /// Its results file, or its dataset folder with the parts of `dataset`'s shard.
     path: PathBuf,
+    dataset: Option<PartOwner>,
     passthrough: Vec<String>,
     output_fields: Vec<String>,
 }
@@ -97,8 +101,10 @@ pub async fn run_stages(
     let mut pipes: Vec<Option<io::PipeWriter>> = Vec::new();
     for (index, stage) in stages.iter_mut().enumerate() {
         stage.config.stage.shared_limit = Some(limit.clone());
-        if index > 0 {
-            stage.config.metrics = None;
+        stage.config.progress.stage = Some(stage.name.clone());
+        stage.config.metrics = None;
+        if metrics.is_some() {
+            stage.config.watch = Some(RunWatch::new());
         }
         if let (Some(publish), Some(results)) = (&published[index], &mut stage.config.results) {
             results.published = Some(publish.clone());
@@ -160,14 +166,21 @@ pub async fn run_stages(
         let (Some(writer), Some((from, filter))) = (writer, stages[index].from.clone()) else {
             continue;
         };
+        let results = started[from]
+            .config
+            .results
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a followed stage writes no results".into()))?;
+        if results.remote.is_some() {
+            return Err(Error::Internal(format!(
+                "stage {:?} writes to object storage, which a later stage cannot read as it grows yet: write the stages' results to a local folder",
+                names[from]
+            )));
+        }
         let followed = Followed {
             name: names[from].clone(),
-            path: started[from]
-                .config
-                .results
-                .as_ref()
-                .map(|results| results.path.clone())
-                .ok_or_else(|| Error::Internal("a followed stage writes no results".into()))?,
+            path: results.path.clone(),
+            dataset: results.dataset,
             passthrough: started[from]
                 .config
                 .results
@@ -195,13 +208,21 @@ pub async fn run_stages(
             tokio::runtime::Handle::current(),
         )?);
     }
-    let mut metrics = metrics;
+    // One endpoint for every stage, each labelled with its name.
+    let mut endpoint = metrics.map(|listener| {
+        listener.serve_stages(
+            started
+                .iter()
+                .zip(&names)
+                .filter_map(|(begun, name)| Some((name.clone(), begun.config.watch.clone()?)))
+                .collect(),
+        )
+    });
     let runs = started.into_iter().enumerate().map(|(index, begun)| {
         let shutdown = shutdown.clone();
         let publish = published[index].clone();
-        let metrics = if index == 0 { metrics.take() } else { None };
         async move {
-            let report = drive(begun, started_at, shutdown, metrics).await;
+            let report = drive(begun, started_at, shutdown, None).await;
             if let Some(publish) = publish {
                 publish.end();
             }
@@ -220,10 +241,10 @@ pub async fn run_stages(
     }
     let mut ends = Vec::with_capacity(reports.len());
     for (name, report) in names.into_iter().zip(reports) {
-        ends.push(StageEnd {
-            name,
-            report: report?,
-        });
+        let mut report = report?;
+        // The caller lingers on the endpoint through the first stage's report.
+        report.metrics = report.metrics.or_else(|| endpoint.take());
+        ends.push(StageEnd { name, report });
     }
     Ok(ends)
 }
@@ -297,13 +318,16 @@ fn follow(
     runtime: &tokio::runtime::Handle,
 ) -> Result<(), FollowError> {
     let mut out = BufWriter::new(pipe);
-    let (mut next_group, mut last_round) = (0, false);
+    // Row groups already read, by results file: one file, or each part of a dataset (a
+    // sealed part keeps its row groups; only the last one grows).
+    let mut read: HashMap<PathBuf, usize> = HashMap::new();
+    let mut last_round = false;
     loop {
         // The state is read before the file: once it says the writer ended, the file read
         // after it holds every row there will be.
         let state = *changes.borrow_and_update();
-        match read_new_rows(followed, filter, next_group, &mut out) {
-            Ok(groups) => next_group = groups,
+        match read_published(followed, filter, &mut read, &mut out) {
+            Ok(()) => {}
             // The later stage stopped reading (its run ended early): nothing to hand on.
             Err(ReadStop::Closed) => return Ok(()),
             Err(ReadStop::Failed(reason)) => {
@@ -328,16 +352,41 @@ enum ReadStop {
     Failed(String),
 }
 
-/// Writes the passing rows of the row groups from `first_group` on, of the file as now
+/// Writes the passing rows that the followed stage published since the last call: the new row
+/// groups of its file, or of each part of its dataset.
+fn read_published(
+    followed: &Followed,
+    filter: Option<&Filter>,
+    read: &mut HashMap<PathBuf, usize>,
+    out: &mut impl Write,
+) -> Result<(), ReadStop> {
+    let files = match followed.dataset {
+        None => vec![followed.path.clone()],
+        Some(owner) => dataset::list_parts(&followed.path, owner)
+            .map_err(|error| ReadStop::Failed(error.to_string()))?
+            .into_iter()
+            .map(|part| part.path)
+            .collect(),
+    };
+    for file in files {
+        let first_group = read.get(&file).copied().unwrap_or(0);
+        let groups = read_new_rows(&file, followed, filter, first_group, out)?;
+        read.insert(file, groups);
+    }
+    Ok(())
+}
+
+/// Writes the passing rows of the row groups from `first_group` on, of `path` as now
 /// published; returns the row groups it has, where the next read starts.
 fn read_new_rows(
+    path: &Path,
     followed: &Followed,
     filter: Option<&Filter>,
     first_group: usize,
     out: &mut impl Write,
 ) -> Result<usize, ReadStop> {
     let failed = |error: &dyn std::fmt::Display| ReadStop::Failed(error.to_string());
-    let file = match File::open(&followed.path) {
+    let file = match File::open(path) {
         Ok(file) => file,
         // Not made yet: the stage has published nothing.
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(first_group),
@@ -449,6 +498,7 @@ mod tests {
         Followed {
             name: "screen".into(),
             path: PathBuf::from("unused"),
+            dataset: None,
             passthrough: vec!["name".into()],
             output_fields: vec!["fit".into(), "score".into()],
         }
@@ -516,11 +566,7 @@ mod tests {
         writer.close().expect("close");
         let filter = Filter::parse("score >= 7").expect("a filter");
         let mut out = Vec::new();
-        let followed = Followed {
-            path: path.clone(),
-            ..followed()
-        };
-        let groups = read_new_rows(&followed, Some(&filter), 1, &mut out)
+        let groups = read_new_rows(&path, &followed(), Some(&filter), 1, &mut out)
             .unwrap_or_else(|_| panic!("read"));
         assert_eq!(groups, 2);
         let ids: Vec<String> = String::from_utf8(out)

@@ -88,13 +88,27 @@ impl MetricsListener {
     /// Serves the figures of `live` on the current runtime until the endpoint is closed or
     /// dropped.
     pub fn serve(self, live: LiveRun) -> MetricsEndpoint {
-        let source = live.0;
-        let stop = CancellationToken::new();
         let router = axum::Router::new()
             .route("/metrics", get(scrape))
             .route("/", get(page::dashboard))
             .route(page::API_PATH, get(page::api))
-            .with_state(Arc::clone(&source));
+            .with_state(Arc::clone(&live.0));
+        self.serve_router(router)
+    }
+
+    /// Serves the figures of a pipeline's stages, each as it publishes them in its watch:
+    /// `/metrics` labels every run family with its stage; the page shows the first stage.
+    pub fn serve_stages(self, stages: Vec<(String, RunWatch)>) -> MetricsEndpoint {
+        let router = axum::Router::new()
+            .route("/metrics", get(scrape_stages))
+            .route("/", get(stages_dashboard))
+            .route(page::API_PATH, get(stages_api))
+            .with_state(Stages(Arc::new(stages)));
+        self.serve_router(router)
+    }
+
+    fn serve_router(self, router: axum::Router) -> MetricsEndpoint {
+        let stop = CancellationToken::new();
         let (addr, until) = (self.addr, stop.clone().cancelled_owned());
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(self.listener, router)
@@ -199,22 +213,107 @@ impl Source {
     }
 
     fn render(&self, now: Instant) -> String {
+        let read = self.read(now);
+        text::render(&read.figures(None))
+    }
+
+    /// What a scrape reads: the run's figures (its last ones once it has ended) and its
+    /// backends' health.
+    fn read(&self, now: Instant) -> Read {
         let (live, latency) = self.stats.snapshot_with_latency(now);
         let last = self.last();
         let finished = last.is_some();
-        let stats = last.unwrap_or(live);
-        let backends: Vec<_> = self
-            .pool
-            .figures()
-            .into_iter()
-            .zip(self.pool.health(now))
-            .collect();
-        text::render(&text::Figures {
-            stats: &stats,
-            latency: &latency,
-            backends: &backends,
+        Read {
+            stats: last.unwrap_or(live),
+            latency,
+            backends: self
+                .pool
+                .figures()
+                .into_iter()
+                .zip(self.pool.health(now))
+                .collect(),
             finished,
-        })
+        }
+    }
+}
+
+/// One run's figures as one scrape read them.
+struct Read {
+    stats: StatsSnapshot,
+    latency: crate::stats::LatencyBuckets,
+    backends: Vec<(crate::backend::pool::BackendFigures, bool)>,
+    finished: bool,
+}
+
+impl Read {
+    fn figures<'a>(&'a self, stage: Option<&'a str>) -> text::Figures<'a> {
+        text::Figures {
+            stats: &self.stats,
+            latency: &self.latency,
+            backends: &self.backends,
+            finished: self.finished,
+            stage,
+        }
+    }
+}
+
+/// A pipeline's stages as the endpoint serves them: each stage's counters, once published.
+#[derive(Clone)]
+struct Stages(Arc<Vec<(String, RunWatch)>>);
+
+impl Stages {
+    fn published(&self) -> Vec<(&str, LiveRun)> {
+        self.0
+            .iter()
+            .filter_map(|(name, watch)| watch.live().map(|live| (name.as_str(), live)))
+            .collect()
+    }
+}
+
+async fn scrape_stages(State(stages): State<Stages>) -> impl IntoResponse {
+    let now = Instant::now();
+    let published = stages.published();
+    let reads: Vec<(&str, Read)> = published
+        .iter()
+        .map(|(name, live)| (*name, live.0.read(now)))
+        .collect();
+    let figures: Vec<text::Figures<'_>> = reads
+        .iter()
+        .map(|(name, read)| read.figures(Some(name)))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
+        text::render_all(&figures),
+    )
+}
+
+/// The page (or its JSON) of the first stage, the one every request starts in; `/metrics`
+/// has every stage.
+async fn first_stage(
+    stages: &Stages,
+) -> Result<Arc<Source>, (axum::http::StatusCode, &'static str)> {
+    stages
+        .published()
+        .into_iter()
+        .next()
+        .map(|(_, live)| Arc::clone(&live.0))
+        .ok_or((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the run is starting",
+        ))
+}
+
+async fn stages_dashboard(State(stages): State<Stages>) -> axum::response::Response {
+    match first_stage(&stages).await {
+        Ok(source) => page::dashboard(State(source)).await.into_response(),
+        Err(starting) => starting.into_response(),
+    }
+}
+
+async fn stages_api(State(stages): State<Stages>) -> axum::response::Response {
+    match first_stage(&stages).await {
+        Ok(source) => page::api(State(source)).await.into_response(),
+        Err(starting) => starting.into_response(),
     }
 }
 

@@ -5,8 +5,8 @@
 //!
 //! Each scrape builds a [`Registry`] from the figures it read: the counts already live in
 //! `RunStats` and the pool, so the registry holds constant metrics (a [`Series`] per family,
-//! the crate's `ConstCounter`/`ConstGauge` for a single value) rather than a second set of
-//! counters kept in step. The crate writes the names (a counter's `_total`), the help, the
+//! one sample per run, so that a pipeline's stages are one exposition labelled by `stage`)
+//! rather than a second set of counters kept in step. The crate writes the names (a counter's `_total`), the help, the
 //! escaping of label values and the histogram's lines.
 //!
 //! Names follow Prometheus' conventions: a `batchflow_` prefix, base units (seconds, bytes),
@@ -19,8 +19,6 @@ use prometheus_client::encoding::{
     EncodeCounterValue, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
 };
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::backend::pool::BackendFigures;
@@ -38,6 +36,8 @@ pub struct Figures<'a> {
     pub backends: &'a [(BackendFigures, bool)],
     /// The run has ended and its last figures are written (the `--stats` file included).
     pub finished: bool,
+    /// The pipeline stage the run is: every family of a run gets a `stage` label.
+    pub stage: Option<&'a str>,
 }
 
 /// A sample's labels, name and value. Pairs rather than a struct per family, so that a label
@@ -99,8 +99,12 @@ where
     }
 }
 
-/// The latency histogram as the run counted it: the crate's own `Histogram` only observes
-/// values one by one, and the run's buckets are already counted.
+/// The latency histograms as the runs counted them, one per label set (a pipeline's
+/// stages): the crate's own `Histogram` only observes values one by one, and the run's
+/// buckets are already counted.
+#[derive(Debug)]
+struct Latencies(Vec<(Labels, Latency)>);
+
 #[derive(Debug)]
 struct Latency {
     /// Each finite bound with the results above the one before it and at or below it.
@@ -125,10 +129,20 @@ impl Latency {
     }
 }
 
-impl EncodeMetric for Latency {
+impl EncodeMetric for Latencies {
     /// The crate adds the buckets up again and writes `+Inf` with the count.
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+        for (labels, latency) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(
+                    latency.sum,
+                    latency.count,
+                    &latency.buckets,
+                    None,
+                )?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
@@ -147,95 +161,145 @@ pub(crate) fn encode(registry: &Registry) -> String {
 
 /// The whole exposition of `figures`.
 pub fn render(figures: &Figures<'_>) -> String {
+    render_all(std::slice::from_ref(figures))
+}
+
+/// The exposition of several runs at once, a pipeline's stages, each sample of a run's
+/// family labelled with its stage. The machine's GPUs and loaded models are the first run's
+/// figures, once: every stage sees the same ones.
+pub fn render_all(runs: &[Figures<'_>]) -> String {
     let mut registry = Registry::default();
-    register(&mut registry, figures);
+    register(&mut registry, runs);
     encode(&registry)
 }
 
-fn register(registry: &mut Registry, figures: &Figures<'_>) {
-    let stats = figures.stats;
-    if let Some(total) = stats.total {
-        registry.register(
-            "batchflow_requests_expected",
-            "Results this run is expected to produce (absent while unknown, as for standard input)",
-            ConstGauge::new(total),
-        );
-    }
+/// The labels every sample of `run` starts with.
+fn run_labels(run: &Figures<'_>) -> Labels {
+    run.stage
+        .map(|stage| vec![("stage", stage.to_owned())])
+        .unwrap_or_default()
+}
+
+/// A family with one sample per run, or none for a run that has no value.
+fn per_run<N>(
+    runs: &[Figures<'_>],
+    empty: Series<N>,
+    value: impl Fn(&Figures<'_>) -> Option<N>,
+) -> Series<N> {
+    runs.iter().fold(empty, |series, run| match value(run) {
+        Some(value) => series.sample(run_labels(run), value),
+        None => series,
+    })
+}
+
+/// A family with one sample per run and key of a map of counts, the key as `label`.
+fn counts(
+    runs: &[Figures<'_>],
+    label: &'static str,
+    map: impl Fn(&StatsSnapshot) -> &BTreeMap<String, u64>,
+) -> Series<u64> {
+    runs.iter().fold(Series::counter(), |series, run| {
+        map(run.stats).iter().fold(series, |series, (key, count)| {
+            let mut labels = run_labels(run);
+            labels.push((label, key.clone()));
+            series.sample(labels, *count)
+        })
+    })
+}
+
+fn register(registry: &mut Registry, runs: &[Figures<'_>]) {
+    registry.register(
+        "batchflow_requests_expected",
+        "Results this run is expected to produce (absent while unknown, as for standard input)",
+        per_run(runs, Series::gauge(), |run| run.stats.total),
+    );
     registry.register(
         "batchflow_requests",
         "Results written, by outcome: ok, failed (the request ended in error), invalid (the input line could not become a request)",
-        Series::counter()
-            .sample(vec![("outcome", "ok".into())], stats.succeeded)
-            .sample(vec![("outcome", "failed".into())], stats.failed)
-            .sample(vec![("outcome", "invalid".into())], stats.invalid),
+        runs.iter().fold(Series::counter(), |series, run| {
+            let labels = |outcome: &str| {
+                let mut labels = run_labels(run);
+                labels.push(("outcome", outcome.to_owned()));
+                labels
+            };
+            series
+                .sample(labels("ok"), run.stats.succeeded)
+                .sample(labels("failed"), run.stats.failed)
+                .sample(labels("invalid"), run.stats.invalid)
+        }),
     );
     registry.register(
         "batchflow_errors",
         "Results that ended in error, by error code",
-        counts("code", &stats.errors_by_code),
+        counts(runs, "code", |stats| &stats.errors_by_code),
     );
     registry.register(
         "batchflow_retries",
         "Attempts after a first, by the error code of the attempt that failed",
-        counts("cause", &stats.retries_by_cause),
+        counts(runs, "cause", |stats| &stats.retries_by_cause),
     );
     registry.register(
         "batchflow_in_flight",
         "HTTP attempts under way",
-        ConstGauge::new(stats.in_flight),
+        per_run(runs, Series::gauge(), |run| Some(run.stats.in_flight)),
     );
     registry.register(
         "batchflow_worker_limit",
         "Attempts allowed in flight at once, over every backend (it moves with adaptive workers)",
-        ConstGauge::new(stats.workers),
+        per_run(runs, Series::gauge(), |run| Some(run.stats.workers)),
     );
     registry.register(
         "batchflow_request_duration_seconds",
         "Time from a request's first attempt to its result, backoff between attempts included",
-        Latency::new(figures.latency),
+        Latencies(
+            runs.iter()
+                .map(|run| (run_labels(run), Latency::new(run.latency)))
+                .collect(),
+        ),
     );
     registry.register(
         "batchflow_prompt_tokens",
         "Prompt tokens of successful answers, as the server counted them",
-        ConstCounter::new(stats.prompt_tokens),
+        per_run(runs, Series::counter(), |run| Some(run.stats.prompt_tokens)),
     );
     registry.register(
         "batchflow_completion_tokens",
         "Completion tokens of successful answers, as the server counted them",
-        ConstCounter::new(stats.completion_tokens),
+        per_run(runs, Series::counter(), |run| {
+            Some(run.stats.completion_tokens)
+        }),
     );
     registry.register(
         "batchflow_model_reloads",
         "Times the model was loaded again during the run (a long load_duration)",
-        ConstCounter::new(stats.model_reloads),
+        per_run(runs, Series::counter(), |run| Some(run.stats.model_reloads)),
     );
-    register_backends(registry, figures.backends);
-    register_gpus(registry, stats);
+    register_backends(registry, runs);
+    if let Some(first) = runs.first() {
+        register_gpus(registry, first.stats);
+    }
     registry.register(
         "batchflow_run_elapsed_seconds",
         "Time since the run started",
-        ConstGauge::new(stats.elapsed_secs),
+        per_run(runs, Series::gauge(), |run| Some(run.stats.elapsed_secs)),
     );
     registry.register(
         "batchflow_run_finished",
         "1 once the run has ended and its last figures are written (the stats file included), else 0",
-        ConstGauge::new(u64::from(figures.finished)),
+        per_run(runs, Series::gauge(), |run| Some(u64::from(run.finished))),
     );
-}
-
-/// A counter family with one label, from a map of counts.
-fn counts(label: &'static str, map: &BTreeMap<String, u64>) -> Series<u64> {
-    map.iter().fold(Series::counter(), |series, (key, count)| {
-        series.sample(vec![(label, key.clone())], *count)
-    })
 }
 
 /// Each backend's health and share of the work, labelled by its base URL (which never holds
 /// a key: keys travel in a header).
-fn register_backends(registry: &mut Registry, backends: &[(BackendFigures, bool)]) {
+fn register_backends(registry: &mut Registry, runs: &[Figures<'_>]) {
     let each = |empty: Series<u64>, value: fn(&(BackendFigures, bool)) -> u64| {
-        backends.iter().fold(empty, |series, backend| {
-            series.sample(vec![("backend", backend.0.url.clone())], value(backend))
+        runs.iter().fold(empty, |series, run| {
+            run.backends.iter().fold(series, |series, backend| {
+                let mut labels = run_labels(run);
+                labels.push(("backend", backend.0.url.clone()));
+                series.sample(labels, value(backend))
+            })
         })
     };
     registry.register(
@@ -326,6 +390,7 @@ mod tests {
             latency: &latency,
             backends,
             finished: false,
+            stage: None,
         })
     }
 
@@ -435,6 +500,35 @@ mod tests {
     }
 
     #[test]
+    fn stages_are_one_exposition_with_a_stage_label_on_every_run_family() {
+        let (mut screen, mut extract) = (empty(), empty());
+        screen.succeeded = 10;
+        extract.succeeded = 3;
+        let (_, latency) = RunStats::new(Instant::now()).snapshot_with_latency(Instant::now());
+        let figures = |stats, stage| Figures {
+            stats,
+            latency: &latency,
+            backends: &[],
+            finished: false,
+            stage: Some(stage),
+        };
+        let text = render_all(&[figures(&screen, "screen"), figures(&extract, "extract")]);
+        for line in [
+            "batchflow_requests_total{stage=\"screen\",outcome=\"ok\"} 10\n",
+            "batchflow_requests_total{stage=\"extract\",outcome=\"ok\"} 3\n",
+            "batchflow_request_duration_seconds_count{stage=\"extract\"} 0\n",
+            "batchflow_run_finished{stage=\"screen\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE batchflow_requests_total counter").count(),
+            1,
+            "one family, both stages' samples: {text}"
+        );
+    }
+
+    #[test]
     fn latency_buckets_stay_cumulative_and_end_with_inf_at_the_count() {
         let buckets = LatencyBuckets {
             bounds_secs: &[0.5, 1.0, 2.5],
@@ -447,6 +541,7 @@ mod tests {
             latency: &buckets,
             backends: &[],
             finished: true,
+            stage: None,
         });
         for line in [
             "# HELP batchflow_request_duration_seconds Time from a request's first attempt to its result, backoff between attempts included.\n",

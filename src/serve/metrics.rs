@@ -118,6 +118,7 @@ mod tests {
             latency: &latency,
             backends: &[(backend, true)],
             finished: false,
+            stage: None,
         }));
         text
     }
