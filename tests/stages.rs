@@ -397,3 +397,36 @@ print(json.dumps(ok))
         assert_eq!(figures["succeeded"].as_f64(), Some(succeeded));
     }
 }
+
+#[test]
+fn stages_write_datasets_when_the_folder_ends_in_a_slash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = mock(1);
+    write_records(dir.path(), 120);
+    let pipeline = write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
+    let text = fs::read_to_string(&pipeline).expect("read");
+    fs::write(
+        &pipeline,
+        text.replace("parquet = \"results\"", "parquet = \"results/\""),
+    )
+    .expect("write");
+    let output = run(&pipeline, &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts = duckdb(
+        dir.path(),
+        &format!(
+            "select (select count(distinct custom_id) from read_parquet('results/screen/*.parquet')),
+                    (select count(*) from read_parquet('results/extract/*.parquet')),
+                    (select count(*) from read_parquet('results/screen/*.parquet') where status = 'ok' and {FILTER})"
+        ),
+    );
+    let row = &counts[0];
+    assert_eq!(row[0], 120);
+    assert_eq!(row[1], row[2], "one extract row per passing screen row");
+    assert!(row[1].as_u64().is_some_and(|passing| passing > 0));
+}

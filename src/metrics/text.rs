@@ -522,7 +522,8 @@ mod tests {
             assert!(text.contains(line), "{line} missing from {text}");
         }
         assert_eq!(
-            text.matches("# TYPE batchflow_requests_total counter").count(),
+            text.matches("# TYPE batchflow_requests_total counter")
+                .count(),
             1,
             "one family, both stages' samples: {text}"
         );
