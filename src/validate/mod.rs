@@ -266,6 +266,16 @@ pub fn check_built(
     loaded: &PipelineFile,
     folder: &Path,
 ) -> Result<(Pipeline, ExtraColumns), Vec<String>> {
+    // `run` takes a pipeline of stages whole (`stages`); what takes one request (`tune`,
+    // `plan`) takes its first stage, the one every record goes through.
+    if let Some(checked) = stages::check_stages(loaded, folder) {
+        let first = checked?.into_iter().next().ok_or_else(Vec::new)?;
+        tracing::warn!(
+            "Taking the first stage, {:?}, of this pipeline of stages: the stages after it read only the rows that pass it.",
+            first.plan.name
+        );
+        return Ok((first.pipeline, first.extras));
+    }
     let pipeline = config::resolve(loaded, folder)?;
     let columns = source_columns(&pipeline).map_err(|problem| vec![problem])?;
     if let Some(columns) = &columns {
