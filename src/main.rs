@@ -314,15 +314,9 @@ async fn execute(
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
     shutdown.set_grace(config.grace);
-    let report = match engine::run(config, jsonl, shutdown.clone()).await {
+    let report = match sent(engine::run(config, jsonl, shutdown.clone()).await)? {
         Ok(report) => report,
-        Err(Error::Interrupted) => {
-            eprintln!(
-                "batchflow: interrupted before the first request was sent; nothing was sent."
-            );
-            return Ok(ExitStatus::Interrupted);
-        }
-        Err(error) => return Err(error.into()),
+        Err(status) => return Ok(status),
     };
     if !log.quiet {
         eprint!("{}", progress::summary(&report.stats, &report.backend_url));
@@ -337,6 +331,21 @@ async fn execute(
         metrics.close(shutdown.stopping()).await;
     }
     Ok(status)
+}
+
+/// A run's start as the binary reports it: a stop before the first request is said once
+/// (nothing was sent) and becomes the interrupted status; any other error goes up.
+fn sent<T>(started: Result<T, Error>) -> anyhow::Result<Result<T, ExitStatus>> {
+    match started {
+        Ok(value) => Ok(Ok(value)),
+        Err(Error::Interrupted) => {
+            eprintln!(
+                "batchflow: interrupted before the first request was sent; nothing was sent."
+            );
+            Ok(Err(ExitStatus::Interrupted))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Prints each problem of a pipeline file on its own line, naming the `--set` that caused it
@@ -561,15 +570,9 @@ async fn run_stages(
     if let Some(first) = runs.first() {
         shutdown.set_grace(first.config.grace);
     }
-    let ends = match engine::stages::run_stages(runs, shutdown.clone()).await {
+    let ends = match sent(engine::stages::run_stages(runs, shutdown.clone()).await)? {
         Ok(ends) => ends,
-        Err(Error::Interrupted) => {
-            eprintln!(
-                "batchflow: interrupted before the first request was sent; nothing was sent."
-            );
-            return Ok(ExitStatus::Interrupted);
-        }
-        Err(error) => return Err(error.into()),
+        Err(status) => return Ok(status),
     };
     let mut status = ExitStatus::Success;
     let mut endpoints = Vec::new();
