@@ -42,7 +42,9 @@
 //!   [`storage`]: object-storage URLs (S3, GCS, Azure) through `object_store`: list, get,
 //!   download, conditional writes, delete. [`tls`]: the process's rustls provider, for every HTTPS client.
 //! - [`filter`]: the `where` expressions of pipeline stages (`fit != 'weak' and score >= 7`):
-//!   parsed, and asked of a record with SQL's three-valued logic. Pure: no I/O.
+//!   parsed, and asked of a record with SQL's three-valued logic. Pure: no I/O. [`handoff`]:
+//!   the records a later stage gets from an earlier stage's rows, built alike by the run and
+//!   by `verify`.
 //! - [`item`]: what flows between source, stage and sink: requests, invalid lines, outcomes.
 //!   [`idset`]: the compact set of custom_id hashes behind duplicate detection and resume.
 //!   [`reply`]: what is read from a server's answer. [`schema`]: structured output's JSON
@@ -65,6 +67,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod gpu;
+pub mod handoff;
 pub mod idset;
 pub mod item;
 pub mod live_status;

@@ -24,6 +24,7 @@ use batchflow::progress;
 use batchflow::shutdown::Shutdown;
 use batchflow::sink::results::ExtraColumns;
 use batchflow::source::Input;
+use batchflow::verify::{Problem, Summary};
 use flags::{
     Cli, Command, DemoArgs, Given, LogArgs, MockArgs, PipelineRunArgs, PlanArgs, RunArgs,
     ServeArgs, StatusArgs, TuneArgs, ValidateArgs, VerifyArgs, folder_of_saved,
@@ -810,9 +811,21 @@ fn log_resume_notes(report: &RunReport) {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let stages = match is_pipeline_file(&args.path) {
+        true => match pipeline_results(&args.path)? {
+            Ok(found) => Some(found),
+            Err(status) => return Ok(status),
+        },
+        false => None,
+    };
     // File reads, and object storage's blocking client, which needs a thread of its own.
     let path = args.path.clone();
-    let status = tokio::task::spawn_blocking(move || batchflow::status::find(&path)).await??;
+    let status = tokio::task::spawn_blocking(move || match stages {
+        None => batchflow::status::find(&path),
+        Some(PipelineResults::File(results)) => batchflow::status::find(&results),
+        Some(PipelineResults::Stages(stages)) => batchflow::status::find_stages(stages),
+    })
+    .await??;
     print!("{}", status.render(&args.path));
     Ok(match status.is_damaged() {
         true => ExitStatus::Error,
@@ -820,13 +833,77 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
+fn is_pipeline_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
+}
+
+/// The results a pipeline file writes, as `status` reports them.
+enum PipelineResults {
+    /// A pipeline of one request: its `sink.parquet`.
+    File(std::path::PathBuf),
+    /// A pipeline of stages: each stage's results, in the file's order.
+    Stages(Vec<batchflow::status::StageResults>),
+}
+
+/// Where the pipeline `file` writes its results, found without reading its input; problems
+/// with the file are printed and come back as the exit status.
+fn pipeline_results(file: &Path) -> anyhow::Result<Result<PipelineResults, ExitStatus>> {
+    use batchflow::config::stages::{split, upstream};
+    let loaded = batchflow::config::load(file, &[], env)?;
+    let folder = batchflow::validate::folder_of(file);
+    let no_results = || {
+        eprintln!(
+            "batchflow: {}: writes no Parquet results (sink.parquet): status reads results files",
+            file.display()
+        );
+        ExitStatus::Error
+    };
+    let Some(plans) = split(&loaded) else {
+        return Ok(match batchflow::config::resolve(&loaded, folder) {
+            Ok(pipeline) => pipeline
+                .parquet
+                .map(PipelineResults::File)
+                .ok_or_else(no_results),
+            Err(problems) => Err(report_problems(file, &[], &problems)),
+        });
+    };
+    let plans = match plans {
+        Ok(plans) => plans,
+        Err(problems) => return Ok(Err(report_problems(file, &[], &problems))),
+    };
+    let mut stages = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        let path = match batchflow::config::resolve(&plan.file, folder) {
+            Ok(pipeline) => pipeline.parquet,
+            Err(problems) => return Ok(Err(report_problems(file, &[], &problems))),
+        };
+        let Some(path) = path else {
+            return Ok(Err(no_results()));
+        };
+        stages.push(batchflow::status::StageResults {
+            name: plan.name.clone(),
+            path,
+            reads: plan
+                .from
+                .as_ref()
+                .map(|(from, filter)| upstream(&plans[*from].name, filter.as_ref())),
+        });
+    }
+    Ok(Ok(PipelineResults::Stages(stages)))
+}
+
 /// `verify`: problems as JSON lines on standard output, the summary on standard error.
 async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     let mut options = RunOptions::default();
-    let is_pipeline = args
-        .input
-        .extension()
-        .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"));
+    let is_pipeline = is_pipeline_file(&args.input);
+    if is_pipeline
+        && !batchflow::config::load(&args.input, &[], env)?
+            .stages
+            .is_empty()
+    {
+        return verify_stages(args, log).await;
+    }
     if is_pipeline {
         match batchflow::validate::load_checked(&args.input, &[], env)? {
             Ok((pipeline, _)) => pipeline.apply(&mut options),
@@ -837,12 +914,123 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     }
     options.model = args.model.or(options.model);
     options.max_line_bytes = args.max_line_bytes;
-    // Blocking file reads and a few seconds of CPU: off the runtime's one thread.
+    let results = args.results;
+    let verified = write_problems(
+        move |report| batchflow::verify::verify(&results, &options, report),
+        Problem::to_json,
+    )
+    .await?;
+    let summary = match verified {
+        Ok(summary) => summary,
+        Err(status) => return Ok(status),
+    };
+    if !summary.is_clean() || !log.quiet {
+        eprintln!("batchflow verify: {}", summary.render());
+    }
+    Ok(verified_status(&summary))
+}
+
+/// `verify RESULTS --input PIPELINE.toml` of a pipeline of stages: RESULTS is the folder of
+/// every stage's results (the file's `sink.parquet`, or the run's `--output`). The first stage
+/// is checked against the input, each later one against the rows of the stage it reads that
+/// were handed on to it; every problem and summary names its stage.
+async fn verify_stages(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
+    use batchflow::config::stages::stage_results;
+    use batchflow::verify::Upstream;
+    let loaded = batchflow::config::load(&args.input, &[], env)?;
+    let folder = batchflow::validate::folder_of(&args.input);
+    let checked = match batchflow::validate::stages::check_stages(&loaded, folder) {
+        Some(Ok(checked)) => checked,
+        Some(Err(problems)) => return Ok(report_problems(&args.input, &[], &problems)),
+        None => return Err(anyhow::anyhow!("{} has no [[stage]]", args.input.display())),
+    };
+    // Whether each stage's results are a file or a dataset is the pipeline's to say, whether
+    // or not RESULTS ends in `/`.
+    let datasets = loaded
+        .sink
+        .parquet
+        .as_deref()
+        .is_some_and(|sink| sink.ends_with('/'));
+    let given = args.results.to_string_lossy();
+    let folder = format!(
+        "{}{}",
+        given.trim_end_matches('/'),
+        if datasets { "/" } else { "" }
+    );
+    let results_of = |name: &str| std::path::PathBuf::from(stage_results(&folder, name));
+    let mut status = ExitStatus::Success;
+    for stage in &checked {
+        let name = stage.plan.name.clone();
+        let results = results_of(&name);
+        let (verified, from) = match &stage.plan.from {
+            None => {
+                let mut options = RunOptions::default();
+                stage.pipeline.apply(&mut options);
+                options.model = args.model.clone().or(options.model);
+                options.max_line_bytes = args.max_line_bytes;
+                let stage_name = name.clone();
+                let verified = write_problems(
+                    move |report| batchflow::verify::verify(&results, &options, report),
+                    move |problem| problem.to_stage_json(&stage_name),
+                )
+                .await
+                .with_context(|| format!("stage {name}"))?;
+                (verified, None)
+            }
+            Some((from, filter)) => {
+                let from = &checked[*from];
+                let upstream = Upstream {
+                    stage: from.plan.name.clone(),
+                    results: results_of(&from.plan.name),
+                    passthrough: from
+                        .extras
+                        .passthrough
+                        .iter()
+                        .map(|(column, _)| column.clone())
+                        .collect(),
+                    output_fields: from.plan.output_fields.clone(),
+                    filter: filter.clone(),
+                };
+                let stage_name = name.clone();
+                let verified = write_problems(
+                    move |report| batchflow::verify::verify_stage(&results, &upstream, report),
+                    move |problem| problem.to_stage_json(&stage_name),
+                )
+                .await
+                .with_context(|| format!("stage {name}"))?;
+                (verified, Some(from.plan.name.as_str()))
+            }
+        };
+        let summary = match verified {
+            Ok(summary) => summary,
+            Err(stopped) => return Ok(status.worst(stopped)),
+        };
+        if !summary.is_clean() || !log.quiet {
+            let rendered = match from {
+                None => summary.render(),
+                Some(from) => summary.render_stage(from),
+            };
+            eprintln!("batchflow verify: stage {name}: {rendered}");
+        }
+        status = status.worst(verified_status(&summary));
+    }
+    Ok(status)
+}
+
+/// Runs a check on a blocking thread (file reads and a few seconds of CPU, off the runtime's
+/// one thread), each problem written to standard output as `line` shows it. The summary, or
+/// the exit status when the reader of standard output stopped early.
+async fn write_problems(
+    check: impl FnOnce(
+        &mut dyn FnMut(Problem) -> io::Result<()>,
+    ) -> Result<Summary, batchflow::verify::VerifyError>
+    + Send
+    + 'static,
+    line: impl Fn(&Problem) -> String + Send + 'static,
+) -> anyhow::Result<Result<Summary, ExitStatus>> {
     let verified = tokio::task::spawn_blocking(move || {
         let mut out = io::BufWriter::new(io::stdout().lock());
-        let summary = batchflow::verify::verify(&args.results, &options, |problem| {
-            writeln!(out, "{}", problem.to_json())
-        });
+        let summary = check(&mut |problem| writeln!(out, "{}", line(&problem)));
         summary.and_then(|summary| {
             out.flush()
                 .map(|()| summary)
@@ -850,25 +1038,26 @@ async fn verify(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
         })
     })
     .await?;
-    let summary = match verified {
-        Ok(summary) => summary,
+    match verified {
+        Ok(summary) => Ok(Ok(summary)),
         // A reader that stopped early (`| head`) was being shown problems.
         Err(batchflow::verify::VerifyError::Report(error))
             if error.kind() == io::ErrorKind::BrokenPipe =>
         {
-            return Ok(ExitStatus::SomeFailed);
+            Ok(Err(ExitStatus::SomeFailed))
         }
-        Err(error) => return Err(error.into()),
-    };
-    if !summary.is_clean() || !log.quiet {
-        eprintln!("batchflow verify: {}", summary.render());
+        Err(error) => Err(error.into()),
     }
-    // A file that cannot be read is not a gap to fill by running again but a loss to look at.
-    Ok(match (summary.damaged, summary.is_clean()) {
+}
+
+/// `verify`'s exit status for what it found. A file that cannot be read is not a gap to fill
+/// by running again but a loss to look at.
+fn verified_status(summary: &Summary) -> ExitStatus {
+    match (summary.damaged, summary.is_clean()) {
         (1.., _) => ExitStatus::Error,
         (0, true) => ExitStatus::Success,
         (0, false) => ExitStatus::SomeFailed,
-    })
+    }
 }
 
 async fn serve_mock(args: MockArgs) -> anyhow::Result<ExitStatus> {

@@ -156,6 +156,17 @@ impl ResultsSet {
         })
     }
 
+    /// One file of this folder as a set of its own: what a single results file's reader
+    /// (its lock, its live-status file) finds beside it.
+    pub fn file_set(&self, entry: &ResultsEntry) -> Result<ResultsSet, ResultsError> {
+        match &self.source {
+            Source::Local => ResultsSet::open(&entry.location),
+            Source::Remote { remote, .. } => {
+                ResultsSet::open_remote(&remote.url_of(&entry.location.to_string_lossy()))
+            }
+        }
+    }
+
     /// Opens `entry`, read at `local` (see [`open_file`]); in a dataset, a part of a
     /// generation that `--overwrite` replaced is [`Opened::Stale`].
     pub fn open_entry(&self, entry: &ResultsEntry, local: &Path) -> Result<Opened, ResultsError> {

@@ -3,9 +3,15 @@
 //! object storage. A part (or file) that cannot be read is named with why, and the others are
 //! still counted. Where the run left a live-status file (`live_status`), it also says whether
 //! that run still goes, how far it is and when it should be done, or when it ended.
+//!
+//! A pipeline's stages are reported one after the other, each under its name: from a folder of
+//! stage results (`results/screen.parquet`, `results/extract.parquet`: plain results files, no
+//! dataset's parts), ordered by the stage each one's fingerprint says it reads, or from the
+//! pipeline file's stages, in its order (the caller lists them).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::live_status::{LiveStatus, Verdict};
@@ -27,26 +33,46 @@ pub enum Found {
         /// The parts that cannot be read, by name, with why; their rows are in no shard's.
         damaged: Vec<(String, String)>,
     },
+    /// The results of a pipeline's stages, in the order it runs them.
+    Stages(Vec<StageFound>),
+}
+
+/// One stage's results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFound {
+    pub name: String,
+    /// Where its results are, as messages name them.
+    pub path: String,
+    /// The stage it reads and its filter (`screen where fit != 'weak'`); `None` for a stage
+    /// that reads the source.
+    pub reads: Option<String>,
+    /// What its results hold; `None` when it has none yet.
+    pub found: Option<Found>,
+}
+
+/// A stage to report: its name, where its results are and what it reads (see [`StageFound`]).
+#[derive(Debug, Clone)]
+pub struct StageResults {
+    pub name: String,
+    pub path: PathBuf,
+    pub reads: Option<String>,
 }
 
 /// Reads a results file, or a dataset's parts: a local path, or an object-storage URL (a
 /// dataset `s3://bucket/run/`, or one file), each remote part downloaded in turn.
+/// A folder of plain results files (no part of a dataset among them) is a pipeline's stage
+/// results, each file a stage.
 pub fn find(path: &Path) -> Result<Found, ResultsError> {
     let set = ResultsSet::open(path)?;
     if !set.dataset {
-        let entry = set.files.first().expect("a set of one file lists it");
-        return Ok(
-            match set.with_local(entry, |local| {
-                read_file(local, set.open_entry(entry, local)?)
-            })?? {
-                Ok(status) => Found::File(ResultsStatus {
-                    writer: set.writer(None)?,
-                    live: live_run(&set, None)?,
-                    ..status
-                }),
-                Err(reason) => Found::Damaged(reason),
-            },
-        );
+        return find_file(&set);
+    }
+    let holds_parts = set
+        .files
+        .iter()
+        .any(|entry| dataset::part_of(&entry.name).is_some());
+    if !set.files.is_empty() && !holds_parts {
+        return find_stage_files(&set);
     }
     // Other `*.parquet` files in the folder are not any shard's.
     let mut parts: Vec<(PartOwner, u64, &results_set::ResultsEntry)> = set
@@ -103,6 +129,114 @@ pub fn find(path: &Path) -> Result<Found, ResultsError> {
     Ok(Found::Dataset { shards, damaged })
 }
 
+/// The one results file of `set`.
+fn find_file(set: &ResultsSet) -> Result<Found, ResultsError> {
+    let entry = set.files.first().expect("a set of one file lists it");
+    Ok(
+        match set.with_local(entry, |local| {
+            read_file(local, set.open_entry(entry, local)?)
+        })?? {
+            Ok(status) => Found::File(ResultsStatus {
+                writer: set.writer(None)?,
+                live: live_run(set, None)?,
+                ..status
+            }),
+            Err(reason) => Found::Damaged(reason),
+        },
+    )
+}
+
+/// Each file of a folder of stage results, as a stage named after it; those that read no
+/// stage first, then each after the stage it reads (its fingerprint's `upstream`), then those
+/// whose file does not tell.
+fn find_stage_files(set: &ResultsSet) -> Result<Found, ResultsError> {
+    let mut stages = Vec::with_capacity(set.files.len());
+    for entry in &set.files {
+        let file = set.file_set(entry)?;
+        let found = find_file(&file)?;
+        let reads = match &found {
+            Found::File(status) => status
+                .fingerprint
+                .as_ref()
+                .and_then(|fingerprint| fingerprint.upstream().map(str::to_owned)),
+            _ => None,
+        };
+        stages.push(StageFound {
+            name: stage_name(&entry.name),
+            path: file
+                .files
+                .first()
+                .map_or_else(|| entry.name.clone(), |file| file.name.clone()),
+            reads,
+            found: Some(found),
+        });
+    }
+    // A file without a fingerprint (no checkpoint yet, damaged) does not say what it reads:
+    // last, where a later stage, which checkpoints after those it reads, most likely belongs.
+    let keys: Vec<(bool, usize)> = (0..stages.len())
+        .map(|index| {
+            let known = matches!(&stages[index].found,
+                Some(Found::File(status)) if status.fingerprint.is_some());
+            (!known, depth(&stages, index))
+        })
+        .collect();
+    let mut ordered: Vec<((bool, usize), StageFound)> = keys.into_iter().zip(stages).collect();
+    ordered.sort_by(|(a_key, a), (b_key, b)| (a_key, &a.name).cmp(&(b_key, &b.name)));
+    Ok(Found::Stages(
+        ordered.into_iter().map(|(_, stage)| stage).collect(),
+    ))
+}
+
+/// A results file's stage: its name without `.parquet`.
+fn stage_name(file: &str) -> String {
+    let cut = file.len().saturating_sub(".parquet".len());
+    file.get(..cut).unwrap_or(file).to_owned()
+}
+
+/// The stage an `upstream` entry names (`screen` of `screen where fit != 'weak'`).
+fn read_stage(reads: &str) -> &str {
+    reads.split_once(' ').map_or(reads, |(stage, _)| stage)
+}
+
+/// How many stages stand before `index` in the chain of the stages it reads: 0 for one that
+/// reads none. A stage it reads that is not among `stages` still counts one; a circle (files
+/// from several pipelines in one folder) stops at the number of stages.
+fn depth(stages: &[StageFound], index: usize) -> usize {
+    let mut depth = 0;
+    let mut at = index;
+    while let Some(reads) = stages[at].reads.as_deref() {
+        depth += 1;
+        match stages
+            .iter()
+            .position(|stage| stage.name == read_stage(reads))
+        {
+            Some(next) if depth < stages.len() => at = next,
+            _ => break,
+        }
+    }
+    depth
+}
+
+/// The results of a pipeline's stages, in the order given: each read as [`find`] reads it, or
+/// none yet where its results do not exist.
+pub fn find_stages(stages: Vec<StageResults>) -> Result<Found, ResultsError> {
+    let mut found = Vec::with_capacity(stages.len());
+    for stage in stages {
+        let results = match find(&stage.path) {
+            Ok(results) => Some(results),
+            Err(ResultsError::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        found.push(StageFound {
+            name: stage.name,
+            path: stage.path.display().to_string(),
+            reads: stage.reads,
+            found: results,
+        });
+    }
+    Ok(Found::Stages(found))
+}
+
 impl Found {
     /// Some file could not be read: `status` exits 2.
     pub fn is_damaged(&self) -> bool {
@@ -110,6 +244,9 @@ impl Found {
             Found::File(_) => false,
             Found::Damaged(_) => true,
             Found::Dataset { damaged, .. } => !damaged.is_empty(),
+            Found::Stages(stages) => stages
+                .iter()
+                .any(|stage| stage.found.as_ref().is_some_and(Found::is_damaged)),
         }
     }
 
@@ -125,6 +262,19 @@ impl Found {
                     report,
                     "  next:       this file cannot be read; its rows are lost unless a copy exists"
                 );
+            }
+            Found::Stages(stages) => {
+                let names: Vec<&str> = stages.iter().map(|stage| stage.name.as_str()).collect();
+                let _ = writeln!(
+                    report,
+                    "{}: {} stage(s): {}",
+                    path.display(),
+                    stages.len(),
+                    names.join(", ")
+                );
+                for stage in stages {
+                    report.push_str(&stage.render());
+                }
             }
             Found::Dataset { shards, damaged } if shards.is_empty() && damaged.is_empty() => {
                 let _ = writeln!(report, "{}", path.display());
@@ -155,6 +305,26 @@ impl Found {
             }
         }
         report
+    }
+}
+
+impl StageFound {
+    /// Its results' report under a `stage NAME: PATH` heading, with what it reads.
+    fn render(&self) -> String {
+        let heading = format!("stage {}: {}", self.name, self.path);
+        let body = match &self.found {
+            Some(found) => found.render(Path::new(&heading)),
+            None => format!(
+                "{heading}\n  state:      no results yet: the stage has not run, or not reached its first checkpoint\n"
+            ),
+        };
+        let Some(reads) = &self.reads else {
+            return body;
+        };
+        match body.split_once('\n') {
+            Some((first, rest)) => format!("{first}\n  reads:      {reads}\n{rest}"),
+            None => format!("{body}\n  reads:      {reads}\n"),
+        }
     }
 }
 
@@ -390,5 +560,34 @@ impl ResultsStatus {
                 "  invalid:    {other_invalid} input lines could not be sent; fix them in the input (each error row names its line and why), then --resume --retry-errors"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(name: &str, reads: Option<&str>) -> StageFound {
+        StageFound {
+            name: name.into(),
+            path: format!("{name}.parquet"),
+            reads: reads.map(str::to_owned),
+            found: None,
+        }
+    }
+
+    #[test]
+    fn a_stage_stands_after_the_chain_of_stages_it_reads_and_a_circle_ends() {
+        assert_eq!(stage_name("extract.parquet"), "extract");
+        assert_eq!(stage_name("Old.PARQUET"), "Old");
+        let stages = [
+            stage("c", Some("b where fit != 'weak'")),
+            stage("b", Some("a")),
+            stage("a", None),
+            stage("d", Some("gone")),
+            stage("e", Some("e")),
+        ];
+        let depths: Vec<usize> = (0..stages.len()).map(|at| depth(&stages, at)).collect();
+        assert_eq!(depths, [2, 1, 0, 1, stages.len()]);
     }
 }

@@ -42,5 +42,6 @@ mod serve_shape;
 mod serve_store;
 mod serve_webhooks;
 mod stages;
+mod stages_status;
 mod verify;
 mod writers;

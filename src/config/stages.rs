@@ -66,6 +66,15 @@ impl StagePlan {
     }
 }
 
+/// What a later stage reads, as its results' fingerprint records it and `status` shows it:
+/// `screen`, or `screen where fit != 'weak'`.
+pub fn upstream(from: &str, filter: Option<&Filter>) -> String {
+    match filter {
+        Some(filter) => format!("{from} where {}", filter.text()),
+        None => from.to_owned(),
+    }
+}
+
 /// Whether a folder path names a dataset per stage (`results/`) rather than a file per stage.
 fn names_datasets(sink: &str) -> bool {
     sink.ends_with('/')

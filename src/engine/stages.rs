@@ -17,16 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use futures::future::join_all;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::{RunConfig, RunReport, drive, start};
 use crate::error::Error;
 use crate::filter::Filter;
+use crate::handoff;
 use crate::metrics::{MetricsListener, RunWatch};
 use crate::shutdown::Shutdown;
 use crate::sink::dataset::{self, PartOwner};
@@ -397,7 +396,7 @@ fn read_new_rows(
     if groups <= first_group {
         return Ok(groups);
     }
-    let wanted = columns_read(followed);
+    let wanted = handoff::columns_read(&followed.passthrough, &followed.output_fields);
     let roots: Vec<usize> = builder
         .schema()
         .fields()
@@ -414,8 +413,13 @@ fn read_new_rows(
         .map_err(|e| failed(&e))?;
     for batch in batches {
         let batch = batch.map_err(|e| failed(&e))?;
-        for record in records(&batch).map_err(|e| failed(&e))? {
-            let Some(record) = handed_on(followed, record) else {
+        for record in handoff::records(&batch).map_err(|e| failed(&e))? {
+            let Some(record) = handoff::handed_on(
+                &followed.name,
+                &followed.passthrough,
+                &followed.output_fields,
+                record,
+            ) else {
                 continue;
             };
             if filter.is_some_and(|filter| !filter.matches(&record)) {
@@ -434,65 +438,9 @@ fn read_new_rows(
     Ok(groups)
 }
 
-/// The results columns a follower reads.
-fn columns_read(followed: &Followed) -> Vec<String> {
-    let mut names = vec!["custom_id".to_owned(), "status".into(), "content".into()];
-    names.extend(followed.passthrough.iter().cloned());
-    names.extend(followed.output_fields.iter().cloned());
-    names
-}
-
-/// A batch's rows as JSON objects, nulls written out (a template reads a null column as
-/// empty, a missing one as an error).
-fn records(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, arrow_schema::ArrowError> {
-    let mut buffer = Vec::new();
-    {
-        let mut writer = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::LineDelimited>(&mut buffer);
-        writer.write(batch)?;
-        writer.finish()?;
-    }
-    let mut rows = Vec::with_capacity(batch.num_rows());
-    for line in buffer.split(|byte| *byte == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
-        let row: Map<String, Value> = serde_json::from_slice(line)
-            .map_err(|error| arrow_schema::ArrowError::JsonError(error.to_string()))?;
-        rows.push(row);
-    }
-    Ok(rows)
-}
-
-/// The record a later stage gets from a row of `followed`, or `None` for a row that is no
-/// success: its custom_id, the columns the stage carried, and its output fields both as they
-/// are named and under the stage's name, with its reply's text as `stage.content`.
-fn handed_on(followed: &Followed, mut row: Map<String, Value>) -> Option<Map<String, Value>> {
-    if row.get("status").and_then(Value::as_str) != Some("ok") {
-        return None;
-    }
-    let mut record = Map::new();
-    record.insert("custom_id".into(), row.remove("custom_id")?);
-    for name in &followed.passthrough {
-        record.insert(name.clone(), row.remove(name).unwrap_or(Value::Null));
-    }
-    for field in &followed.output_fields {
-        let value = row.remove(field).unwrap_or(Value::Null);
-        record.insert(format!("{}.{field}", followed.name), value.clone());
-        record.insert(field.clone(), value);
-    }
-    record.insert(
-        format!("{}.content", followed.name),
-        row.remove("content").unwrap_or(Value::Null),
-    );
-    Some(record)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn followed() -> Followed {
         Followed {
@@ -505,26 +453,8 @@ mod tests {
     }
 
     #[test]
-    fn a_successful_row_is_handed_on_with_its_fields_twice_and_a_failed_one_is_not() {
-        let row = |status: &str| {
-            json!({"custom_id": "c1", "status": status, "content": "{}", "name": "Ada",
-                   "fit": "strong", "score": 8})
-            .as_object()
-            .cloned()
-            .expect("an object")
-        };
-        let record = handed_on(&followed(), row("ok")).expect("handed on");
-        assert_eq!(
-            Value::Object(record),
-            json!({"custom_id": "c1", "name": "Ada", "fit": "strong", "screen.fit": "strong",
-                   "score": 8, "screen.score": 8, "screen.content": "{}"})
-        );
-        assert!(handed_on(&followed(), row("error")).is_none());
-    }
-
-    #[test]
     fn rows_are_read_from_the_row_group_given_on_and_filtered() {
-        use arrow_array::{ArrayRef, Int64Array, StringArray};
+        use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
         let folder = tempfile::tempdir().expect("temp dir");
         let path = folder.path().join("screen.parquet");
         let batch = |ids: [&str; 2], scores: [i64; 2]| {
@@ -573,7 +503,7 @@ mod tests {
             .expect("text")
             .lines()
             .map(|line| {
-                let record: Value = serde_json::from_str(line).expect("json");
+                let record: serde_json::Value = serde_json::from_str(line).expect("json");
                 record["custom_id"].as_str().expect("an id").to_owned()
             })
             .collect();

@@ -44,7 +44,10 @@ Standard output gets one JSON line per problem:
   {\"custom_id\":\"b\",\"line\":4,\"problem\":\"duplicated\",\"count\":2,\"files\":[\"s0.parquet\",\"s1.parquet\"]}
   {\"custom_id\":\"c\",\"line\":9,\"problem\":\"unexpected\",\"file\":\"s2.parquet\"}
 (line: the input's line or row; for an unexpected row, its request_line). A summary line goes
-to standard error.
+to standard error. With a pipeline of stages (--input a .toml with [[stage]] tables), RESULTS is
+the folder of every stage's results; each stage is checked, the first against the input, a later
+one against the rows of the stage it reads that pass its `where` (one row each, no other), and
+each problem and summary names its stage (\"stage\":\"extract\").
 
 Exit codes:
   0    every input line has exactly one row
@@ -54,7 +57,8 @@ Exit codes:
 Examples:
   batchflow verify results.parquet --input requests.jsonl
   batchflow verify /results/dataset/ --input requests.jsonl --model llama3.2
-  batchflow verify /results/dataset/ --input pipeline.toml";
+  batchflow verify /results/dataset/ --input pipeline.toml
+  batchflow verify results/ --input pipelines/screen-then-extract.toml";
 
 /// Run large batches of independent LLM requests against Ollama or any OpenAI-compatible
 /// server, keeping every parallel slot of the server busy.
@@ -136,6 +140,7 @@ pub enum Command {
     Tune(TuneArgs),
     /// Show what a Parquet results file (or each shard of a dataset directory) holds (rows
     /// done, ok, failed) and whether it is complete or resumable, without running anything.
+    /// A folder of stage results, or a pipeline file of stages, shows each stage's.
     Status(StatusArgs),
     /// Prove that results hold exactly one row for every input line: a results file, or a
     /// dataset directory of them (the shards and parts of one input). Lists every line with
@@ -152,8 +157,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// A results file or dataset directory written with --output, here or on object storage
-    /// (s3://bucket/run/). Parts that cannot be read are named, and the exit status is 2.
-    #[arg(value_name = "RESULTS.parquet|DIR")]
+    /// (s3://bucket/run/). Parts that cannot be read are named, and the exit status is 2. A
+    /// folder of plain results files (a pipeline's stages: screen.parquet, extract.parquet)
+    /// shows each as a stage, after the stage it reads; a pipeline file (`.toml`) shows the
+    /// results it writes, each stage's in the file's order.
+    #[arg(value_name = "RESULTS.parquet|DIR|PIPELINE.toml")]
     pub path: PathBuf,
 }
 
@@ -162,7 +170,8 @@ pub struct StatusArgs {
 pub struct VerifyArgs {
     /// A results file written with --output, or a directory of them: every `*.parquet` file
     /// directly inside it (hidden files and `*.tmp` staging files are not read). Either may be
-    /// on object storage (s3://bucket/run/, each file downloaded in turn).
+    /// on object storage (s3://bucket/run/, each file downloaded in turn). With a pipeline of
+    /// stages as --input, the folder of every stage's results (its sink.parquet).
     #[arg(value_name = "RESULTS")]
     pub results: PathBuf,
 

@@ -154,6 +154,12 @@ impl Fingerprint {
             .map_or(AS_GIVEN, String::as_str)
     }
 
+    /// For a later stage of a pipeline: the stage it reads and its filter
+    /// (`screen where fit != 'weak'`).
+    pub fn upstream(&self) -> Option<&str> {
+        self.entries.get("upstream").map(String::as_str)
+    }
+
     /// Whether custom_ids are derived from record content (and so depend on the scheme).
     pub fn derives_ids(&self) -> bool {
         self.id_scheme() != AS_GIVEN

@@ -53,7 +53,9 @@ use crate::source::{self, Input, SourceError, SourceOptions};
 use crate::storage;
 
 mod report;
+mod stages;
 pub use report::{Problem, ProblemKind, Summary};
+pub use stages::{Upstream, verify_stage};
 
 /// Why verification could not be done (as opposed to problems found). Messages name the file.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +132,7 @@ pub fn verify(
     }
     // The results are read beside the input: both are a core's worth of decoding.
     let (read, (lines, invalid_lines)) = thread::scope(|scope| {
-        let rows = scope.spawn(|| row_keys(&set));
+        let rows = scope.spawn(|| row_keys(&set, |row| row.key()));
         let lines = input_keys(options);
         let rows = rows
             .join()
@@ -141,7 +143,50 @@ pub fn verify(
         keys: rows,
         damaged,
     } = read;
-    let other_layout = other_layout_parts(&set);
+    let other_layout = report_files(&set, &damaged, &mut report)?;
+    let verdicts = compare(&lines, &rows);
+    let summary = Summary {
+        input_lines: lines.len() as u64,
+        invalid_lines,
+        rows: rows.len() as u64,
+        files: set.files.len(),
+        missing: verdicts.missing.len() as u64,
+        duplicated: verdicts.duplicated.len() as u64,
+        unexpected: verdicts.unexpected_rows,
+        damaged: damaged.len(),
+        other_layout,
+    };
+    drop((lines, rows));
+    let duplicates = name_owed(
+        &verdicts,
+        |each| {
+            read_input(options, |item| {
+                let (custom_id, line, key) = item_key(item);
+                each(custom_id, line, key)
+            })
+        },
+        &mut report,
+    )?;
+    name_rows(
+        &set,
+        &damaged,
+        &verdicts.unexpected,
+        duplicates,
+        |row| row.key(),
+        &mut report,
+    )?;
+    drop(downloaded);
+    Ok(summary)
+}
+
+/// Reports the files of `set` that cannot be read (`damaged`), then the parts of another
+/// shard layout than the dataset's main one; how many of those there are.
+fn report_files(
+    set: &ResultsSet,
+    damaged: &[(ResultsEntry, String)],
+    report: &mut impl FnMut(Problem) -> io::Result<()>,
+) -> Result<usize, VerifyError> {
+    let other_layout = other_layout_parts(set);
     let damaged_files = damaged.iter().map(|(file, reason)| ProblemKind::Damaged {
         file: file.name.clone(),
         reason: reason.clone(),
@@ -160,36 +205,7 @@ pub fn verify(
         })
         .map_err(VerifyError::Report)?;
     }
-    let verdicts = compare(&lines, &rows);
-    let summary = Summary {
-        input_lines: lines.len() as u64,
-        invalid_lines,
-        rows: rows.len() as u64,
-        files: set.files.len(),
-        missing: verdicts.missing.len() as u64,
-        duplicated: verdicts.duplicated.len() as u64,
-        unexpected: verdicts.unexpected_rows,
-        damaged: damaged.len(),
-        other_layout: other_layout.len(),
-    };
-    drop((lines, rows));
-    let duplicates = name_lines(options, &verdicts, &mut report)?;
-    if !verdicts.unexpected.is_empty() || !duplicates.is_empty() {
-        let readable: Vec<&ResultsEntry> = set
-            .files
-            .iter()
-            .filter(|entry| !damaged.iter().any(|(file, _)| file == *entry))
-            .collect();
-        name_rows(
-            &set,
-            &readable,
-            &verdicts.unexpected,
-            duplicates,
-            &mut report,
-        )?;
-    }
-    drop(downloaded);
-    Ok(summary)
+    Ok(other_layout.len())
 }
 
 /// The parts of a dataset whose shard count is not its main layout's (the one with the most
@@ -280,11 +296,16 @@ struct Duplicate {
 type KeySet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// What is owed a row, handed in turn to a naming pass: its custom_id (if any), its line and
+/// its key.
+type Owed<'a> = dyn FnMut(Option<&str>, u64, u64) -> io::Result<()> + 'a;
+
 /// Pass 2, when lines are missing or duplicated: reports the missing ones, and names the
-/// duplicated ones for [`name_rows`], in input order.
-fn name_lines(
-    options: &RunOptions,
+/// duplicated ones for [`name_rows`], in the order `read_owed` hands them (the input's, for
+/// input lines).
+fn name_owed(
     verdicts: &Verdicts,
+    read_owed: impl FnOnce(&mut Owed<'_>) -> Result<(), VerifyError>,
     report: &mut impl FnMut(Problem) -> io::Result<()>,
 ) -> Result<Vec<Duplicate>, VerifyError> {
     let mut duplicates = Vec::new();
@@ -293,8 +314,7 @@ fn name_lines(
     }
     let missing: KeySet = verdicts.missing.iter().copied().collect();
     let duplicated: KeyMap<u64> = verdicts.duplicated.iter().copied().collect();
-    read_input(options, |item| {
-        let (custom_id, line, key) = item_key(item);
+    read_owed(&mut |custom_id, line, key| {
         let custom_id = || custom_id.map(str::to_owned);
         if missing.contains(&key) {
             let kind = ProblemKind::Missing;
@@ -321,24 +341,34 @@ fn name_lines(
     Ok(duplicates)
 }
 
-/// Pass 3: reports the rows no line owns, then each duplicated line with its files.
+/// Pass 3, when rows are unexpected or lines duplicated: reports the rows no line owns, then
+/// each duplicated line with its files. The files of `set` that are `damaged` are not read
+/// again; `key` keys a row as the first pass did.
 fn name_rows(
     set: &ResultsSet,
-    files: &[&ResultsEntry],
+    damaged: &[(ResultsEntry, String)],
     unexpected: &[u64],
     mut duplicates: Vec<Duplicate>,
+    key: fn(&Row<'_>) -> u64,
     report: &mut impl FnMut(Problem) -> io::Result<()>,
 ) -> Result<(), VerifyError> {
+    if unexpected.is_empty() && duplicates.is_empty() {
+        return Ok(());
+    }
+    let files = set
+        .files
+        .iter()
+        .filter(|entry| !damaged.iter().any(|(file, _)| file == *entry));
     let by_key: KeyMap<usize> = duplicates
         .iter()
         .enumerate()
         .map(|(index, duplicate)| (duplicate.key, index))
         .collect();
     let unexpected: KeySet = unexpected.iter().copied().collect();
-    for &file in files {
+    for file in files {
         let mut failed = None;
         let mut each = |row: Row<'_>| {
-            let key = row.key();
+            let key = key(&row);
             if let Some(&index) = by_key.get(&key) {
                 duplicates[index].files.push(file.name.clone());
             } else if failed.is_none() && unexpected.contains(&key) {
@@ -388,9 +418,9 @@ struct RowKeys {
     damaged: Vec<(ResultsEntry, String)>,
 }
 
-/// Every results row's key, sorted, and the files that cannot be read. A single results file
-/// that cannot be read fails the check: there is nothing else to check.
-fn row_keys(set: &ResultsSet) -> Result<RowKeys, VerifyError> {
+/// Every results row's key (by `key`), sorted, and the files that cannot be read. A single
+/// results file that cannot be read fails the check: there is nothing else to check.
+fn row_keys(set: &ResultsSet, key: fn(&Row<'_>) -> u64) -> Result<RowKeys, VerifyError> {
     let mut keys = Vec::new();
     let mut damaged = Vec::new();
     for entry in &set.files {
@@ -399,7 +429,7 @@ fn row_keys(set: &ResultsSet) -> Result<RowKeys, VerifyError> {
         let mut file_keys = Vec::new();
         let read = set.with_local(entry, |path| {
             read_rows(path, set.open_entry(entry, path)?, |row| {
-                file_keys.push(row.key())
+                file_keys.push(key(&row))
             })
         })??;
         match read {

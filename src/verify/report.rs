@@ -33,9 +33,20 @@ impl Problem {
     /// duplicate and `file` for an unexpected row; `{"file","problem","reason"}` for a damaged
     /// file.
     pub fn to_json(&self) -> String {
+        self.json(None)
+    }
+
+    /// [`Problem::to_json`] for a problem of a pipeline's stage: `"stage"` first.
+    pub fn to_stage_json(&self, stage: &str) -> String {
+        self.json(Some(stage))
+    }
+
+    fn json(&self, stage: Option<&str>) -> String {
         /// The line's fields, in this order.
         #[derive(serde::Serialize)]
         struct Line<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stage: Option<&'a str>,
             custom_id: Option<&'a str>,
             line: u64,
             problem: &'static str,
@@ -47,6 +58,7 @@ impl Problem {
             file: Option<&'a str>,
         }
         let mut line = Line {
+            stage,
             custom_id: self.custom_id.as_deref(),
             line: self.line,
             problem: "missing",
@@ -67,13 +79,19 @@ impl Problem {
             }
             // A file, not a line: fields of its own.
             ProblemKind::Damaged { file, reason } => {
-                let line =
+                let mut line =
                     serde_json::json!({"file": file, "problem": "damaged", "reason": reason});
+                if let Some(stage) = stage {
+                    line["stage"] = stage.into();
+                }
                 return line.to_string();
             }
             ProblemKind::OtherLayout { file, reason } => {
-                let line =
+                let mut line =
                     serde_json::json!({"file": file, "problem": "other_layout", "reason": reason});
+                if let Some(stage) = stage {
+                    line["stage"] = stage.into();
+                }
                 return line.to_string();
             }
         }
@@ -112,8 +130,26 @@ impl Summary {
 
     /// One line for standard error.
     pub fn render(&self) -> String {
+        let owed = format!(
+            "{} input lines ({} invalid)",
+            self.input_lines, self.invalid_lines
+        );
+        self.render_owing(&owed, "every input line has exactly one row")
+    }
+
+    /// One line for standard error, of a later stage of a pipeline that reads stage `from`:
+    /// what it owes is that stage's rows handed on to it.
+    pub fn render_stage(&self, from: &str) -> String {
+        let owed = format!(
+            "{} rows of stage {from} passing its filter",
+            self.input_lines
+        );
+        self.render_owing(&owed, "every passing row has exactly one row")
+    }
+
+    fn render_owing(&self, owed: &str, clean: &str) -> String {
         let verdict = if self.is_clean() {
-            "every input line has exactly one row"
+            clean
         } else {
             "NOT complete"
         };
@@ -127,14 +163,8 @@ impl Summary {
             }
         };
         format!(
-            "{} input lines ({} invalid), {} rows in {} {files}{damaged}: {} missing, {} duplicated, {} unexpected; {verdict}.",
-            self.input_lines,
-            self.invalid_lines,
-            self.rows,
-            self.files,
-            self.missing,
-            self.duplicated,
-            self.unexpected
+            "{owed}, {} rows in {} {files}{damaged}: {} missing, {} duplicated, {} unexpected; {verdict}.",
+            self.rows, self.files, self.missing, self.duplicated, self.unexpected
         )
     }
 }
