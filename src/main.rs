@@ -507,11 +507,7 @@ async fn run_stages(
         options.extras = stage.extras.clone();
         options.pipeline_file = Some(file.to_owned());
         let from = stage.plan.from.as_ref().map(|(from, filter)| {
-            let from = &checked[*from].plan.name;
-            match filter {
-                Some(filter) => format!("{from} where {}", filter.text()),
-                None => from.clone(),
-            }
+            batchflow::config::stages::upstream(&checked[*from].plan.name, filter.as_ref())
         });
         options.upstream.clone_from(&from);
         knobs.lay_over(&mut options, given);

@@ -251,13 +251,10 @@ pub async fn validate_stages(
     for stage in &checked {
         let reads = match &stage.plan.from {
             None => source.clone(),
-            Some((from, filter)) => {
-                let from = &checked[*from].plan.name;
-                match filter {
-                    Some(filter) => format!("the rows of {from} where {}", filter.text()),
-                    None => format!("the rows of {from}"),
-                }
-            }
+            Some((from, filter)) => format!(
+                "the rows of {}",
+                crate::config::stages::upstream(&checked[*from].plan.name, filter.as_ref())
+            ),
         };
         let results = stage
             .pipeline
