@@ -1,4 +1,4 @@
-//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|servestore|plan|quick ...]`: the benchmarks of
+//! `cargo bench --bench throughput [-- slots|auto|backends|cost|memory|shards|objectstore|verify|serve|servestore|plan|stages|quick ...]`: the benchmarks of
 //! issue 6, run against the real release binary and its mock server as child processes,
 //! each figure printed as a ratio so that it holds on a noisy machine.
 //!
@@ -22,13 +22,16 @@
 //!   time on 170,000 lines (under 30 s).
 //! - `servestore` (issue 22): list, retrieve, create and a metrics scrape of `batchflow serve`
 //!   with 100,000 stored batches (under 10 ms each, under 2× the time at 100).
+//! - `stages` (issue 25): a screen of 10,000 records and an extract of the ~30% that pass, as
+//!   two stages of one run, over the same number of requests as one stage (target ≤ 1.03), beside
+//!   the two runs one after the other.
 //!
 //! Words after `--` (or `$BATCHFLOW_BENCH`, comma-separated) pick sections; none runs all.
 //! `quick` divides every request count by 10 (a smoke test, not a figure to report).
 //! `$BATCHFLOW_BENCH_WORKERS` sets the concurrency of `cost`, `memory` and the zero-latency
 //! runs of `serve` (default 64);
-//! `$BATCHFLOW_BENCH_ROUNDS` the turns each client takes in `cost` and `serve` (default 3, 1
-//! if quick).
+//! `$BATCHFLOW_BENCH_ROUNDS` the turns each client takes in `cost` and `serve`, and the
+//! rounds of `stages` (default 3, 1 if quick; `stages` takes at least 2 unless quick).
 //! `$PYTHON` names the interpreter with aiohttp (default `python3`).
 //!
 //! Module map: `measure` (wait4 rusage of one child), `mock` (the mock as a child),
@@ -54,6 +57,7 @@ mod serve;
 mod servestore;
 mod shards;
 mod slots;
+mod stages;
 mod verify;
 
 use std::path::PathBuf;
@@ -69,7 +73,7 @@ pub struct Plan {
     pub scale_down: u64,
     /// Concurrency of the `cost` and `memory` sections and of `serve`'s zero-latency runs.
     pub workers: u32,
-    /// Turns each client takes in the `cost` and `serve` sections.
+    /// Turns each client takes in the `cost` and `serve` sections; rounds of `stages`.
     pub rounds: usize,
 }
 
@@ -79,7 +83,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "slots",
     "auto",
     "backends",
@@ -91,6 +95,7 @@ const SECTIONS: [&str; 11] = [
     "serve",
     "servestore",
     "plan",
+    "stages",
 ];
 
 fn main() -> ExitCode {
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             "verify" => verify::run(&plan),
             "serve" => serve::run(&plan),
             "plan" => plan::run(&plan),
+            "stages" => stages::run(&plan),
             _ => servestore::run(&plan),
         };
         if let Err(error) = result {
