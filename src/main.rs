@@ -452,13 +452,15 @@ async fn run_pipeline(
     log: LogArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<ExitStatus> {
+    // `--model` is each stage's model in a pipeline of stages (`run_stages`), and
+    // `request.model` in any other.
+    let loaded = batchflow::config::load(&args.file, &args.set, env)?;
+    if !loaded.stages.is_empty() {
+        return run_stages(&args.file, loaded, &args, log, shutdown).await;
+    }
     let mut sets = args.set.clone();
     if args.given.has("model") {
         sets.extend(model_set(args.knobs.backend.model.as_deref()));
-    }
-    let loaded = batchflow::config::load(&args.file, &sets, env)?;
-    if !loaded.stages.is_empty() {
-        return run_stages(&args.file, loaded, &args, log, shutdown).await;
     }
     let source = PipelineSource::File(args.file.clone());
     run_pipeline_from(source, &sets, &args.knobs, &args.given, log, shutdown).await

@@ -430,3 +430,24 @@ fn stages_write_datasets_when_the_folder_ends_in_a_slash() {
     assert_eq!(row[1], row[2], "one extract row per passing screen row");
     assert!(row[1].as_u64().is_some_and(|passing| passing > 0));
 }
+
+#[test]
+fn model_given_on_the_command_line_is_every_stages_model() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = mock(1);
+    write_records(dir.path(), 30);
+    let pipeline = write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
+    let output = run(&pipeline, &["--model", "screener"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let models = duckdb(
+        dir.path(),
+        "select distinct model from 'results/screen.parquet'
+         union select distinct model from 'results/extract.parquet'",
+    );
+    assert_eq!(models, serde_json::json!([["screener"]]));
+}
