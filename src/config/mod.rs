@@ -374,10 +374,30 @@ fn apply_set(tree: &mut toml::Table, set: &str) -> Result<(), String> {
         .filter(|last| !last.is_empty())
         .ok_or("empty key")?;
     let mut table = tree;
-    for part in parts {
-        table = table
+    let mut parts = parts.into_iter();
+    while let Some(part) = parts.next() {
+        let entry = table
             .entry(part)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        // An array of tables (`[[stage]]`) is entered by an element's name or position:
+        // `stage.extract.where=…`, `stage.0.model=…`.
+        let entry = match entry {
+            toml::Value::Array(elements) => {
+                let chosen = parts.next().ok_or_else(|| {
+                    format!("{part} holds several tables: name one ({part}.NAME.key)")
+                })?;
+                let position = elements.iter().position(|element| {
+                    element.get("name").and_then(toml::Value::as_str) == Some(chosen)
+                });
+                let position = position
+                    .or_else(|| chosen.parse::<usize>().ok())
+                    .filter(|position| *position < elements.len())
+                    .ok_or_else(|| format!("{part} has no {chosen:?} (by name or position)"))?;
+                &mut elements[position]
+            }
+            entry => entry,
+        };
+        table = entry
             .as_table_mut()
             .ok_or_else(|| format!("{part} is not a table"))?;
     }
@@ -388,6 +408,23 @@ fn apply_set(tree: &mut toml::Table, set: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_enters_an_array_of_tables_by_name_or_position() {
+        let mut tree: toml::Table =
+            toml::from_str("[[stage]]\nname = \"screen\"\n[[stage]]\nname = \"extract\"\n")
+                .expect("toml");
+        apply_set(&mut tree, "stage.extract.where=\"score >= 8\"").expect("by name");
+        apply_set(&mut tree, "stage.0.model=m").expect("by position");
+        let stages = tree["stage"].as_array().expect("an array");
+        assert_eq!(stages[1]["where"].as_str(), Some("score >= 8"));
+        assert_eq!(stages[0]["model"].as_str(), Some("m"));
+        assert!(apply_set(&mut tree, "stage.other.model=m").is_err());
+        assert!(
+            apply_set(&mut tree, "stage=x").is_ok(),
+            "a whole value is replaced"
+        );
+    }
 
     #[test]
     fn a_problem_blames_the_last_set_of_its_key_or_table() {
