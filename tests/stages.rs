@@ -17,9 +17,9 @@ use serde_json::Value;
 use crate::support::{Mock, batchflow, result_rows, run_python, wait_until};
 
 /// The filter of the second stage, which is also SQL: DuckDB computes what it should pass.
-const FILTER: &str = "fit != 'weak' and score >= 4";
+pub(crate) const FILTER: &str = "fit != 'weak' and score >= 4";
 
-fn mock(latency_ms: u64) -> Mock {
+pub(crate) fn mock(latency_ms: u64) -> Mock {
     Mock::start(MockConfig {
         slots: 4,
         latency: Duration::from_millis(latency_ms),
@@ -29,7 +29,7 @@ fn mock(latency_ms: u64) -> Mock {
 }
 
 /// Records with an id, a name and a bio of a few words each.
-fn write_records(dir: &Path, count: usize) -> PathBuf {
+pub(crate) fn write_records(dir: &Path, count: usize) -> PathBuf {
     let path = dir.join("people.jsonl");
     let lines: String = (0..count)
         .map(|index| {
@@ -44,7 +44,7 @@ fn write_records(dir: &Path, count: usize) -> PathBuf {
 
 /// A two-stage pipeline over `people.jsonl`: a structured screen, then an extract over the
 /// rows that pass, whose prompt (echoed by the mock) shows what the template read.
-fn write_pipeline(dir: &Path, url: &str, extract_prompt: &str) -> PathBuf {
+pub(crate) fn write_pipeline(dir: &Path, url: &str, extract_prompt: &str) -> PathBuf {
     let path = dir.join("staged.toml");
     let text = format!(
         r#"[source]
@@ -85,7 +85,7 @@ checkpoint_rows = 10
     path
 }
 
-const EXTRACT_PROMPT: &str = "{{screen.fit}} {{score}} {{bio}}";
+pub(crate) const EXTRACT_PROMPT: &str = "{{screen.fit}} {{score}} {{bio}}";
 
 /// Runs DuckDB over the two stages' results and returns its answer (one JSON value).
 fn duckdb(dir: &Path, query: &str) -> Value {

@@ -5,85 +5,17 @@
 //! that pass its filter, naming the stage and custom_id of a missing and of an unexpected row.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
-use batchflow::mock::MockConfig;
 use batchflow::sink::checkpoint::{Codec, FileState, ResultsWriter, inspect};
 use batchflow::sink::fingerprint::Fingerprint;
 use serde_json::Value;
 
-use crate::support::{Mock, batchflow, read_batches, result_rows, wait_until};
-
-const FILTER: &str = "fit != 'weak' and score >= 4";
-
-fn mock(latency_ms: u64) -> Mock {
-    Mock::start(MockConfig {
-        slots: 4,
-        latency: Duration::from_millis(latency_ms),
-        models: vec!["screener".into(), "extractor".into()],
-        ..MockConfig::default()
-    })
-}
-
-/// Records with an id, a name and a bio of a few words each.
-fn write_records(dir: &Path, count: usize) {
-    let lines: String = (0..count)
-        .map(|index| {
-            format!(
-                "{{\"id\":\"p{index:04}\",\"name\":\"Person{index}\",\"bio\":\"writes code {index}\"}}\n"
-            )
-        })
-        .collect();
-    fs::write(dir.join("people.jsonl"), lines).expect("write the records");
-}
-
-/// A two-stage pipeline over `people.jsonl`, its results in `results/`: a structured screen,
-/// then an extract of the rows that pass [`FILTER`].
-fn write_pipeline(dir: &Path, url: &str) -> PathBuf {
-    let path = dir.join("staged.toml");
-    let text = format!(
-        r#"[source]
-path = "people.jsonl"
-id_column = "id"
-passthrough = ["name"]
-
-[[stage]]
-name = "screen"
-model = "screener"
-prompt = "Screen {{{{name}}}}: {{{{bio}}}}"
-
-[stage.output.schema]
-type = "object"
-required = ["score", "fit"]
-
-[stage.output.schema.properties]
-score = {{ type = "integer", minimum = 1, maximum = 10 }}
-fit = {{ type = "string", enum = ["strong", "possible", "weak"] }}
-
-[[stage]]
-name = "extract"
-from = "screen"
-where = "{FILTER}"
-model = "extractor"
-prompt = "{{{{screen.fit}}}} {{{{bio}}}}"
-
-[backend]
-url = "{url}"
-workers = 4
-
-[sink]
-parquet = "results"
-checkpoint_rows = 10
-"#
-    );
-    fs::write(&path, text).expect("write the pipeline");
-    path
-}
+use crate::stages::{EXTRACT_PROMPT, FILTER, mock, write_pipeline, write_records};
+use crate::support::{batchflow, read_batches, result_rows, wait_until};
 
 fn ids(path: &Path) -> BTreeSet<String> {
     result_rows(path)
@@ -171,7 +103,7 @@ fn status_lists_each_stage_in_order_and_verify_names_the_stage_and_id_of_a_wrong
     let dir = tempfile::tempdir().expect("temp dir");
     let mock = mock(1);
     write_records(dir.path(), 120);
-    let pipeline = write_pipeline(dir.path(), &mock.url());
+    let pipeline = write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
     let (code, _, stderr) = batchflow_in(dir.path(), &["run", "staged.toml", "--quiet"]);
     assert_eq!(code, Some(0), "{stderr}");
     let screen = dir.path().join("results/screen.parquet");
@@ -265,7 +197,7 @@ fn status_mid_run_shows_each_stage_running() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mock = mock(100);
     write_records(dir.path(), 400);
-    write_pipeline(dir.path(), &mock.url());
+    write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
     let mut child = batchflow()
         .current_dir(dir.path())
         .args(["run", "staged.toml", "--quiet"])
