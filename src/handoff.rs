@@ -8,7 +8,23 @@
 //! records. Reading the files, and filtering, are the callers'.
 
 use arrow_array::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ArrowReaderBuilder;
 use serde_json::{Map, Value};
+
+/// The projection of a results file onto `wanted`, by root field: a carried column's name may
+/// hold a dot (`screen.fit`), which a projection by column path would take for a nesting.
+pub fn projection<T>(builder: &ArrowReaderBuilder<T>, wanted: &[String]) -> ProjectionMask {
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| wanted.iter().any(|name| name == field.name()))
+        .map(|(index, _)| index)
+        .collect();
+    ProjectionMask::roots(builder.parquet_schema(), roots)
+}
 
 /// The results columns a record is made from: the key, the status that says whether the row
 /// is handed on, the reply's text, and what the stage carried and produced.

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::watch;
 
@@ -397,15 +396,7 @@ fn read_new_rows(
         return Ok(groups);
     }
     let wanted = handoff::columns_read(&followed.passthrough, &followed.output_fields);
-    let roots: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, field)| wanted.iter().any(|name| name == field.name()))
-        .map(|(index, _)| index)
-        .collect();
-    let projection = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let projection = handoff::projection(&builder, &wanted);
     let batches = builder
         .with_projection(projection)
         .with_row_groups((first_group..groups).collect())

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
-use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -188,16 +187,7 @@ fn read_records(
             .map_err(parquet_error)?;
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
         .with_batch_size(BATCH_ROWS);
-    // By root field: a carried column's name may hold a dot (`screen.fit`).
-    let roots: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, field)| wanted.iter().any(|name| name == field.name()))
-        .map(|(index, _)| index)
-        .collect();
-    let projection = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let projection = handoff::projection(&builder, wanted);
     let batches = builder
         .with_projection(projection)
         .build()
