@@ -365,6 +365,21 @@ fn metrics_and_stats_carry_each_stage() {
                 .any(|line| line == format!("batchflow_run_finished{{stage=\"{stage}\"}} 1"))
         })
     });
+    // The page shows a stage chosen by name, with a link to each; its JSON is that stage's.
+    let page = http_get(addr, "/?stage=extract");
+    assert!(page.contains("batchflow run · stage extract"), "{page}");
+    assert!(
+        page.contains(r#"<a href="/?stage=screen">screen</a>"#)
+            && page.contains(r#"<a href="/?stage=extract" aria-current="page">extract</a>"#),
+        "{page}"
+    );
+    let extract_view: Value = serde_json::from_str(&http_get(addr, "/api/run?stage=extract"))
+        .expect("the stage's figures as JSON");
+    let screen_view: Value =
+        serde_json::from_str(&http_get(addr, "/api/run")).expect("the first stage's figures");
+    assert_eq!(screen_view["stage"], "screen");
+    assert_eq!(extract_view["stage"], "extract");
+    assert_eq!(screen_view["succeeded"].as_f64(), Some(80.0));
     crate::metrics::sigterm(&child);
     let status = child.wait().expect("the exit status");
     assert_eq!(status.code(), Some(0), "{}", stderr.lock().expect("stderr"));
@@ -450,4 +465,20 @@ fn model_given_on_the_command_line_is_every_stages_model() {
          union select distinct model from 'results/extract.parquet'",
     );
     assert_eq!(models, serde_json::json!([["screener"]]));
+}
+
+/// The body of a GET of `path` on the metrics endpoint, which must answer 200.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the endpoint accepts");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }

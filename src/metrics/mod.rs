@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -287,33 +287,64 @@ async fn scrape_stages(State(stages): State<Stages>) -> impl IntoResponse {
     )
 }
 
-/// The page (or its JSON) of the first stage, the one every request starts in; `/metrics`
-/// has every stage.
-async fn first_stage(
-    stages: &Stages,
-) -> Result<Arc<Source>, (axum::http::StatusCode, &'static str)> {
-    stages
-        .published()
-        .into_iter()
-        .next()
-        .map(|(_, live)| Arc::clone(&live.0))
-        .ok_or((
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "the run is starting",
-        ))
+/// Which stage a page (or its JSON) shows: `?stage=NAME`, else the first, the one every
+/// request starts in; `/metrics` has every stage.
+#[derive(serde::Deserialize)]
+struct StageQuery {
+    stage: Option<String>,
 }
 
-async fn stages_dashboard(State(stages): State<Stages>) -> axum::response::Response {
-    match first_stage(&stages).await {
-        Ok(source) => page::dashboard(State(source)).await.into_response(),
-        Err(starting) => starting.into_response(),
+fn chosen_stage(
+    stages: &Stages,
+    query: &StageQuery,
+) -> Result<(String, Arc<Source>), (axum::http::StatusCode, String)> {
+    let published = stages.published();
+    let chosen = match &query.stage {
+        Some(name) => published.into_iter().find(|(stage, _)| stage == name),
+        None => published.into_iter().next(),
+    };
+    chosen
+        .map(|(name, live)| (name.to_owned(), Arc::clone(&live.0)))
+        .ok_or_else(|| match &query.stage {
+            Some(name) if !stages.0.iter().any(|(stage, _)| stage == name) => (
+                axum::http::StatusCode::NOT_FOUND,
+                format!("no stage {name:?}"),
+            ),
+            _ => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the stage is starting".to_owned(),
+            ),
+        })
+}
+
+async fn stages_dashboard(
+    State(stages): State<Stages>,
+    Query(query): Query<StageQuery>,
+) -> axum::response::Response {
+    match chosen_stage(&stages, &query) {
+        Ok((name, source)) => {
+            let names: Vec<&str> = stages.0.iter().map(|(stage, _)| stage.as_str()).collect();
+            let api = format!("{}?stage={name}", page::API_PATH);
+            axum::response::Html(page::render_in(
+                &source.view(Instant::now()),
+                &api,
+                &format!("batchflow run · stage {name}"),
+                &names,
+                &name,
+            ))
+            .into_response()
+        }
+        Err(refused) => refused.into_response(),
     }
 }
 
-async fn stages_api(State(stages): State<Stages>) -> axum::response::Response {
-    match first_stage(&stages).await {
-        Ok(source) => page::api(State(source)).await.into_response(),
-        Err(starting) => starting.into_response(),
+async fn stages_api(
+    State(stages): State<Stages>,
+    Query(query): Query<StageQuery>,
+) -> axum::response::Response {
+    match chosen_stage(&stages, &query) {
+        Ok((_, source)) => page::api(State(source)).await.into_response(),
+        Err(refused) => refused.into_response(),
     }
 }
 

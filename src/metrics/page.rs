@@ -82,7 +82,7 @@ impl LiveRun {
 }
 
 impl Source {
-    fn view(&self, now: Instant) -> RunView {
+    pub(super) fn view(&self, now: Instant) -> RunView {
         let (live, latency) = self.stats.snapshot_with_latency(now);
         let stats = self.last().unwrap_or(live);
         let mut previous = 0;
@@ -130,11 +130,39 @@ pub(super) async fn dashboard(State(source): State<std::sync::Arc<Source>>) -> i
 
 /// The dashboard page of `view`, refreshing from `api` (a path on the same server).
 pub fn render(view: &RunView, api: &str, title: &str) -> String {
+    render_in(view, api, title, &[], "")
+}
+
+/// [`render`] of one of several runs (a pipeline's stages): a link to each run's page,
+/// `current` marked.
+pub fn render_in(view: &RunView, api: &str, title: &str, runs: &[&str], current: &str) -> String {
+    let nav = match runs {
+        [] => String::new(),
+        runs => {
+            let links: Vec<String> = runs
+                .iter()
+                .map(|run| {
+                    let marked = if *run == current {
+                        " aria-current=\"page\""
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "<a href=\"/?stage={}\"{marked}>{}</a>",
+                        escape(run),
+                        escape(run)
+                    )
+                })
+                .collect();
+            format!("<nav>stages: {}</nav>", links.join(""))
+        }
+    };
     // In a <script type="application/json">: `<` escaped so no `</script>` can end it early.
     let initial = serde_json::to_string(view)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c");
     PAGE.replace("{{title}}", &escape(title))
+        .replace("{{nav}}", &nav)
         .replace("{{api}}", &escape(api))
         .replace("{{figures}}", &figure_rows(view))
         .replace("{{initial}}", &initial)
