@@ -83,6 +83,13 @@ try:
     api = json.loads(get('/api/run'))
     metrics = get('/metrics')
     plain = get('/')
+    # A phone's width: nothing runs off the side, and the figures are still shown.
+    driver.set_window_size(390, 844)
+    phone = {
+        'overflow': driver.execute_script(
+            'return document.documentElement.scrollWidth - window.innerWidth'),
+        'done_visible': driver.find_element(By.ID, 'done').is_displayed(),
+    }
     height = driver.execute_script('return document.documentElement.scrollHeight')
     driver.set_window_size(1200, max(800, height))
     assert driver.save_screenshot(given['screenshot'])
@@ -90,7 +97,7 @@ try:
 finally:
     driver.quit()
 print(json.dumps({'first': first, 'after_refresh': after_refresh, 'page': page, 'api': api,
-                  'metrics': metrics, 'plain': plain, 'log': log}))
+                  'metrics': metrics, 'plain': plain, 'log': log, 'phone': phone}))
 "#;
 
 /// The value of the sample line `name` (labels included, as written) in a scrape.
@@ -158,6 +165,11 @@ fn the_dashboard_in_a_browser_shows_the_figures_of_api_run_and_metrics() {
     let metrics = metrics.expect("the scrape");
 
     assert_eq!(seen["log"], json!([]), "no error in the browser's console");
+    assert_eq!(
+        seen["phone"],
+        json!({"overflow": 0, "done_visible": true}),
+        "at a phone's width nothing runs off the side"
+    );
     assert_eq!(api["finished"], true);
     let number = |field: &str| api[field].as_u64().unwrap_or_else(|| panic!("{field}"));
     let shown = |id: &str| -> u64 {
