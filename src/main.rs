@@ -683,8 +683,15 @@ async fn probe_options(
         // The pipeline's own settings, as `run FILE [--mock]` would take them.
         Some(source) => {
             let mut sets = Vec::new();
-            if matches!(source, PipelineSource::File(_)) && args.given.has("model") {
-                sets.extend(model_set(args.backend.model.as_deref()));
+            if let (PipelineSource::File(file), true) = (&source, args.given.has("model")) {
+                let model = model_set(args.backend.model.as_deref());
+                // A pipeline of stages is probed through its first stage, which has the model.
+                let staged = batchflow::config::load(file, &[], env)
+                    .is_ok_and(|loaded| !loaded.stages.is_empty());
+                sets.extend(match staged {
+                    true => model.map(|set| set.replacen("request.", "stage.0.", 1)),
+                    false => model,
+                });
             }
             let mock = args.backend.mock;
             match pipeline_run(&source, &sets, mock, |_| None, flags, log).await? {
@@ -746,14 +753,54 @@ async fn plan(args: PlanArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
         max_workers: args.probe.max_workers,
         keep: args.output.clone(),
     };
+    let later = later_stages(&args.probe)?;
     let url = mock.as_ref().map(MockServer::url);
-    let report = batchflow::plan::plan(&options, &probe, console(log), url, env).await?;
+    let report = batchflow::plan::plan(&options, &probe, &later, console(log), url, env).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
     }
     Ok(ExitStatus::Success)
+}
+
+/// For `plan` of a pipeline of stages: the stages that read its first stage (which the probe
+/// runs), with what they need to be projected from the probe's rows.
+fn later_stages(args: &TuneArgs) -> anyhow::Result<Vec<batchflow::plan::LaterStage>> {
+    let Some(file) = args.input.as_deref().filter(|path| {
+        path.extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
+    }) else {
+        return Ok(Vec::new());
+    };
+    let loaded = batchflow::config::load(file, &[], env)?;
+    let folder = batchflow::validate::folder_of(file);
+    let Some(Ok(checked)) = batchflow::validate::stages::check_stages(&loaded, folder) else {
+        return Ok(Vec::new());
+    };
+    let Some(first) = checked.first() else {
+        return Ok(Vec::new());
+    };
+    let later = checked
+        .iter()
+        .filter_map(|stage| match &stage.plan.from {
+            Some((0, filter)) => Some(batchflow::plan::LaterStage {
+                name: stage.plan.name.clone(),
+                reads: batchflow::config::stages::upstream(&first.plan.name, filter.as_ref()),
+                filter: filter.clone(),
+                first: first.plan.name.clone(),
+                carried: first
+                    .extras
+                    .passthrough
+                    .iter()
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                output_fields: first.plan.output_fields.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(later)
 }
 
 async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {

@@ -482,3 +482,47 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+#[test]
+fn plan_projects_a_later_stage_from_the_probes_answers_that_pass_its_filter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mock = mock(1);
+    write_records(dir.path(), 200);
+    let pipeline = write_pipeline(dir.path(), &mock.url(), EXTRACT_PROMPT);
+    let output = batchflow()
+        .arg("plan")
+        .arg(&pipeline)
+        .args(["--json", "--sample", "20", "--max-workers", "2"])
+        .output()
+        .expect("batchflow runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the plan as JSON");
+    let stage = &report["stages"][0];
+    assert_eq!(stage["name"], "extract");
+    assert_eq!(stage["reads"], format!("screen where {FILTER}"));
+    let answers = stage["probe_answers"].as_u64().expect("answers");
+    let passing = stage["probe_passing"].as_u64().expect("passing");
+    assert!((20..200).contains(&answers), "{stage}");
+    let share = passing as f64 / answers as f64;
+    assert_eq!(
+        stage["requests"].as_u64(),
+        Some((share * 200.0).round() as u64)
+    );
+
+    // The mock answers each prompt alike every time: the run's first screen rows pass as the
+    // probe's did.
+    assert_eq!(run(&pipeline, &[]).status.code(), Some(0));
+    let passed_in_run = duckdb(
+        dir.path(),
+        &format!(
+            "select count(*) from 'results/screen.parquet'
+             where custom_id < 'p{answers:04}' and status = 'ok' and {FILTER}"
+        ),
+    );
+    assert_eq!(passed_in_run, serde_json::json!([[passing]]));
+}

@@ -23,6 +23,10 @@ use crate::shutdown::Shutdown;
 use crate::source;
 use crate::tune::{self, Probe, TuneReport};
 
+pub mod stages;
+
+pub use stages::{LaterStage, StageProjection};
+
 /// Ollama unloads a model this long after its last request when `keep_alive` is unset.
 const DEFAULT_KEEP_ALIVE_SECS: f64 = 300.0;
 /// Options that make Ollama load a model anew when they change between requests.
@@ -73,19 +77,46 @@ pub struct PlanReport {
     pub wall_secs: f64,
     pub wall_low_secs: f64,
     pub wall_high_secs: f64,
+    /// The stages that read the first one's rows, for a pipeline of stages; `wall_secs` is
+    /// then the first stage's, and `total_wall_secs` every stage's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageProjection>,
+    pub total_wall_secs: f64,
     /// The probe's steps and recommendation.
     pub tune: TuneReport,
     pub checks: Vec<Check>,
 }
 
-/// Probes the server with `options`' input, scans that input, and projects the run.
+/// Probes the server with `options`' input, scans that input, and projects the run; for a
+/// pipeline of stages, `options` are its first stage's and `later` the stages that read it.
 pub async fn plan(
     options: &RunOptions,
     probe: &Probe,
+    later: &[LaterStage],
     console: Console,
     backend_override: Option<String>,
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<PlanReport, Error> {
+    // The later stages are projected from the probe's rows: kept in a scratch file when the
+    // run's own results do not keep them.
+    let scratch = match (later.is_empty(), &probe.keep) {
+        (false, None) => Some(
+            crate::storage::Staging::create("plan", &options.input.name()).map_err(|error| {
+                Error::Internal(format!(
+                    "cannot make a scratch folder for the probe: {error}"
+                ))
+            })?,
+        ),
+        _ => None,
+    };
+    let probed_into = scratch
+        .as_ref()
+        .map(|scratch| scratch.path().join("probe.parquet"))
+        .or_else(|| probe.keep.clone());
+    let probing = Probe {
+        keep: probed_into.clone(),
+        ..probe.clone()
+    };
     let config = options.resolve(console, backend_override.clone(), env)?;
     let backends: Vec<HttpBackend> = config
         .backends
@@ -93,7 +124,7 @@ pub async fn plan(
         .map(|backend| HttpBackend::new(backend.clone()))
         .collect::<Result<_, _>>()?;
     let loaded_before = running(&backends).await;
-    let tune = tune::tune(options, probe, console, backend_override, env).await?;
+    let tune = tune::tune(options, &probing, console, backend_override, env).await?;
     let loaded_after = running(&backends).await;
     let probed: u64 = tune.steps.iter().map(|step| step.requests).sum();
     let prompt_counted: u64 = tune.steps.iter().map(|step| step.prompt_tokens).sum();
@@ -136,6 +167,19 @@ pub async fn plan(
             fix: "set keep_alive on every request, e.g. \"1h\" (request.keep_alive in a pipeline file, body.keep_alive in request lines)".into(),
         });
     }
+    let stages = match (&probed_into, later.is_empty()) {
+        (Some(results), false) => {
+            let results = results.clone();
+            let later = later.to_vec();
+            let requests = scan.requests;
+            tokio::task::spawn_blocking(move || stages::project(&results, requests, rate, &later))
+                .await
+                .map_err(|error| Error::Internal(format!("the plan's reader failed: {error}")))??
+        }
+        _ => Vec::new(),
+    };
+    drop(scratch);
+    let total_wall_secs = wall_secs + stages.iter().map(|stage| stage.wall_secs).sum::<f64>();
     Ok(PlanReport {
         input: options.input.name(),
         requests: scan.requests,
@@ -152,6 +196,8 @@ pub async fn plan(
         wall_secs,
         wall_low_secs: wall_secs * (1.0 - spread),
         wall_high_secs: wall_secs * (1.0 + spread),
+        stages,
+        total_wall_secs,
         tune,
         checks,
     })
@@ -482,6 +528,26 @@ impl PlanReport {
             duration(self.wall_low_secs),
             duration(self.wall_high_secs)
         );
+        if !self.stages.is_empty() {
+            for stage in &self.stages {
+                let _ = writeln!(
+                    text,
+                    "  stage {}:  reads {}: {} of the probe's {} answers pass ({:.0}%), so ~{} requests, ~{} at the probe's rate (its own requests are not probed)",
+                    stage.name,
+                    stage.reads,
+                    stage.probe_passing,
+                    stage.probe_answers,
+                    100.0 * stage.probe_passing as f64 / stage.probe_answers.max(1) as f64,
+                    stage.requests,
+                    duration(stage.wall_secs)
+                );
+            }
+            let _ = writeln!(
+                text,
+                "  all stages:   ~{} (the stages share the workers, so their times add up)",
+                duration(self.total_wall_secs)
+            );
+        }
         match &self.kept_in {
             Some(path) => {
                 let _ = writeln!(
