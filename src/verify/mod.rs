@@ -139,24 +139,8 @@ pub fn verify(
             .map_err(|_| VerifyError::Thread("the results reader panicked".into()))?;
         Ok::<_, VerifyError>((rows?, lines?))
     })?;
-    let RowKeys {
-        keys: rows,
-        damaged,
-    } = read;
-    let other_layout = report_files(&set, &damaged, &mut report)?;
-    let verdicts = compare(&lines, &rows);
-    let summary = Summary {
-        input_lines: lines.len() as u64,
-        invalid_lines,
-        rows: rows.len() as u64,
-        files: set.files.len(),
-        missing: verdicts.missing.len() as u64,
-        duplicated: verdicts.duplicated.len() as u64,
-        unexpected: verdicts.unexpected_rows,
-        damaged: damaged.len(),
-        other_layout,
-    };
-    drop((lines, rows));
+    let (verdicts, summary, damaged) = judge(&set, &lines, invalid_lines, read, &mut report)?;
+    drop(lines);
     let duplicates = name_owed(
         &verdicts,
         |each| {
@@ -181,6 +165,37 @@ pub fn verify(
 
 /// Reports the files of `set` that cannot be read (`damaged`), then the parts of another
 /// shard layout than the dataset's main one; how many of those there are.
+/// Compares the keys owed a row with the rows read, reports the files that cannot be read,
+/// and sums it all up; the files that cannot be read come back for naming rows.
+type Judged = (Verdicts, Summary, Vec<(ResultsEntry, String)>);
+
+fn judge(
+    set: &ResultsSet,
+    owed: &[u64],
+    invalid_lines: u64,
+    read: RowKeys,
+    report: &mut impl FnMut(Problem) -> io::Result<()>,
+) -> Result<Judged, VerifyError> {
+    let RowKeys {
+        keys: rows,
+        damaged,
+    } = read;
+    let other_layout = report_files(set, &damaged, report)?;
+    let verdicts = compare(owed, &rows);
+    let summary = Summary {
+        input_lines: owed.len() as u64,
+        invalid_lines,
+        rows: rows.len() as u64,
+        files: set.files.len(),
+        missing: verdicts.missing.len() as u64,
+        duplicated: verdicts.duplicated.len() as u64,
+        unexpected: verdicts.unexpected_rows,
+        damaged: damaged.len(),
+        other_layout,
+    };
+    Ok((verdicts, summary, damaged))
+}
+
 fn report_files(
     set: &ResultsSet,
     damaged: &[(ResultsEntry, String)],

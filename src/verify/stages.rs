@@ -19,8 +19,7 @@ use parquet::arrow::arrow_reader::{
 };
 
 use super::{
-    Problem, Row, RowKeys, Summary, VerifyError, compare, id_key, line_key, name_owed, name_rows,
-    report_files, row_keys,
+    Problem, Row, Summary, VerifyError, id_key, judge, line_key, name_owed, name_rows, row_keys,
 };
 use crate::filter::Filter;
 use crate::handoff;
@@ -83,24 +82,8 @@ pub fn verify_stage(
         owed.sort_unstable();
         Ok::<_, VerifyError>((rows?, owed))
     })?;
-    let RowKeys {
-        keys: rows,
-        damaged,
-    } = read;
-    let other_layout = report_files(&set, &damaged, &mut report)?;
-    let verdicts = compare(&owed, &rows);
-    let summary = Summary {
-        input_lines: owed.len() as u64,
-        invalid_lines: 0,
-        rows: rows.len() as u64,
-        files: set.files.len(),
-        missing: verdicts.missing.len() as u64,
-        duplicated: verdicts.duplicated.len() as u64,
-        unexpected: verdicts.unexpected_rows,
-        damaged: damaged.len(),
-        other_layout,
-    };
-    drop((owed, rows));
+    let (verdicts, summary, damaged) = judge(&set, &owed, 0, read, &mut report)?;
+    drop(owed);
     let duplicates = name_owed(
         &verdicts,
         |each| handed_on(&from, upstream, each),
