@@ -583,7 +583,10 @@ async fn run_stages(
                 progress::summary(&end.report.stats, &end.report.backend_url)
             );
         }
+        // The notes of each stage say which stage they are of.
+        let stage = tracing::info_span!("stage", name = %end.name).entered();
         log_resume_notes(&end.report);
+        drop(stage);
         if let Some(fatal) = &end.report.fatal {
             eprintln!("batchflow: stage {}: {fatal}", end.name);
         }
