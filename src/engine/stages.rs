@@ -198,13 +198,16 @@ pub async fn run_stages(
             .as_ref()
             .map(Published::subscribe)
             .ok_or_else(|| Error::Internal("a followed stage is not published".into()))?;
-        followers.push(spawn_follower(
-            followed,
-            filter,
-            changes,
-            writer,
-            tokio::runtime::Handle::current(),
-        )?);
+        followers.push((
+            index,
+            spawn_follower(
+                followed,
+                filter,
+                changes,
+                writer,
+                tokio::runtime::Handle::current(),
+            )?,
+        ));
     }
     // One endpoint for every stage, each labelled with its name.
     let mut endpoint = metrics.map(|listener| {
@@ -228,18 +231,24 @@ pub async fn run_stages(
         }
     });
     let reports = join_all(runs).await;
-    for follower in followers {
-        match tokio::task::spawn_blocking(move || follower.join()).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => {
-                tracing::error!("{error}.");
-            }
-            Ok(Err(_)) | Err(_) => tracing::error!("A stage's reader failed."),
-        }
+    // A stage whose records stopped coming because its reader failed did not read all it
+    // was owed: that is its run's error (its rows are kept, and --resume reads again).
+    let mut unread: Vec<Option<String>> = vec![None; reports.len()];
+    for (index, follower) in followers {
+        unread[index] = match tokio::task::spawn_blocking(move || follower.join()).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(error))) => Some(error.to_string()),
+            Ok(Err(_)) | Err(_) => Some("the reader of its input panicked".into()),
+        };
     }
     let mut ends = Vec::with_capacity(reports.len());
-    for (name, report) in names.into_iter().zip(reports) {
+    for ((name, report), unread) in names.into_iter().zip(reports).zip(unread) {
         let mut report = report?;
+        if let Some(why) = unread {
+            report.fatal.get_or_insert(Error::Internal(format!(
+                "{why}; its rows so far are kept: run again with --resume"
+            )));
+        }
         // The caller lingers on the endpoint through the first stage's report.
         report.metrics = report.metrics.or_else(|| endpoint.take());
         ends.push(StageEnd { name, report });
@@ -440,6 +449,38 @@ mod tests {
             dataset: None,
             passthrough: vec!["name".into()],
             output_fields: vec!["fit".into(), "score".into()],
+        }
+    }
+
+    #[test]
+    fn a_follower_that_cannot_read_the_stage_it_follows_says_so_rather_than_ending_its_input() {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let path = folder.path().join("screen.parquet");
+        std::fs::write(&path, b"not parquet at all").expect("write");
+        let published = Published::new();
+        published.end();
+        let (_reader, writer) = io::pipe().expect("a pipe");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let followed = Followed {
+            path: path.clone(),
+            ..followed()
+        };
+        let ended = follow(
+            &followed,
+            None,
+            published.subscribe(),
+            writer,
+            runtime.handle(),
+        );
+        match ended {
+            Err(FollowError::Read {
+                stage, path: read, ..
+            }) => {
+                assert_eq!((stage.as_str(), read), ("screen", path));
+            }
+            other => panic!("a read error, not {other:?}"),
         }
     }
 
