@@ -105,6 +105,12 @@ pub async fn run_stages(
             stage.config.watch = Some(RunWatch::new());
         }
         if let (Some(publish), Some(results)) = (&published[index], &mut stage.config.results) {
+            if results.remote.is_some() {
+                return Err(Error::Internal(format!(
+                    "stage {:?} writes to object storage, which a later stage cannot read as it grows yet: write the stages' results to a local folder",
+                    stage.name
+                )));
+            }
             results.published = Some(publish.clone());
             results.checkpoint_interval = results.checkpoint_interval.min(FOLLOWED_CHECKPOINT);
         }
@@ -117,48 +123,7 @@ pub async fn run_stages(
             None => None,
         });
     }
-    let mut started = Vec::with_capacity(stages.len());
-    let mut redone = vec![false; stages.len()];
-    for (index, stage) in stages.iter().enumerate() {
-        let mut config = stage.config.clone();
-        let upstream_redone = stage.from.as_ref().is_some_and(|(from, _)| redone[*from]);
-        if upstream_redone {
-            redo(&mut config);
-        }
-        // A later stage's rows are not mixed with rows of other settings: with
-        // --allow-config-change a change makes them again, so it must be seen first.
-        let allowed = allows_config_change(&config);
-        if let Some(results) = config.results.as_mut().filter(|_| stage.from.is_some()) {
-            results.allow_config_change = false;
-        }
-        let first = start::start(config.clone(), None, shutdown.clone()).await;
-        let begun = match first {
-            Err(Error::Results(crate::sink::checkpoint::ResultsError::ConfigChanged {
-                changes,
-                ..
-            })) if stage.from.is_some() && allowed => {
-                tracing::warn!(
-                    stage = %stage.name,
-                    "Stage {:?} changed ({changes}): its rows are made again.",
-                    stage.name
-                );
-                redone[index] = true;
-                redo(&mut config);
-                // The first start took the pipe's reading end with it.
-                if let Some((from, _)) = &stage.from {
-                    let (input, writer) = pipe_from(&names[*from])?;
-                    config.input = input;
-                    pipes[index] = Some(writer);
-                }
-                start::start(config, None, shutdown.clone()).await?
-            }
-            other => {
-                redone[index] = upstream_redone;
-                other?
-            }
-        };
-        started.push(begun);
-    }
+    let started = start_all(&stages, &names, &mut pipes, &shutdown).await?;
     let mut followers = Vec::new();
     for (index, writer) in pipes.into_iter().enumerate() {
         let (Some(writer), Some((from, filter))) = (writer, stages[index].from.clone()) else {
@@ -169,29 +134,16 @@ pub async fn run_stages(
             .results
             .as_ref()
             .ok_or_else(|| Error::Internal("a followed stage writes no results".into()))?;
-        if results.remote.is_some() {
-            return Err(Error::Internal(format!(
-                "stage {:?} writes to object storage, which a later stage cannot read as it grows yet: write the stages' results to a local folder",
-                names[from]
-            )));
-        }
         let followed = Followed {
             name: names[from].clone(),
             path: results.path.clone(),
             dataset: results.dataset,
-            passthrough: started[from]
-                .config
-                .results
-                .as_ref()
-                .map(|results| {
-                    results
-                        .extras
-                        .passthrough
-                        .iter()
-                        .map(|(name, _)| name.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            passthrough: results
+                .extras
+                .passthrough
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect(),
             output_fields: stages[from].output_fields.clone(),
         };
         let changes = published[from]
@@ -254,6 +206,61 @@ pub async fn run_stages(
         ends.push(StageEnd { name, report });
     }
     Ok(ends)
+}
+
+/// Starts every stage in order, before any sends (a stage's start prepares its results, which
+/// the stages after it read). A later stage whose settings changed starts again from nothing
+/// when --allow-config-change is given, and so do the stages after it: their rows are not
+/// mixed with rows of other settings. `pipes` gets a new writer for a stage started again.
+async fn start_all(
+    stages: &[StageRun],
+    names: &[String],
+    pipes: &mut [Option<io::PipeWriter>],
+    shutdown: &Shutdown,
+) -> Result<Vec<start::Started>, Error> {
+    let mut started = Vec::with_capacity(stages.len());
+    let mut redone = vec![false; stages.len()];
+    for (index, stage) in stages.iter().enumerate() {
+        let mut config = stage.config.clone();
+        let upstream_redone = stage.from.as_ref().is_some_and(|(from, _)| redone[*from]);
+        if upstream_redone {
+            redo(&mut config);
+        }
+        // A later stage's rows are not mixed with rows of other settings: with
+        // --allow-config-change a change makes them again, so it must be seen first.
+        let allowed = allows_config_change(&config);
+        if let Some(results) = config.results.as_mut().filter(|_| stage.from.is_some()) {
+            results.allow_config_change = false;
+        }
+        let first = start::start(config.clone(), None, shutdown.clone()).await;
+        let begun = match first {
+            Err(Error::Results(crate::sink::checkpoint::ResultsError::ConfigChanged {
+                changes,
+                ..
+            })) if stage.from.is_some() && allowed => {
+                tracing::warn!(
+                    stage = %stage.name,
+                    "Stage {:?} changed ({changes}): its rows are made again.",
+                    stage.name
+                );
+                redone[index] = true;
+                redo(&mut config);
+                // The first start took the pipe's reading end with it.
+                if let Some((from, _)) = &stage.from {
+                    let (input, writer) = pipe_from(&names[*from])?;
+                    config.input = input;
+                    pipes[index] = Some(writer);
+                }
+                start::start(config, None, shutdown.clone()).await?
+            }
+            other => {
+                redone[index] = upstream_redone;
+                other?
+            }
+        };
+        started.push(begun);
+    }
+    Ok(started)
 }
 
 /// One limit for every stage, sized as the first stage's workers would size its own: the
