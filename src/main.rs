@@ -527,7 +527,7 @@ async fn run_stages(
         if let Some(parent) = options
             .results
             .as_deref()
-            .filter(|path| !knobs.dry_run && !path.to_string_lossy().contains("://"))
+            .filter(|path| !knobs.dry_run && !batchflow::storage::is_url(&path.to_string_lossy()))
             .and_then(Path::parent)
         {
             std::fs::create_dir_all(parent)

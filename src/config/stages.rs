@@ -51,7 +51,15 @@ impl StagePlan {
     /// The columns of the earlier stage's rows or the source that this stage reads: its
     /// template's and its filter's.
     pub fn reads(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+        self.reads_by_key()
+            .into_iter()
+            .flat_map(|(_, names)| names)
+            .collect()
+    }
+
+    /// [`StagePlan::reads`] by the key that names them, `prompt` or `where`, for messages.
+    pub fn reads_by_key(&self) -> [(&'static str, Vec<String>); 2] {
+        let prompt = self
             .file
             .request
             .prompt
@@ -59,10 +67,11 @@ impl StagePlan {
             .and_then(|prompt| Template::parse(prompt).ok())
             .map(|template| template.columns().map(str::to_owned).collect())
             .unwrap_or_default();
-        if let Some((_, Some(filter))) = &self.from {
-            names.extend(filter.columns().into_iter().map(str::to_owned));
-        }
-        names
+        let filter = match &self.from {
+            Some((_, Some(filter))) => filter.columns().into_iter().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        [("prompt", prompt), ("where", filter)]
     }
 }
 

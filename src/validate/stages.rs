@@ -54,10 +54,8 @@ fn check_plans(mut plans: Vec<StagePlan>, folder: &Path) -> Result<Vec<CheckedSt
     if let Some(source) = &source {
         carry_everything(&mut plans, source);
         pipelines = resolve_all(&plans, folder)?;
-    }
-    if let Some(columns) = &source {
         problems.extend(
-            check_columns(&pipelines[0], columns)
+            check_columns(&pipelines[0], source)
                 .into_iter()
                 .map(|problem| format!("stage {:?}: {problem}", plans[0].name)),
         );
@@ -179,21 +177,9 @@ fn unknown_reads(plans: &[StagePlan], index: usize, source: Option<&SourceColumn
         return Vec::new();
     };
     available.extend(source.types.keys().cloned());
-    let prompt_columns: Vec<String> = plan
-        .file
-        .request
-        .prompt
-        .as_deref()
-        .and_then(|prompt| crate::source::template::Template::parse(prompt).ok())
-        .map(|template| template.columns().map(str::to_owned).collect())
-        .unwrap_or_default();
-    let filter_columns: Vec<String> = match &plan.from {
-        Some((_, Some(filter))) => filter.columns().into_iter().map(str::to_owned).collect(),
-        _ => Vec::new(),
-    };
     let from_stages = stage_names.join(" or ");
     let mut problems = Vec::new();
-    for (key, columns) in [("prompt", prompt_columns), ("where", filter_columns)] {
+    for (key, columns) in plan.reads_by_key() {
         for column in columns {
             if !available.contains(&column) {
                 problems.push(format!(
