@@ -3,9 +3,10 @@
 //! holds (its custom_id, the columns the earlier stage carried, its output fields under their
 //! own names and under `stage.field`, and its reply's text as `stage.content`).
 //!
-//! The run hands these records on (`engine::stages`), and `verify` rebuilds them to know which
-//! rows a later stage owes: one definition, so that both apply the `where` filter to the same
-//! records. Reading the files, and filtering, are the callers'.
+//! The run hands these records on (`engine::stages`), `verify` rebuilds them to know which
+//! rows a later stage owes, and `plan` to count those its probe's answers would give: one
+//! [`Handoff`], so that all apply the `where` filter to the same records. Reading the files,
+//! and filtering, are the callers'.
 
 use arrow_array::RecordBatch;
 use parquet::arrow::ProjectionMask;
@@ -24,15 +25,6 @@ pub fn projection<T>(builder: &ArrowReaderBuilder<T>, wanted: &[String]) -> Proj
         .map(|(index, _)| index)
         .collect();
     ProjectionMask::roots(builder.parquet_schema(), roots)
-}
-
-/// The results columns a record is made from: the key, the status that says whether the row
-/// is handed on, the reply's text, and what the stage carried and produced.
-pub fn columns_read(passthrough: &[String], output_fields: &[String]) -> Vec<String> {
-    let mut names = vec!["custom_id".to_owned(), "status".into(), "content".into()];
-    names.extend(passthrough.iter().cloned());
-    names.extend(output_fields.iter().cloned());
-    names
 }
 
 /// A batch's rows as JSON objects, nulls written out (a template reads a null column as
@@ -58,32 +50,48 @@ pub fn records(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, arrow_sch
     Ok(rows)
 }
 
-/// The record a later stage gets from a row of stage `stage` (which carried `passthrough` and
-/// produced `output_fields`), or `None` for a row that is no success.
-pub fn handed_on(
-    stage: &str,
-    passthrough: &[String],
-    output_fields: &[String],
-    mut row: Map<String, Value>,
-) -> Option<Map<String, Value>> {
-    if row.get("status").and_then(Value::as_str) != Some("ok") {
-        return None;
+/// What a stage hands on to the stages that read it: its name (which prefixes its fields in
+/// the records), the columns its results carry, and its output fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub stage: String,
+    pub carried: Vec<String>,
+    pub output_fields: Vec<String>,
+}
+
+impl Handoff {
+    /// The results columns a record is made from: the key, the status that says whether the
+    /// row is handed on, the reply's text, and what the stage carried and produced.
+    pub fn columns_read(&self) -> Vec<String> {
+        let mut names = vec!["custom_id".to_owned(), "status".into(), "content".into()];
+        names.extend(self.carried.iter().cloned());
+        names.extend(self.output_fields.iter().cloned());
+        names
     }
-    let mut record = Map::new();
-    record.insert("custom_id".into(), row.remove("custom_id")?);
-    for name in passthrough {
-        record.insert(name.clone(), row.remove(name).unwrap_or(Value::Null));
+
+    /// The record a later stage gets from a row of this stage, or `None` for a row that is no
+    /// success.
+    pub fn handed_on(&self, mut row: Map<String, Value>) -> Option<Map<String, Value>> {
+        if row.get("status").and_then(Value::as_str) != Some("ok") {
+            return None;
+        }
+        let stage = &self.stage;
+        let mut record = Map::new();
+        record.insert("custom_id".into(), row.remove("custom_id")?);
+        for name in &self.carried {
+            record.insert(name.clone(), row.remove(name).unwrap_or(Value::Null));
+        }
+        for field in &self.output_fields {
+            let value = row.remove(field).unwrap_or(Value::Null);
+            record.insert(format!("{stage}.{field}"), value.clone());
+            record.insert(field.clone(), value);
+        }
+        record.insert(
+            format!("{stage}.content"),
+            row.remove("content").unwrap_or(Value::Null),
+        );
+        Some(record)
     }
-    for field in output_fields {
-        let value = row.remove(field).unwrap_or(Value::Null);
-        record.insert(format!("{stage}.{field}"), value.clone());
-        record.insert(field.clone(), value);
-    }
-    record.insert(
-        format!("{stage}.content"),
-        row.remove("content").unwrap_or(Value::Null),
-    );
-    Some(record)
 }
 
 #[cfg(test)]
@@ -100,14 +108,17 @@ mod tests {
             .cloned()
             .expect("an object")
         };
-        let passthrough = ["name".to_owned()];
-        let fields = ["fit".to_owned(), "score".to_owned()];
-        let record = handed_on("screen", &passthrough, &fields, row("ok")).expect("handed on");
+        let screen = Handoff {
+            stage: "screen".into(),
+            carried: vec!["name".into()],
+            output_fields: vec!["fit".into(), "score".into()],
+        };
+        let record = screen.handed_on(row("ok")).expect("handed on");
         assert_eq!(
             Value::Object(record),
             json!({"custom_id": "c1", "name": "Ada", "fit": "strong", "screen.fit": "strong",
                    "score": 8, "screen.score": 8, "screen.content": "{}"})
         );
-        assert!(handed_on("screen", &passthrough, &fields, row("error")).is_none());
+        assert!(screen.handed_on(row("error")).is_none());
     }
 }

@@ -559,7 +559,7 @@ async fn run_stages(
             name: name.to_owned(),
             config,
             from: stage.plan.from.clone(),
-            output_fields: stage.plan.output_fields.clone(),
+            handoff: stage.handoff(),
         });
     }
     if knobs.dry_run {
@@ -648,10 +648,7 @@ async fn probe_options(
     args: &TuneArgs,
     log: LogArgs,
 ) -> anyhow::Result<Result<(RunOptions, Option<MockServer>), ExitStatus>> {
-    let pipeline_file = args.input.clone().filter(|path| {
-        path.extension()
-            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
-    });
+    let pipeline_file = pipeline_file_of(args).map(Path::to_path_buf);
     let source = match (pipeline_file, &args.records.prompt) {
         (Some(file), _) => Some(PipelineSource::File(file)),
         (None, Some(_)) => {
@@ -758,7 +755,8 @@ async fn plan(args: PlanArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
     };
     let later = later_stages(&args.probe)?;
     let url = mock.as_ref().map(MockServer::url);
-    let report = batchflow::plan::plan(&options, &probe, &later, console(log), url, env).await?;
+    let report =
+        batchflow::plan::plan(&options, &probe, later.as_ref(), console(log), url, env).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -769,41 +767,41 @@ async fn plan(args: PlanArgs, log: LogArgs) -> anyhow::Result<ExitStatus> {
 
 /// For `plan` of a pipeline of stages: the stages that read its first stage (which the probe
 /// runs), with what they need to be projected from the probe's rows.
-fn later_stages(args: &TuneArgs) -> anyhow::Result<Vec<batchflow::plan::LaterStage>> {
-    let Some(file) = args.input.as_deref().filter(|path| {
-        path.extension()
-            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
-    }) else {
-        return Ok(Vec::new());
+fn later_stages(args: &TuneArgs) -> anyhow::Result<Option<batchflow::plan::LaterStages>> {
+    let Some(file) = pipeline_file_of(args) else {
+        return Ok(None);
     };
     let loaded = batchflow::config::load(file, &[], env)?;
     let folder = batchflow::validate::folder_of(file);
     let Some(Ok(checked)) = batchflow::validate::stages::check_stages(&loaded, folder) else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let Some(first) = checked.first() else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let later = checked
+    let stages = checked
         .iter()
         .filter_map(|stage| match &stage.plan.from {
             Some((0, filter)) => Some(batchflow::plan::LaterStage {
                 name: stage.plan.name.clone(),
                 reads: batchflow::config::stages::upstream(&first.plan.name, filter.as_ref()),
                 filter: filter.clone(),
-                first: first.plan.name.clone(),
-                carried: first
-                    .extras
-                    .passthrough
-                    .iter()
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-                output_fields: first.plan.output_fields.clone(),
             }),
             _ => None,
         })
         .collect();
-    Ok(later)
+    Ok(Some(batchflow::plan::LaterStages {
+        first: first.handoff(),
+        stages,
+    }))
+}
+
+/// The pipeline file a probe (`tune`, `plan`) reads, when its input is one.
+fn pipeline_file_of(args: &TuneArgs) -> Option<&Path> {
+    args.input.as_deref().filter(|path| {
+        path.extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"))
+    })
 }
 
 async fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
@@ -1028,15 +1026,8 @@ async fn verify_stages(args: VerifyArgs, log: LogArgs) -> anyhow::Result<ExitSta
             Some((from, filter)) => {
                 let from = &checked[*from];
                 let upstream = Upstream {
-                    stage: from.plan.name.clone(),
+                    handoff: from.handoff(),
                     results: results_of(&from.plan.name),
-                    passthrough: from
-                        .extras
-                        .passthrough
-                        .iter()
-                        .map(|(column, _)| column.clone())
-                        .collect(),
-                    output_fields: from.plan.output_fields.clone(),
                     filter: filter.clone(),
                 };
                 let stage_name = name.clone();

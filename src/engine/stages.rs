@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::{RunConfig, RunReport, drive, start};
 use crate::error::Error;
 use crate::filter::Filter;
-use crate::handoff;
+use crate::handoff::{self, Handoff};
 use crate::metrics::{MetricsListener, RunWatch};
 use crate::shutdown::Shutdown;
 use crate::sink::dataset::{self, PartOwner};
@@ -43,8 +43,8 @@ pub struct StageRun {
     pub config: RunConfig,
     /// The stage whose rows this one reads (its index), and which of them.
     pub from: Option<(usize, Option<Filter>)>,
-    /// The stage's output fields, which a later stage's records hold.
-    pub output_fields: Vec<String>,
+    /// How its rows become the records of the stages that read it.
+    pub handoff: Handoff,
 }
 
 /// How one stage ended.
@@ -68,12 +68,11 @@ pub enum FollowError {
 
 /// What a follower needs to know of the stage it reads.
 struct Followed {
-    name: String,
+    /// How its rows become records.
+    handoff: Handoff,
     /// Its results file, or its dataset folder with the parts of `dataset`'s shard.
     path: PathBuf,
     dataset: Option<PartOwner>,
-    passthrough: Vec<String>,
-    output_fields: Vec<String>,
 }
 
 /// Runs every stage to its end. Errors before the first request of any stage come back as
@@ -135,16 +134,9 @@ pub async fn run_stages(
             .as_ref()
             .ok_or_else(|| Error::Internal("a followed stage writes no results".into()))?;
         let followed = Followed {
-            name: names[from].clone(),
+            handoff: stages[from].handoff.clone(),
             path: results.path.clone(),
             dataset: results.dataset,
-            passthrough: results
-                .extras
-                .passthrough
-                .iter()
-                .map(|(name, _)| name.clone())
-                .collect(),
-            output_fields: stages[from].output_fields.clone(),
         };
         let changes = published[from]
             .as_ref()
@@ -317,7 +309,7 @@ fn spawn_follower(
     pipe: io::PipeWriter,
     runtime: tokio::runtime::Handle,
 ) -> Result<std::thread::JoinHandle<Result<(), FollowError>>, Error> {
-    let stage = followed.name.clone();
+    let stage = followed.handoff.stage.clone();
     std::thread::Builder::new()
         .name("batchflow-follow".into())
         .spawn(move || follow(&followed, filter.as_ref(), changes, pipe, &runtime))
@@ -346,7 +338,7 @@ fn follow(
             Err(ReadStop::Closed) => return Ok(()),
             Err(ReadStop::Failed(reason)) => {
                 return Err(FollowError::Read {
-                    stage: followed.name.clone(),
+                    stage: followed.handoff.stage.clone(),
                     path: followed.path.clone(),
                     reason,
                 });
@@ -411,7 +403,7 @@ fn read_new_rows(
     if groups <= first_group {
         return Ok(groups);
     }
-    let wanted = handoff::columns_read(&followed.passthrough, &followed.output_fields);
+    let wanted = followed.handoff.columns_read();
     let projection = handoff::projection(&builder, &wanted);
     let batches = builder
         .with_projection(projection)
@@ -421,12 +413,7 @@ fn read_new_rows(
     for batch in batches {
         let batch = batch.map_err(|e| failed(&e))?;
         for record in handoff::records(&batch).map_err(|e| failed(&e))? {
-            let Some(record) = handoff::handed_on(
-                &followed.name,
-                &followed.passthrough,
-                &followed.output_fields,
-                record,
-            ) else {
+            let Some(record) = followed.handoff.handed_on(record) else {
                 continue;
             };
             if filter.is_some_and(|filter| !filter.matches(&record)) {
@@ -451,11 +438,13 @@ mod tests {
 
     fn followed() -> Followed {
         Followed {
-            name: "screen".into(),
+            handoff: Handoff {
+                stage: "screen".into(),
+                carried: vec!["name".into()],
+                output_fields: vec!["fit".into(), "score".into()],
+            },
             path: PathBuf::from("unused"),
             dataset: None,
-            passthrough: vec!["name".into()],
-            output_fields: vec!["fit".into(), "score".into()],
         }
     }
 

@@ -25,7 +25,7 @@ use crate::tune::{self, Probe, TuneReport};
 
 pub mod stages;
 
-pub use stages::{LaterStage, StageProjection};
+pub use stages::{LaterStage, LaterStages, StageProjection};
 
 /// Ollama unloads a model this long after its last request when `keep_alive` is unset.
 const DEFAULT_KEEP_ALIVE_SECS: f64 = 300.0;
@@ -92,15 +92,15 @@ pub struct PlanReport {
 pub async fn plan(
     options: &RunOptions,
     probe: &Probe,
-    later: &[LaterStage],
+    later: Option<&LaterStages>,
     console: Console,
     backend_override: Option<String>,
     env: impl Fn(&str) -> Option<String> + Copy,
 ) -> Result<PlanReport, Error> {
     // The later stages are projected from the probe's rows: kept in a scratch file when the
     // run's own results do not keep them.
-    let scratch = match (later.is_empty(), &probe.keep) {
-        (false, None) => Some(
+    let scratch = match (later, &probe.keep) {
+        (Some(_), None) => Some(
             crate::storage::Staging::create("plan", &options.input.name()).map_err(|error| {
                 Error::Internal(format!(
                     "cannot make a scratch folder for the probe: {error}"
@@ -167,10 +167,10 @@ pub async fn plan(
             fix: "set keep_alive on every request, e.g. \"1h\" (request.keep_alive in a pipeline file, body.keep_alive in request lines)".into(),
         });
     }
-    let stages = match (&probed_into, later.is_empty()) {
-        (Some(results), false) => {
+    let stages = match (&probed_into, later) {
+        (Some(results), Some(later)) => {
             let results = results.clone();
-            let later = later.to_vec();
+            let later = later.clone();
             let requests = scan.requests;
             tokio::task::spawn_blocking(move || stages::project(&results, requests, rate, &later))
                 .await

@@ -12,20 +12,22 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::filter::Filter;
-use crate::handoff;
+use crate::handoff::{self, Handoff};
 
-/// A stage that reads the first stage's rows, as the plan needs it.
+/// The stages that read the first stage's rows, as the plan needs them.
+#[derive(Debug, Clone)]
+pub struct LaterStages {
+    /// How the first stage's rows become the records they read.
+    pub first: Handoff,
+    pub stages: Vec<LaterStage>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LaterStage {
     pub name: String,
     /// What it reads, as the run says it (`screen where fit != 'weak'`).
     pub reads: String,
     pub filter: Option<Filter>,
-    /// The first stage: its name, the columns it carries and its output fields, from which
-    /// the records handed on are made.
-    pub first: String,
-    pub carried: Vec<String>,
-    pub output_fields: Vec<String>,
 }
 
 /// What the plan projects for a later stage.
@@ -48,19 +50,15 @@ pub fn project(
     probe_results: &Path,
     first_requests: u64,
     rate: f64,
-    stages: &[LaterStage],
+    later: &LaterStages,
 ) -> Result<Vec<StageProjection>, Error> {
-    let mut counts = vec![(0u64, 0u64); stages.len()];
     let unreadable = |error: &dyn std::fmt::Display| {
         Error::Internal(format!(
             "cannot read the probe's results {}: {error}",
             probe_results.display()
         ))
     };
-    let Some(first) = stages.first() else {
-        return Ok(Vec::new());
-    };
-    let wanted = handoff::columns_read(&first.carried, &first.output_fields);
+    let wanted = later.first.columns_read();
     let file = File::open(probe_results).map_err(|error| unreadable(&error))?;
     let batches = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|builder| {
@@ -68,20 +66,18 @@ pub fn project(
             builder.with_projection(projection).build()
         })
         .map_err(|error| unreadable(&error))?;
+    // The probe's successful answers, and for each stage those its filter passes.
+    let mut answers = 0u64;
+    let mut passing = vec![0u64; later.stages.len()];
     for batch in batches {
         let batch = batch.map_err(|error| unreadable(&error))?;
         let rows = handoff::records(&batch).map_err(|error| unreadable(&error))?;
-        for row in rows {
-            for (stage, (answers, passing)) in stages.iter().zip(counts.iter_mut()) {
-                let Some(record) = handoff::handed_on(
-                    &stage.first,
-                    &stage.carried,
-                    &stage.output_fields,
-                    row.clone(),
-                ) else {
-                    continue;
-                };
-                *answers += 1;
+        for record in rows
+            .into_iter()
+            .filter_map(|row| later.first.handed_on(row))
+        {
+            answers += 1;
+            for (stage, passing) in later.stages.iter().zip(passing.iter_mut()) {
                 if stage
                     .filter
                     .as_ref()
@@ -92,10 +88,11 @@ pub fn project(
             }
         }
     }
-    Ok(stages
+    Ok(later
+        .stages
         .iter()
-        .zip(counts)
-        .map(|(stage, (answers, passing))| {
+        .zip(passing)
+        .map(|(stage, passing)| {
             let share = passing as f64 / answers.max(1) as f64;
             let requests = (share * first_requests as f64).round() as u64;
             StageProjection {

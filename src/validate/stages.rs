@@ -17,6 +17,7 @@ use super::{
 use crate::config::stages::{KEY_COLUMN, StagePlan};
 use crate::config::{self, Pipeline, PipelineFile};
 use crate::error::Error;
+use crate::handoff::Handoff;
 use crate::options::RunOptions;
 use crate::schema::ColumnType;
 use crate::sink::results::ExtraColumns;
@@ -27,6 +28,22 @@ pub struct CheckedStage {
     pub plan: StagePlan,
     pub pipeline: Pipeline,
     pub extras: ExtraColumns,
+}
+
+impl CheckedStage {
+    /// How this stage's rows become the records of the stages that read it.
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            stage: self.plan.name.clone(),
+            carried: self
+                .extras
+                .passthrough
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect(),
+            output_fields: self.plan.output_fields.clone(),
+        }
+    }
 }
 
 /// Checks a file's stages, or `None` for a file without `[[stage]]`. Every problem is listed.

@@ -22,7 +22,7 @@ use super::{
     Problem, Row, Summary, VerifyError, id_key, judge, line_key, name_owed, name_rows, row_keys,
 };
 use crate::filter::Filter;
-use crate::handoff;
+use crate::handoff::{self, Handoff};
 use crate::results_set::{self, Opened, ResultsSet};
 use crate::sink::checkpoint::{ExistingResults, ResultsError};
 
@@ -32,13 +32,10 @@ const BATCH_ROWS: usize = 1024;
 /// The stage a later stage reads, as the run handed its rows on.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Its name, which prefixes its fields in the records (`screen.fit`).
-    pub stage: String,
+    /// How its rows became the records the later stage read.
+    pub handoff: Handoff,
     /// Its results: a file, or a dataset's folder.
     pub results: PathBuf,
-    /// The columns its rows carried, and its output fields.
-    pub passthrough: Vec<String>,
-    pub output_fields: Vec<String>,
     /// The later stage's `where`.
     pub filter: Option<Filter>,
 }
@@ -108,7 +105,7 @@ fn handed_on(
     upstream: &Upstream,
     each: &mut super::Owed<'_>,
 ) -> Result<(), VerifyError> {
-    let wanted = handoff::columns_read(&upstream.passthrough, &upstream.output_fields);
+    let wanted = upstream.handoff.columns_read();
     let mut row_number = 0;
     for entry in &from.files {
         let read =
@@ -180,12 +177,7 @@ fn read_records(
         let records = handoff::records(&batch).map_err(|error| parquet_error(error.into()))?;
         for row in records {
             *row_number += 1;
-            let Some(record) = handoff::handed_on(
-                &upstream.stage,
-                &upstream.passthrough,
-                &upstream.output_fields,
-                row,
-            ) else {
+            let Some(record) = upstream.handoff.handed_on(row) else {
                 continue;
             };
             if upstream
