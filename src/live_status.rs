@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths::with_suffix;
+use crate::paths::replace_with_json;
 use crate::sink::dataset::PartOwner;
 use crate::sink::lock::{self, Holder};
 use crate::sink::parquet::ParquetOutput;
@@ -29,9 +29,6 @@ use crate::stats::StatsSnapshot;
 /// A run on another machine whose file was not rewritten for this long is taken for stopped:
 /// its process cannot be looked up from here.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
-
-/// Added to the file's name for the sibling it is written as before the rename.
-const TEMPORARY_SUFFIX: &str = ".tmp";
 
 /// Where a run is, as it last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,10 +207,7 @@ impl LiveFile {
             boot_id: self.run.boot_id.clone(),
             start_ticks: self.run.start_ticks,
         };
-        let temporary = with_suffix(&self.path, TEMPORARY_SUFFIX);
-        let json = serde_json::to_vec_pretty(&status).map_err(io::Error::other)?;
-        fs::write(&temporary, json)?;
-        fs::rename(&temporary, &self.path)
+        replace_with_json(&self.path, &status)
     }
 }
 
@@ -255,7 +249,7 @@ mod tests {
         snapshot.done = 4;
         snapshot.eta_secs = Some(6.0);
         file.write(&snapshot, RunState::Running).expect("written");
-        assert!(!with_suffix(file.path(), TEMPORARY_SUFFIX).exists());
+        assert!(!crate::paths::with_suffix(file.path(), crate::paths::REPLACING_SUFFIX).exists());
         let read = read(file.path()).expect("read back");
         assert_eq!(
             (read.pid, read.total, read.done),

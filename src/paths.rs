@@ -120,6 +120,19 @@ impl OutputPath {
     }
 }
 
+/// Added to a file's name for the sibling [`replace_with_json`] writes before the rename.
+pub const REPLACING_SUFFIX: &str = ".tmp";
+
+/// Rewrites `path` with `value` as JSON so that a reader never sees half of it: a sibling
+/// (`REPLACING_SUFFIX`) is written, then renamed over it. For figures rewritten every second
+/// or two (the stats file, the live-status file), not synced: the next write follows soon.
+pub fn replace_with_json(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    let temporary = with_suffix(path, REPLACING_SUFFIX);
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    fs::write(&temporary, json)?;
+    fs::rename(&temporary, path)
+}
+
 /// `path` with `suffix` added to its file name: a sibling in the same folder.
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

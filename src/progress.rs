@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -342,9 +342,10 @@ impl Ticker {
             return;
         }
         let (target, written) = (path.clone(), snapshot.clone());
-        let outcome = tokio::task::spawn_blocking(move || write_stats_file(&target, &written))
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+        let outcome =
+            tokio::task::spawn_blocking(move || crate::paths::replace_with_json(&target, &written))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
         if let Err(error) = outcome {
             tracing::warn!("Cannot write the stats file {}: {error}.", path.display());
         }
@@ -406,17 +407,6 @@ fn new_bar() -> ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
-}
-
-/// Added to the stats file's name for the sibling it is written as before the rename.
-pub const STATS_TEMPORARY_SUFFIX: &str = ".tmp";
-
-/// Rewrites the stats file so a reader never sees half of it: write a sibling, then rename.
-pub fn write_stats_file(path: &Path, snapshot: &StatsSnapshot) -> io::Result<()> {
-    let temporary = crate::paths::with_suffix(path, STATS_TEMPORARY_SUFFIX);
-    let json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
-    std::fs::write(&temporary, json)?;
-    std::fs::rename(&temporary, path)
 }
 
 /// A duration for a person: `4.2s`, `35s`, `3m05s`, `1h58m`.

@@ -21,7 +21,6 @@ use crate::backend::preflight::{self, ModelCatalog, ServerKind};
 use crate::error::Error;
 use crate::item::DoneSet;
 use crate::paths::{self, Accept, NamedPath, OutputPath};
-use crate::progress;
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
 use crate::sink::fingerprint::{Fingerprint, Recipe, RunFacts};
@@ -346,7 +345,7 @@ fn check_files(config: &mut RunConfig, stdout: Option<&fs::Metadata>) -> Result<
     if let Some(path) = &config.progress.stats_file {
         outputs.push(
             OutputPath::new(NamedPath::new(&knobs.stats, path), Accept::RegularFile)
-                .with_side_file("its temporary file", progress::STATS_TEMPORARY_SUFFIX),
+                .with_side_file("its temporary file", crate::paths::REPLACING_SUFFIX),
         );
     }
     if let Some(path) = &config.errors_file {
