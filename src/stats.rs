@@ -10,8 +10,8 @@
 //! the ETA are tested with a fake clock.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
@@ -190,8 +190,8 @@ pub struct RunStats {
     unsettled: Mutex<Option<String>>,
     /// The ceiling of `--workers auto`'s limit; 0 for a fixed limit.
     adaptive_max: AtomicU64,
-    /// The pipeline stage the run is, if it is one.
-    stage: Mutex<Option<String>>,
+    /// The pipeline stage the run is, if it is one: set once, before any figure is read.
+    stage: OnceLock<String>,
     last_errors: Mutex<VecDeque<ErrorNote>>,
     history: Mutex<History>,
 }
@@ -206,7 +206,7 @@ impl RunStats {
             pruned: AtomicU64::new(0),
             unsettled: Mutex::new(None),
             adaptive_max: AtomicU64::new(0),
-            stage: Mutex::new(None),
+            stage: OnceLock::new(),
             last_errors: Mutex::new(VecDeque::with_capacity(LAST_ERRORS)),
             history: Mutex::new(History {
                 samples: Vec::with_capacity(HISTORY_SAMPLES),
@@ -270,7 +270,8 @@ impl RunStats {
 
     /// The run is this stage of a pipeline.
     pub fn set_stage(&self, stage: String) {
-        *lock(&self.stage) = Some(stage);
+        // Set once by the run that owns these figures; a second name would be a second run.
+        let _ = self.stage.set(stage);
     }
 
     /// The limit moves between 1 and `max` (`--workers auto`).
@@ -469,7 +470,7 @@ impl RunStats {
             loaded_models: lock(&self.loaded_models).clone(),
             backends: Vec::new(),
             finished: false,
-            stage: lock(&self.stage).clone(),
+            stage: self.stage.get().cloned(),
         };
         (snapshot, buckets)
     }
